@@ -1,0 +1,161 @@
+#include "app/check.h"
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+
+namespace meshdit {
+namespace {
+
+std::map<std::string, CaseRunner>& registry() {
+  static std::map<std::string, CaseRunner> r;
+  return r;
+}
+
+Result<TensorMap> load_all(const std::string& path) {
+  MD_TRY(auto f, SafetensorsFile::open(path));
+  TensorMap m;
+  for (const auto& n : f->names()) {
+    MD_TRY(Tensor t, f->get(n));
+    m[n] = t;
+  }
+  return m;
+}
+
+Tolerance tolerance_for(const Json& meta, const std::string& name, const Tensor& ref) {
+  Tolerance t;
+  if (ref.dtype() == DType::I64 || ref.dtype() == DType::I32) t.exact = true;
+  if (meta.contains("tolerance") && meta["tolerance"].contains(name)) {
+    const Json& e = meta["tolerance"][name];
+    if (e.contains("exact") && e["exact"].is_boolean()) t.exact = e["exact"].get<bool>();
+    if (e.contains("rel_l2") && e["rel_l2"].is_number()) t.rel_l2 = e["rel_l2"].get<double>();
+    if (e.contains("max_abs") && e["max_abs"].is_number()) t.max_abs = e["max_abs"].get<double>();
+  }
+  return t;
+}
+
+}  // namespace
+
+Result<Tensor> CaseContext::input(const std::string& name) const {
+  auto it = inputs.find(name);
+  if (it == inputs.end()) return make_error(dir + "/inputs.safetensors: missing input '" + name + "'");
+  return it->second;
+}
+
+void register_case_runner(const std::string& cls, CaseRunner runner) { registry()[cls] = std::move(runner); }
+
+std::vector<std::string> supported_case_classes() {
+  std::vector<std::string> v;
+  for (const auto& kv : registry()) v.push_back(kv.first);
+  return v;
+}
+
+Result<std::string> case_class(const std::string& dir) {
+  MD_TRY(Json meta, load_json(dir + "/meta.json"));
+  if (meta.contains("class") && meta["class"].is_string()) return meta["class"].get<std::string>();
+  if (meta.contains("kind") && meta["kind"].is_string()) return meta["kind"].get<std::string>();
+  if (meta.contains("pipeline") && meta["pipeline"].is_string()) return meta["pipeline"].get<std::string>();
+  return make_error(dir + "/meta.json: no \"class\" or \"kind\" to say what the case tests");
+}
+
+bool is_case_supported(const std::string& dir) {
+  auto c = case_class(dir);
+  return c.ok() && registry().count(c.value()) != 0;
+}
+
+Comparison compare_tensor(const std::string& name, const Tensor& got, const Tensor& ref, const Tolerance& tol) {
+  Comparison c;
+  c.name = name;
+  c.tol = tol;
+  c.produced = got.defined();
+  if (!c.produced) {
+    c.note = "not produced";
+    return c;
+  }
+  if (got.numel() != ref.numel() || (got.shape() != ref.shape() && got.dim() == ref.dim())) {
+    c.note = "shape " + shape_str(got.shape()) + ", expected " + shape_str(ref.shape());
+    return c;
+  }
+  std::vector<float> g = got.to_vector(), r = ref.to_vector();
+  double err2 = 0, ref2 = 0, mx = 0;
+  bool nan = false;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double d = double(g[i]) - double(r[i]);
+    if (std::isnan(g[i]) != std::isnan(r[i])) nan = true;
+    mx = std::max(mx, std::fabs(d));
+    err2 += d * d;
+    ref2 += double(r[i]) * double(r[i]);
+  }
+  c.max_abs = mx;
+  c.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  if (nan) {
+    c.note = "NaN where the reference has none";
+    return c;
+  }
+  c.pass = tol.exact ? mx == 0 : (c.max_abs <= tol.max_abs && c.rel_l2 <= tol.rel_l2);
+  return c;
+}
+
+bool CheckReport::pass() const {
+  if (outputs.empty()) return false;
+  for (const auto& o : outputs)
+    if (!o.pass) return false;
+  return true;
+}
+
+std::string CheckReport::format() const {
+  std::ostringstream os;
+  os << dir << " (" << cls << ")\n";
+  size_t width = 6;
+  for (const auto& o : outputs) width = std::max(width, o.name.size());
+  int passed = 0;
+  char buf[512];
+  for (const auto& o : outputs) {
+    passed += o.pass;
+    if (!o.produced || !o.note.empty()) {
+      std::snprintf(buf, sizeof buf, "  %-*s  %s  FAIL\n", int(width), o.name.c_str(), o.note.c_str());
+    } else if (o.tol.exact) {
+      std::snprintf(buf, sizeof buf, "  %-*s  max_abs %.3e (exact)  %s\n", int(width), o.name.c_str(), o.max_abs,
+                    o.pass ? "PASS" : "FAIL");
+    } else {
+      std::snprintf(buf, sizeof buf, "  %-*s  max_abs %.3e (tol %.3e)  rel_l2 %.3e (tol %.3e)  %s\n", int(width),
+                    o.name.c_str(), o.max_abs, o.tol.max_abs, o.rel_l2, o.tol.rel_l2, o.pass ? "PASS" : "FAIL");
+    }
+    os << buf;
+  }
+  os << (pass() ? "PASS" : "FAIL") << ": " << passed << "/" << outputs.size() << " outputs within tolerance\n";
+  return os.str();
+}
+
+Result<CheckReport> run_check(const std::string& dir) {
+  if (!is_directory(dir)) return make_error(dir + ": no such case folder");
+  MD_TRY(std::string cls, case_class(dir));
+  auto it = registry().find(cls);
+  if (it == registry().end()) {
+    std::string list;
+    for (const auto& s : supported_case_classes()) list += "\n  " + s;
+    return make_error(dir + ": class '" + cls + "' is not implemented yet; supported classes:" + list);
+  }
+  CaseContext ctx;
+  ctx.dir = dir;
+  MD_TRY(ctx.meta, load_json(dir + "/meta.json"));
+  if (path_exists(dir + "/inputs.safetensors")) {
+    MD_TRY(ctx.inputs, load_all(dir + "/inputs.safetensors"));
+  }
+  MD_TRY(TensorMap refs, load_all(dir + "/outputs.safetensors"));
+  MD_TRY(TensorMap got, it->second(ctx));
+  CheckReport rep;
+  rep.dir = dir;
+  rep.cls = cls;
+  for (const auto& [name, ref] : refs) {
+    auto g = got.find(name);
+    rep.outputs.push_back(
+        compare_tensor(name, g == got.end() ? Tensor() : g->second, ref, tolerance_for(ctx.meta, name, ref)));
+  }
+  return rep;
+}
+
+}  // namespace meshdit

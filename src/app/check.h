@@ -1,0 +1,56 @@
+// `meshdit check <case-dir>`: run one component on a reference case (meta.json + inputs.safetensors) and
+// compare every output it produces with outputs.safetensors at the case's tolerance.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "io/json_config.h"
+
+namespace meshdit {
+
+struct CaseContext {
+  std::string dir;
+  Json meta;
+  std::map<std::string, Tensor> inputs;
+  Result<Tensor> input(const std::string& name) const;
+};
+
+using TensorMap = std::map<std::string, Tensor>;
+using CaseRunner = std::function<Result<TensorMap>(const CaseContext&)>;
+
+// Registry keyed by meta.json "class" (e.g. "diffusers.SD3Transformer2DModel").
+void register_case_runner(const std::string& cls, CaseRunner runner);
+std::vector<std::string> supported_case_classes();
+// The class a case is dispatched on (meta "class", or "kind" where class is not a string).
+Result<std::string> case_class(const std::string& dir);
+bool is_case_supported(const std::string& dir);
+
+struct Tolerance {
+  double rel_l2 = 1e-4, max_abs = 1e-4;
+  bool exact = false;
+};
+
+struct Comparison {
+  std::string name;
+  bool produced = false, pass = false;
+  double max_abs = 0, rel_l2 = 0;
+  Tolerance tol;
+  std::string note;  // why it failed beyond the numbers (shape, dtype)
+};
+
+Comparison compare_tensor(const std::string& name, const Tensor& got, const Tensor& ref, const Tolerance& tol);
+
+struct CheckReport {
+  std::string dir, cls;
+  std::vector<Comparison> outputs;
+  bool pass() const;
+  std::string format() const;
+};
+
+Result<CheckReport> run_check(const std::string& dir);
+
+}  // namespace meshdit

@@ -1,0 +1,66 @@
+// meshdit: the command-line front end. Each subcommand parses its flags, calls the library, prints one
+// clear message on error and exits non-zero.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "app/check.h"
+#include "app/runners.h"
+#include "core/thread_pool.h"
+
+namespace {
+
+int cmd_check(const std::vector<std::string>& dirs, bool quiet) {
+  meshdit::register_builtin_runners();
+  int failed = 0;
+  for (const auto& d : dirs) {
+    auto rep = meshdit::run_check(d);
+    if (!rep.ok()) {
+      std::fprintf(stderr, "meshdit check: %s\n", rep.error().message.c_str());
+      ++failed;
+      continue;
+    }
+    const bool pass = rep->pass();
+    if (!quiet || !pass) std::fputs(rep->format().c_str(), stdout);
+    else std::printf("PASS %s\n", d.c_str());
+    failed += !pass;
+  }
+  if (dirs.size() > 1) std::printf("%zu passed, %d failed\n", dirs.size() - size_t(failed), failed);
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"meshdit: diffusion transformer inference on CPUs and GPUs, one device or a mesh", "meshdit"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads for the kernels (default: all cores, or MESHDIT_THREADS)")
+      ->check(CLI::PositiveNumber);
+
+  auto* check = app.add_subcommand("check",
+                                   "Run a component on a reference case folder (meta.json, inputs.safetensors, "
+                                   "outputs.safetensors) and compare every output at the case's tolerance");
+  std::vector<std::string> dirs;
+  bool quiet = false;
+  check->add_option("case-dir", dirs, "one or more case folders")->required();
+  check->add_flag("-q,--quiet", quiet, "one line per passing case");
+  check->footer("Exit status 0 only if every output of every case is within tolerance.");
+
+  auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (threads > 0) meshdit::set_num_threads(threads);
+  if (*check) return cmd_check(dirs, quiet);
+  if (*classes) {
+    meshdit::register_builtin_runners();
+    for (const auto& c : meshdit::supported_case_classes()) std::printf("%s\n", c.c_str());
+    return 0;
+  }
+  return 0;
+}

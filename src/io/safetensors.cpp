@@ -1,0 +1,194 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace meshdit {
+
+class MappedFile {
+ public:
+  ~MappedFile() {
+    if (data_ && size_) munmap(data_, size_);
+  }
+  static Result<std::shared_ptr<MappedFile>> open(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
+    struct stat st{};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return make_error(path + ": not a regular file");
+    }
+    auto m = std::make_shared<MappedFile>();
+    m->size_ = size_t(st.st_size);
+    if (m->size_ > 0) {
+      void* p = mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        ::close(fd);
+        return make_error(path + ": mmap failed: " + std::strerror(errno));
+      }
+      m->data_ = p;
+    }
+    ::close(fd);
+    return m;
+  }
+  const uint8_t* data() const { return static_cast<const uint8_t*>(data_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+namespace {
+
+constexpr uint64_t kMaxHeader = 100ull << 20;  // the format's own limit is 100 MB
+
+Result<uint64_t> as_u64(const nlohmann::json& j, const std::string& what) {
+  if (!j.is_number_integer() || (j.is_number_integer() && !j.is_number_unsigned() && j.get<int64_t>() < 0))
+    return make_error(what + " must be a non-negative integer, got " + j.dump());
+  return j.get<uint64_t>();
+}
+
+}  // namespace
+
+Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size, const std::string& what) {
+  if (size < 8)
+    return make_error(what + ": truncated: " + std::to_string(size) +
+                      " bytes, shorter than the 8-byte header length field");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
+  if (n > kMaxHeader) return make_error(what + ": header length " + std::to_string(n) + " exceeds the 100 MB limit");
+  if (n > size - 8)
+    return make_error(what + ": header length " + std::to_string(n) + " runs past the end of the file (" +
+                      std::to_string(size) + " bytes): truncated or not a safetensors file");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
+  } catch (const nlohmann::json::exception& e) {
+    return make_error(what + ": invalid JSON header: " + e.what());
+  }
+  if (!j.is_object()) return make_error(what + ": header is not a JSON object");
+  SafetensorsHeader h;
+  h.data_offset = 8 + n;
+  const uint64_t data_size = size - h.data_offset;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& e = it.value();
+    if (name == "__metadata__") {
+      if (!e.is_object()) return make_error(what + ": __metadata__ is not an object");
+      for (auto m = e.begin(); m != e.end(); ++m) {
+        if (!m.value().is_string()) return make_error(what + ": __metadata__." + m.key() + " is not a string");
+        h.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = what + ": tensor '" + name + "'";
+    if (!e.is_object()) return make_error(where + ": entry is not an object");
+    if (!e.contains("dtype") || !e["dtype"].is_string()) return make_error(where + ": missing or non-string dtype");
+    TensorInfo info;
+    info.name = name;
+    const std::string dt = e["dtype"].get<std::string>();
+    if (!dtype_from_name(dt, &info.dtype)) return make_error(where + ": unknown dtype '" + dt + "'");
+    if (!e.contains("shape") || !e["shape"].is_array()) return make_error(where + ": missing shape array");
+    uint64_t numel = 1;
+    for (const auto& d : e["shape"]) {
+      MD_TRY(uint64_t v, as_u64(d, where + ": shape entry"));
+      if (v != 0 && numel > (uint64_t(1) << 62) / v) return make_error(where + ": shape overflows");
+      numel *= v;
+      info.shape.push_back(int64_t(v));
+    }
+    if (!e.contains("data_offsets") || !e["data_offsets"].is_array() || e["data_offsets"].size() != 2)
+      return make_error(where + ": data_offsets must be [begin, end]");
+    MD_TRY(info.begin, as_u64(e["data_offsets"][0], where + ": data_offsets[0]"));
+    MD_TRY(info.end, as_u64(e["data_offsets"][1], where + ": data_offsets[1]"));
+    if (info.begin > info.end)
+      return make_error(where + ": data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                        "] are reversed");
+    if (info.end > data_size)
+      return make_error(where + ": data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                        "] are out of range: the data section has " + std::to_string(data_size) +
+                        " bytes (file truncated?)");
+    const uint64_t expect = numel * dtype_size(info.dtype);
+    if (info.end - info.begin != expect)
+      return make_error(where + ": shape " + shape_str(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
+                        std::to_string(expect) + " bytes but data_offsets span " +
+                        std::to_string(info.end - info.begin));
+    h.tensors.push_back(std::move(info));
+  }
+  std::sort(h.tensors.begin(), h.tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
+  // Every non-empty tensor must start at or after the furthest end seen so far.
+  const TensorInfo* furthest = nullptr;
+  for (const auto& t : h.tensors) {
+    if (t.end == t.begin) continue;
+    if (furthest && t.begin < furthest->end)
+      return make_error(what + ": tensors '" + furthest->name + "' and '" + t.name + "' overlap in the data section");
+    if (!furthest || t.end > furthest->end) furthest = &t;
+  }
+  return h;
+}
+
+Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string& path) {
+  MD_TRY(auto map, MappedFile::open(path));
+  MD_TRY(auto header, parse_safetensors(map->data(), map->size(), path));
+  auto f = std::shared_ptr<SafetensorsFile>(new SafetensorsFile());
+  f->path_ = path;
+  f->map_ = std::move(map);
+  f->header_ = std::move(header);
+  for (size_t i = 0; i < f->header_.tensors.size(); ++i) f->index_[f->header_.tensors[i].name] = i;
+  return f;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> n;
+  for (const auto& kv : index_) n.push_back(kv.first);
+  return n;
+}
+
+Result<Tensor> SafetensorsFile::get(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
+  const TensorInfo& info = header_.tensors[it->second];
+  const uint8_t* p = map_->data() + header_.data_offset + info.begin;
+  // Safetensors gives no alignment guarantee; the kernels read through memcpy-safe paths for 2-byte
+  // types, but float32 data must be 4-aligned for direct use, so misaligned data is copied.
+  Tensor t = Tensor::wrap(const_cast<uint8_t*>(p), info.shape, info.dtype, map_, /*read_only=*/true);
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(info.dtype) != 0) t = t.clone();
+  return t;
+}
+
+Status save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  nlohmann::json h = nlohmann::json::object();
+  if (!metadata.empty()) h["__metadata__"] = metadata;
+  uint64_t off = 0;
+  for (const auto& [name, t] : tensors) {
+    h[name] = {{"dtype", dtype_name(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {off, off + t.nbytes()}}};
+    off += t.nbytes();
+  }
+  std::string hs = h.dump();
+  while ((hs.size() + 8) % 8) hs.push_back(' ');
+  std::ofstream f(path, std::ios::binary);
+  if (!f) return make_error(path + ": cannot open for writing");
+  uint64_t n = hs.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = (n >> (8 * i)) & 0xff;
+  f.write(reinterpret_cast<const char*>(len), 8);
+  f.write(hs.data(), std::streamsize(hs.size()));
+  for (const auto& [name, t] : tensors) {
+    Tensor c = t.contiguous();
+    f.write(static_cast<const char*>(c.raw()), std::streamsize(c.nbytes()));
+  }
+  if (!f) return make_error(path + ": write failed");
+  return ok_status();
+}
+
+}  // namespace meshdit

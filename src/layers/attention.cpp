@@ -1,0 +1,65 @@
+#include "layers/attention.h"
+
+#include <cmath>
+
+namespace meshdit {
+
+Tensor merge_heads(const Tensor& x) { return x.contiguous().reshape({x.size(0), x.size(1), x.size(2) * x.size(3)}); }
+
+Result<QKV> QKV::load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
+                      int64_t heads, int64_t head_dim, bool qk_norm, float eps) {
+  QKV p;
+  const int64_t inner = heads * head_dim;
+  MD_TRY(p.q, Linear::load(ck, prefix + names[0], dim, inner));
+  MD_TRY(p.k, Linear::load(ck, prefix + names[1], dim, inner));
+  MD_TRY(p.v, Linear::load(ck, prefix + names[2], dim, inner));
+  if (qk_norm) {
+    MD_TRY(p.norm_q, RMSNorm::load(ck, prefix + names[3], head_dim, eps));
+    MD_TRY(p.norm_k, RMSNorm::load(ck, prefix + names[4], head_dim, eps));
+  }
+  return p;
+}
+
+QKV::Heads QKV::operator()(const Tensor& x, int64_t heads) const {
+  auto split = [&](const Tensor& t) { return t.reshape({t.size(0), t.size(1), heads, t.size(2) / heads}); };
+  Heads h{split(q(x)), split(k(x)), split(v(x))};
+  if (norm_q) h.q = (*norm_q)(h.q);
+  if (norm_k) h.k = (*norm_k)(h.k);
+  return h;
+}
+
+Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                            int64_t heads, int64_t head_dim, bool qk_norm, bool context_pre_only,
+                                            float eps) {
+  static const char* const kImg[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
+  static const char* const kTxt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
+  JointAttention a;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps));
+  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps));
+  MD_TRY(a.to_out, Linear::load(ck, prefix + ".to_out.0", heads * head_dim, dim));
+  if (!context_pre_only) {
+    MD_TRY(a.to_add_out, Linear::load(ck, prefix + ".to_add_out", heads * head_dim, dim));
+  }
+  return a;
+}
+
+std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
+                                                     const RopeTables* rope) const {
+  QKV::Heads i = img(img_x, heads), t = txt(txt_x, heads);
+  const bool img_first = order == Order::ImageFirst;
+  auto cat = [&](const Tensor& a, const Tensor& b) { return img_first ? concat({a, b}, 1) : concat({b, a}, 1); };
+  Tensor q = cat(i.q, t.q), k = cat(i.k, t.k), v = cat(i.v, t.v);
+  if (rope) {
+    ops::rope_(q, rope->cos, rope->sin);
+    ops::rope_(k, rope->cos, rope->sin);
+  }
+  Tensor o = merge_heads(ops::attention(q, k, v, 1.0f / std::sqrt(float(head_dim))));
+  const int64_t Li = img_x.size(1), Lt = txt_x.size(1);
+  Tensor o_img = img_first ? o.slice(1, 0, Li) : o.slice(1, Lt, Lt + Li);
+  Tensor o_txt = img_first ? o.slice(1, Li, Li + Lt) : o.slice(1, 0, Lt);
+  return {to_out(o_img), to_add_out ? (*to_add_out)(o_txt) : Tensor()};
+}
+
+}  // namespace meshdit

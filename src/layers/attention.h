@@ -1,0 +1,47 @@
+// Multi-head attention layers. Tokens stay [B, L, H*D]; heads are a view [B, L, H, D], so no transposes.
+#pragma once
+#include <optional>
+#include <utility>
+
+#include "layers/norms.h"
+
+namespace meshdit {
+
+// cos/sin tables [L, head_dim] for the whole (joint) sequence, in the order tokens are concatenated.
+struct RopeTables {
+  Tensor cos, sin;
+};
+
+// Q, K, V projections of one token stream with optional per-head RMS norm of q and k.
+struct QKV {
+  Linear q, k, v;
+  std::optional<RMSNorm> norm_q, norm_k;
+  // names: (to_q, to_k, to_v, norm_q, norm_k) or (add_q_proj, ..., norm_added_q, norm_added_k)
+  static Result<QKV> load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
+                          int64_t heads, int64_t head_dim, bool qk_norm, float eps);
+  // -> q, k, v as [B, L, H, D]
+  struct Heads {
+    Tensor q, k, v;
+  };
+  Heads operator()(const Tensor& x, int64_t heads) const;
+};
+
+// Joint attention of two token streams (MM-DiT): each stream projects its own q/k/v, attention runs over
+// the concatenated sequence, and each stream projects its slice of the result back.
+struct JointAttention {
+  enum class Order { ImageFirst, TextFirst };  // SD3 concatenates [image, text]; Flux [text, image]
+  int64_t heads = 0, head_dim = 0;
+  QKV img, txt;
+  Linear to_out;
+  std::optional<Linear> to_add_out;  // absent in a context_pre_only block
+  static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
+                                     int64_t head_dim, bool qk_norm, bool context_pre_only, float eps = 1e-6f);
+  // -> (image output, text output); the text output is undefined when context_pre_only.
+  std::pair<Tensor, Tensor> operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
+                                       const RopeTables* rope = nullptr) const;
+};
+
+// [B, L, H, D] -> [B, L, H*D]
+Tensor merge_heads(const Tensor& x);
+
+}  // namespace meshdit

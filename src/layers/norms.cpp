@@ -1,0 +1,52 @@
+#include "layers/norms.h"
+
+namespace meshdit {
+
+Result<LayerNorm> LayerNorm::load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps, bool affine,
+                                  bool has_bias) {
+  LayerNorm n;
+  n.eps = eps;
+  if (affine) {
+    MD_TRY(n.weight, ck.get(prefix + ".weight", {dim}));
+    if (has_bias) {
+    MD_TRY(n.bias, ck.get(prefix + ".bias", {dim}));
+  }
+  }
+  return n;
+}
+
+Result<RMSNorm> RMSNorm::load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps) {
+  RMSNorm n;
+  n.eps = eps;
+  MD_TRY(n.weight, ck.get(prefix + ".weight", {dim}));
+  return n;
+}
+
+Result<AdaLayerNormZero> AdaLayerNormZero::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                                float eps) {
+  AdaLayerNormZero n;
+  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", dim, 6 * dim));
+  n.norm = LayerNorm::plain(eps);
+  return n;
+}
+
+AdaLayerNormZero::Out AdaLayerNormZero::operator()(const Tensor& x, const Tensor& silu_emb) const {
+  Tensor emb = linear(silu_emb);
+  auto c = emb.chunk(6, 1);  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+  return Out{ops::modulate(norm(x), c[0], c[1]), c[2], c[3], c[4], c[5]};
+}
+
+Result<AdaLayerNormContinuous> AdaLayerNormContinuous::load(const Checkpoint& ck, const std::string& prefix,
+                                                            int64_t dim, int64_t cond_dim, float eps) {
+  AdaLayerNormContinuous n;
+  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", cond_dim, 2 * dim));
+  n.norm = LayerNorm::plain(eps);
+  return n;
+}
+
+Tensor AdaLayerNormContinuous::operator()(const Tensor& x, const Tensor& silu_emb) const {
+  auto c = linear(silu_emb).chunk(2, 1);  // scale, shift
+  return ops::modulate(norm(x), c[1], c[0]);
+}
+
+}  // namespace meshdit

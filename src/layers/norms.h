@@ -1,0 +1,47 @@
+// Normalisations and the adaptive (timestep-conditioned) norms of DiTs.
+#pragma once
+#include "layers/linear.h"
+
+namespace meshdit {
+
+struct LayerNorm {
+  Tensor weight, bias;  // undefined without elementwise affine
+  float eps = 1e-6f;
+  static Result<LayerNorm> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps, bool affine,
+                                bool has_bias = true);
+  static LayerNorm plain(float eps) { LayerNorm n; n.eps = eps; return n; }
+  Tensor operator()(const Tensor& x) const {
+    return ops::layer_norm(x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr, eps);
+  }
+};
+
+struct RMSNorm {
+  Tensor weight;  // undefined without elementwise affine
+  float eps = 1e-6f;
+  static Result<RMSNorm> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps);
+  Tensor operator()(const Tensor& x) const { return ops::rms_norm(x, weight.defined() ? &weight : nullptr, eps); }
+};
+
+// diffusers AdaLayerNormZero: emb -> SiLU -> Linear(dim, 6 dim) -> shift, scale, gate for attention and
+// for the MLP; the input is LayerNorm'ed (no affine) and modulated with the attention pair.
+struct AdaLayerNormZero {
+  Linear linear;
+  LayerNorm norm;
+  struct Out {
+    Tensor x, gate_msa, shift_mlp, scale_mlp, gate_mlp;  // modulation tensors are [B, dim] views
+  };
+  static Result<AdaLayerNormZero> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps = 1e-6f);
+  // silu_emb is SiLU(temb), shared by every adaptive norm of a step.
+  Out operator()(const Tensor& x, const Tensor& silu_emb) const;
+};
+
+// diffusers AdaLayerNormContinuous: emb -> SiLU -> Linear(cond, 2 dim) -> (scale, shift) — scale first.
+struct AdaLayerNormContinuous {
+  Linear linear;
+  LayerNorm norm;
+  static Result<AdaLayerNormContinuous> load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                             int64_t cond_dim, float eps = 1e-6f);
+  Tensor operator()(const Tensor& x, const Tensor& silu_emb) const;
+};
+
+}  // namespace meshdit

@@ -1,0 +1,58 @@
+#include "test_util.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sys/wait.h>
+
+namespace fs = std::filesystem;
+
+namespace meshdit::test {
+
+std::string repo_dir() { return MESHDIT_SOURCE_DIR; }
+
+std::string shared_fixtures_dir() {
+  if (const char* e = std::getenv("MESHDIT_SHARED_FIXTURES")) return e;
+  fs::path p = fs::path(MESHDIT_SOURCE_DIR).parent_path() / "shared" / "fixtures";
+  return fs::is_directory(p) ? p.string() : "";
+}
+
+std::string fixtures_dir() {
+  std::string s = shared_fixtures_dir();
+  return s.empty() ? repo_dir() + "/tests/fixtures" : s;
+}
+
+std::vector<std::string> case_names(const std::string& dir) {
+  std::vector<std::string> v;
+  if (!fs::is_directory(dir)) return v;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory() && fs::exists(e.path() / "meta.json")) v.push_back(e.path().filename().string());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+Tensor random_tensor(const Shape& shape, unsigned seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  Tensor t = Tensor::empty(shape);
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = nd(rng);
+  return t;
+}
+
+int run_command(const std::string& cmd, std::string* output) {
+  std::string full = cmd + " 2>&1";
+  FILE* f = popen(full.c_str(), "r");
+  if (!f) return -1;
+  std::array<char, 4096> buf;
+  std::string out;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
+  int st = pclose(f);
+  if (output) *output = out;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+}  // namespace meshdit::test

@@ -1,0 +1,18 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace meshdit::test {
+
+// ../shared/fixtures beside the checkout when it exists (CI has it), else the copy under tests/fixtures.
+std::string fixtures_dir();
+std::string shared_fixtures_dir();  // "" when absent
+std::string repo_dir();
+std::vector<std::string> case_names(const std::string& dir);
+Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
+// Runs a shell command, returns its exit status and captures stdout+stderr.
+int run_command(const std::string& cmd, std::string* output);
+
+}  // namespace meshdit::test
