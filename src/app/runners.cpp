@@ -4,6 +4,7 @@
 
 #include "app/check.h"
 #include "io/checkpoint.h"
+#include "models/transformers/flux.h"
 #include "models/transformers/sd3.h"
 
 namespace meshdit {
@@ -27,6 +28,26 @@ Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
   return out;
 }
 
+Result<TensorMap> run_flux_transformer(const CaseContext& c) {
+  MD_TRY(FluxConfig cfg, FluxConfig::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(FluxTransformer model, FluxTransformer::load(ck, cfg));
+  MD_TRY(Tensor x, c.input("hidden_states"));
+  MD_TRY(Tensor ctx, c.input("encoder_hidden_states"));
+  MD_TRY(Tensor pooled, c.input("pooled_projections"));
+  MD_TRY(Tensor t, c.input("timestep"));
+  MD_TRY(Tensor img_ids, c.input("img_ids"));
+  MD_TRY(Tensor txt_ids, c.input("txt_ids"));
+  Tensor guidance;
+  if (cfg.guidance_embeds) {
+    MD_TRY(guidance, c.input("guidance"));
+  }
+  TensorMap out;
+  Hooks hooks = collect_into(out);
+  MD_TRY(out["sample"], model.forward(x, ctx, pooled, t, img_ids, txt_ids, guidance, &hooks));
+  return out;
+}
+
 }  // namespace
 
 void register_builtin_runners() {
@@ -34,6 +55,7 @@ void register_builtin_runners() {
   if (done) return;
   done = true;
   register_case_runner("diffusers.SD3Transformer2DModel", run_sd3_transformer);
+  register_case_runner("diffusers.FluxTransformer2DModel", run_flux_transformer);
 }
 
 }  // namespace meshdit

@@ -36,6 +36,19 @@ AdaLayerNormZero::Out AdaLayerNormZero::operator()(const Tensor& x, const Tensor
   return Out{ops::modulate(norm(x), c[0], c[1]), c[2], c[3], c[4], c[5]};
 }
 
+Result<AdaLayerNormZeroSingle> AdaLayerNormZeroSingle::load(const Checkpoint& ck, const std::string& prefix,
+                                                            int64_t dim, float eps) {
+  AdaLayerNormZeroSingle n;
+  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", dim, 3 * dim));
+  n.norm = LayerNorm::plain(eps);
+  return n;
+}
+
+AdaLayerNormZeroSingle::Out AdaLayerNormZeroSingle::operator()(const Tensor& x, const Tensor& silu_emb) const {
+  auto c = linear(silu_emb).chunk(3, 1);  // shift, scale, gate
+  return Out{ops::modulate(norm(x), c[0], c[1]), c[2]};
+}
+
 Result<AdaLayerNormContinuous> AdaLayerNormContinuous::load(const Checkpoint& ck, const std::string& prefix,
                                                             int64_t dim, int64_t cond_dim, float eps) {
   AdaLayerNormContinuous n;

@@ -35,6 +35,18 @@ struct AdaLayerNormZero {
   Out operator()(const Tensor& x, const Tensor& silu_emb) const;
 };
 
+// diffusers AdaLayerNormZeroSingle (Flux single-stream blocks): Linear(dim, 3 dim) -> shift, scale, gate.
+struct AdaLayerNormZeroSingle {
+  Linear linear;
+  LayerNorm norm;
+  struct Out {
+    Tensor x, gate;
+  };
+  static Result<AdaLayerNormZeroSingle> load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                             float eps = 1e-6f);
+  Out operator()(const Tensor& x, const Tensor& silu_emb) const;
+};
+
 // diffusers AdaLayerNormContinuous: emb -> SiLU -> Linear(cond, 2 dim) -> (scale, shift) — scale first.
 struct AdaLayerNormContinuous {
   Linear linear;
