@@ -54,6 +54,11 @@ void register_builtin_runners() {
   static bool done = false;
   if (done) return;
   done = true;
+  register_transformer_runners();
+  register_tokenizer_runners();
+}
+
+void register_transformer_runners() {
   register_case_runner("diffusers.SD3Transformer2DModel", run_sd3_transformer);
   register_case_runner("diffusers.FluxTransformer2DModel", run_flux_transformer);
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what meshdit builds and tests with, from Debian 12's own packages.
+set -euo pipefail
+PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
+      libopenblas-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
+      libopenmpi-dev openmpi-bin libsentencepiece-dev libpng-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing: ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
