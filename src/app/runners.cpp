@@ -56,6 +56,9 @@ void register_builtin_runners() {
   done = true;
   register_transformer_runners();
   register_tokenizer_runners();
+  register_scheduler_runners();
+  register_vae_runners();
+  register_encoder_runners();
 }
 
 void register_transformer_runners() {
