@@ -1,5 +1,6 @@
 #include "app/check.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -56,6 +57,21 @@ std::vector<std::string> supported_case_classes() {
 Result<std::string> case_class(const std::string& dir) {
   MD_TRY(Json meta, load_json(dir + "/meta.json"));
   if (meta.contains("class") && meta["class"].is_string()) return meta["class"].get<std::string>();
+  // Tokenizer cases key "class" (or "classes") by tokenizer name; the family is the name before
+  // "Tokenizer", lower-cased: "CLIPTokenizer_pad_bang" -> "tokenizer.clip", "T5TokenizerFast" -> "tokenizer.t5".
+  if (meta.contains("kind") && meta["kind"] == "tokenizer") {
+    for (const char* key : {"class", "classes"}) {
+      if (!meta.contains(key) || !meta[key].is_object()) continue;
+      for (auto it = meta[key].begin(); it != meta[key].end(); ++it) {
+        const size_t pos = it.key().find("Tokenizer");
+        if (pos == 0 || pos == std::string::npos) continue;
+        std::string family = it.key().substr(0, pos);
+        for (char& ch : family) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+        return "tokenizer." + family;
+      }
+    }
+    return std::string("tokenizer");
+  }
   if (meta.contains("kind") && meta["kind"].is_string()) return meta["kind"].get<std::string>();
   if (meta.contains("pipeline") && meta["pipeline"].is_string()) return meta["pipeline"].get<std::string>();
   return make_error(dir + "/meta.json: no \"class\" or \"kind\" to say what the case tests");

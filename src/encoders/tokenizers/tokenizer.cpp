@@ -1,0 +1,74 @@
+#include "encoders/tokenizers/tokenizer.h"
+
+#include <utf8proc.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace meshdit {
+
+std::string sanitize_utf8(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
+  size_t i = 0;
+  while (i < s.size()) {
+    utf8proc_int32_t cp = 0;
+    const utf8proc_ssize_t n = utf8proc_iterate(p + i, utf8proc_ssize_t(s.size() - i), &cp);
+    if (n > 0) {
+      out.append(s, i, size_t(n));
+      i += size_t(n);
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      i += 1;
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
+  std::vector<int64_t> body = encode_text(text);
+  std::vector<int64_t> ids;
+  ids.reserve(prefix_.size() + body.size() + suffix_.size());
+  ids.insert(ids.end(), prefix_.begin(), prefix_.end());
+  ids.insert(ids.end(), body.begin(), body.end());
+  ids.insert(ids.end(), suffix_.begin(), suffix_.end());
+  return ids;
+}
+
+Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, int max_length, bool pad) const {
+  const int64_t specials = int64_t(prefix_.size() + suffix_.size());
+  if (max_length < specials || max_length <= 0)
+    return make_error("tokenizer: max_length " + std::to_string(max_length) + " cannot hold the " +
+                      std::to_string(specials) + " special tokens");
+  const int64_t keep = max_length - specials;
+  std::vector<std::vector<int64_t>> rows;
+  rows.reserve(texts.size());
+  int64_t longest = 0;
+  for (const auto& t : texts) {
+    std::vector<int64_t> body = encode_text(t);
+    if (int64_t(body.size()) > keep) body.resize(size_t(keep));
+    std::vector<int64_t> ids(prefix_);
+    ids.insert(ids.end(), body.begin(), body.end());
+    ids.insert(ids.end(), suffix_.begin(), suffix_.end());
+    longest = std::max(longest, int64_t(ids.size()));
+    rows.push_back(std::move(ids));
+  }
+  const int64_t n = int64_t(texts.size()), len = pad ? int64_t(max_length) : longest;
+  TokenizedBatch b;
+  b.input_ids = Tensor::empty({n, len}, DType::I64);
+  b.attention_mask = Tensor::empty({n, len}, DType::I64);
+  int64_t* ids = b.input_ids.data<int64_t>();
+  int64_t* mask = b.attention_mask.data<int64_t>();
+  for (int64_t r = 0; r < n; ++r) {
+    const auto& row = rows[size_t(r)];
+    for (int64_t j = 0; j < len; ++j) {
+      const bool real = j < int64_t(row.size());
+      ids[r * len + j] = real ? row[size_t(j)] : pad_id_;
+      mask[r * len + j] = real ? 1 : 0;
+    }
+  }
+  return b;
+}
+
+}  // namespace meshdit
