@@ -1,6 +1,50 @@
+// Check runners for the text encoders.
 #include "app/check.h"
 #include "app/runners.h"
+#include "encoders/clip_text.h"
+#include "encoders/t5.h"
+#include "io/checkpoint.h"
 
 namespace meshdit {
-void register_encoder_runners() {}
+namespace {
+
+Result<TensorMap> run_clip_text(const CaseContext& c) {
+  MD_TRY(CLIPTextConfig cfg, CLIPTextConfig::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(CLIPTextModel model, CLIPTextModel::load(ck, cfg));
+  MD_TRY(Tensor ids, c.input("input_ids"));
+  MD_TRY(CLIPTextOutput o, model.forward(ids));
+  TensorMap out;
+  out["last_hidden_state"] = o.last_hidden_state;
+  out["pooler_output"] = o.pooler_output;
+  if (o.text_embeds.defined()) out["text_embeds"] = o.text_embeds;
+  const size_t n = o.hidden_states.size();
+  for (size_t i = 0; i < n; ++i) out["hidden_states." + std::to_string(i)] = o.hidden_states[i];
+  if (n >= 2) out["penultimate_hidden_state"] = o.hidden_states[n - 2];
+  return out;
+}
+
+Result<TensorMap> run_t5(const CaseContext& c) {
+  MD_TRY(T5Config cfg, T5Config::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(T5Encoder model, T5Encoder::load(ck, cfg));
+  MD_TRY(Tensor ids, c.input("input_ids"));
+  MD_TRY(Tensor mask, c.input("attention_mask"));
+  TensorMap out;
+  std::vector<Tensor> hs;
+  MD_TRY(out["last_hidden_state"], model.forward(ids, Tensor(), &hs));
+  for (size_t i = 0; i < hs.size(); ++i) out["hidden_states." + std::to_string(i)] = hs[i];
+  MD_TRY(out["last_hidden_state_masked"], model.forward(ids, mask));
+  return out;
+}
+
+}  // namespace
+
+void register_encoder_runners() {
+  register_case_runner("transformers.CLIPTextModelWithProjection", run_clip_text);
+  register_case_runner("transformers.CLIPTextModelWithProjection (+ transformers.CLIPTextModel for pooler_output)",
+                       run_clip_text);
+  register_case_runner("transformers.T5EncoderModel", run_t5);
+}
+
 }  // namespace meshdit

@@ -9,7 +9,7 @@
 
 namespace meshdit {
 
-enum class Act : uint8_t { None, GeluTanh, GeluErf, SiLU, QuickGelu };
+enum class Act : uint8_t { None, GeluTanh, GeluErf, SiLU, QuickGelu, Relu };
 const char* act_name(Act a);
 
 // Running state of an online-softmax attention over one query block set: the unnormalised output,
@@ -18,6 +18,22 @@ struct AttentionState {
   Tensor acc;  // [B, Lq, H, D] float32
   Tensor max;  // [B, H, Lq]
   Tensor sum;  // [B, H, Lq]
+};
+
+// Geometry of a 2-D convolution: stride and zero padding on each side (top, left, bottom, right), so an
+// asymmetric pad such as diffusers' Downsample2D F.pad(0, 1, 0, 1) needs no padded copy.
+struct Conv2dParams {
+  int stride_h = 1, stride_w = 1;
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  int64_t out_h(int64_t h, int64_t kh) const { return (h + pad_top + pad_bottom - kh) / stride_h + 1; }
+  int64_t out_w(int64_t w, int64_t kw) const { return (w + pad_left + pad_right - kw) / stride_w + 1; }
+};
+
+// What a query may not see: an additive bias broadcast over batch and heads ([B or 1, H or 1, Lq, Lk],
+// float32, -inf where masked: T5's relative positions, key padding) and/or causal order (key j > query i).
+struct AttentionMask {
+  Tensor bias;
+  bool causal = false;
 };
 
 struct Backend {
@@ -32,12 +48,21 @@ struct Backend {
   void (*add_gated)(Tensor& x, const Tensor* gate, const Tensor& y);
   void (*activation)(Tensor& x, Act act);
   void (*softmax)(Tensor& x);  // in place over the last dim
-  // q [B, Lq, H, D], k/v [B, Lk, H, D] (D contiguous): merges these keys into the state.
-  void (*attention_accumulate)(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st);
+  // q [B, Lq, H, D], k/v [B, Lk, H, D] (D contiguous): merges these keys into the state. mask may be null.
+  void (*attention_accumulate)(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                               const AttentionMask* mask, AttentionState& st);
   // out = acc / sum
   void (*attention_finalize)(const AttentionState& st, Tensor& out);
   // x [B, L, H, D] in place: (x0, x1) pairs rotated by (cos, sin) [L, D] (interleaved pairs, as Flux).
   void (*rope)(Tensor& x, const Tensor& cos, const Tensor& sin);
+  // y [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, kh, kw]) + b[O] (groups = 1, no dilation); x and y
+  // contiguous float32, w contiguous in any float storage dtype.
+  void (*conv2d)(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& y);
+  // x [B, C, ...] contiguous: per (batch, group of C/groups channels) statistics over the channels and all
+  // spatial positions, then the optional per-channel affine (w, b [C]) and an activation fused after it.
+  void (*group_norm)(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, float eps, Act act, Tensor& y);
+  // y [B, C, 2H, 2W] = x [B, C, H, W] repeated 2x2 (F.interpolate(scale_factor=2, mode="nearest")).
+  void (*upsample_nearest2x)(const Tensor& x, Tensor& y);
 };
 
 const Backend& cpu_backend();

@@ -11,6 +11,7 @@ const char* act_name(Act a) {
     case Act::GeluErf: return "gelu";
     case Act::SiLU: return "silu";
     case Act::QuickGelu: return "quick_gelu";
+    case Act::Relu: return "relu";
   }
   return "?";
 }
@@ -99,6 +100,68 @@ void softmax_(Tensor& x) {
   backend_for(x.device()).softmax(r);
 }
 
+Tensor mul(const Tensor& a, const Tensor& b) {
+  MD_CHECK(a.shape() == b.shape(), "mul: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
+  Tensor r = a.contiguous().clone();
+  Tensor bc = b.contiguous();
+  float* rp = r.f32();
+  const float* bp = bc.f32();
+  for (int64_t i = 0; i < r.numel(); ++i) rp[i] *= bp[i];
+  return r;
+}
+
+Tensor add_broadcast(const Tensor& a, const Tensor& b) {
+  MD_CHECK(a.dim() == b.dim(), "add_broadcast: rank mismatch");
+  Shape shape(size_t(a.dim()));
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    MD_CHECK(a.size(d) == b.size(d) || a.size(d) == 1 || b.size(d) == 1, "add_broadcast: shapes " +
+                                                                             shape_str(a.shape()) + " vs " +
+                                                                             shape_str(b.shape()));
+    shape[size_t(d)] = std::max(a.size(d), b.size(d));
+  }
+  // Broadcast views: stride 0 along expanded dimensions, then one strided copy each.
+  auto expand = [&](const Tensor& t) {
+    Tensor c = t.contiguous();
+    Tensor out = Tensor::empty(shape);
+    std::vector<float> src = c.to_vector();
+    const Shape st = contiguous_strides(c.shape());
+    float* o = out.f32();
+    std::vector<int64_t> idx(shape.size(), 0);
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      int64_t off = 0;
+      for (size_t d = 0; d < shape.size(); ++d) off += (c.size(int64_t(d)) == 1 ? 0 : idx[d]) * st[d];
+      o[i] = src[size_t(off)];
+      for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
+        if (++idx[size_t(d)] < shape[size_t(d)]) break;
+        idx[size_t(d)] = 0;
+      }
+    }
+    return out;
+  };
+  Tensor r = expand(a);
+  add_(r, expand(b));
+  return r;
+}
+
+Result<Tensor> embedding(const Tensor& table, const Tensor& ids) {
+  MD_CHECK(table.dim() == 2, "embedding: table must be [V, D]");
+  const int64_t V = table.size(0), D = table.size(1);
+  Tensor idc = ids.dtype() == DType::I64 ? ids.contiguous() : ids.to(DType::I64);
+  const int64_t* id = idc.data<int64_t>();
+  Shape shape = ids.shape();
+  shape.push_back(D);
+  Tensor out = Tensor::empty(shape);
+  Tensor rows = out.reshape({ids.numel(), D});
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (id[i] < 0 || id[i] >= V)
+      return make_error("token id " + std::to_string(id[i]) + " is outside the embedding table of " +
+                        std::to_string(V) + " rows");
+    Tensor dst = rows.select(0, i);
+    copy_into(table.select(0, id[i]), dst);
+  }
+  return out;
+}
+
 AttentionState attention_begin(const Tensor& q) {
   MD_CHECK(q.dim() == 4, "attention: q must be [B, L, H, D], got " + shape_str(q.shape()));
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
@@ -111,12 +174,20 @@ AttentionState attention_begin(const Tensor& q) {
   return st;
 }
 
-void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st) {
+void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st,
+                          const AttentionMask* mask) {
   MD_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.shape() == v.shape() && q.size(0) == k.size(0) &&
                q.size(2) == k.size(2) && q.size(3) == k.size(3),
            "attention: q " + shape_str(q.shape()) + " k " + shape_str(k.shape()) + " v " + shape_str(v.shape()));
   MD_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "attention: head dim must be contiguous");
-  backend_for(q.device()).attention_accumulate(q, k, v, scale, st);
+  if (mask && mask->bias.defined()) {
+    const Tensor& b = mask->bias;
+    MD_CHECK(b.dim() == 4 && b.dtype() == DType::F32 && b.is_contiguous() && (b.size(0) == 1 || b.size(0) == q.size(0)) &&
+                 (b.size(1) == 1 || b.size(1) == q.size(2)) && b.size(2) == q.size(1) && b.size(3) == k.size(1),
+             "attention: mask bias " + shape_str(b.shape()) + " does not broadcast to [B, H, Lq, Lk]");
+  }
+  MD_CHECK(!(mask && mask->causal) || q.size(1) == k.size(1), "attention: causal mask needs Lq == Lk");
+  backend_for(q.device()).attention_accumulate(q, k, v, scale, mask, st);
 }
 
 Tensor attention_end(const AttentionState& st) {
@@ -125,9 +196,9 @@ Tensor attention_end(const AttentionState& st) {
   return out;
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask) {
   AttentionState st = attention_begin(q);
-  attention_accumulate(q, k, v, scale, st);
+  attention_accumulate(q, k, v, scale, st, mask);
   return attention_end(st);
 }
 
@@ -178,6 +249,50 @@ Tensor unpatchify(const Tensor& x, int64_t h, int64_t w, int p, int64_t channels
   // [B, h, w, p, q, c] -> [B, c, h, p, w, q]
   Tensor v = x.contiguous().reshape({B, h, w, p, p, channels}).permute({0, 5, 1, 3, 2, 4});
   return v.contiguous().reshape({B, channels, h * p, w * p});
+}
+
+namespace {
+// A contiguous float32 copy unless x already is one.
+Tensor f32_contiguous(const Tensor& x) {
+  Tensor f = x.dtype() == DType::F32 ? x : x.to(DType::F32);
+  return f.is_contiguous() ? f : f.contiguous();
+}
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
+  MD_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1),
+           "conv2d: input " + shape_str(x.shape()) + " vs weight " + shape_str(w.shape()));
+  MD_CHECK(
+      p.stride_h >= 1 && p.stride_w >= 1 && p.pad_top >= 0 && p.pad_left >= 0 && p.pad_bottom >= 0 && p.pad_right >= 0,
+      "conv2d: strides must be positive and paddings non-negative");
+  MD_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == w.size(0)),
+           "conv2d: bias " + (bias ? shape_str(bias->shape()) : std::string()) + " vs weight " + shape_str(w.shape()));
+  const int64_t ho = p.out_h(x.size(2), w.size(2)), wo = p.out_w(x.size(3), w.size(3));
+  MD_CHECK(x.size(2) + p.pad_top + p.pad_bottom >= w.size(2) && x.size(3) + p.pad_left + p.pad_right >= w.size(3),
+           "conv2d: kernel " + shape_str(w.shape()) + " larger than the padded input " + shape_str(x.shape()));
+  Tensor xc = f32_contiguous(x);
+  Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo});
+  backend_for(x.device()).conv2d(xc, w.is_contiguous() ? w : w.contiguous(), bias, p, y);
+  return y;
+}
+
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const Tensor* bias, float eps, Act act) {
+  MD_CHECK(x.dim() >= 2 && groups >= 1 && x.size(1) % groups == 0,
+           "group_norm: " + std::to_string(groups) + " groups do not divide the channels of " + shape_str(x.shape()));
+  MD_CHECK(!weight || weight->shape() == Shape{x.size(1)}, "group_norm: weight does not match the channels");
+  MD_CHECK(!bias || bias->shape() == Shape{x.size(1)}, "group_norm: bias does not match the channels");
+  Tensor xc = f32_contiguous(x);
+  Tensor y = Tensor::empty(x.shape());
+  backend_for(x.device()).group_norm(xc, groups, weight, bias, eps, act, y);
+  return y;
+}
+
+Tensor upsample_nearest2x(const Tensor& x) {
+  MD_CHECK(x.dim() == 4, "upsample_nearest2x: x must be [B, C, H, W], got " + shape_str(x.shape()));
+  Tensor xc = f32_contiguous(x);
+  Tensor y = Tensor::empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)});
+  backend_for(x.device()).upsample_nearest2x(xc, y);
+  return y;
 }
 
 }  // namespace meshdit::ops

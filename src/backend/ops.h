@@ -18,12 +18,20 @@ void add_(Tensor& x, const Tensor& y);
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor activation(const Tensor& x, Act act);
 void softmax_(Tensor& x);
+// Element-wise product of same-shape tensors.
+Tensor mul(const Tensor& a, const Tensor& b);
+// a + b with size-1 dimensions of either broadcast (same rank).
+Tensor add_broadcast(const Tensor& a, const Tensor& b);
+// Rows of an embedding table [V, D] (any float dtype) for int64 ids of any shape -> [..., D] float32; an
+// id outside [0, V) is an input error.
+Result<Tensor> embedding(const Tensor& table, const Tensor& ids);
 
 // Scaled dot-product attention, no mask: q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 // Tiled with online softmax: the Lq x Lk score matrix never exists.
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask = nullptr);
 AttentionState attention_begin(const Tensor& q);
-void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st);
+void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st,
+                          const AttentionMask* mask = nullptr);
 Tensor attention_end(const AttentionState& st);
 
 // Rotary embedding on interleaved pairs, in place: x [B, L, H, D], cos/sin [L, D].
@@ -38,5 +46,16 @@ Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float 
 // (diffusers' "nhwpqc" unpatchify).
 Tensor patchify(const Tensor& x, int p);
 Tensor unpatchify(const Tensor& x, int64_t h, int64_t w, int p, int64_t channels);
+
+// 2-D convolution (groups = 1): x [B, C, H, W] (converted to contiguous float32 if it is not),
+// w [O, C, kh, kw] in F32/BF16/F16, bias [O] or null -> [B, O, Ho, Wo] with the stride and zero padding
+// of p (Ho = (H + pad_top + pad_bottom - kh) / stride_h + 1, likewise Wo).
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p = {});
+// torch.nn.GroupNorm on x [B, C, ...]: statistics per batch element over C/groups channels and every
+// position, then the per-channel affine (weight/bias [C], each optional) and the activation act.
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const Tensor* bias, float eps,
+                  Act act = Act::None);
+// F.interpolate(x, scale_factor=2, mode="nearest") on x [B, C, H, W] -> [B, C, 2H, 2W].
+Tensor upsample_nearest2x(const Tensor& x);
 
 }  // namespace meshdit::ops

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/conv.h"
 #include "backend/cpu/vec_math.h"
 #include "core/thread_pool.h"
 
@@ -35,6 +36,7 @@ void apply_act(float* y, int64_t n, Act act) {
     case Act::GeluErf: for (int64_t i = 0; i < n; ++i) y[i] = gelu_erf(y[i]); return;
     case Act::SiLU: for (int64_t i = 0; i < n; ++i) y[i] = silu(y[i]); return;
     case Act::QuickGelu: for (int64_t i = 0; i < n; ++i) y[i] = quick_gelu(y[i]); return;
+    case Act::Relu: for (int64_t i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : 0.0f; return;
   }
 }
 
@@ -217,7 +219,8 @@ void softmax(Tensor& x) {
 // Flash-style attention on the CPU: one task per (batch, head, block of kBq queries); for each block of
 // kBk keys, S = Q K^T (one small GEMM on strided rows, no copies), online-softmax update of the running
 // max/sum, rescale of the accumulator, then acc += P V (a second small GEMM). Memory is O(kBq x kBk).
-void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, AttentionState& st) {
+void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask,
+                          AttentionState& st) {
   constexpr int64_t kBq = 64, kBk = 256;
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   const int64_t q_blocks = (Lq + kBq - 1) / kBq;
@@ -225,6 +228,9 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   float* mx = st.max.f32();
   float* sm = st.sum.f32();
   const int64_t ld_acc = H * D;
+  const float* bias = mask && mask->bias.defined() ? mask->bias.f32() : nullptr;
+  const int64_t bias_b = bias ? mask->bias.size(0) : 0, bias_h = bias ? mask->bias.size(1) : 0;
+  const bool causal = mask && mask->causal;
   parallel_for(B * H * q_blocks, [&](int64_t t0, int64_t t1, int) {
     auto& sbuf = scratch(1);
     if (int64_t(sbuf.size()) < kBq * kBk) sbuf.resize(size_t(kBq * kBk));
@@ -242,10 +248,22 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
         const float* vp = v.f32() + b * v.stride(0) + j0 * v.stride(1) + h * v.stride(2);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(nq), int(nk), int(D), scale, qp, int(q.stride(1)),
                     kp, int(k.stride(1)), 0.0f, S, int(nk));
+        if (bias) {
+          const float* bp = bias + (((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * Lq + i0) * Lk + j0;
+          for (int64_t r = 0; r < nq; ++r)
+            for (int64_t c = 0; c < nk; ++c) S[r * nk + c] += bp[r * Lk + c];
+        }
+        if (causal)
+          for (int64_t r = 0; r < nq; ++r)
+            for (int64_t c = std::max<int64_t>(0, i0 + r + 1 - j0); c < nk; ++c) S[r * nk + c] = -INFINITY;
         for (int64_t r = 0; r < nq; ++r) {
           float* srow = S + r * nk;
           float row_max = m[r];
           for (int64_t c = 0; c < nk; ++c) row_max = std::max(row_max, srow[c]);
+          if (row_max == -INFINITY) {  // every key so far masked: nothing to add
+            for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
+            continue;
+          }
           const float corr = m[r] == -INFINITY ? 0.0f : fast_exp(m[r] - row_max);
           float s = 0;
           for (int64_t c = 0; c < nk; ++c) {
@@ -334,6 +352,9 @@ const Backend& cpu_backend() {
       cpu::attention_accumulate,
       cpu::attention_finalize,
       cpu::rope,
+      cpu::conv2d,
+      cpu::group_norm,
+      cpu::upsample_nearest2x,
   };
   return b;
 }

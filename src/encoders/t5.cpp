@@ -1,0 +1,134 @@
+// T5 / UMT5 encoder as transformers' T5EncoderModel / UMT5EncoderModel compute it.
+#include "encoders/t5.h"
+
+#include <cmath>
+
+#include "io/json_config.h"
+
+namespace meshdit {
+
+Result<T5Config> T5Config::from_json(const std::string& path) {
+  MD_TRY(Json j, load_json(path));
+  T5Config c;
+  ConfigReader r(j, path);
+  r.get("vocab_size", c.vocab_size);
+  r.get("d_model", c.d_model);
+  r.get("d_kv", c.d_kv);
+  r.get("d_ff", c.d_ff);
+  r.get("num_layers", c.num_layers);
+  r.get("num_heads", c.num_heads);
+  r.get("relative_attention_num_buckets", c.relative_attention_num_buckets);
+  r.get("relative_attention_max_distance", c.relative_attention_max_distance);
+  r.get("layer_norm_epsilon", c.layer_norm_epsilon);
+  r.get("feed_forward_proj", c.feed_forward_proj);
+  std::string model_type;
+  r.get("model_type", model_type);
+  c.bias_per_layer = model_type == "umt5";
+  if (c.feed_forward_proj != "gated-gelu" && c.feed_forward_proj != "relu" && c.feed_forward_proj != "gated-relu")
+    r.fail("feed_forward_proj", "'" + c.feed_forward_proj + "' is not supported");
+  MD_RETURN_IF_ERROR(r.status());
+  return c;
+}
+
+int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_buckets, int64_t max_distance) {
+  int64_t bucket = 0;
+  num_buckets /= 2;
+  if (relative_position > 0) bucket += num_buckets;
+  const int64_t n = relative_position < 0 ? -relative_position : relative_position;
+  const int64_t max_exact = num_buckets / 2;
+  if (n < max_exact) return bucket + n;
+  const float scaled = std::log(float(n) / float(max_exact)) / float(std::log(double(max_distance) / double(max_exact))) *
+                       float(num_buckets - max_exact);
+  int64_t large = max_exact + int64_t(scaled);
+  if (large > num_buckets - 1) large = num_buckets - 1;
+  return bucket + large;
+}
+
+Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg) {
+  T5Encoder m;
+  m.cfg_ = cfg;
+  m.gated_ = cfg.feed_forward_proj.rfind("gated-", 0) == 0;
+  m.act_ = cfg.feed_forward_proj.find("gelu") != std::string::npos ? Act::GeluTanh : Act::Relu;
+  const int64_t D = cfg.d_model, I = cfg.num_heads * cfg.d_kv, F = cfg.d_ff;
+  // The encoder-only checkpoints store the embedding as shared.weight; full ones also under encoder.
+  const std::string emb = ck.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight";
+  MD_TRY(m.shared_, ck.get(emb, {cfg.vocab_size, D}));
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
+    Block b;
+    MD_TRY(b.attn_norm, RMSNorm::load(ck, p + "0.layer_norm", D, cfg.layer_norm_epsilon));
+    MD_TRY(b.q, Linear::load(ck, p + "0.SelfAttention.q", D, I, false));
+    MD_TRY(b.k, Linear::load(ck, p + "0.SelfAttention.k", D, I, false));
+    MD_TRY(b.v, Linear::load(ck, p + "0.SelfAttention.v", D, I, false));
+    MD_TRY(b.o, Linear::load(ck, p + "0.SelfAttention.o", I, D, false));
+    if (i == 0 || cfg.bias_per_layer) {
+      MD_TRY(b.relative_attention_bias, ck.get(p + "0.SelfAttention.relative_attention_bias.weight",
+                                               {cfg.relative_attention_num_buckets, cfg.num_heads}));
+    }
+    MD_TRY(b.ff_norm, RMSNorm::load(ck, p + "1.layer_norm", D, cfg.layer_norm_epsilon));
+    if (m.gated_) {
+      MD_TRY(b.wi_0, Linear::load(ck, p + "1.DenseReluDense.wi_0", D, F, false));
+      MD_TRY(b.wi_1, Linear::load(ck, p + "1.DenseReluDense.wi_1", D, F, false));
+    } else {
+      MD_TRY(b.wi_0, Linear::load(ck, p + "1.DenseReluDense.wi", D, F, false));
+    }
+    MD_TRY(b.wo, Linear::load(ck, p + "1.DenseReluDense.wo", F, D, false));
+    m.blocks_.push_back(std::move(b));
+  }
+  MD_TRY(m.final_layer_norm_, RMSNorm::load(ck, "encoder.final_layer_norm", D, cfg.layer_norm_epsilon));
+  return m;
+}
+
+Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
+  const int64_t H = cfg_.num_heads;
+  std::vector<float> t = table.to_vector();  // [buckets, H]
+  Tensor bias = Tensor::empty({1, H, L, L});
+  float* p = bias.f32();
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t bucket =
+          t5_relative_position_bucket(j - i, cfg_.relative_attention_num_buckets, cfg_.relative_attention_max_distance);
+      for (int64_t h = 0; h < H; ++h) p[(h * L + i) * L + j] = t[size_t(bucket * H + h)];
+    }
+  return bias;
+}
+
+Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,
+                                  std::vector<Tensor>* hidden_states) const {
+  if (input_ids.dim() != 2) return make_error("T5 encoder: input_ids must be [B, L], got " + shape_str(input_ids.shape()));
+  const int64_t B = input_ids.size(0), L = input_ids.size(1), H = cfg_.num_heads, Dk = cfg_.d_kv;
+  if (attention_mask.defined() && attention_mask.shape() != input_ids.shape())
+    return make_error("T5 encoder: attention_mask " + shape_str(attention_mask.shape()) + " must match input_ids");
+  MD_TRY(Tensor x, ops::embedding(shared_, input_ids));
+  if (hidden_states) hidden_states->push_back(x.clone());
+
+  // Key padding enters as a large negative bias (transformers adds finfo.min), on top of the position bias.
+  Tensor key_bias;
+  if (attention_mask.defined()) {
+    std::vector<float> m = attention_mask.to_vector();
+    key_bias = Tensor::empty({B, 1, 1, L});
+    for (int64_t i = 0; i < B * L; ++i) key_bias.f32()[i] = m[size_t(i)] > 0 ? 0.0f : -INFINITY;
+  }
+  AttentionMask mask;
+  for (size_t li = 0; li < blocks_.size(); ++li) {
+    const Block& b = blocks_[li];
+    if (b.relative_attention_bias.defined()) {
+      mask.bias = position_bias(b.relative_attention_bias, L);
+      if (key_bias.defined()) mask.bias = ops::add_broadcast(mask.bias, key_bias);
+    }
+    Tensor h = b.attn_norm(x);
+    auto heads = [&](const Tensor& t) { return t.reshape({B, L, H, Dk}); };
+    Tensor a = ops::attention(heads(b.q(h)), heads(b.k(h)), heads(b.v(h)), 1.0f, &mask);
+    ops::add_(x, b.o(a.reshape({B, L, H * Dk})));
+    Tensor f = b.ff_norm(x);
+    Tensor inner = b.wi_0(f, act_);
+    if (gated_) inner = ops::mul(inner, b.wi_1(f));
+    ops::add_(x, b.wo(inner));
+    if (hidden_states && li + 1 < blocks_.size()) hidden_states->push_back(x.clone());
+  }
+  x = final_layer_norm_(x);
+  if (hidden_states) hidden_states->push_back(x);
+  return x;
+}
+
+}  // namespace meshdit

@@ -1,0 +1,55 @@
+#pragma once
+#include <vector>
+
+#include "layers/norms.h"
+
+namespace meshdit {
+
+// transformers T5Config / UMT5Config (encoder fields); defaults are T5 v1.1 XXL's.
+struct T5Config {
+  int64_t vocab_size = 32128;
+  int64_t d_model = 4096;
+  int64_t d_kv = 64;
+  int64_t d_ff = 10240;
+  int64_t num_layers = 24;
+  int64_t num_heads = 64;
+  int64_t relative_attention_num_buckets = 32;
+  int64_t relative_attention_max_distance = 128;
+  float layer_norm_epsilon = 1e-6f;
+  std::string feed_forward_proj = "gated-gelu";
+  // T5 computes the position bias in layer 0 and shares it; UMT5 has one table per layer.
+  bool bias_per_layer = false;
+  static Result<T5Config> from_json(const std::string& path);
+};
+
+// The T5 encoder (Raffel et al. 2020; v1.1 gated-GELU): RMS-normalised pre-norm blocks, unscaled attention
+// with learned relative-position bucket biases, gated feed-forward.
+class T5Encoder {
+ public:
+  static Result<T5Encoder> load(const Checkpoint& ck, const T5Config& cfg);
+  const T5Config& config() const { return cfg_; }
+  // input_ids [B, L] int64; attention_mask [B, L] (1 = attend) or undefined. hidden_states, when given,
+  // receives the embeddings, each block's output, and last the final normalised output.
+  Result<Tensor> forward(const Tensor& input_ids, const Tensor& attention_mask,
+                         std::vector<Tensor>* hidden_states = nullptr) const;
+
+ private:
+  struct Block {
+    RMSNorm attn_norm, ff_norm;
+    Linear q, k, v, o;
+    Tensor relative_attention_bias;  // [buckets, heads], layer 0 only for T5
+    Linear wi_0, wi_1, wo;           // wi_1 absent for non-gated FFNs
+  };
+  Tensor position_bias(const Tensor& table, int64_t L) const;  // -> [1, H, L, L]
+  T5Config cfg_;
+  Tensor shared_;
+  std::vector<Block> blocks_;
+  RMSNorm final_layer_norm_;
+  bool gated_ = true;
+  Act act_ = Act::GeluTanh;
+};
+
+// transformers' _relative_position_bucket for a bidirectional encoder (float32 log as transformers).
+int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_buckets, int64_t max_distance);
+
+}  // namespace meshdit
