@@ -12,10 +12,17 @@
 
 namespace meshdit {
 
+struct Tolerance {
+  double rel_l2 = 1e-4, max_abs = 1e-4;
+  bool exact = false;
+};
+
 struct CaseContext {
   std::string dir;
   Json meta;
   std::map<std::string, Tensor> inputs;
+  // Tolerances a runner states for outputs whose meta.json gives none (a case documented in prose).
+  mutable std::map<std::string, Tolerance> tolerances;
   Result<Tensor> input(const std::string& name) const;
 };
 
@@ -28,11 +35,6 @@ std::vector<std::string> supported_case_classes();
 // The class a case is dispatched on (meta "class", or "kind" where class is not a string).
 Result<std::string> case_class(const std::string& dir);
 bool is_case_supported(const std::string& dir);
-
-struct Tolerance {
-  double rel_l2 = 1e-4, max_abs = 1e-4;
-  bool exact = false;
-};
 
 struct Comparison {
   std::string name;

@@ -59,6 +59,7 @@ void register_builtin_runners() {
   register_scheduler_runners();
   register_vae_runners();
   register_encoder_runners();
+  register_pipeline_runners();
 }
 
 void register_transformer_runners() {

@@ -1,4 +1,5 @@
 #pragma once
+#include <string>
 
 namespace meshdit {
 // Registers every component the check command knows (idempotent).
@@ -10,4 +11,8 @@ void register_tokenizer_runners();
 void register_scheduler_runners();
 void register_vae_runners();
 void register_encoder_runners();
+void register_pipeline_runners();
+
+// The model `meshdit generate` uses without --model: models/tiny-shapes beside the executable's checkout.
+std::string builtin_model_dir();
 }  // namespace meshdit

@@ -1,6 +1,40 @@
+// Reference cases of the VAEs: decode the case's latents and encode its image, reporting the hooks.
 #include "app/check.h"
 #include "app/runners.h"
+#include "io/checkpoint.h"
+#include "models/vae/autoencoder_kl.h"
 
 namespace meshdit {
-void register_vae_runners() {}
+namespace {
+
+Hooks collect_into(TensorMap& out) {
+  return [&out](const std::string& name, const Tensor& t) { out[name] = t.clone(); };
+}
+
+// decoded = model.decode(z).sample; post = model.encode(image).latent_dist (either input may be absent).
+Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
+  MD_TRY(AutoencoderKLConfig cfg, AutoencoderKLConfig::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(AutoencoderKL vae, AutoencoderKL::load(ck, cfg));
+  const bool has_z = c.inputs.count("z") != 0, has_image = c.inputs.count("image") != 0;
+  if (!has_z && !has_image) return make_error(c.dir + "/inputs.safetensors: neither 'z' nor 'image' to run");
+  TensorMap out;
+  Hooks hooks = collect_into(out);
+  if (has_z) {
+    MD_TRY(Tensor z, c.input("z"));
+    MD_TRY(out["decoded"], vae.decode(z, &hooks));
+  }
+  if (has_image) {
+    MD_TRY(Tensor image, c.input("image"));
+    MD_TRY(DiagonalGaussian post, vae.encode(image, &hooks));
+    out["posterior_mean"] = post.mean;
+    out["posterior_logvar"] = post.logvar;
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_vae_runners() { register_case_runner("diffusers.AutoencoderKL", run_autoencoder_kl); }
+
 }  // namespace meshdit

@@ -1,0 +1,265 @@
+// The image-model kernels behind meshdit::ops (conv2d, group_norm, upsample_nearest2x), checked against
+// naive double-precision loops written here, with 1, 2 and 3 pool threads. Tolerances are at float32
+// level: for a convolution a few float32 epsilons times the sum of |terms| of each output; for group norm
+// a few parts in a million of the normalised magnitude (the statistics are float32 sums over a group).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../test_util.h"
+#include "backend/backend.h"
+#include "backend/ops.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+
+using namespace meshdit;
+
+namespace {
+
+using test::random_tensor;
+using Vec = std::vector<double>;
+
+constexpr double kEps32 = 1.1920928955078125e-07;
+
+Vec to_d(const Tensor& t) {
+  std::vector<float> f = t.to_vector();
+  return Vec(f.begin(), f.end());
+}
+
+::testing::AssertionResult all_close(const Tensor& got_t, const Vec& ref, const Vec& tol) {
+  const std::vector<float> got = got_t.to_vector();
+  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
+  int64_t bad = 0, worst = -1;
+  double worst_ratio = -1;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - ref[i]);
+    const bool ok = err <= tol[i];
+    if (!ok) ++bad;
+    const double ratio = ok ? err / (tol[i] > 0 ? tol[i] : 1) : std::numeric_limits<double>::infinity();
+    if (ratio > worst_ratio) worst_ratio = ratio, worst = int64_t(i);
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << ref.size() << " out of tolerance; worst at " << worst
+                                       << ": got " << got[size_t(worst)] << " want " << ref[size_t(worst)] << " tol "
+                                       << tol[size_t(worst)];
+}
+
+int default_threads() {
+  static const int n = num_threads();
+  return n;
+}
+void for_thread_counts(const std::function<void()>& fn) {
+  (void)default_threads();
+  for (int t : {1, 2, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(t));
+    set_num_threads(t);
+    fn();
+  }
+  set_num_threads(default_threads());
+}
+
+// ---- conv2d ------------------------------------------------------------------------------------------
+
+struct ConvCase {
+  int64_t B, C, H, W, O, kh, kw;
+  Conv2dParams p;
+  DType wdtype;
+  bool bias;
+  std::string name;
+};
+
+struct Ref {
+  Vec y, tol;
+  Shape shape;
+};
+
+// y[b, o, oh, ow] = bias[o] + sum_{c, i, j} x[b, c, oh*sh - pt + i, ow*sw - pl + j] w[o, c, i, j], zero outside.
+Ref ref_conv(const Vec& x, const Vec& w, const Vec* bias, const ConvCase& cc) {
+  const Conv2dParams& p = cc.p;
+  const int64_t Ho = (cc.H + p.pad_top + p.pad_bottom - cc.kh) / p.stride_h + 1;
+  const int64_t Wo = (cc.W + p.pad_left + p.pad_right - cc.kw) / p.stride_w + 1;
+  Ref r;
+  r.shape = {cc.B, cc.O, Ho, Wo};
+  r.y.assign(size_t(cc.B * cc.O * Ho * Wo), 0.0);
+  r.tol.assign(r.y.size(), 0.0);
+  for (int64_t b = 0; b < cc.B; ++b)
+    for (int64_t o = 0; o < cc.O; ++o)
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          double s = bias ? (*bias)[size_t(o)] : 0.0, mag = std::fabs(s);
+          for (int64_t c = 0; c < cc.C; ++c)
+            for (int64_t i = 0; i < cc.kh; ++i)
+              for (int64_t j = 0; j < cc.kw; ++j) {
+                const int64_t ih = oh * p.stride_h - p.pad_top + i, iw = ow * p.stride_w - p.pad_left + j;
+                if (ih < 0 || ih >= cc.H || iw < 0 || iw >= cc.W) continue;
+                const double t = x[size_t(((b * cc.C + c) * cc.H + ih) * cc.W + iw)] *
+                                 w[size_t(((o * cc.C + c) * cc.kh + i) * cc.kw + j)];
+                s += t;
+                mag += std::fabs(t);
+              }
+          const size_t k = size_t(((b * cc.O + o) * Ho + oh) * Wo + ow);
+          r.y[k] = s;
+          r.tol[k] = 32 * kEps32 * mag + 1e-30;
+        }
+  return r;
+}
+
+Conv2dParams pads(int s, int top, int left, int bottom, int right) {
+  Conv2dParams p;
+  p.stride_h = p.stride_w = s;
+  p.pad_top = top, p.pad_left = left, p.pad_bottom = bottom, p.pad_right = right;
+  return p;
+}
+
+void check_conv(const ConvCase& cc) {
+  SCOPED_TRACE(cc.name);
+  const Tensor x = random_tensor({cc.B, cc.C, cc.H, cc.W}, 11);
+  const Tensor w = random_tensor({cc.O, cc.C, cc.kh, cc.kw}, 12, 0.3f).to(cc.wdtype);
+  const Tensor b = random_tensor({cc.O}, 13).to(cc.wdtype);
+  const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);  // the stored (rounded) values
+  const Ref r = ref_conv(xd, wd, cc.bias ? &bd : nullptr, cc);
+  for_thread_counts([&] {
+    Tensor y = ops::conv2d(x, w, cc.bias ? &b : nullptr, cc.p);
+    ASSERT_EQ(y.shape(), r.shape);
+    EXPECT_TRUE(all_close(y, r.y, r.tol));
+  });
+}
+
+TEST(Conv2d, MatchesNaiveLoops) {
+  const ConvCase cases[] = {
+      {2, 3, 5, 7, 4, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "3x3 stride 1 pad 1, odd sizes"},
+      {1, 5, 9, 11, 6, 3, 3, pads(2, 0, 0, 1, 1), DType::F32, true, "3x3 stride 2, Downsample2D pad (0,1,0,1)"},
+      {2, 4, 8, 10, 5, 3, 3, pads(2, 1, 1, 1, 1), DType::F32, false, "3x3 stride 2 pad 1"},
+      {1, 6, 7, 9, 3, 3, 3, pads(1, 0, 0, 0, 0), DType::F32, true, "3x3 no padding"},
+      {2, 7, 6, 5, 9, 1, 1, pads(1, 0, 0, 0, 0), DType::F32, true, "1x1 (no im2col)"},
+      {1, 7, 6, 5, 9, 1, 1, pads(1, 0, 0, 0, 0), DType::F32, false, "1x1 without bias"},
+      {1, 4, 9, 7, 3, 1, 1, pads(2, 0, 0, 0, 0), DType::F32, true, "1x1 stride 2"},
+      {1, 3, 6, 8, 4, 2, 3, pads(1, 1, 2, 0, 1), DType::F32, true, "2x3 kernel, asymmetric padding"},
+      {1, 2, 4, 4, 3, 3, 3, pads(1, 2, 2, 2, 2), DType::F32, true, "padding wider than the kernel reach"},
+      {2, 6, 7, 13, 5, 3, 3, pads(1, 1, 1, 1, 1), DType::BF16, true, "bf16 weights and bias"},
+      {1, 6, 11, 6, 5, 3, 3, pads(2, 0, 0, 1, 1), DType::F16, true, "f16 weights, stride 2"},
+      // Large enough to be split into pixel tiles and channel blocks across threads.
+      {1, 32, 37, 41, 48, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "threaded, odd image"},
+      {2, 16, 20, 23, 40, 3, 3, pads(2, 0, 0, 1, 1), DType::BF16, true, "threaded stride 2, bf16"},
+      {1, 64, 3, 5, 96, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "few pixels, many channels"},
+      // K = 2304: with one thread the im2col budget caps a tile at 455 of the 2304 pixels (six tiles, the
+      // last partial); with more threads the tiles shrink further to feed every thread.
+      {1, 256, 48, 48, 8, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "bounded im2col tile"},
+  };
+  for (const auto& cc : cases) check_conv(cc);
+}
+
+TEST(Conv2d, StridedInputIsMadeContiguous) {
+  // A channels-last buffer viewed as NCHW.
+  const Tensor nhwc = random_tensor({1, 6, 7, 4}, 21);
+  const Tensor x = nhwc.permute({0, 3, 1, 2});
+  ASSERT_FALSE(x.is_contiguous());
+  const Tensor w = random_tensor({5, 4, 3, 3}, 22);
+  const Tensor y = ops::conv2d(x, w, nullptr, pads(1, 1, 1, 1, 1));
+  const Tensor y_ref = ops::conv2d(x.contiguous(), w, nullptr, pads(1, 1, 1, 1, 1));
+  EXPECT_EQ(y.to_vector(), y_ref.to_vector());
+}
+
+TEST(Conv2d, OutputSizeFollowsTorch) {
+  Conv2dParams down = pads(2, 0, 0, 1, 1);  // Downsample2D(padding=0): floor(H / 2)
+  for (int64_t h : {2, 3, 8, 9, 48, 49}) EXPECT_EQ(down.out_h(h, 3), h / 2) << h;
+  Conv2dParams same = pads(1, 1, 1, 1, 1);
+  EXPECT_EQ(same.out_w(17, 3), 17);
+}
+
+// ---- group norm --------------------------------------------------------------------------------------
+
+double silu_d(double v) { return v / (1.0 + std::exp(-v)); }
+
+void check_group_norm(const Shape& shape, int64_t groups, bool affine, Act act, float scale, float offset) {
+  SCOPED_TRACE(shape_str(shape) + " groups " + std::to_string(groups) + (affine ? " affine" : "") +
+               (act == Act::SiLU ? " silu" : ""));
+  Tensor x = random_tensor(shape, 31, scale);
+  float* xp = x.f32();
+  for (int64_t i = 0; i < x.numel(); ++i) xp[i] += offset;
+  const Tensor w = random_tensor({shape[1]}, 32), b = random_tensor({shape[1]}, 33);
+  const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
+  const int64_t B = shape[0], C = shape[1], S = x.numel() / (B * C), cg = C / groups, n = cg * S;
+  const float eps = 1e-6f;
+  Vec ref(xd.size()), tol(xd.size());
+  for (int64_t bg = 0; bg < B * groups; ++bg) {
+    const double* g = xd.data() + bg * n;
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) mean += g[i];
+    mean /= double(n);
+    for (int64_t i = 0; i < n; ++i) var += (g[i] - mean) * (g[i] - mean);
+    var /= double(n);
+    const double rstd = 1.0 / std::sqrt(var + eps);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = (bg % groups) * cg + i / S;
+      const double z = (g[i] - mean) * rstd;
+      const double wc = affine ? wd[size_t(c)] : 1.0, bc = affine ? bd[size_t(c)] : 0.0;
+      const double y = z * wc + bc;
+      const size_t k = size_t(bg * n + i);
+      ref[k] = act == Act::SiLU ? silu_d(y) : y;
+      // The float32 statistics are good to a few parts in a million of the group's spread (and of its
+      // offset, which the float32 input itself carries).
+      tol[k] = 4e-6 * (std::fabs(z) + 1.0 + std::fabs(mean) * rstd) * std::fabs(wc) + 8 * kEps32 * std::fabs(y);
+    }
+  }
+  for_thread_counts([&] {
+    Tensor y = ops::group_norm(x, groups, affine ? &w : nullptr, affine ? &b : nullptr, eps, act);
+    ASSERT_EQ(y.shape(), x.shape());
+    EXPECT_TRUE(all_close(y, ref, tol));
+  });
+}
+
+TEST(GroupNorm, MatchesNaiveLoops) {
+  check_group_norm({2, 8, 5, 7}, 4, true, Act::None, 1.0f, 0.0f);
+  check_group_norm({2, 8, 5, 7}, 4, false, Act::None, 1.0f, 0.0f);
+  check_group_norm({1, 6, 3, 11}, 3, true, Act::SiLU, 2.0f, 0.5f);
+  check_group_norm({3, 4, 9}, 2, true, Act::None, 1.0f, 0.0f);  // [B, C, L], as attention's norm
+  check_group_norm({1, 5, 4, 4}, 1, true, Act::None, 1.0f, 0.0f);
+  check_group_norm({1, 6, 4, 4}, 6, false, Act::SiLU, 1.0f, 0.0f);  // one channel per group
+  // Groups of 9216 elements: sums span several accumulation chunks; an offset tests the variance pass.
+  check_group_norm({1, 8, 48, 48}, 2, true, Act::None, 3.0f, 5.0f);
+  check_group_norm({2, 32, 17, 19}, 8, true, Act::SiLU, 1.0f, -1.0f);
+}
+
+TEST(GroupNorm, ConstantGroupIsFinite) {
+  Tensor x = Tensor::zeros({1, 4, 3, 3});
+  float* p = x.f32();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = 2.5f;
+  const Tensor b = Tensor::from_f32({4}, {0.1f, 0.2f, 0.3f, 0.4f}), w = Tensor::from_f32({4}, {1, 1, 1, 1});
+  const std::vector<float> y = ops::group_norm(x, 2, &w, &b, 1e-6f).to_vector();
+  for (int64_t i = 0; i < 36; ++i) EXPECT_FLOAT_EQ(y[size_t(i)], 0.1f * float(i / 9 + 1)) << i;
+}
+
+// ---- upsample ----------------------------------------------------------------------------------------
+
+TEST(UpsampleNearest2x, RepeatsEveryPixel) {
+  for (const Shape& s : {Shape{2, 3, 5, 7}, Shape{1, 1, 1, 1}, Shape{1, 4, 33, 2}}) {
+    SCOPED_TRACE(shape_str(s));
+    const Tensor x = random_tensor(s, 41);
+    const std::vector<float> xv = x.to_vector();
+    for_thread_counts([&] {
+      const Tensor y = ops::upsample_nearest2x(x);
+      ASSERT_EQ(y.shape(), (Shape{s[0], s[1], 2 * s[2], 2 * s[3]}));
+      const std::vector<float> yv = y.to_vector();
+      const int64_t H = s[2], W = s[3];
+      for (int64_t bc = 0; bc < s[0] * s[1]; ++bc)
+        for (int64_t i = 0; i < 2 * H; ++i)
+          for (int64_t j = 0; j < 2 * W; ++j)
+            ASSERT_EQ(yv[size_t((bc * 2 * H + i) * 2 * W + j)], xv[size_t((bc * H + i / 2) * W + j / 2)]);
+    });
+  }
+}
+
+TEST(ConvBackend, TableHasTheImageKernels) {
+  const Backend& b = cpu_backend();
+  EXPECT_NE(b.conv2d, nullptr);
+  EXPECT_NE(b.group_norm, nullptr);
+  EXPECT_NE(b.upsample_nearest2x, nullptr);
+}
+
+}  // namespace
