@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "app/check.h"
+#include "app/generate.h"
 #include "app/runners.h"
 #include "core/thread_pool.h"
 
@@ -48,6 +49,26 @@ int main(int argc, char** argv) {
   check->add_flag("-q,--quiet", quiet, "one line per passing case");
   check->footer("Exit status 0 only if every output of every case is within tolerance.");
 
+  auto* gen = app.add_subcommand("generate", "Generate images from text prompts (PNG files)");
+  meshdit::GenerateCommand g;
+  gen->add_option("--model", g.model,
+                  "diffusers pipeline folder (model_index.json + subfolders), e.g. FLUX.1-dev as downloaded; "
+                  "default: the built-in tiny-shapes model (128x128, 20 steps)");
+  gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
+  gen->add_option("--negative-prompt", g.negative_prompts, "one per prompt; used with --true-cfg > 1");
+  gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux)")->check(CLI::PositiveNumber);
+  gen->add_option("--guidance", g.guidance, "guidance scale for guidance-distilled models (FLUX.1-dev: 3.5)");
+  gen->add_option("--true-cfg", g.true_cfg, "true classifier-free guidance scale with --negative-prompt (1 = off)");
+  gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
+  gen->add_option("--width", g.width, "image width in pixels, a multiple of 16 (default: the model's)");
+  gen->add_option("--height", g.height, "image height in pixels, a multiple of 16 (default: the model's)");
+  gen->add_option("--batch", g.batch, "images per prompt")->check(CLI::PositiveNumber);
+  gen->add_option("--max-sequence-length", g.max_sequence_length, "T5 tokens (default 512)");
+  gen->add_option("-o,--output", g.output, "output PNG; several images become NAME-0.png, NAME-1.png, ...");
+  gen->add_option("--timings", g.timings_path, "write per-stage and per-step times and peak memory as JSON");
+  gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
+  gen->add_flag("!--no-progress", g.progress, "no progress bar");
+
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
 
   try {
@@ -57,6 +78,7 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) meshdit::set_num_threads(threads);
   if (*check) return cmd_check(dirs, quiet);
+  if (*gen) return meshdit::run_generate(g);
   if (*classes) {
     meshdit::register_builtin_runners();
     for (const auto& c : meshdit::supported_case_classes()) std::printf("%s\n", c.c_str());

@@ -1,0 +1,166 @@
+// `meshdit generate`: prompt(s) in, PNG(s) out, with a progress bar, per-stage timings and a trace.
+#include "app/generate.h"
+
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "app/runners.h"
+#include "core/thread_pool.h"
+#include "core/trace.h"
+#include "io/checkpoint.h"
+#include "io/json_config.h"
+#include "io/png.h"
+#include "pipelines/flux.h"
+
+namespace fs = std::filesystem;
+
+namespace meshdit {
+namespace {
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "meshdit generate: %s\n", msg.c_str());
+  return 1;
+}
+
+double peak_rss_mb() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;
+}
+
+// out.png -> out-3.png for the fourth image of a batch.
+std::string numbered(const std::string& path, size_t i, size_t n) {
+  if (n == 1) return path;
+  fs::path p(path);
+  return (p.parent_path() / (p.stem().string() + "-" + std::to_string(i) + p.extension().string())).string();
+}
+
+void progress_bar(int64_t step, int64_t total, double step_s, double elapsed_s) {
+  const int width = 30;
+  const int filled = int(width * (step + 1) / total);
+  std::string bar(size_t(filled), '=');
+  if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
+  const double eta = elapsed_s / double(step + 1) * double(total - step - 1);
+  std::fprintf(stderr, "\rstep %3lld/%lld [%s] %.2f s/step, ETA %.1f s ", (long long)(step + 1), (long long)total,
+               bar.c_str(), step_s, eta);
+  if (step + 1 == total) std::fputc('\n', stderr);
+  std::fflush(stderr);
+}
+
+Status write_timings(const std::string& path, const GenerateCommand& cmd, double total_s) {
+  Json stages = Json::object();
+  Json steps = Json::array();
+  for (const auto& e : Trace::instance().events()) {
+    const double s = double(e.dur_us) / 1e6;
+    if (std::string(e.category) == "stage") stages[e.name] = stages.value(e.name, 0.0) + s;
+    if (std::string(e.category) == "step") steps.push_back(s);
+  }
+  Json j = {{"model", cmd.model.empty() ? builtin_model_dir() : cmd.model},
+            {"threads", num_threads()},
+            {"stages_s", stages},
+            {"steps_s", steps},
+            {"total_s", total_s},
+            {"peak_rss_mb", peak_rss_mb()}};
+  std::ofstream f(path);
+  if (!f) return make_error(path + ": cannot open for writing");
+  f << j.dump(2) << "\n";
+  return f ? ok_status() : Status(make_error(path + ": write failed"));
+}
+
+}  // namespace
+
+int run_generate(const GenerateCommand& cmd) {
+  Span total("run", "generate");
+  const bool builtin = cmd.model.empty();
+  const std::string model = builtin ? builtin_model_dir() : cmd.model;
+  if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
+  if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) Trace::instance().enable(true);
+
+  // Refuse an unwritable output before minutes of work, not after.
+  const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
+  for (size_t i = 0; i < n_images; ++i) {
+    const std::string out = numbered(cmd.output, i, n_images);
+    const bool existed = path_exists(out);
+    std::ofstream probe(out, std::ios::app);
+    if (!probe) return fail(out + ": output path is not writable");
+    probe.close();
+    if (!existed) fs::remove(out);
+  }
+
+  auto folder = DiffusersFolder::open(model);
+  if (!folder.ok()) return fail(folder.error().message);
+  if (folder->class_name != "FluxPipeline")
+    return fail(model + "/model_index.json: pipeline class '" + folder->class_name +
+                "' is not supported by generate yet (supported: FluxPipeline)");
+  auto pipe = FluxPipeline::load(model);
+  if (!pipe.ok()) return fail(pipe.error().message);
+
+  GenerateOptions o;
+  o.prompt = cmd.prompts;
+  o.negative_prompt = cmd.negative_prompts;
+  o.num_images_per_prompt = cmd.batch;
+  o.height = cmd.height;
+  o.width = cmd.width;
+  o.steps = cmd.steps;
+  if (cmd.guidance >= 0) o.guidance_scale = cmd.guidance;
+  o.true_cfg_scale = cmd.true_cfg;
+  o.seed = cmd.seed;
+  o.max_sequence_length = cmd.max_sequence_length;
+  if (builtin) {  // the built-in model was trained at 128 x 128 with 20 steps
+    if (o.height == 0) o.height = 128;
+    if (o.width == 0) o.width = 128;
+    if (o.steps == 0) o.steps = 20;
+  }
+  o = pipe->with_defaults(o);
+  if (auto st = pipe->validate(o); !st.ok()) return fail(st.error().message);
+
+  std::fprintf(stderr, "meshdit: %s, %lld image(s) %lldx%lld, %lld steps, seed %llu, %d threads\n", model.c_str(),
+               (long long)n_images, (long long)o.width, (long long)o.height, (long long)o.steps,
+               (unsigned long long)o.seed, num_threads());
+  Span gen_span("run", "denoise + decode");
+  StepCallback cb = nullptr;
+  if (cmd.progress)
+    cb = [&](int64_t i, int64_t n, double s) { progress_bar(i, n, s, gen_span.elapsed_s()); };
+  auto images = pipe->generate(o, nullptr, cb);
+  if (!images.ok()) return fail(images.error().message);
+
+  {
+    Span save("stage", "save png");
+    const Tensor& im = images.value();
+    for (int64_t b = 0; b < im.size(0); ++b) {
+      const std::string out = numbered(cmd.output, size_t(b), n_images);
+      const size_t prompt_index = size_t(b / std::max<int64_t>(1, o.num_images_per_prompt));
+      PngText text = {{"Software", "meshdit"},
+                      {"prompt", o.prompt[prompt_index]},
+                      {"model", model},
+                      {"seed", std::to_string(o.seed)},
+                      {"batch_index", std::to_string(b)},
+                      {"steps", std::to_string(o.steps)},
+                      {"guidance_scale", std::to_string(*o.guidance_scale)},
+                      {"width", std::to_string(o.width)},
+                      {"height", std::to_string(o.height)}};
+      if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});
+      std::vector<uint8_t> rgb = to_rgb8(im.select(0, b));
+      if (auto st = write_png(out, rgb.data(), int(o.width), int(o.height), text); !st.ok())
+        return fail(st.error().message);
+      std::fprintf(stderr, "wrote %s\n", out.c_str());
+    }
+  }
+  const double total_s = total.elapsed_s();
+  if (!cmd.timings_path.empty()) {
+    if (auto st = write_timings(cmd.timings_path, cmd, total_s); !st.ok()) return fail(st.error().message);
+    std::fprintf(stderr, "timings: %s (total %.2f s, peak RSS %.0f MB)\n", cmd.timings_path.c_str(), total_s,
+                 peak_rss_mb());
+  }
+  if (!cmd.trace_path.empty()) {
+    if (auto st = Trace::instance().write_chrome(cmd.trace_path); !st.ok()) return fail(st.error().message);
+    std::fprintf(stderr, "trace: %s (open in https://ui.perfetto.dev)\n", cmd.trace_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace meshdit

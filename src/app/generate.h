@@ -1,0 +1,22 @@
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace meshdit {
+
+struct GenerateCommand {
+  std::string model;  // "" = built-in model
+  std::vector<std::string> prompts, negative_prompts;
+  int64_t steps = 0, width = 0, height = 0, batch = 1, max_sequence_length = 0;
+  float guidance = -1, true_cfg = 1.0f;
+  uint64_t seed = 0;
+  std::string output = "out.png";
+  std::string timings_path, trace_path;
+  bool progress = true;
+};
+
+// Runs `meshdit generate`; prints its own messages; returns the process exit status.
+int run_generate(const GenerateCommand& cmd);
+
+}  // namespace meshdit
