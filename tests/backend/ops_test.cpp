@@ -101,12 +101,14 @@ TEST(ThreadCount, ResizeAfterParallelWork) {
 
 // ---- activations -----------------------------------------------------------------------------------
 
-constexpr Act kActs[] = {Act::None, Act::GeluTanh, Act::GeluErf, Act::SiLU, Act::QuickGelu};
+constexpr Act kActs[] = {Act::None, Act::GeluTanh, Act::GeluErf, Act::SiLU, Act::QuickGelu, Act::Relu};
 
 double act_ref(double x, Act a) {
   switch (a) {
     case Act::None:
       return x;
+    case Act::Relu:
+      return x > 0 ? x : 0.0;
     case Act::GeluTanh:
       return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x)));
     case Act::GeluErf:

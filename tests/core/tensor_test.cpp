@@ -582,7 +582,9 @@ TEST(Dtype, BF16AndF16CrossConversions) {
   EXPECT_EQ(hvb.shape(), (Shape{7, 4}));
   for_each_index(hvb.shape(), [&](const auto& i) {
     const double want = ref_get(hv, i);
-    if (!std::isnan(want)) EXPECT_EQ(ref_get(hvb, i), ref_bf16_value(ref_f32_to_bf16(float(want))));
+    if (!std::isnan(want)) {
+      EXPECT_EQ(ref_get(hvb, i), ref_bf16_value(ref_f32_to_bf16(float(want))));
+    }
   });
 }
 
