@@ -101,6 +101,9 @@ Result<Tensor> Checkpoint::get(const std::string& name) const {
 
 Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
   MD_TRY(Tensor t, get(name));
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16)
+    return make_error(origin_ + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype()) +
+                      "; weights must be F32, F16 or BF16");
   if (t.shape() != expect)
     return make_error(origin_ + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
                       shape_str(expect));

@@ -25,6 +25,7 @@ class Checkpoint {
   bool has(const std::string& name) const { return where_.count(name) != 0; }
   std::vector<std::string> names() const;
   Result<Tensor> get(const std::string& name) const;
+  // A weight: also checks the shape, and that the dtype is one the kernels take (F32, F16, BF16).
   Result<Tensor> get(const std::string& name, const Shape& expect) const;
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/json_config.h"
+
 namespace meshdit {
 
 class MappedFile {
@@ -50,10 +52,12 @@ class MappedFile {
 namespace {
 
 constexpr uint64_t kMaxHeader = 100ull << 20;  // the format's own limit is 100 MB
+// Bound on a tensor's byte size, so that size products and int64 shapes never overflow.
+constexpr uint64_t kMaxTensorBytes = uint64_t(1) << 62;
 
 Result<uint64_t> as_u64(const nlohmann::json& j, const std::string& what) {
   if (!j.is_number_integer() || (j.is_number_integer() && !j.is_number_unsigned() && j.get<int64_t>() < 0))
-    return make_error(what + " must be a non-negative integer, got " + j.dump());
+    return make_error(what + " must be a non-negative integer, got " + json_brief(j));
   return j.get<uint64_t>();
 }
 
@@ -98,11 +102,17 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
     const std::string dt = e["dtype"].get<std::string>();
     if (!dtype_from_name(dt, &info.dtype)) return make_error(where + ": unknown dtype '" + dt + "'");
     if (!e.contains("shape") || !e["shape"].is_array()) return make_error(where + ": missing shape array");
-    uint64_t numel = 1;
+    // Byte size over the non-zero dimensions, bounded so every partial product of the shape fits an int64.
+    uint64_t bytes = dtype_size(info.dtype);
+    bool empty = false;
     for (const auto& d : e["shape"]) {
       MD_TRY(uint64_t v, as_u64(d, where + ": shape entry"));
-      if (v != 0 && numel > (uint64_t(1) << 62) / v) return make_error(where + ": shape overflows");
-      numel *= v;
+      if (v == 0)
+        empty = true;
+      else if (bytes > kMaxTensorBytes / v)
+        return make_error(where + ": shape " + json_brief(e["shape"]) + " is too large");
+      else
+        bytes *= v;
       info.shape.push_back(int64_t(v));
     }
     if (!e.contains("data_offsets") || !e["data_offsets"].is_array() || e["data_offsets"].size() != 2)
@@ -116,7 +126,7 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
       return make_error(where + ": data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
                         "] are out of range: the data section has " + std::to_string(data_size) +
                         " bytes (file truncated?)");
-    const uint64_t expect = numel * dtype_size(info.dtype);
+    const uint64_t expect = empty ? 0 : bytes;
     if (info.end - info.begin != expect)
       return make_error(where + ": shape " + shape_str(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
                         std::to_string(expect) + " bytes but data_offsets span " +

@@ -13,9 +13,14 @@
 namespace meshdit {
 
 Result<SD3Config> SD3Config::from_json(const std::string& path) {
-  MD_TRY(Json j, load_json(path));
+  MD_TRY(std::string text, read_text_file(path));
+  return from_json_text(text, path);
+}
+
+Result<SD3Config> SD3Config::from_json_text(const std::string& text, const std::string& name) {
+  MD_TRY(Json j, parse_json(text, name));
   SD3Config c;
-  ConfigReader r(j, path);
+  ConfigReader r(j, name);
   r.get("sample_size", c.sample_size);
   r.get("patch_size", c.patch_size);
   r.get("in_channels", c.in_channels);
@@ -32,8 +37,23 @@ Result<SD3Config> SD3Config::from_json(const std::string& path) {
   if (!c.qk_norm.empty() && c.qk_norm != "rms_norm") r.fail("qk_norm", "'" + c.qk_norm + "' is not supported (rms_norm or null)");
   if (!c.dual_attention_layers.empty())
     r.fail("dual_attention_layers", "is not empty: SD3.5-Medium's dual attention (MMDiT-X) is not supported yet");
-  if (c.num_layers < 1 || c.num_attention_heads < 1 || c.attention_head_dim < 1 || c.patch_size < 1)
-    r.fail("num_layers/num_attention_heads/attention_head_dim/patch_size", "must be positive");
+  // The bound keeps products of sizes (inner_dim, the position table) far from int64 overflow.
+  constexpr int64_t kMaxSize = 1 << 15;
+  const std::pair<const char*, int64_t> sizes[] = {{"sample_size", c.sample_size},
+                                                   {"patch_size", c.patch_size},
+                                                   {"in_channels", c.in_channels},
+                                                   {"num_layers", c.num_layers},
+                                                   {"attention_head_dim", c.attention_head_dim},
+                                                   {"num_attention_heads", c.num_attention_heads},
+                                                   {"joint_attention_dim", c.joint_attention_dim},
+                                                   {"caption_projection_dim", c.caption_projection_dim},
+                                                   {"pooled_projection_dim", c.pooled_projection_dim},
+                                                   {"out_channels", c.out_channels}};
+  for (const auto& [key, v] : sizes)
+    if (v < 1 || v > kMaxSize)
+      r.fail(key, "must be between 1 and " + std::to_string(kMaxSize) + ", got " + std::to_string(v));
+  if (c.pos_embed_max_size > kMaxSize)  // 0 or less: no position table
+    r.fail("pos_embed_max_size", "must be at most " + std::to_string(kMaxSize));
   MD_RETURN_IF_ERROR(r.status());
   return c;
 }

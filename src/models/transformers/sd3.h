@@ -24,6 +24,8 @@ struct SD3Config {
   std::string qk_norm;  // "" or "rms_norm"
   int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
   static Result<SD3Config> from_json(const std::string& path);
+  // The same from the text of a config.json; `name` names it in messages.
+  static Result<SD3Config> from_json_text(const std::string& text, const std::string& name);
 };
 
 class SD3Transformer {
