@@ -12,7 +12,7 @@ jobs="${JOBS:-2}"
 targets=(safetensors config)
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DMESHDIT_FUZZ=ON -DMESHDIT_SANITIZE=ON -DMESHDIT_TESTS=OFF -DMESHDIT_BENCH=OFF >/dev/null
+  -DMESHDIT_FUZZ=ON -DMESHDIT_SANITIZE=ON -DMESHDIT_BENCH=OFF >/dev/null
 cmake --build "$build" -j "$jobs" --target "${targets[@]/%/_fuzz}"
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
