@@ -152,10 +152,10 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
           const int64_t o0 = O * ob / o_blocks, o1 = O * (ob + 1) / o_blocks;
           const float* xb = xp + b * C * H * W;
           const float* cp;
-          int64_t ldc;
+          int64_t ldb;  // leading dimension of the [K, np] right-hand matrix
           if (direct) {
             cp = xb + p0;
-            ldc = P;
+            ldb = P;
           } else {
             if (expanded != bt) {
               if (int64_t(col.size()) < K * np) col.resize(size_t(K * np));
@@ -163,11 +163,11 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
               expanded = bt;
             }
             cp = col.data();
-            ldc = np;
+            ldb = np;
           }
           float* yb = yp + (b * O + o0) * P + p0;
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(o1 - o0), int(np), int(K), 1.0f, wp + o0 * K,
-                      int(K), cp, int(ldc), 0.0f, yb, int(P));
+                      int(K), cp, int(ldb), 0.0f, yb, int(P));
           if (bias) {
             for (int64_t o = o0; o < o1; ++o) {
               float* row = yb + (o - o0) * P;
