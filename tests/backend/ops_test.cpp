@@ -398,7 +398,8 @@ TEST(OpsModulate, ShiftScaleAsChunksOfEmbedding) {
   for (const Tensor* xp : {&xc, &xs}) {
     const Tensor& x = *xp;
     const Vec xd = to_d(x), ed = to_d(emb);
-    for (auto [si, ci] : {std::pair{0, 1}, std::pair{3, 4}, std::pair{5, 2}}) {
+    for (const auto& chunks : {std::pair{0, 1}, std::pair{3, 4}, std::pair{5, 2}}) {
+      const int si = chunks.first, ci = chunks.second;  // plain locals: clang 14 cannot capture bindings
       SCOPED_TRACE("shift chunk " + std::to_string(si) + ", scale chunk " + std::to_string(ci));
       Vec ref(size_t(B * L * C)), tol(ref.size());
       for (int64_t b = 0; b < B; ++b)
