@@ -21,9 +21,13 @@ bool is_directory(const std::string& p) {
 
 Status Checkpoint::add_file(const std::string& path) {
   MD_TRY(auto f, SafetensorsFile::open(path));
-  for (const auto& t : f->header().tensors) {
-    if (where_.count(t.name)) return make_error(path + ": tensor '" + t.name + "' also appears in " + files_[where_[t.name]]->path());
-    where_[t.name] = files_.size();
+  const auto& tensors = f->header().tensors;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string& name = tensors[i].name;
+    auto it = where_.find(name);
+    if (it != where_.end())
+      return make_error(path + ": tensor '" + name + "' also appears in " + files_[it->second.file]->path());
+    where_[name] = Where{files_.size(), i};
   }
   files_.push_back(std::move(f));
   return ok_status();
@@ -57,7 +61,8 @@ Result<Checkpoint> Checkpoint::open_index(const std::string& index_json) {
   }
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
     if (!c.has(it.key()))
-      return make_error(index_json + ": tensor '" + it.key() + "' is not in its shard " + it.value().get<std::string>());
+      return make_error(index_json + ": tensor '" + it.key() + "' is not in its shard " +
+                        it.value().get<std::string>());
   return c;
 }
 
@@ -66,8 +71,10 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.size() > 22 && n.compare(n.size() - 23, 23, ".safetensors.index.json") == 0) index.push_back(e.path().string());
-    else if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0) files.push_back(e.path().string());
+    if (n.size() > 22 && n.compare(n.size() - 23, 23, ".safetensors.index.json") == 0)
+      index.push_back(e.path().string());
+    else if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0)
+      files.push_back(e.path().string());
   }
   if (ec) return make_error(dir + ": cannot list folder: " + ec.message());
   if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json");
@@ -87,35 +94,138 @@ Result<Checkpoint> Checkpoint::open(const std::string& path) {
   return open_file(path);
 }
 
+bool Checkpoint::has(const std::string& name) const {
+  return aliases_.count(name) != 0 || (stored_visible_ && where_.count(name) != 0);
+}
+
 std::vector<std::string> Checkpoint::names() const {
+  std::vector<std::string> n;
+  if (stored_visible_)
+    for (const auto& kv : where_) n.push_back(kv.first);
+  for (const auto& kv : aliases_) n.push_back(kv.first);
+  std::sort(n.begin(), n.end());
+  n.erase(std::unique(n.begin(), n.end()), n.end());  // an alias may share a stored tensor's name
+  return n;
+}
+
+std::vector<std::string> Checkpoint::stored_names() const {
   std::vector<std::string> n;
   for (const auto& kv : where_) n.push_back(kv.first);
   return n;
 }
 
-Result<Tensor> Checkpoint::get(const std::string& name) const {
+Result<Tensor> Checkpoint::get_stored(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) return make_error(origin_ + ": missing tensor '" + name + "'");
-  return files_[it->second]->get(name);
+  return files_[it->second.file]->get(name);
+}
+
+Result<Shape> Checkpoint::stored_shape(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) return make_error(origin_ + ": missing tensor '" + name + "'");
+  return info(it->second).shape;
+}
+
+Status Checkpoint::add_alias(const std::string& name, const std::string& source) {
+  auto it = where_.find(source);
+  if (it == where_.end()) return make_error(origin_ + ": alias '" + name + "': missing tensor '" + source + "'");
+  if (aliases_.count(name)) return make_error(origin_ + ": alias '" + name + "' is defined twice");
+  const TensorInfo& t = info(it->second);
+  Alias a;
+  a.parts.push_back(RowRange{source, 0, t.shape.empty() ? 1 : t.shape[0]});
+  a.whole = true;
+  a.shape = t.shape;
+  a.dtype = t.dtype;
+  aliases_[name] = std::move(a);
+  return ok_status();
+}
+
+Status Checkpoint::add_alias(const std::string& name, const std::string& source, int64_t begin, int64_t end) {
+  return add_alias(name, std::vector<RowRange>{RowRange{source, begin, end}});
+}
+
+Status Checkpoint::add_alias(const std::string& name, std::vector<RowRange> parts) {
+  const std::string what = origin_ + ": alias '" + name + "'";
+  if (parts.empty()) return make_error(what + " has no parts");
+  if (aliases_.count(name)) return make_error(what + " is defined twice");
+  Alias a;
+  int64_t rows = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    RowRange& p = parts[i];
+    auto it = where_.find(p.source);
+    if (it == where_.end()) return make_error(what + ": missing tensor '" + p.source + "'");
+    const TensorInfo& t = info(it->second);
+    if (t.shape.empty()) return make_error(what + ": tensor '" + p.source + "' is a scalar and has no rows");
+    const int64_t n = t.shape[0];
+    if (p.end < 0) p.end = n;
+    if (p.begin < 0 || p.begin >= p.end || p.end > n)
+      return make_error(what + ": rows [" + std::to_string(p.begin) + ", " + std::to_string(p.end) +
+                        ") are not inside tensor '" + p.source + "' of shape " + shape_str(t.shape));
+    const Shape trailing(t.shape.begin() + 1, t.shape.end());
+    if (i == 0) {
+      a.shape = t.shape;
+      a.dtype = t.dtype;
+    } else if (t.dtype != a.dtype || trailing != Shape(a.shape.begin() + 1, a.shape.end())) {
+      return make_error(what + ": tensor '" + p.source + "' (" + dtype_name(t.dtype) + " " + shape_str(t.shape) +
+                        ") does not stack with '" + parts[0].source + "' (" + dtype_name(a.dtype) + " " +
+                        shape_str(a.shape) + ")");
+    }
+    rows += p.end - p.begin;
+  }
+  a.shape[0] = rows;
+  a.parts = std::move(parts);
+  aliases_[name] = std::move(a);
+  return ok_status();
+}
+
+std::string Checkpoint::describe_alias(const std::string& name) const {
+  auto it = aliases_.find(name);
+  if (it == aliases_.end()) return "";
+  std::string s;
+  for (const auto& p : it->second.parts) {
+    if (!s.empty()) s += " + ";
+    s += "'" + p.source + "'";
+    if (!it->second.whole) s += " rows [" + std::to_string(p.begin) + ", " + std::to_string(p.end) + ")";
+  }
+  return s;
+}
+
+Result<Tensor> Checkpoint::get(const std::string& name) const {
+  auto a = aliases_.find(name);
+  if (a == aliases_.end()) {
+    if (!stored_visible_) return make_error(origin_ + ": missing tensor '" + name + "'");
+    return get_stored(name);
+  }
+  const Alias& al = a->second;
+  if (al.whole) return get_stored(al.parts[0].source);
+  std::vector<Tensor> rows;
+  for (const auto& p : al.parts) {
+    MD_TRY(Tensor t, get_stored(p.source));
+    if (!t.is_contiguous() || t.dim() == 0)
+      return make_error(origin_ + ": tensor '" + p.source + "' is not contiguous");
+    rows.push_back(t.slice(0, p.begin, p.end));
+  }
+  if (rows.size() == 1) return rows[0];
+  return concat(rows, 0);
 }
 
 Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
   MD_TRY(Tensor t, get(name));
+  const std::string alias = describe_alias(name);
+  const std::string what = "tensor '" + name + "'" + (alias.empty() ? "" : " (from " + alias + ")");
   if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16)
-    return make_error(origin_ + ": tensor '" + name + "' has dtype " + dtype_name(t.dtype()) +
+    return make_error(origin_ + ": " + what + " has dtype " + dtype_name(t.dtype()) +
                       "; weights must be F32, F16 or BF16");
   if (t.shape() != expect)
-    return make_error(origin_ + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
-                      shape_str(expect));
+    return make_error(origin_ + ": " + what + " has shape " + shape_str(t.shape()) + ", expected " + shape_str(expect));
   return t;
 }
 
 Result<Shape> Checkpoint::shape_of(const std::string& name) const {
-  auto it = where_.find(name);
-  if (it == where_.end()) return make_error(origin_ + ": missing tensor '" + name + "'");
-  for (const auto& t : files_[it->second]->header().tensors)
-    if (t.name == name) return t.shape;
-  return make_error(origin_ + ": missing tensor '" + name + "'");
+  auto a = aliases_.find(name);
+  if (a != aliases_.end()) return a->second.shape;
+  if (!stored_visible_) return make_error(origin_ + ": missing tensor '" + name + "'");
+  return stored_shape(name);
 }
 
 Result<DiffusersFolder> DiffusersFolder::open(const std::string& dir) {

@@ -1,7 +1,13 @@
 // A checkpoint is a set of named tensors spread over one or more safetensors files: a single file, a
 // sharded set described by *.safetensors.index.json, or a diffusers component folder holding either.
 // Lookups return memory-mapped views; a missing tensor or a wrong shape is an error naming both.
+//
+// Aliases give stored tensors other names without copying them: an alias is one or more row ranges
+// (dim 0) of stored tensors. One range is a view into the mapping (rows of a contiguous tensor are
+// contiguous); several are concatenated on get() (a copy, meant for the few tensors whose rows must be
+// reordered). This is how single-file layouts (fused qkv, other names) load as diffusers layers.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -22,7 +28,8 @@ class Checkpoint {
   // A file or a folder.
   static Result<Checkpoint> open(const std::string& path);
 
-  bool has(const std::string& name) const { return where_.count(name) != 0; }
+  // Visible names: the stored ones (unless hidden) and the aliases, sorted.
+  bool has(const std::string& name) const;
   std::vector<std::string> names() const;
   Result<Tensor> get(const std::string& name) const;
   // A weight: also checks the shape, and that the dtype is one the kernels take (F32, F16, BF16).
@@ -31,17 +38,53 @@ class Checkpoint {
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
 
+  // Rows [begin, end) of dim 0 of a stored tensor; end < 0 means to the last row.
+  struct RowRange {
+    std::string source;
+    int64_t begin = 0, end = -1;
+  };
+  // `name` becomes the stored tensor `source` as a whole (a view; any rank, scalars included).
+  Status add_alias(const std::string& name, const std::string& source);
+  // `name` becomes rows [begin, end) of `source` (a view).
+  Status add_alias(const std::string& name, const std::string& source, int64_t begin, int64_t end);
+  // `name` becomes the concatenation of `parts` on dim 0 (a view when there is one part, else a copy made by
+  // each get()). Every part must have the same dtype and trailing dims. An alias takes precedence over a stored
+  // tensor of the same name.
+  Status add_alias(const std::string& name, std::vector<RowRange> parts);
+  // From now on only aliases are visible: stored names stay reachable as alias sources only.
+  void hide_stored_names() { stored_visible_ = false; }
+  bool is_alias(const std::string& name) const { return aliases_.count(name) != 0; }
+  // The stored tensors (with rows) an alias reads, as "'src' rows [a, b)", for messages; "" for a stored name.
+  std::string describe_alias(const std::string& name) const;
+  // Stored tensors by their own names, whether visible or not (layout detection, alias sources).
+  std::vector<std::string> stored_names() const;
+  bool has_stored(const std::string& name) const { return where_.count(name) != 0; }
+  Result<Shape> stored_shape(const std::string& name) const;
+  Result<Tensor> get_stored(const std::string& name) const;
+
  private:
+  struct Where {
+    size_t file = 0, tensor = 0;  // files_[file]->header().tensors[tensor]
+  };
+  struct Alias {
+    std::vector<RowRange> parts;  // resolved: 0 <= begin < end <= rows
+    bool whole = false;           // one part: the stored tensor as it is
+    Shape shape;
+    DType dtype = DType::F32;
+  };
   Status add_file(const std::string& path);
+  const TensorInfo& info(const Where& w) const { return files_[w.file]->header().tensors[w.tensor]; }
   std::string origin_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
-  std::map<std::string, size_t> where_;
+  std::map<std::string, Where> where_;
+  std::map<std::string, Alias> aliases_;
+  bool stored_visible_ = true;
 };
 
 // model_index.json of a diffusers pipeline folder.
 struct DiffusersFolder {
   std::string dir;
-  std::string class_name;                                                    // e.g. "FluxPipeline"
+  std::string class_name;                                                 // e.g. "FluxPipeline"
   std::map<std::string, std::pair<std::string, std::string>> components;  // name -> (library, class)
   static Result<DiffusersFolder> open(const std::string& dir);
   std::string path(const std::string& component) const { return dir + "/" + component; }
