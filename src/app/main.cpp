@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "app/bench_cmd.h"
 #include "app/check.h"
 #include "app/generate.h"
 #include "app/runners.h"
@@ -69,6 +70,28 @@ int main(int argc, char** argv) {
   gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
   gen->add_flag("!--no-progress", g.progress, "no progress bar");
 
+  auto* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  auto* bench_tr = bench->add_subcommand(
+      "transformer", "Time forwards of a transformer alone on random inputs of a W x H generation's shapes");
+  meshdit::BenchTransformerCommand bt;
+  bench_tr->add_option("checkpoint", bt.path, "transformer file or folder (diffusers, BFL or Stability layout)")
+      ->required();
+  bench_tr->add_option("--width", bt.width, "image width (pixels)");
+  bench_tr->add_option("--height", bt.height, "image height (pixels)");
+  bench_tr->add_option("--text-tokens", bt.text_tokens, "text tokens");
+  bench_tr->add_option("--steps", bt.steps, "forwards to time; the median of steps 2..N is reported")
+      ->check(CLI::PositiveNumber);
+  bench_tr->add_option("--threads", bt.threads, "CPU threads");
+  auto* bench_rand = bench->add_subcommand(
+      "random-checkpoint", "Write a random bf16 transformer at real width in a single-file layout");
+  std::string arch = "flux-dev", rand_out;
+  int64_t doubles = 2, singles = 4;
+  bench_rand->add_option("--arch", arch, "flux-dev, flux-schnell (BFL layout) or sd35-large (Stability layout)");
+  bench_rand->add_option("--double", doubles, "double-stream (Flux) or joint (SD3) blocks");
+  bench_rand->add_option("--single", singles, "single-stream blocks (Flux)");
+  bench_rand->add_option("-o,--output", rand_out, "output .safetensors")->required();
+
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
 
   try {
@@ -79,6 +102,8 @@ int main(int argc, char** argv) {
   if (threads > 0) meshdit::set_num_threads(threads);
   if (*check) return cmd_check(dirs, quiet);
   if (*gen) return meshdit::run_generate(g);
+  if (*bench_tr) return meshdit::run_bench_transformer(bt);
+  if (*bench_rand) return meshdit::run_make_random_checkpoint(arch, doubles, singles, rand_out);
   if (*classes) {
     meshdit::register_builtin_runners();
     for (const auto& c : meshdit::supported_case_classes()) std::printf("%s\n", c.c_str());
