@@ -110,6 +110,7 @@ int run_generate(const GenerateCommand& cmd) {
   o.true_cfg_scale = cmd.true_cfg;
   o.seed = cmd.seed;
   o.max_sequence_length = cmd.max_sequence_length;
+  o.vae_tiling = cmd.vae_tiling;
   if (builtin) {  // the built-in model was trained at 128 x 128 with 20 steps
     if (o.height == 0) o.height = 128;
     if (o.width == 0) o.width = 128;

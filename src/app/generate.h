@@ -14,6 +14,7 @@ struct GenerateCommand {
   std::string output = "out.png";
   std::string timings_path, trace_path;
   bool progress = true;
+  bool vae_tiling = false;
 };
 
 // Runs `meshdit generate`; prints its own messages; returns the process exit status.

@@ -69,6 +69,8 @@ int main(int argc, char** argv) {
   gen->add_option("--timings", g.timings_path, "write per-stage and per-step times and peak memory as JSON");
   gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
   gen->add_flag("!--no-progress", g.progress, "no progress bar");
+  gen->add_flag("--vae-tiling", g.vae_tiling,
+                "decode the image in overlapping tiles (bounded memory for large images; tiles are blended)");
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);

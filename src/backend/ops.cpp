@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/trace.h"
+
 namespace meshdit {
 
 const char* act_name(Act a) {
@@ -41,6 +43,7 @@ Shape with_last(const Shape& s, int64_t last) {
 }  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act) {
+  Span span("kernel", "linear");
   MD_CHECK(w.dim() == 2 && x.size(-1) == w.size(1),
            "linear: input " + shape_str(x.shape()) + " vs weight " + shape_str(w.shape()));
   Tensor x2 = as_rows(x.dtype() == DType::F32 ? x : x.to(DType::F32));
@@ -50,6 +53,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act) {
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps) {
+  Span span("kernel", "layer_norm");
   Tensor x2 = as_rows(x);
   Tensor y = Tensor::empty(x2.shape());
   backend_for(x.device()).layer_norm(x2, weight, bias, eps, y);
@@ -57,6 +61,7 @@ Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, flo
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor* weight, float eps) {
+  Span span("kernel", "rms_norm");
   Tensor x2 = as_rows(x);
   Tensor y = Tensor::empty(x2.shape());
   backend_for(x.device()).rms_norm(x2, weight, eps, y);
@@ -197,6 +202,7 @@ Tensor attention_end(const AttentionState& st) {
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask) {
+  Span span("kernel", "attention");
   AttentionState st = attention_begin(q);
   attention_accumulate(q, k, v, scale, st, mask);
   return attention_end(st);
@@ -260,6 +266,7 @@ Tensor f32_contiguous(const Tensor& x) {
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
+  Span span("kernel", "conv2d");
   MD_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1),
            "conv2d: input " + shape_str(x.shape()) + " vs weight " + shape_str(w.shape()));
   MD_CHECK(
@@ -277,6 +284,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2d
 }
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const Tensor* bias, float eps, Act act) {
+  Span span("kernel", "group_norm");
   MD_CHECK(x.dim() >= 2 && groups >= 1 && x.size(1) % groups == 0,
            "group_norm: " + std::to_string(groups) + " groups do not divide the channels of " + shape_str(x.shape()));
   MD_CHECK(!weight || weight->shape() == Shape{x.size(1)}, "group_norm: weight does not match the channels");

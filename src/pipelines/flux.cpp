@@ -230,7 +230,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     const float sf = vae_->config().scaling_factor, shift = vae_->config().shift_factor;
     for (int64_t k = 0; k < z.numel(); ++k) zp[k] = zp[k] / sf + shift;
   }
-  MD_TRY(Tensor image, vae_->decode(z));
+  const int64_t tile = vae_->default_tile();
+  MD_TRY(Tensor image, o.vae_tiling ? vae_->decode_tiled(z, tile, tile / 4) : vae_->decode(z));
   Tensor out = image.permute({0, 2, 3, 1}).contiguous();
   float* p = out.f32();
   for (int64_t k = 0; k < out.numel(); ++k) {

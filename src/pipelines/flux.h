@@ -30,6 +30,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   int64_t max_sequence_length = 0;
   Tensor latents;  // initial noise, packed as the pipeline packs it; undefined: torch.randn from seed
+  bool vae_tiling = false;  // decode in overlapping tiles (bounded memory for large images)
 };
 
 // Called after every denoising step: (step index from 0, number of steps, seconds the step took).

@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "core/trace.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -168,13 +169,19 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
 
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
-    transformer_blocks_[i](x, c, silu_temb, &rope);
+    {
+      Span span("block", "transformer_blocks." + std::to_string(i));
+      transformer_blocks_[i](x, c, silu_temb, &rope);
+    }
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }
   Tensor tokens = concat({c, x}, 1);
   for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
-    single_transformer_blocks_[i](tokens, silu_temb, rope);
+    {
+      Span span("block", "single_transformer_blocks." + std::to_string(i));
+      single_transformer_blocks_[i](tokens, silu_temb, rope);
+    }
     if (hooks) {
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".0", tokens.slice(1, 0, L));
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".1", tokens.slice(1, L, L + N));

@@ -8,6 +8,7 @@
 //   out = unpatchify(proj_out(AdaLN(x, y)))
 #include "models/transformers/sd3.h"
 
+#include "core/trace.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -110,7 +111,10 @@ Result<Tensor> SD3Transformer::forward(const Tensor& hidden_states, const Tensor
 
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
-    transformer_blocks_[i](x, c, silu_temb);
+    {
+      Span span("block", "transformer_blocks." + std::to_string(i));
+      transformer_blocks_[i](x, c, silu_temb);
+    }
     if (c.defined()) report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }
