@@ -41,6 +41,19 @@ Tensor flux_image_ids(int64_t h, int64_t w) {
   return ids;
 }
 
+namespace {
+
+// A diffusers component folder: config.json and the (possibly sharded) weights beside it.
+template <class Model, class Config>
+Result<std::shared_ptr<Model>> load_component(const std::string& dir) {
+  MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
+  MD_TRY(Model m, Model::load(ck, cfg));
+  return std::make_shared<Model>(std::move(m));
+}
+
+}  // namespace
+
 Result<FluxPipeline> FluxPipeline::load(const std::string& dir) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
@@ -56,30 +69,10 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir) {
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer_2")));
     p.tokenizer_2_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  {
-    MD_TRY(CLIPTextConfig cfg, CLIPTextConfig::from_json(folder.path("text_encoder") + "/config.json"));
-    MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path("text_encoder")));
-    MD_TRY(CLIPTextModel m, CLIPTextModel::load(ck, cfg));
-    p.text_encoder_ = std::make_shared<CLIPTextModel>(std::move(m));
-  }
-  {
-    MD_TRY(T5Config cfg, T5Config::from_json(folder.path("text_encoder_2") + "/config.json"));
-    MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path("text_encoder_2")));
-    MD_TRY(T5Encoder m, T5Encoder::load(ck, cfg));
-    p.text_encoder_2_ = std::make_shared<T5Encoder>(std::move(m));
-  }
-  {
-    MD_TRY(FluxConfig cfg, FluxConfig::from_json(folder.path("transformer") + "/config.json"));
-    MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path("transformer")));
-    MD_TRY(FluxTransformer m, FluxTransformer::load(ck, cfg));
-    p.transformer_ = std::make_shared<FluxTransformer>(std::move(m));
-  }
-  {
-    MD_TRY(AutoencoderKLConfig cfg, AutoencoderKLConfig::from_json(folder.path("vae") + "/config.json"));
-    MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path("vae")));
-    MD_TRY(AutoencoderKL m, AutoencoderKL::load(ck, cfg));
-    p.vae_ = std::make_shared<AutoencoderKL>(std::move(m));
-  }
+  MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
+  MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"))));
+  MD_TRY(p.transformer_, (load_component<FluxTransformer, FluxConfig>(folder.path("transformer"))));
+  MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
 }
