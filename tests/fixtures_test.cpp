@@ -67,8 +67,7 @@ TEST(Fixtures, CopyIsVerbatimAndComplete) {
 
 TEST(Fixtures, UnknownClassIsAClearError) {
   register_builtin_runners();
-  const fs::path tmp = fs::temp_directory_path() / "meshdit_unknown_case";
-  fs::create_directories(tmp);
+  const fs::path tmp = test::scratch_dir("unknown_case");
   std::ofstream(tmp / "meta.json") << R"({"class": "diffusers.NoSuchModel"})";
   auto rep = run_check(tmp.string());
   ASSERT_FALSE(rep.ok());

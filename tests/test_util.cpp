@@ -1,11 +1,13 @@
 #include "test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <random>
-#include <sys/wait.h>
 
 namespace fs = std::filesystem;
 
@@ -53,6 +55,19 @@ int run_command(const std::string& cmd, std::string* output) {
   int st = pclose(f);
   if (output) *output = out;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+}  // namespace meshdit::test
+
+namespace meshdit::test {
+
+std::filesystem::path scratch_dir(const std::string& name) {
+  namespace fs = std::filesystem;
+  const fs::path d = fs::temp_directory_path() / ("meshdit_" + name + "_" + std::to_string(getpid()));
+  std::error_code ec;
+  fs::remove_all(d, ec);
+  fs::create_directories(d);
+  return d;
 }
 
 }  // namespace meshdit::test

@@ -1,4 +1,5 @@
 #pragma once
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -14,5 +15,8 @@ std::vector<std::string> case_names(const std::string& dir);
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
+// A fresh, empty folder under the system temp dir whose name carries this process's id: ctest runs test
+// processes in parallel, so a fixed name would let one test delete another's files.
+std::filesystem::path scratch_dir(const std::string& name);
 
 }  // namespace meshdit::test

@@ -55,11 +55,11 @@ std::vector<int64_t> row(const Tensor& t, int64_t r) {
 // A scratch folder with the given files, removed at the end of the test.
 struct TempDir {
   fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("meshdit_tok_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
+  explicit TempDir(const std::string& name) : path(test::scratch_dir("tok_" + name)) {}
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
   }
-  ~TempDir() { fs::remove_all(path); }
   void write(const std::string& file, const std::string& text) const {
     std::ofstream(path / file, std::ios::binary) << text;
   }
