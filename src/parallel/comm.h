@@ -38,7 +38,8 @@ class Communicator {
   // come from rank r (packed likewise).
   virtual void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
                             const std::vector<int64_t>& recv_counts) = 0;
-  // Sends `send` [n_send] to rank `dst` and receives [n_recv] from rank `src` (one ring step).
+  // Sends `send` [n_send] to rank `dst` and receives [n_recv] from rank `src` (one ring step, or one halo
+  // exchange). dst < 0: nothing is sent; src < 0: nothing is received (the edge of a non-periodic split).
   virtual void send_recv(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) = 0;
   virtual void broadcast(float* data, int64_t n, int root) = 0;
   virtual void barrier() = 0;

@@ -80,14 +80,14 @@ class MpiComm final : public Communicator {
           "MPI_Alltoallv");
   }
   void send_recv(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) override {
-    check(MPI_Sendrecv(send, count(n_send, "MPI_Sendrecv"), MPI_FLOAT, dst, kTag, recv, count(n_recv, "MPI_Sendrecv"),
-                       MPI_FLOAT, src, kTag, comm_, MPI_STATUS_IGNORE),
+    check(MPI_Sendrecv(send, count(n_send, "MPI_Sendrecv"), MPI_FLOAT, peer(dst), kTag, recv,
+                       count(n_recv, "MPI_Sendrecv"), MPI_FLOAT, peer(src), kTag, comm_, MPI_STATUS_IGNORE),
           "MPI_Sendrecv");
   }
   void send_recv_start(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) override {
     MD_CHECK(!in_flight_, "send_recv_start: a ring step is already in flight");
-    check(MPI_Irecv(recv, count(n_recv, "MPI_Irecv"), MPI_FLOAT, src, kTag, comm_, &req_[0]), "MPI_Irecv");
-    check(MPI_Isend(send, count(n_send, "MPI_Isend"), MPI_FLOAT, dst, kTag, comm_, &req_[1]), "MPI_Isend");
+    check(MPI_Irecv(recv, count(n_recv, "MPI_Irecv"), MPI_FLOAT, peer(src), kTag, comm_, &req_[0]), "MPI_Irecv");
+    check(MPI_Isend(send, count(n_send, "MPI_Isend"), MPI_FLOAT, peer(dst), kTag, comm_, &req_[1]), "MPI_Isend");
     in_flight_ = true;
   }
   void send_recv_wait() override {
@@ -128,6 +128,7 @@ class MpiComm final : public Communicator {
 
  private:
   static constexpr int kTag = 7;
+  static int peer(int r) { return r < 0 ? MPI_PROC_NULL : r; }
   static bool finalized() {
     int f = 0;
     MPI_Finalized(&f);
