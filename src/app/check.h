@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "io/json_config.h"
+#include "parallel/mesh.h"
 
 namespace meshdit {
 
@@ -23,6 +24,16 @@ struct CaseContext {
   std::map<std::string, Tensor> inputs;
   // Tolerances a runner states for outputs whose meta.json gives none (a case documented in prose).
   mutable std::map<std::string, Tolerance> tolerances;
+  // `meshdit check --mesh RxC [--parallel ...]`: every rank runs the runner and must return the full
+  // (gathered) outputs. A runner gets its mesh from mesh(traits) (the automatic config for its model,
+  // with the overrides, validated); a runner that never asks runs only on the 1x1 mesh.
+  MeshShape mesh_shape;
+  std::string parallel;  // --parallel overrides
+  Result<const Mesh*> mesh(const ModelTraits& traits) const;
+  mutable std::shared_ptr<Mesh> mesh_;
+  // Outputs a runner does not produce on this mesh, with why (intermediate hooks of a sharded model):
+  // reported as skipped. The final outputs are always compared.
+  mutable std::map<std::string, std::string> not_on_mesh;
   Result<Tensor> input(const std::string& name) const;
 };
 
@@ -39,6 +50,7 @@ bool is_case_supported(const std::string& dir);
 struct Comparison {
   std::string name;
   bool produced = false, pass = false;
+  bool skipped = false;  // not computed on this mesh (CaseContext::not_on_mesh); does not fail the case
   double max_abs = 0, rel_l2 = 0;
   Tolerance tol;
   std::string note;  // why it failed beyond the numbers (shape, dtype)
@@ -53,6 +65,10 @@ struct CheckReport {
   std::string format() const;
 };
 
-Result<CheckReport> run_check(const std::string& dir);
+struct CheckOptions {
+  MeshShape mesh;
+  std::string parallel;
+};
+Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts = {});
 
 }  // namespace meshdit

@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "parallel/mpi_comm.h"
+
 namespace meshdit {
 
 const char* sp_mode_name(SpMode m) { return m == SpMode::Ring ? "ring" : "ulysses"; }
@@ -169,6 +171,13 @@ Mesh Mesh::single() {
   m.tp_->set_name("tp");
   m.vae_->set_name("vae");
   return m;
+}
+
+Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model) {
+  MD_TRY(ParallelConfig pc, ParallelConfig::parse(overrides, auto_parallel_config(shape, model)));
+  MD_RETURN_IF_ERROR(validate(pc, shape, model));
+  if (shape.size() == 1) return Mesh::single();
+  return Mesh::create(world_communicator(), shape, pc);
 }
 
 }  // namespace meshdit

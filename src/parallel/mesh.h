@@ -93,4 +93,8 @@ class Mesh {
   std::shared_ptr<Communicator> world_, row_, col_, cfg_, sp_, tp_, vae_;
 };
 
+// The mesh of this process group for a model: the automatic config for `shape`, then the `overrides`
+// ("--parallel" text, may be empty), validated, over MPI_COMM_WORLD (or the 1x1 mesh without MPI).
+Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model);
+
 }  // namespace meshdit
