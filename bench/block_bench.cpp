@@ -138,8 +138,8 @@ const Setup& setup() {
       r->gemms.push_back({random_tensor({m, w.size(1)}, 1.0f, 2000 + r->gemms.size()), w});
       r->linear_flops += 2.0 * double(m) * double(w.size(0)) * double(w.size(1));
     };
-    add(1, b.norm1.linear.weight);
-    add(1, b.norm1_context->linear.weight);
+    add(1, b.norm1.linear.linear.weight);
+    add(1, b.norm1_context->linear.linear.weight);
     for (const auto* qkv : {&b.attn.img, &b.attn.txt}) {
       const int64_t m = qkv == &b.attn.img ? kImg : kTxt;
       add(m, qkv->q.weight);

@@ -3,9 +3,8 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
-#include <thread>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 namespace meshdit {
 namespace {
@@ -57,12 +56,13 @@ void Trace::clear() {
 Status Trace::write_chrome(const std::string& path, int rank) const {
   nlohmann::json evs = nlohmann::json::array();
   for (const auto& e : events()) {
-    nlohmann::json j = {{"name", e.name}, {"cat", e.category}, {"ph", "X"},     {"ts", e.start_us},
+    nlohmann::json j = {{"name", e.name},  {"cat", e.category}, {"ph", "X"},   {"ts", e.start_us},
                         {"dur", e.dur_us}, {"pid", rank},       {"tid", e.tid}};
     if (e.bytes >= 0) j["args"] = {{"bytes", e.bytes}};
     evs.push_back(std::move(j));
   }
-  nlohmann::json meta = {{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}};
+  nlohmann::json meta = {
+      {"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}};
   evs.push_back(meta);
   std::ofstream f(path);
   if (!f) return make_error(path + ": cannot open for writing");
@@ -90,11 +90,9 @@ Span::Span(const char* category, const char* name)
 Span::~Span() {
   if (!on_) return;
   const int64_t end = Trace::instance().now_us();
-  Trace::instance().record(TraceEvent{std::move(name_), category_, start_us_, end - start_us_, thread_index()});
+  Trace::instance().record(TraceEvent{std::move(name_), category_, start_us_, end - start_us_, thread_index(), bytes_});
 }
 
-double Span::elapsed_s() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-}
+double Span::elapsed_s() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
 
 }  // namespace meshdit

@@ -45,6 +45,8 @@ class Span {
   ~Span();
   Span(const Span&) = delete;
   Span& operator=(const Span&) = delete;
+  // Bytes this span moved (communication spans): shown as an argument in the trace.
+  void set_bytes(int64_t b) { bytes_ = b; }
   // Seconds since the span began (valid whether or not tracing is on).
   double elapsed_s() const;
 
@@ -53,6 +55,7 @@ class Span {
   std::string name_;
   bool on_;
   int64_t start_us_ = 0;
+  int64_t bytes_ = -1;
   std::chrono::steady_clock::time_point t0_;
 };
 

@@ -1,23 +1,34 @@
 #pragma once
 #include <string>
+#include <vector>
 
 #include "backend/ops.h"
 #include "io/checkpoint.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 
 // y = x W^T + b, weight [out, in] kept in its checkpoint dtype (a view into the mapped file).
+//
+// Tensor parallelism (Megatron-style) is a matter of which part of W a rank holds:
+//  - column-parallel (load_rows): rows of W, i.e. a slice of the outputs. One range is a view into the
+//    mapped file, several (the chunks of a modulation linear) a copy of 1/tp of the weight.
+//  - row-parallel (load_cols): columns of W, i.e. a slice of the inputs (a copy of 1/tp of the weight).
+//    Its partial products are summed over `reduce` before the bias and the activation.
 struct Linear {
   Tensor weight;
-  Tensor bias;  // undefined when the layer has none
+  Tensor bias;                     // undefined when the layer has none
+  Communicator* reduce = nullptr;  // row-parallel: the group whose partial sums make the output
 
   static Result<Linear> load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                              bool has_bias = true);
+  static Result<Linear> load_rows(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
+                                  const std::vector<Range>& rows, bool has_bias = true);
+  static Result<Linear> load_cols(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
+                                  const std::vector<Range>& cols, Communicator* reduce, bool has_bias = true);
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
-  Tensor operator()(const Tensor& x, Act act = Act::None) const {
-    return ops::linear(x, weight, bias.defined() ? &bias : nullptr, act);
-  }
+  Tensor operator()(const Tensor& x, Act act = Act::None) const;
 };
 
 // Two linears with an activation between: diffusers' TimestepEmbedding and PixArtAlphaTextProjection
@@ -29,5 +40,9 @@ struct Mlp2 {
                            Act act);
   Tensor operator()(const Tensor& x) const { return linear_2(linear_1(x, act)); }
 };
+
+// The rows of `k` equal chunks of an output of k * n features that rank `part` of `parts` holds: its slice
+// of every chunk (shift / scale / gate of a modulation linear are sharded alike).
+std::vector<Range> chunk_shards(int64_t k, int64_t n, int parts, int part);
 
 }  // namespace meshdit

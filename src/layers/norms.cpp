@@ -9,8 +9,8 @@ Result<LayerNorm> LayerNorm::load(const Checkpoint& ck, const std::string& prefi
   if (affine) {
     MD_TRY(n.weight, ck.get(prefix + ".weight", {dim}));
     if (has_bias) {
-    MD_TRY(n.bias, ck.get(prefix + ".bias", {dim}));
-  }
+      MD_TRY(n.bias, ck.get(prefix + ".bias", {dim}));
+    }
   }
   return n;
 }
@@ -22,10 +22,27 @@ Result<RMSNorm> RMSNorm::load(const Checkpoint& ck, const std::string& prefix, i
   return n;
 }
 
-Result<AdaLayerNormZero> AdaLayerNormZero::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
-                                                float eps) {
+Result<ModulationLinear> ModulationLinear::load(const Checkpoint& ck, const std::string& prefix, int64_t in,
+                                                int64_t chunks, int64_t n, const ParallelContext* par) {
+  ModulationLinear m;
+  m.chunks = chunks;
+  if (!par || par->tp_size() == 1) {
+    MD_TRY(m.linear, Linear::load(ck, prefix, in, chunks * n));
+    return m;
+  }
+  if (n % par->tp_size() != 0)
+    return make_error(prefix + ": " + std::to_string(n) +
+                      " modulation features are not divisible by tp=" + std::to_string(par->tp_size()));
+  MD_TRY(m.linear,
+         Linear::load_rows(ck, prefix, in, chunks * n, chunk_shards(chunks, n, par->tp_size(), par->tp_rank())));
+  m.gather = par->tp;
+  return m;
+}
+
+Result<AdaLayerNormZero> AdaLayerNormZero::load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps,
+                                                const ParallelContext* par) {
   AdaLayerNormZero n;
-  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", dim, 6 * dim));
+  MD_TRY(n.linear, ModulationLinear::load(ck, prefix + ".linear", dim, 6, dim, par));
   n.norm = LayerNorm::plain(eps);
   return n;
 }
@@ -37,9 +54,9 @@ AdaLayerNormZero::Out AdaLayerNormZero::operator()(const Tensor& x, const Tensor
 }
 
 Result<AdaLayerNormZeroSingle> AdaLayerNormZeroSingle::load(const Checkpoint& ck, const std::string& prefix,
-                                                            int64_t dim, float eps) {
+                                                            int64_t dim, float eps, const ParallelContext* par) {
   AdaLayerNormZeroSingle n;
-  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", dim, 3 * dim));
+  MD_TRY(n.linear, ModulationLinear::load(ck, prefix + ".linear", dim, 3, dim, par));
   n.norm = LayerNorm::plain(eps);
   return n;
 }
@@ -50,9 +67,10 @@ AdaLayerNormZeroSingle::Out AdaLayerNormZeroSingle::operator()(const Tensor& x, 
 }
 
 Result<AdaLayerNormContinuous> AdaLayerNormContinuous::load(const Checkpoint& ck, const std::string& prefix,
-                                                            int64_t dim, int64_t cond_dim, float eps) {
+                                                            int64_t dim, int64_t cond_dim, float eps,
+                                                            const ParallelContext* par) {
   AdaLayerNormContinuous n;
-  MD_TRY(n.linear, Linear::load(ck, prefix + ".linear", cond_dim, 2 * dim));
+  MD_TRY(n.linear, ModulationLinear::load(ck, prefix + ".linear", cond_dim, 2, dim, par));
   n.norm = LayerNorm::plain(eps);
   return n;
 }
