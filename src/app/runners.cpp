@@ -6,12 +6,46 @@
 #include "io/checkpoint.h"
 #include "models/transformers/flux.h"
 #include "models/transformers/sd3.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 namespace {
 
 Hooks collect_into(TensorMap& out) {
   return [&out](const std::string& name, const Tensor& t) { out[name] = t.clone(); };
+}
+
+// The case's batch split over the mesh's CFG group (the way conditional and unconditional halves of a
+// guidance batch run on two halves of the mesh), and the outputs gathered back.
+struct BatchSplit {
+  Communicator* cfg = nullptr;
+  int64_t batch = 0;
+  Range mine;
+  Tensor take(const Tensor& t) const { return cfg ? t.slice(0, mine.begin, mine.end).contiguous() : t; }
+  Tensor gather(const Tensor& out) const {
+    return cfg ? all_gather_v(out, 0, *cfg, shard_sizes(batch, cfg->size())) : out;
+  }
+};
+
+// Mesh for a transformer case; the intermediate hooks are compared only where every rank holds them whole
+// (pure TP), and skipped under SP or CFG splits.
+Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& name, int64_t heads, int64_t batch,
+                                     int64_t image_tokens, BatchSplit* split) {
+  ModelTraits traits{name, heads, /*cfg_batch=*/batch >= 2, image_tokens};
+  MD_TRY(const Mesh* mesh, c.mesh(traits));
+  if (batch < mesh->config().cfg)
+    return make_error("cfg=" + std::to_string(mesh->config().cfg) + " needs a batch of at least 2");
+  if (mesh->config().cfg > 1) {
+    split->cfg = &mesh->cfg();
+    split->batch = batch;
+    split->mine = shard_range(batch, mesh->cfg().size(), mesh->cfg().rank());
+  }
+  if (mesh->config().sp > 1 || mesh->config().cfg > 1) {
+    const Json& outs = c.meta["outputs"];
+    for (auto it = outs.begin(); it != outs.end(); ++it)
+      if (it.key().rfind("hook.", 0) == 0) c.not_on_mesh[it.key()] = "an intermediate of a sequence/batch shard";
+  }
+  return mesh;
 }
 
 Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
@@ -30,8 +64,6 @@ Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
 
 Result<TensorMap> run_flux_transformer(const CaseContext& c) {
   MD_TRY(FluxConfig cfg, FluxConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
-  MD_TRY(FluxTransformer model, FluxTransformer::load(ck, cfg));
   MD_TRY(Tensor x, c.input("hidden_states"));
   MD_TRY(Tensor ctx, c.input("encoder_hidden_states"));
   MD_TRY(Tensor pooled, c.input("pooled_projections"));
@@ -42,9 +74,19 @@ Result<TensorMap> run_flux_transformer(const CaseContext& c) {
   if (cfg.guidance_embeds) {
     MD_TRY(guidance, c.input("guidance"));
   }
+  BatchSplit split;
+  MD_TRY(const Mesh* mesh,
+         transformer_mesh(c, "Flux transformer", cfg.num_attention_heads, x.size(0), x.size(1), &split));
+  const ParallelContext par = mesh->context();
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(FluxTransformer model, FluxTransformer::load(ck, cfg, &par));
   TensorMap out;
   Hooks hooks = collect_into(out);
-  MD_TRY(out["sample"], model.forward(x, ctx, pooled, t, img_ids, txt_ids, guidance, &hooks));
+  MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), img_ids, txt_ids,
+                                 guidance.defined() ? split.take(guidance) : guidance, &hooks));
+  out["sample"] = split.gather(y);
+  if (!c.not_on_mesh.empty())
+    for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
   return out;
 }
 

@@ -6,13 +6,19 @@ namespace meshdit {
 
 Tensor merge_heads(const Tensor& x) { return x.contiguous().reshape({x.size(0), x.size(1), x.size(2) * x.size(3)}); }
 
+Range head_shard(int64_t heads, const ParallelContext* par) {
+  return par ? shard_range(heads, par->tp_size(), par->tp_rank()) : Range{0, heads};
+}
+
 Result<QKV> QKV::load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
-                      int64_t heads, int64_t head_dim, bool qk_norm, float eps) {
+                      int64_t heads, int64_t head_dim, bool qk_norm, float eps, const ParallelContext* par) {
   QKV p;
   const int64_t inner = heads * head_dim;
-  MD_TRY(p.q, Linear::load(ck, prefix + names[0], dim, inner));
-  MD_TRY(p.k, Linear::load(ck, prefix + names[1], dim, inner));
-  MD_TRY(p.v, Linear::load(ck, prefix + names[2], dim, inner));
+  const Range h = head_shard(heads, par);
+  const std::vector<Range> rows{{h.begin * head_dim, h.end * head_dim}};
+  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows));
+  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows));
+  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows));
   if (qk_norm) {
     MD_TRY(p.norm_q, RMSNorm::load(ck, prefix + names[3], head_dim, eps));
     MD_TRY(p.norm_k, RMSNorm::load(ck, prefix + names[4], head_dim, eps));
@@ -30,23 +36,26 @@ QKV::Heads QKV::operator()(const Tensor& x, int64_t heads) const {
 
 Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
                                             int64_t heads, int64_t head_dim, bool qk_norm, bool context_pre_only,
-                                            float eps) {
+                                            float eps, const ParallelContext* par) {
   static const char* const kImg[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
   static const char* const kTxt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
   JointAttention a;
-  a.heads = heads;
+  const Range h = head_shard(heads, par);
+  a.heads = h.size();
   a.head_dim = head_dim;
-  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps));
-  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps));
-  MD_TRY(a.to_out, Linear::load(ck, prefix + ".to_out.0", heads * head_dim, dim));
+  if (par) a.par = *par;
+  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps, par));
+  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps, par));
+  const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}};
+  MD_TRY(a.to_out, Linear::load_cols(ck, prefix + ".to_out.0", heads * head_dim, dim, cols, a.par.tp));
   if (!context_pre_only) {
-    MD_TRY(a.to_add_out, Linear::load(ck, prefix + ".to_add_out", heads * head_dim, dim));
+    MD_TRY(a.to_add_out, Linear::load_cols(ck, prefix + ".to_add_out", heads * head_dim, dim, cols, a.par.tp));
   }
   return a;
 }
 
 std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
-                                                     const RopeTables* rope) const {
+                                                     const RopeTables* rope, const SeqLayout* seq) const {
   QKV::Heads i = img(img_x, heads), t = txt(txt_x, heads);
   const bool img_first = order == Order::ImageFirst;
   auto cat = [&](const Tensor& a, const Tensor& b) { return img_first ? concat({a, b}, 1) : concat({b, a}, 1); };
@@ -55,7 +64,8 @@ std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const 
     ops::rope_(q, rope->cos, rope->sin);
     ops::rope_(k, rope->cos, rope->sin);
   }
-  Tensor o = merge_heads(ops::attention(q, k, v, 1.0f / std::sqrt(float(head_dim))));
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  Tensor o = merge_heads(seq ? joint_attention(q, k, v, scale, *seq, &par) : ops::attention(q, k, v, scale));
   const int64_t Li = img_x.size(1), Lt = txt_x.size(1);
   Tensor o_img = img_first ? o.slice(1, 0, Li) : o.slice(1, Lt, Lt + Li);
   Tensor o_txt = img_first ? o.slice(1, Li, Li + Lt) : o.slice(1, 0, Lt);

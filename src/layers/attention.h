@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "layers/norms.h"
+#include "layers/parallel_attention.h"
 
 namespace meshdit {
 
@@ -16,9 +17,11 @@ struct RopeTables {
 struct QKV {
   Linear q, k, v;
   std::optional<RMSNorm> norm_q, norm_k;
-  // names: (to_q, to_k, to_v, norm_q, norm_k) or (add_q_proj, ..., norm_added_q, norm_added_k)
+  // names: (to_q, to_k, to_v, norm_q, norm_k) or (add_q_proj, ..., norm_added_q, norm_added_k).
+  // Under TP a rank projects only its heads (head_shard: column-parallel rows of q, k, v).
   static Result<QKV> load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
-                          int64_t heads, int64_t head_dim, bool qk_norm, float eps);
+                          int64_t heads, int64_t head_dim, bool qk_norm, float eps,
+                          const ParallelContext* par = nullptr);
   // -> q, k, v as [B, L, H, D]
   struct Heads {
     Tensor q, k, v;
@@ -26,19 +29,27 @@ struct QKV {
   Heads operator()(const Tensor& x, int64_t heads) const;
 };
 
+// The heads rank `par->tp_rank()` computes (all of them without TP).
+Range head_shard(int64_t heads, const ParallelContext* par);
+
 // Joint attention of two token streams (MM-DiT): each stream projects its own q/k/v, attention runs over
 // the concatenated sequence, and each stream projects its slice of the result back.
 struct JointAttention {
   enum class Order { ImageFirst, TextFirst };  // SD3 concatenates [image, text]; Flux [text, image]
-  int64_t heads = 0, head_dim = 0;
+  int64_t heads = 0, head_dim = 0;  // heads: this rank's (heads / tp)
+  ParallelContext par;
   QKV img, txt;
   Linear to_out;
   std::optional<Linear> to_add_out;  // absent in a context_pre_only block
+  // Under TP: q/k/v column-parallel by heads, to_out / to_add_out row-parallel (one all-reduce each).
   static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
-                                     int64_t head_dim, bool qk_norm, bool context_pre_only, float eps = 1e-6f);
-  // -> (image output, text output); the text output is undefined when context_pre_only.
+                                     int64_t head_dim, bool qk_norm, bool context_pre_only, float eps = 1e-6f,
+                                     const ParallelContext* par = nullptr);
+  // -> (image output, text output); the text output is undefined when context_pre_only. img_x is this rank's
+  // image shard under SP (seq says how the sequence is split; nullptr: not split); rope covers the local
+  // joint sequence.
   std::pair<Tensor, Tensor> operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
-                                       const RopeTables* rope = nullptr) const;
+                                       const RopeTables* rope = nullptr, const SeqLayout* seq = nullptr) const;
 };
 
 // [B, L, H, D] -> [B, L, H*D]

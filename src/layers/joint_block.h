@@ -21,10 +21,11 @@ struct JointTransformerBlock {
 
   static Result<JointTransformerBlock> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
                                             int64_t head_dim, bool qk_norm, bool context_pre_only,
-                                            JointAttention::Order order);
-  // hidden [B, N, dim], context [B, L, dim], silu_temb = SiLU(temb) [B, dim]. Updates both in place
-  // (context becomes undefined after a context_pre_only block).
-  void operator()(Tensor& hidden, Tensor& context, const Tensor& silu_temb, const RopeTables* rope = nullptr) const;
+                                            JointAttention::Order order, const ParallelContext* par = nullptr);
+  // hidden [B, N, dim] (this rank's shard under SP, as `seq` says), context [B, L, dim], silu_temb =
+  // SiLU(temb) [B, dim]. Updates both in place (context becomes undefined after a context_pre_only block).
+  void operator()(Tensor& hidden, Tensor& context, const Tensor& silu_temb, const RopeTables* rope = nullptr,
+                  const SeqLayout* seq = nullptr) const;
 };
 
 }  // namespace meshdit

@@ -1,5 +1,6 @@
 #include "parallel/mesh.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "parallel/mpi_comm.h"
@@ -46,7 +47,8 @@ std::string ParallelConfig::str() const {
 
 Result<ParallelConfig> ParallelConfig::parse(const std::string& s) { return parse(s, ParallelConfig{}); }
 
-Result<ParallelConfig> ParallelConfig::parse(const std::string& s, const ParallelConfig& base) {
+Result<ParallelConfig> ParallelConfig::parse(const std::string& s, const ParallelConfig& base,
+                                             std::set<std::string>* named) {
   ParallelConfig pc = base;
   std::stringstream ss(s);
   std::string item;
@@ -56,6 +58,7 @@ Result<ParallelConfig> ParallelConfig::parse(const std::string& s, const Paralle
     if (eq == std::string::npos)
       return make_error("--parallel: '" + item + "' is not key=value (keys: cfg, sp, tp, sp_mode, vae)");
     const std::string k = item.substr(0, eq), v = item.substr(eq + 1);
+    if (named) named->insert(k);
     const std::string what = "--parallel " + k;
     if (k == "cfg") {
       MD_TRY(pc.cfg, parse_positive(v, what));
@@ -174,7 +177,16 @@ Mesh Mesh::single() {
 }
 
 Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model) {
-  MD_TRY(ParallelConfig pc, ParallelConfig::parse(overrides, auto_parallel_config(shape, model)));
+  ParallelConfig pc = auto_parallel_config(shape, model);
+  // Naming any of cfg/sp/tp replaces the automatic factoring: cfg and tp not named are 1, and sp not
+  // named takes the remaining ranks.
+  std::set<std::string> named;
+  MD_TRY(pc, ParallelConfig::parse(overrides, pc, &named));
+  if (named.count("cfg") || named.count("sp") || named.count("tp")) {
+    if (!named.count("cfg")) pc.cfg = 1;
+    if (!named.count("tp")) pc.tp = 1;
+    if (!named.count("sp")) pc.sp = std::max(1, shape.size() / (pc.cfg * pc.tp));
+  }
   MD_RETURN_IF_ERROR(validate(pc, shape, model));
   if (shape.size() == 1) return Mesh::single();
   return Mesh::create(world_communicator(), shape, pc);

@@ -9,6 +9,7 @@
 // The VAE decode uses its own split: `vae` ranks of the mesh decode one image spatially.
 #pragma once
 #include <memory>
+#include <set>
 #include <string>
 
 #include "core/error.h"
@@ -43,7 +44,9 @@ struct ParallelConfig {
   std::string str() const;  // "cfg=2,sp=1,tp=4,sp_mode=ring,vae=8"
   // Overrides from "--parallel cfg=2,tp=4,sp=1,sp_mode=ulysses,vae=4" on top of `base`; an unknown key or
   // a bad value is an error naming it.
-  static Result<ParallelConfig> parse(const std::string& s, const ParallelConfig& base);
+  // `named` (optional) receives the keys the text sets.
+  static Result<ParallelConfig> parse(const std::string& s, const ParallelConfig& base,
+                                      std::set<std::string>* named = nullptr);
   static Result<ParallelConfig> parse(const std::string& s);
 };
 
@@ -94,7 +97,8 @@ class Mesh {
 };
 
 // The mesh of this process group for a model: the automatic config for `shape`, then the `overrides`
-// ("--parallel" text, may be empty), validated, over MPI_COMM_WORLD (or the 1x1 mesh without MPI).
+// ("--parallel" text, may be empty; naming any of cfg/sp/tp replaces the automatic factoring, with cfg and
+// tp not named = 1 and sp not named = the remaining ranks), validated, over MPI_COMM_WORLD (or the 1x1 mesh without MPI).
 Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model);
 
 }  // namespace meshdit

@@ -13,6 +13,7 @@
 
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 
@@ -46,31 +47,45 @@ Result<FluxConfig> FluxConfig::from_json(const std::string& path) {
 }
 
 Result<FluxSingleTransformerBlock> FluxSingleTransformerBlock::load(const Checkpoint& ck, const std::string& prefix,
-                                                                    int64_t dim, int64_t heads, int64_t head_dim) {
+                                                                    int64_t dim, int64_t heads, int64_t head_dim,
+                                                                    const ParallelContext* par) {
   static const char* const kNames[5] = {".attn.to_q", ".attn.to_k", ".attn.to_v", ".attn.norm_q", ".attn.norm_k"};
   FluxSingleTransformerBlock b;
-  b.heads = heads;
+  if (par) b.par = *par;
+  const Range h = head_shard(heads, par);
+  b.heads = h.size();
   const int64_t mlp = 4 * dim;
-  MD_TRY(b.norm, AdaLayerNormZeroSingle::load(ck, prefix + ".norm", dim));
-  MD_TRY(b.qkv, QKV::load(ck, prefix, kNames, dim, heads, head_dim, /*qk_norm=*/true, 1e-6f));
-  MD_TRY(b.proj_mlp, Linear::load(ck, prefix + ".proj_mlp", dim, mlp));
-  MD_TRY(b.proj_out, Linear::load(ck, prefix + ".proj_out", dim + mlp, dim));
+  const Range f = shard_range(mlp, b.par.tp_size(), b.par.tp_rank());
+  MD_TRY(b.norm, AdaLayerNormZeroSingle::load(ck, prefix + ".norm", dim, 1e-6f, par));
+  MD_TRY(b.qkv, QKV::load(ck, prefix, kNames, dim, heads, head_dim, /*qk_norm=*/true, 1e-6f, par));
+  MD_TRY(b.proj_mlp, Linear::load_rows(ck, prefix + ".proj_mlp", dim, mlp, {f}));
+  // proj_out's input is [attention (dim), mlp (4 dim)]: this rank's columns of each half.
+  const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}, {dim + f.begin, dim + f.end}};
+  MD_TRY(b.proj_out, Linear::load_cols(ck, prefix + ".proj_out", dim + mlp, dim, cols, b.par.tp));
   return b;
 }
 
-void FluxSingleTransformerBlock::operator()(Tensor& tokens, const Tensor& silu_temb, const RopeTables& rope) const {
+void FluxSingleTransformerBlock::operator()(Tensor& tokens, const Tensor& silu_temb, const RopeTables& rope,
+                                            const SeqLayout* seq) const {
   auto [x, gate] = norm(tokens, silu_temb);
   Tensor mlp = proj_mlp(x, Act::GeluTanh);
   QKV::Heads h = qkv(x, heads);
   ops::rope_(h.q, rope.cos, rope.sin);
   ops::rope_(h.k, rope.cos, rope.sin);
-  Tensor attn = merge_heads(ops::attention(h.q, h.k, h.v, 1.0f / std::sqrt(float(h.q.size(3)))));
+  const float scale = 1.0f / std::sqrt(float(h.q.size(3)));
+  Tensor attn = merge_heads(seq ? joint_attention(h.q, h.k, h.v, scale, *seq, &par)
+                                : ops::attention(h.q, h.k, h.v, scale));
   ops::add_gated_(tokens, gate, proj_out(concat({attn, mlp}, 2)));
 }
 
-Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxConfig& cfg) {
+Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxConfig& cfg,
+                                              const ParallelContext* par) {
   FluxTransformer m;
   m.cfg_ = cfg;
+  if (par) m.par_ = *par;
+  if (cfg.num_attention_heads % m.par_.tp_size() != 0)
+    return make_error("Flux transformer: " + std::to_string(cfg.num_attention_heads) +
+                      " attention heads are not divisible by tp=" + std::to_string(m.par_.tp_size()));
   const int64_t dim = cfg.inner_dim();
   MD_TRY(m.x_embedder_, Linear::load(ck, "x_embedder", cfg.in_channels, dim));
   MD_TRY(m.context_embedder_, Linear::load(ck, "context_embedder", cfg.joint_attention_dim, dim));
@@ -85,12 +100,12 @@ Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxCo
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     MD_TRY(auto b, JointTransformerBlock::load(ck, "transformer_blocks." + std::to_string(i), dim,
                                                cfg.num_attention_heads, cfg.attention_head_dim, /*qk_norm=*/true,
-                                               /*context_pre_only=*/false, JointAttention::Order::TextFirst));
+                                               /*context_pre_only=*/false, JointAttention::Order::TextFirst, par));
     m.transformer_blocks_.push_back(std::move(b));
   }
   for (int64_t i = 0; i < cfg.num_single_layers; ++i) {
     MD_TRY(auto b, FluxSingleTransformerBlock::load(ck, "single_transformer_blocks." + std::to_string(i), dim,
-                                                    cfg.num_attention_heads, cfg.attention_head_dim));
+                                                    cfg.num_attention_heads, cfg.attention_head_dim, par));
     m.single_transformer_blocks_.push_back(std::move(b));
   }
   MD_TRY(m.norm_out_, AdaLayerNormContinuous::load(ck, "norm_out", dim, dim));
@@ -163,15 +178,30 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   Tensor c = context_embedder_(encoder_hidden_states.to(DType::F32));
   report(hooks, "hook.context_embedder", c);
 
-  const RopeTables rope = rope_tables(concat({txt_ids.to(DType::F32), img_ids.to(DType::F32)}, 0));
+  RopeTables rope = rope_tables(concat({txt_ids.to(DType::F32), img_ids.to(DType::F32)}, 0));
   report(hooks, "hook.pos_embed.0", rope.cos);
   report(hooks, "hook.pos_embed.1", rope.sin);
+
+  // Sequence parallel: this rank keeps its shard of the image tokens and the matching RoPE rows; text
+  // tokens stay whole on every rank.
+  const int sp = par_.sp_size();
+  SeqLayout seq{L, /*txt_first=*/true, shard_sizes(N, sp)};
+  const Range mine = shard_range(N, sp, par_.sp_rank());
+  if (sp > 1) {
+    x = x.slice(1, mine.begin, mine.end).contiguous();
+    auto local = [&](const Tensor& t) {
+      return concat({t.slice(0, 0, L), t.slice(0, L + mine.begin, L + mine.end)}, 0);
+    };
+    rope = RopeTables{local(rope.cos), local(rope.sin)};
+  }
+  const SeqLayout* seq_ptr = sp > 1 ? &seq : nullptr;
+  const int64_t n = mine.size();
 
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
     {
       Span span("block", "transformer_blocks." + std::to_string(i));
-      transformer_blocks_[i](x, c, silu_temb, &rope);
+      transformer_blocks_[i](x, c, silu_temb, &rope, seq_ptr);
     }
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
@@ -180,16 +210,17 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
     {
       Span span("block", "single_transformer_blocks." + std::to_string(i));
-      single_transformer_blocks_[i](tokens, silu_temb, rope);
+      single_transformer_blocks_[i](tokens, silu_temb, rope, seq_ptr);
     }
     if (hooks) {
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".0", tokens.slice(1, 0, L));
-      report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".1", tokens.slice(1, L, L + N));
+      report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".1", tokens.slice(1, L, L + n));
     }
   }
-  x = norm_out_(tokens.slice(1, L, L + N), silu_temb);
+  x = norm_out_(tokens.slice(1, L, L + n), silu_temb);
   report(hooks, "hook.norm_out", x);
-  return proj_out_(x);
+  Tensor out = proj_out_(x);
+  return sp > 1 ? all_gather_v(out, 1, *par_.sp, seq.img_sizes) : out;
 }
 
 }  // namespace meshdit

@@ -28,32 +28,39 @@ struct FluxConfig {
 
 // Flux's single-stream block: text and image tokens share weights; attention and an MLP run in parallel
 // on the same modulated input and one projection mixes both.
+// Under TP the attention heads and the MLP hidden are sharded; proj_out is row-parallel over both halves
+// of its input (this rank's attention heads and MLP features), so one all-reduce ends the block.
 struct FluxSingleTransformerBlock {
   AdaLayerNormZeroSingle norm;
   QKV qkv;
   Linear proj_mlp, proj_out;
-  int64_t heads = 0;
+  int64_t heads = 0;  // this rank's
+  ParallelContext par;
   static Result<FluxSingleTransformerBlock> load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
-                                                 int64_t heads, int64_t head_dim);
-  // tokens [B, L + N, dim] (text first), updated in place.
-  void operator()(Tensor& tokens, const Tensor& silu_temb, const RopeTables& rope) const;
+                                                 int64_t heads, int64_t head_dim, const ParallelContext* par = nullptr);
+  // tokens [B, L + N, dim] (text first; N this rank's image shard under SP), updated in place.
+  void operator()(Tensor& tokens, const Tensor& silu_temb, const RopeTables& rope,
+                  const SeqLayout* seq = nullptr) const;
 };
 
 class FluxTransformer {
  public:
-  static Result<FluxTransformer> load(const Checkpoint& ck, const FluxConfig& cfg);
+  // par: this rank's TP and SP groups (nullptr: one device). Each rank loads only its TP shard.
+  static Result<FluxTransformer> load(const Checkpoint& ck, const FluxConfig& cfg, const ParallelContext* par = nullptr);
   const FluxConfig& config() const { return cfg_; }
   // RoPE tables for ids [L, n_axes] (txt_ids ++ img_ids), float64 angles cast to float32 as diffusers does.
   RopeTables rope_tables(const Tensor& ids) const;
   // hidden_states [B, N, in_channels] packed latents, encoder_hidden_states [B, L, joint_attention_dim],
   // pooled_projections [B, pooled_projection_dim], timestep [B] (sigma in [0, 1]), img_ids [N, 3],
-  // txt_ids [L, 3], guidance [B] (undefined for schnell) -> [B, N, out_channels].
+  // txt_ids [L, 3], guidance [B] (undefined for schnell) -> [B, N, out_channels]. Under SP every rank gets
+  // the full inputs, works on its image shard and ends with the full output.
   Result<Tensor> forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                          const Tensor& pooled_projections, const Tensor& timestep, const Tensor& img_ids,
                          const Tensor& txt_ids, const Tensor& guidance, const Hooks* hooks = nullptr) const;
 
  private:
   FluxConfig cfg_;
+  ParallelContext par_;
   Linear x_embedder_, context_embedder_;
   TimestepEmbedder timestep_embedder_;
   std::optional<TimestepEmbedder> guidance_embedder_;
