@@ -50,15 +50,22 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& na
 
 Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
   MD_TRY(SD3Config cfg, SD3Config::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
-  MD_TRY(SD3Transformer model, SD3Transformer::load(ck, cfg));
   MD_TRY(Tensor x, c.input("hidden_states"));
   MD_TRY(Tensor ctx, c.input("encoder_hidden_states"));
   MD_TRY(Tensor pooled, c.input("pooled_projections"));
   MD_TRY(Tensor t, c.input("timestep"));
+  const int64_t p = cfg.patch_size;
+  BatchSplit split;
+  MD_TRY(const Mesh* mesh, transformer_mesh(c, "SD3 transformer", cfg.num_attention_heads, x.size(0),
+                                            x.dim() == 4 ? (x.size(2) / p) * (x.size(3) / p) : 0, &split));
+  const ParallelContext par = mesh->context();
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(SD3Transformer model, SD3Transformer::load(ck, cfg, &par));
   TensorMap out;
   Hooks hooks = collect_into(out);
-  MD_TRY(out["sample"], model.forward(x, ctx, pooled, t, &hooks));
+  MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), &hooks));
+  out["sample"] = split.gather(y);
+  for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
   return out;
 }
 
@@ -85,8 +92,7 @@ Result<TensorMap> run_flux_transformer(const CaseContext& c) {
   MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), img_ids, txt_ids,
                                  guidance.defined() ? split.take(guidance) : guidance, &hooks));
   out["sample"] = split.gather(y);
-  if (!c.not_on_mesh.empty())
-    for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
+  for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
   return out;
 }
 

@@ -12,7 +12,11 @@ Hooks collect_into(TensorMap& out) {
 }
 
 // decoded = model.decode(z).sample; post = model.encode(image).latent_dist (either input may be absent).
+// On a mesh the mesh's VAE group decodes by bands of latent rows (its hooks gather the whole tensors, so
+// every output is still compared); encode runs whole on every rank.
 Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
+  // Asked even on one device: that is what makes the runner accept --mesh.
+  MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKL", 1}));
   MD_TRY(AutoencoderKLConfig cfg, AutoencoderKLConfig::from_json(c.dir + "/config.json"));
   MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
   MD_TRY(AutoencoderKL vae, AutoencoderKL::load(ck, cfg));
@@ -22,7 +26,11 @@ Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
   Hooks hooks = collect_into(out);
   if (has_z) {
     MD_TRY(Tensor z, c.input("z"));
-    MD_TRY(out["decoded"], vae.decode(z, &hooks));
+    if (mesh->vae().size() > 1) {
+      MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae(), &hooks));
+    } else {
+      MD_TRY(out["decoded"], vae.decode(z, &hooks));
+    }
   }
   if (has_image) {
     MD_TRY(Tensor image, c.input("image"));

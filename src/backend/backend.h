@@ -63,6 +63,12 @@ struct Backend {
   void (*group_norm)(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, float eps, Act act, Tensor& y);
   // y [B, C, 2H, 2W] = x [B, C, H, W] repeated 2x2 (F.interpolate(scale_factor=2, mode="nearest")).
   void (*upsample_nearest2x)(const Tensor& x, Tensor& y);
+  // group_norm in two steps, for a tensor whose groups continue on other ranks: out [B, groups] = per
+  // (batch, group) sum of x, or of (x - mean)^2 when mean [B, groups] is given; then y = group_norm's
+  // affine and activation applied with the given mean and rstd [B, groups]. x, y, mean, rstd contiguous f32.
+  void (*group_sums)(const Tensor& x, int64_t groups, const Tensor* mean, Tensor& out);
+  void (*group_norm_apply)(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* w,
+                           const Tensor* b, Act act, Tensor& y);
 };
 
 const Backend& cpu_backend();

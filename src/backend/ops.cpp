@@ -295,6 +295,39 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const T
   return y;
 }
 
+Tensor group_sums(const Tensor& x, int64_t groups, const Tensor* mean) {
+  Span span("kernel", "group_sums");
+  MD_CHECK(x.dim() >= 2 && groups >= 1 && x.size(1) % groups == 0,
+           "group_sums: " + std::to_string(groups) + " groups do not divide the channels of " + shape_str(x.shape()));
+  const Shape stats{x.size(0), groups};
+  MD_CHECK(!mean || mean->shape() == stats,
+           "group_sums: mean " + (mean ? shape_str(mean->shape()) : std::string()) + " is not " + shape_str(stats));
+  Tensor xc = f32_contiguous(x);
+  Tensor m = mean ? f32_contiguous(*mean) : Tensor();
+  Tensor out = Tensor::empty(stats);
+  backend_for(x.device()).group_sums(xc, groups, mean ? &m : nullptr, out);
+  return out;
+}
+
+Tensor group_norm_apply(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* weight,
+                        const Tensor* bias, Act act) {
+  Span span("kernel", "group_norm_apply");
+  MD_CHECK(
+      x.dim() >= 2 && groups >= 1 && x.size(1) % groups == 0,
+      "group_norm_apply: " + std::to_string(groups) + " groups do not divide the channels of " + shape_str(x.shape()));
+  const Shape stats{x.size(0), groups};
+  MD_CHECK(mean.shape() == stats && rstd.shape() == stats, "group_norm_apply: mean " + shape_str(mean.shape()) +
+                                                               " / rstd " + shape_str(rstd.shape()) + " are not " +
+                                                               shape_str(stats));
+  MD_CHECK(!weight || weight->shape() == Shape{x.size(1)}, "group_norm_apply: weight does not match the channels");
+  MD_CHECK(!bias || bias->shape() == Shape{x.size(1)}, "group_norm_apply: bias does not match the channels");
+  Tensor xc = f32_contiguous(x);
+  Tensor y = Tensor::empty(x.shape());
+  backend_for(x.device())
+      .group_norm_apply(xc, groups, f32_contiguous(mean), f32_contiguous(rstd), weight, bias, act, y);
+  return y;
+}
+
 Tensor upsample_nearest2x(const Tensor& x) {
   MD_CHECK(x.dim() == 4, "upsample_nearest2x: x must be [B, C, H, W], got " + shape_str(x.shape()));
   Tensor xc = f32_contiguous(x);

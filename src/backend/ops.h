@@ -55,6 +55,14 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2d
 // position, then the per-channel affine (weight/bias [C], each optional) and the activation act.
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const Tensor* bias, float eps,
                   Act act = Act::None);
+// group_norm split in two for a tensor spread over ranks (rows of an image), whose statistics must be
+// reduced across them between the steps. group_sums -> [B, groups] float32: per batch element and group,
+// the sum of x, or with mean [B, groups] the sum of squared deviations (x - mean)^2 (the second pass of a
+// two-pass variance). group_norm_apply: group_norm's affine and activation with the given mean and
+// rstd = 1 / sqrt(var + eps), both [B, groups]; with the whole tensor's statistics it equals group_norm.
+Tensor group_sums(const Tensor& x, int64_t groups, const Tensor* mean = nullptr);
+Tensor group_norm_apply(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* weight,
+                        const Tensor* bias, Act act = Act::None);
 // F.interpolate(x, scale_factor=2, mode="nearest") on x [B, C, H, W] -> [B, C, 2H, 2W].
 Tensor upsample_nearest2x(const Tensor& x);
 

@@ -141,6 +141,10 @@ TEST(Conv2d, MatchesNaiveLoops) {
       {1, 4, 9, 7, 3, 1, 1, pads(2, 0, 0, 0, 0), DType::F32, true, "1x1 stride 2"},
       {1, 3, 6, 8, 4, 2, 3, pads(1, 1, 2, 0, 1), DType::F32, true, "2x3 kernel, asymmetric padding"},
       {1, 2, 4, 4, 3, 3, 3, pads(1, 2, 2, 2, 2), DType::F32, true, "padding wider than the kernel reach"},
+      // Row bands of an image split over ranks: the halo rows replace the padding at internal edges.
+      {1, 3, 6, 8, 4, 3, 3, pads(1, 0, 1, 1, 1), DType::F32, true, "band: halo above, padding below"},
+      {2, 3, 5, 7, 4, 3, 3, pads(1, 1, 1, 0, 1), DType::F32, true, "band: padding above, halo below"},
+      {1, 4, 3, 9, 5, 3, 3, pads(1, 0, 1, 0, 1), DType::F32, true, "band: halos on both sides"},
       {2, 6, 7, 13, 5, 3, 3, pads(1, 1, 1, 1, 1), DType::BF16, true, "bf16 weights and bias"},
       {1, 6, 11, 6, 5, 3, 3, pads(2, 0, 0, 1, 1), DType::F16, true, "f16 weights, stride 2"},
       // Large enough to be split into pixel tiles and channel blocks across threads.
@@ -170,6 +174,32 @@ TEST(Conv2d, OutputSizeFollowsTorch) {
   for (int64_t h : {2, 3, 8, 9, 48, 49}) EXPECT_EQ(down.out_h(h, 3), h / 2) << h;
   Conv2dParams same = pads(1, 1, 1, 1, 1);
   EXPECT_EQ(same.out_w(17, 3), 17);
+}
+
+// The convolution of a row band extended by a halo row on each inner side, with vertical padding only at
+// the image's edges, is the band of the whole image's convolution (what a row-split VAE decode relies on).
+TEST(Conv2d, HaloBandsReassembleTheWholeImage) {
+  const int64_t H = 11;
+  const Tensor x = random_tensor({2, 5, H, 9}, 25);
+  const Tensor w = random_tensor({6, 5, 3, 3}, 26, 0.3f), b = random_tensor({6}, 27);
+  const std::vector<float> whole = ops::conv2d(x, w, &b, pads(1, 1, 1, 1, 1)).to_vector();
+  for (int64_t parts : {2, 3, 5}) {
+    SCOPED_TRACE("parts=" + std::to_string(parts));
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t r0 = H * p / parts, r1 = H * (p + 1) / parts;
+      const int64_t e0 = std::max<int64_t>(0, r0 - 1), e1 = std::min(H, r1 + 1);
+      Conv2dParams cp = pads(1, r0 == 0 ? 1 : 0, 1, r1 == H ? 1 : 0, 1);
+      const Tensor band = ops::conv2d(x.slice(2, e0, e1), w, &b, cp);
+      ASSERT_EQ(band.shape(), (Shape{2, 6, r1 - r0, 9}));
+      const std::vector<float> got = band.to_vector();
+      for (int64_t bo = 0; bo < 12; ++bo)
+        for (int64_t i = r0; i < r1; ++i)
+          for (int64_t j = 0; j < 9; ++j) {
+            const float want = whole[size_t((bo * H + i) * 9 + j)], g = got[size_t((bo * (r1 - r0) + i - r0) * 9 + j)];
+            ASSERT_NEAR(g, want, 1e-5f * (1.0f + std::fabs(want))) << "bo " << bo << " row " << i << " col " << j;
+          }
+    }
+  }
 }
 
 // ---- group norm --------------------------------------------------------------------------------------
@@ -235,6 +265,75 @@ TEST(GroupNorm, ConstantGroupIsFinite) {
   for (int64_t i = 0; i < 36; ++i) EXPECT_FLOAT_EQ(y[size_t(i)], 0.1f * float(i / 9 + 1)) << i;
 }
 
+// group_sums and group_norm_apply against naive double loops, and, fed with statistics summed over row
+// bands of x (as ranks of a split image do), against group_norm of the whole x.
+TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
+  const Shape shape{2, 8, 13, 6};
+  const int64_t groups = 4, B = 2, C = 8, H = 13, W = 6, S = H * W, cg = C / groups, n = cg * S;
+  Tensor x = random_tensor(shape, 51, 2.0f);
+  float* xp = x.f32();
+  for (int64_t i = 0; i < x.numel(); ++i) xp[i] += 3.0f;  // an offset makes the variance pass matter
+  const Tensor w = random_tensor({C}, 52), b = random_tensor({C}, 53);
+  const Vec xd = to_d(x);
+  std::vector<double> mean(size_t(B * groups)), ssd(size_t(B * groups));
+  for (int64_t bg = 0; bg < B * groups; ++bg) {
+    double s = 0, q = 0;
+    for (int64_t i = 0; i < n; ++i) s += xd[size_t(bg * n + i)];
+    mean[size_t(bg)] = s / double(n);
+    for (int64_t i = 0; i < n; ++i) q += std::pow(xd[size_t(bg * n + i)] - mean[size_t(bg)], 2);
+    ssd[size_t(bg)] = q;
+  }
+  for_thread_counts([&] {
+    const std::vector<float> sums = ops::group_sums(x, groups).to_vector();
+    ASSERT_EQ(sums.size(), size_t(B * groups));
+    std::vector<float> mf(sums.size());
+    for (size_t g = 0; g < sums.size(); ++g) {
+      EXPECT_NEAR(sums[g], mean[g] * double(n), 1e-6 * std::fabs(mean[g] * double(n)) + 1e-4) << g;
+      mf[g] = float(mean[g]);
+    }
+    const Tensor m = Tensor::from_f32({B, groups}, mf);
+    const std::vector<float> sq = ops::group_sums(x, groups, &m).to_vector();
+    for (size_t g = 0; g < sq.size(); ++g) EXPECT_NEAR(sq[g], ssd[g], 1e-5 * ssd[g]) << g;
+  });
+
+  // Statistics from bands [0, 4), [4, 9), [9, 13), each summed on its own, reduced, then applied per band.
+  const int64_t cuts[] = {0, 4, 9, 13};
+  std::vector<double> tot(size_t(B * groups)), tot_sq(size_t(B * groups));
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<float> s = ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups).to_vector();
+    for (size_t g = 0; g < s.size(); ++g) tot[g] += s[g];
+  }
+  std::vector<float> mf(tot.size()), rf(tot.size());
+  for (size_t g = 0; g < tot.size(); ++g) mf[g] = float(tot[g] / double(n));
+  const Tensor m = Tensor::from_f32({B, groups}, mf);
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<float> s = ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups, &m).to_vector();
+    for (size_t g = 0; g < s.size(); ++g) tot_sq[g] += s[g];
+  }
+  const float eps = 1e-6f;
+  for (size_t g = 0; g < tot.size(); ++g) rf[g] = float(1.0 / std::sqrt(tot_sq[g] / double(n) + eps));
+  const Tensor r = Tensor::from_f32({B, groups}, rf);
+  for (Act act : {Act::None, Act::SiLU}) {
+    const std::vector<float> whole = ops::group_norm(x, groups, &w, &b, eps, act).to_vector();
+    for (int k = 0; k < 3; ++k) {
+      const int64_t r0 = cuts[k], r1 = cuts[k + 1];
+      const std::vector<float> got = ops::group_norm_apply(x.slice(2, r0, r1), groups, m, r, &w, &b, act).to_vector();
+      for (int64_t bc = 0; bc < B * C; ++bc)
+        for (int64_t i = r0; i < r1; ++i)
+          for (int64_t j = 0; j < W; ++j) {
+            const float want = whole[size_t((bc * H + i) * W + j)], g = got[size_t((bc * (r1 - r0) + i - r0) * W + j)];
+            ASSERT_NEAR(g, want, 2e-5f * (1.0f + std::fabs(want))) << "bc " << bc << " row " << i;
+          }
+    }
+  }
+  // Without the affine: z = (x - mean) * rstd exactly as given.
+  const std::vector<float> z = ops::group_norm_apply(x, groups, m, r, nullptr, nullptr).to_vector();
+  for (int64_t i = 0; i < x.numel(); i += 17) {
+    const int64_t bg = i / n;
+    EXPECT_FLOAT_EQ(z[size_t(i)], (xp[i] - mf[size_t(bg)]) * rf[size_t(bg)]) << i;
+  }
+}
+
 // ---- upsample ----------------------------------------------------------------------------------------
 
 TEST(UpsampleNearest2x, RepeatsEveryPixel) {
@@ -260,6 +359,8 @@ TEST(ConvBackend, TableHasTheImageKernels) {
   EXPECT_NE(b.conv2d, nullptr);
   EXPECT_NE(b.group_norm, nullptr);
   EXPECT_NE(b.upsample_nearest2x, nullptr);
+  EXPECT_NE(b.group_sums, nullptr);
+  EXPECT_NE(b.group_norm_apply, nullptr);
 }
 
 }  // namespace

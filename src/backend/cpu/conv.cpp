@@ -213,6 +213,59 @@ void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* 
   });
 }
 
+void group_sums(const Tensor& x, int64_t groups, const Tensor* mean, Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(1, B * C);
+  const int64_t n = (C / groups) * S;
+  const float* xp = x.f32();
+  const float* mp = mean ? mean->f32() : nullptr;
+  float* op = out.f32();
+  // The same float32 lanes as group_norm's own statistics, so a split image sums like a whole one.
+  parallel_for(B * groups, [&](int64_t g0, int64_t g1, int) {
+    for (int64_t bg = g0; bg < g1; ++bg) {
+      const float* xg = xp + bg * n;
+      if (mp) {
+        const float mu = mp[bg];
+        op[bg] = float(lane_sum(xg, n, [mu](float v) { return (v - mu) * (v - mu); }));
+      } else {
+        op[bg] = float(lane_sum(xg, n, [](float v) { return v; }));
+      }
+    }
+  });
+}
+
+void group_norm_apply(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* w,
+                      const Tensor* b, Act act, Tensor& y) {
+  const int64_t B = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(1, B * C);
+  const int64_t cg = C / groups, n = cg * S;
+  std::vector<float> wf, bf;
+  if (w) wf = w->to_vector();
+  if (b) bf = b->to_vector();
+  const float* xp = x.f32();
+  const float* mp = mean.f32();
+  const float* rp = rstd.f32();
+  float* yp = y.f32();
+  // group_norm's normalisation and activation, expression for expression, with the statistics given.
+  parallel_for(B * groups, [&](int64_t g0, int64_t g1, int) {
+    for (int64_t bg = g0; bg < g1; ++bg) {
+      const int64_t c0 = (bg % groups) * cg;
+      const float* xg = xp + bg * n;
+      float* yg = yp + bg * n;
+      const float mu = mp[bg], r = rp[bg];
+      for (int64_t c = 0; c < cg; ++c) {
+        const float scale = w ? r * wf[size_t(c0 + c)] : r;
+        const float shift = b ? bf[size_t(c0 + c)] : 0.0f;
+        const float* xc = xg + c * S;
+        float* yc = yg + c * S;
+        for (int64_t s = 0; s < S; ++s) yc[s] = (xc[s] - mu) * scale + shift;
+      }
+      if (act != Act::None) {
+        Tensor part = Tensor::wrap(yg, {n}, DType::F32, nullptr, false);
+        cpu_backend().activation(part, act);
+      }
+    }
+  });
+}
+
 void upsample_nearest2x(const Tensor& x, Tensor& y) {
   const int64_t rows = x.size(0) * x.size(1) * x.size(2), W = x.size(3);
   const float* xp = x.f32();

@@ -459,6 +459,8 @@ const Backend& cpu_backend() {
       cpu::conv2d,
       cpu::group_norm,
       cpu::upsample_nearest2x,
+      cpu::group_sums,
+      cpu::group_norm_apply,
   };
   return b;
 }

@@ -10,6 +10,7 @@
 
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 
@@ -59,9 +60,13 @@ Result<SD3Config> SD3Config::from_json_text(const std::string& text, const std::
   return c;
 }
 
-Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Config& cfg) {
+Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Config& cfg, const ParallelContext* par) {
   SD3Transformer m;
   m.cfg_ = cfg;
+  if (par) m.par_ = *par;
+  if (cfg.num_attention_heads % m.par_.tp_size() != 0)
+    return make_error("SD3 transformer: " + std::to_string(cfg.num_attention_heads) +
+                      " attention heads are not divisible by tp=" + std::to_string(m.par_.tp_size()));
   const int64_t dim = cfg.inner_dim();
   MD_TRY(m.pos_embed_, PatchEmbed::load(ck, "pos_embed", cfg.in_channels, dim, cfg.patch_size, cfg.pos_embed_max_size));
   m.timestep_embedder_.channels = 256;
@@ -75,7 +80,8 @@ Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Confi
     const bool last = i == cfg.num_layers - 1;
     MD_TRY(auto block, JointTransformerBlock::load(ck, "transformer_blocks." + std::to_string(i), dim,
                                                    cfg.num_attention_heads, cfg.attention_head_dim,
-                                                   cfg.qk_norm == "rms_norm", last, JointAttention::Order::ImageFirst));
+                                                   cfg.qk_norm == "rms_norm", last, JointAttention::Order::ImageFirst,
+                                                   par));
     m.transformer_blocks_.push_back(std::move(block));
   }
   MD_TRY(m.norm_out_, AdaLayerNormContinuous::load(ck, "norm_out", dim, dim));
@@ -109,18 +115,28 @@ Result<Tensor> SD3Transformer::forward(const Tensor& hidden_states, const Tensor
   Tensor c = context_embedder_(encoder_hidden_states.to(DType::F32));
   report(hooks, "hook.context_embedder", c);
 
+  // Sequence parallel: this rank keeps its shard of the image tokens; text tokens stay whole.
+  const int sp = par_.sp_size();
+  const int64_t N = x.size(1);
+  const SeqLayout seq{c.size(1), /*txt_first=*/false, shard_sizes(N, sp)};
+  if (sp > 1) {
+    const Range mine = shard_range(N, sp, par_.sp_rank());
+    x = x.slice(1, mine.begin, mine.end).contiguous();
+  }
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
     {
       Span span("block", "transformer_blocks." + std::to_string(i));
-      transformer_blocks_[i](x, c, silu_temb);
+      transformer_blocks_[i](x, c, silu_temb, nullptr, sp > 1 ? &seq : nullptr);
     }
     if (c.defined()) report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }
   x = norm_out_(x, silu_temb);
   report(hooks, "hook.norm_out", x);
-  return ops::unpatchify(proj_out_(x), h, w, int(p), cfg_.out_channels);
+  Tensor out = proj_out_(x);
+  if (sp > 1) out = all_gather_v(out, 1, *par_.sp, seq.img_sizes);
+  return ops::unpatchify(out, h, w, int(p), cfg_.out_channels);
 }
 
 }  // namespace meshdit

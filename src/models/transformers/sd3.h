@@ -30,7 +30,8 @@ struct SD3Config {
 
 class SD3Transformer {
  public:
-  static Result<SD3Transformer> load(const Checkpoint& ck, const SD3Config& cfg);
+  // par: this rank's TP and SP groups (nullptr: one device). Each rank loads only its TP shard.
+  static Result<SD3Transformer> load(const Checkpoint& ck, const SD3Config& cfg, const ParallelContext* par = nullptr);
   const SD3Config& config() const { return cfg_; }
   // hidden_states [B, C, H, W] latents, encoder_hidden_states [B, L, joint_attention_dim],
   // pooled_projections [B, pooled_projection_dim], timestep [B] in [0, 1000] -> velocity [B, C, H, W].
@@ -39,6 +40,7 @@ class SD3Transformer {
 
  private:
   SD3Config cfg_;
+  ParallelContext par_;
   PatchEmbed pos_embed_;
   TimestepEmbedder timestep_embedder_;
   Mlp2 text_embedder_;

@@ -10,6 +10,7 @@
 #include "core/hooks.h"
 #include "layers/conv.h"
 #include "layers/linear.h"
+#include "parallel/comm.h"
 
 namespace meshdit {
 
@@ -135,6 +136,13 @@ class AutoencoderKL {
   // latents / scaling_factor + shift_factor) -> image [B, out_channels, scale h, scale w], not clamped.
   // Hooks: hook.decoder.conv_in, hook.decoder.mid_block, hook.decoder.up_blocks.<i>.
   Result<Tensor> decode(const Tensor& z, const Hooks* hooks = nullptr) const;
+  // decode() spread over the ranks of `comm` by bands of latent rows: rank r decodes latent rows
+  // shard_range(h, P, r) (and the image rows spatial_scale() times those), exchanging one halo row with its neighbours
+  // around every 3x3 conv, reducing every GroupNorm's statistics over the group and gathering the mid-block
+  // attention's keys and values, then gathers the image so that every rank returns all of it. Equal to
+  // decode() up to float32 summation order. Every rank passes the same z (and hooks on all or none: a hook
+  // gathers its tensor, a collective). A group of one is decode(); h < P is an error.
+  Result<Tensor> decode_parallel(const Tensor& z, Communicator& comm, const Hooks* hooks = nullptr) const;
   // image [B, in_channels, H, W] in [-1, 1] -> posterior over latents [B, latent_channels, H/scale, W/scale].
   // Hooks: hook.encoder.mid_block.
   Result<DiagonalGaussian> encode(const Tensor& image, const Hooks* hooks = nullptr) const;
