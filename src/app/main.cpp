@@ -8,6 +8,7 @@
 #include "app/bench_cmd.h"
 #include "app/check.h"
 #include "app/generate.h"
+#include "app/plan_cmd.h"
 #include "app/runners.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
@@ -132,6 +133,8 @@ int run(int argc, char** argv) {
   bench_rand->add_option("--double", doubles, "double-stream (Flux) or joint (SD3) blocks");
   bench_rand->add_option("--single", singles, "single-stream blocks (Flux)");
   bench_rand->add_option("-o,--output", rand_out, "output .safetensors")->required();
+
+  meshdit::add_plan_command(app);  // runs from its callback
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
 

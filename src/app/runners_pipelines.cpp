@@ -35,7 +35,6 @@ std::vector<std::string> strings(const Json& j) {
 }
 
 Result<TensorMap> run_flux_pipeline_case(const CaseContext& c) {
-  MD_TRY(FluxPipeline pipe, FluxPipeline::load(c.dir));
   const Json& a = c.meta["non_tensor_args"];
   GenerateOptions o;
   o.prompt = strings(a["prompt"]);
@@ -47,8 +46,18 @@ Result<TensorMap> run_flux_pipeline_case(const CaseContext& c) {
   o.steps = a["num_inference_steps"].get<int64_t>();
   if (a.contains("max_sequence_length")) o.max_sequence_length = a["max_sequence_length"].get<int64_t>();
   MD_TRY(o.latents, c.input("latents"));
+  MD_TRY(ModelTraits traits, FluxPipeline::traits(c.dir, o));
+  MD_TRY(const Mesh* mesh, c.mesh(traits));
+  MD_TRY(FluxPipeline pipe, FluxPipeline::load(c.dir, *mesh));
   TensorMap out;
-  MD_TRY(out["image"], pipe.generate(o, &out));
+  // Recorded intermediates are whole tensors on every rank, except under cfg=2 (each rank runs half).
+  const bool record = mesh->config().cfg == 1;
+  MD_TRY(out["image"], pipe.generate(o, record ? &out : nullptr));
+  if (!record) {
+    const Json& outs = c.meta["outputs"];
+    for (auto it = outs.begin(); it != outs.end(); ++it)
+      if (it.key() != "image") c.not_on_mesh[it.key()] = "each CFG rank runs half of the transformer calls";
+  }
   return out;
 }
 
@@ -57,7 +66,6 @@ Result<TensorMap> run_flux_pipeline_case(const CaseContext& c) {
 Result<TensorMap> run_builtin_case(const CaseContext& c) {
   const std::string model = c.meta.value("model", std::string("tiny-shapes"));
   if (model != "tiny-shapes") return make_error(c.dir + "/meta.json: unknown model '" + model + "'");
-  MD_TRY(FluxPipeline pipe, FluxPipeline::load(builtin_model_dir()));
   MD_TRY(Tensor ref_latents, c.input("latents"));
   GenerateOptions o;
   o.prompt = strings(c.meta["prompts"]);
@@ -66,6 +74,9 @@ Result<TensorMap> run_builtin_case(const CaseContext& c) {
   o.steps = c.meta["num_inference_steps"].get<int64_t>();
   o.guidance_scale = c.meta["guidance_scale"].get<float>();
   o.max_sequence_length = c.meta["max_sequence_length"].get<int64_t>();
+  MD_TRY(ModelTraits traits, FluxPipeline::traits(builtin_model_dir(), o));
+  MD_TRY(const Mesh* mesh, c.mesh(traits));
+  MD_TRY(FluxPipeline pipe, FluxPipeline::load(builtin_model_dir(), *mesh));
   TensorMap out;
   out["latents"] = torch_randn(ref_latents.shape(), 42);
   o.latents = flux_pack_latents(out["latents"]);

@@ -6,6 +6,8 @@
 //   4. unpack, z / scaling_factor + shift_factor -> VAE decode -> (x / 2 + 0.5).clamp(0, 1)
 #include "pipelines/flux.h"
 
+#include "parallel/collectives.h"
+
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
@@ -44,23 +46,36 @@ Tensor flux_image_ids(int64_t h, int64_t w) {
 namespace {
 
 // A diffusers component folder: config.json and the (possibly sharded) weights beside it.
-template <class Model, class Config>
-Result<std::shared_ptr<Model>> load_component(const std::string& dir) {
+template <class Model, class Config, class... Extra>
+Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... extra) {
   MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
   MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
-  MD_TRY(Model m, Model::load(ck, cfg));
+  MD_TRY(Model m, Model::load(ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));
 }
 
 }  // namespace
 
-Result<FluxPipeline> FluxPipeline::load(const std::string& dir) {
+Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateOptions& options) {
+  MD_TRY(FluxConfig tc, FluxConfig::from_json(dir + "/transformer/config.json"));
+  ModelTraits t;
+  t.name = "FluxPipeline " + dir;
+  t.heads = tc.num_attention_heads;
+  t.cfg_batch = options.true_cfg_scale > 1.0f && !options.negative_prompt.empty();
+  const int64_t h = options.height ? options.height : 1024, w = options.width ? options.width : 1024;
+  t.image_tokens = (h / 16) * (w / 16);
+  return t;
+}
+
+Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   if (folder.class_name != "FluxPipeline")
     return make_error(dir + "/model_index.json: pipeline class '" + folder.class_name + "' is not FluxPipeline");
   FluxPipeline p;
   p.dir_ = dir;
+  p.mesh_ = mesh;
+  const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(ClipTokenizer t, ClipTokenizer::load(folder.path("tokenizer")));
     p.tokenizer_ = std::make_shared<ClipTokenizer>(std::move(t));
@@ -71,7 +86,7 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir) {
   }
   MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
   MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"))));
-  MD_TRY(p.transformer_, (load_component<FluxTransformer, FluxConfig>(folder.path("transformer"))));
+  MD_TRY(p.transformer_, (load_component<FluxTransformer, FluxConfig>(folder.path("transformer"), &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
@@ -180,6 +195,11 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   if (record) (*record)["scheduler.timesteps"] = scheduler.timesteps_tensor();
   const Tensor guidance = tc.guidance_embeds ? full(B, *o.guidance_scale) : Tensor();
 
+  // CFG parallel: the conditional batch on cfg rank 0, the unconditional one on cfg rank 1, one
+  // all-gather of the predictions per step.
+  Communicator& cfg_group = mesh_.cfg();
+  const bool cfg_split = true_cfg && cfg_group.size() == 2;
+  if (cfg_split && record) return make_error("recording intermediates is not supported with cfg=2");
   int call = 0;
   auto run_transformer = [&](const PromptEmbeds& e, const Tensor& t) -> Result<Tensor> {
     MD_TRY(Tensor v, transformer_->forward(latents, e.sequence, e.pooled, t, img_ids, e.text_ids, guidance));
@@ -202,9 +222,19 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     Span step_span("step", "denoise step " + std::to_string(i));
     const float t = scheduler.timesteps()[size_t(i)];
     const Tensor t_model = full(B, t / 1000.0f);
-    MD_TRY(Tensor v, run_transformer(pos, t_model));
+    Tensor v, v_neg;
+    if (cfg_split) {
+      MD_TRY(Tensor mine, run_transformer(cfg_group.rank() == 0 ? pos : neg, t_model));
+      Tensor both = all_gather(mine, 0, cfg_group);  // [2B, ...]: conditional, then unconditional
+      v = both.slice(0, 0, B).contiguous();
+      v_neg = both.slice(0, B, 2 * B).contiguous();
+    } else {
+      MD_TRY(v, run_transformer(pos, t_model));
+      if (true_cfg) {
+        MD_TRY(v_neg, run_transformer(neg, t_model));
+      }
+    }
     if (true_cfg) {
-      MD_TRY(Tensor v_neg, run_transformer(neg, t_model));
       // noise_pred = neg + scale * (pos - neg)
       float* vp = v.f32();
       const float* np_ = v_neg.f32();
@@ -224,7 +254,12 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     for (int64_t k = 0; k < z.numel(); ++k) zp[k] = zp[k] / sf + shift;
   }
   const int64_t tile = vae_->default_tile();
-  MD_TRY(Tensor image, o.vae_tiling ? vae_->decode_tiled(z, tile, tile / 4) : vae_->decode(z));
+  Tensor image;
+  if (mesh_.vae().size() > 1 && !o.vae_tiling) {
+    MD_TRY(image, vae_->decode_parallel(z, mesh_.vae()));
+  } else {
+    MD_TRY(image, o.vae_tiling ? vae_->decode_tiled(z, tile, tile / 4) : vae_->decode(z));
+  }
   Tensor out = image.permute({0, 2, 3, 1}).contiguous();
   float* p = out.f32();
   for (int64_t k = 0; k < out.numel(); ++k) {

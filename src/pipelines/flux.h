@@ -12,6 +12,7 @@
 #include "encoders/tokenizers/t5_tokenizer.h"
 #include "models/transformers/flux.h"
 #include "models/vae/autoencoder_kl.h"
+#include "parallel/mesh.h"
 #include "schedulers/flow_match.h"
 
 namespace meshdit {
@@ -41,7 +42,12 @@ using StepCallback = std::function<void(int64_t, int64_t, double)>;
 // decode.
 class FluxPipeline {
  public:
-  static Result<FluxPipeline> load(const std::string& dir);
+  // On a mesh each rank loads its shard of the transformer (TP) and works on its part of each step: its
+  // image-token shard (SP), its half of the true-CFG batch (CFG), its band of the VAE decode. Every rank
+  // returns the whole image.
+  static Result<FluxPipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single());
+  // What the mesh's automatic configuration needs, read from the folder's transformer/config.json.
+  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options);
   const FluxConfig& transformer_config() const { return transformer_->config(); }
   int64_t vae_scale_factor() const { return vae_->config().spatial_scale(); }
   // The values used for unset options (diffusers' FluxPipeline.__call__ defaults).
@@ -68,6 +74,7 @@ class FluxPipeline {
   std::shared_ptr<FluxTransformer> transformer_;
   std::shared_ptr<AutoencoderKL> vae_;
   FlowMatchConfig scheduler_config_;
+  Mesh mesh_ = Mesh::single();
 };
 
 // [B, C, h, w] <-> [B, (h/2)(w/2), 4C] (FluxPipeline._pack_latents / _unpack_latents).
