@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "io/png.h"
+#include "parallel/mpi_comm.h"
 #include "pipelines/flux.h"
 
 namespace fs = std::filesystem;
@@ -21,8 +22,10 @@ namespace fs = std::filesystem;
 namespace meshdit {
 namespace {
 
+std::string g_rank_prefix;  // "[rank r] " under mpirun
+
 int fail(const std::string& msg) {
-  std::fprintf(stderr, "meshdit generate: %s\n", msg.c_str());
+  std::fprintf(stderr, "%smeshdit generate: %s\n", g_rank_prefix.c_str(), msg.c_str());
   return 1;
 }
 
@@ -75,6 +78,16 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
 
 int run_generate(const GenerateCommand& cmd) {
   Span total("run", "generate");
+  auto world = world_communicator();
+  const int rank = world->rank();
+  const bool lead = rank == 0;
+  if (world->size() > 1) g_rank_prefix = "[rank " + std::to_string(rank) + "] ";
+  MeshShape shape{1, world->size()};
+  if (!cmd.mesh.empty()) {
+    auto m = MeshShape::parse(cmd.mesh);
+    if (!m.ok()) return fail(m.error().message);
+    shape = *m;
+  }
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
@@ -82,7 +95,7 @@ int run_generate(const GenerateCommand& cmd) {
 
   // Refuse an unwritable output before minutes of work, not after.
   const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
-  for (size_t i = 0; i < n_images; ++i) {
+  for (size_t i = 0; i < n_images && lead; ++i) {
     const std::string out = numbered(cmd.output, i, n_images);
     const bool existed = path_exists(out);
     std::ofstream probe(out, std::ios::app);
@@ -96,9 +109,6 @@ int run_generate(const GenerateCommand& cmd) {
   if (folder->class_name != "FluxPipeline")
     return fail(model + "/model_index.json: pipeline class '" + folder->class_name +
                 "' is not supported by generate yet (supported: FluxPipeline)");
-  auto pipe = FluxPipeline::load(model);
-  if (!pipe.ok()) return fail(pipe.error().message);
-
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;
@@ -116,20 +126,30 @@ int run_generate(const GenerateCommand& cmd) {
     if (o.width == 0) o.width = 128;
     if (o.steps == 0) o.steps = 20;
   }
+  auto traits = FluxPipeline::traits(model, o);
+  if (!traits.ok()) return fail(traits.error().message);
+  auto mesh = make_mesh(shape, cmd.parallel, *traits);
+  if (!mesh.ok()) return fail(mesh.error().message);
+  auto pipe = FluxPipeline::load(model, *mesh);
+  if (!pipe.ok()) return fail(pipe.error().message);
   o = pipe->with_defaults(o);
   if (auto st = pipe->validate(o); !st.ok()) return fail(st.error().message);
 
-  std::fprintf(stderr, "meshdit: %s, %lld image(s) %lldx%lld, %lld steps, seed %llu, %d threads\n", model.c_str(),
-               (long long)n_images, (long long)o.width, (long long)o.height, (long long)o.steps,
-               (unsigned long long)o.seed, num_threads());
+  if (lead) {
+    std::fprintf(stderr, "meshdit: %s, %lld image(s) %lldx%lld, %lld steps, seed %llu, %d threads", model.c_str(),
+                 (long long)n_images, (long long)o.width, (long long)o.height, (long long)o.steps,
+                 (unsigned long long)o.seed, num_threads());
+    if (shape.size() > 1)
+      std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
+    std::fputc('\n', stderr);
+  }
   Span gen_span("run", "denoise + decode");
   StepCallback cb = nullptr;
-  if (cmd.progress)
-    cb = [&](int64_t i, int64_t n, double s) { progress_bar(i, n, s, gen_span.elapsed_s()); };
+  if (cmd.progress && lead) cb = [&](int64_t i, int64_t n, double s) { progress_bar(i, n, s, gen_span.elapsed_s()); };
   auto images = pipe->generate(o, nullptr, cb);
   if (!images.ok()) return fail(images.error().message);
 
-  {
+  if (lead) {
     Span save("stage", "save png");
     const Tensor& im = images.value();
     for (int64_t b = 0; b < im.size(0); ++b) {
@@ -152,14 +172,19 @@ int run_generate(const GenerateCommand& cmd) {
     }
   }
   const double total_s = total.elapsed_s();
-  if (!cmd.timings_path.empty()) {
+  if (!cmd.timings_path.empty() && lead) {
     if (auto st = write_timings(cmd.timings_path, cmd, total_s); !st.ok()) return fail(st.error().message);
     std::fprintf(stderr, "timings: %s (total %.2f s, peak RSS %.0f MB)\n", cmd.timings_path.c_str(), total_s,
                  peak_rss_mb());
   }
   if (!cmd.trace_path.empty()) {
-    if (auto st = Trace::instance().write_chrome(cmd.trace_path); !st.ok()) return fail(st.error().message);
-    std::fprintf(stderr, "trace: %s (open in https://ui.perfetto.dev)\n", cmd.trace_path.c_str());
+    // One file, one track per rank: every rank's events go to rank 0.
+    const auto per_rank = world->gather_strings(Trace::instance().chrome_events(rank), 0);
+    if (lead) {
+      if (auto st = Trace::write_chrome_merged(cmd.trace_path, per_rank); !st.ok()) return fail(st.error().message);
+      std::fprintf(stderr, "trace: %s (%zu rank%s; open in https://ui.perfetto.dev)\n", cmd.trace_path.c_str(),
+                   per_rank.size(), per_rank.size() == 1 ? "" : "s");
+    }
   }
   return 0;
 }

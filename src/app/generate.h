@@ -15,9 +15,12 @@ struct GenerateCommand {
   std::string timings_path, trace_path;
   bool progress = true;
   bool vae_tiling = false;
+  std::string mesh;      // "RxC"; "" = 1 x the number of ranks (1 without mpirun)
+  std::string parallel;  // --parallel overrides of the automatic config
 };
 
-// Runs `meshdit generate`; prints its own messages; returns the process exit status.
+// Runs `meshdit generate`; prints its own messages; returns the process exit status. Under mpirun every
+// rank runs it; rank 0 shows progress and writes the images, timings and the merged trace.
 int run_generate(const GenerateCommand& cmd);
 
 }  // namespace meshdit

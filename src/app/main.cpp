@@ -109,6 +109,12 @@ int run(int argc, char** argv) {
   gen->add_option("--timings", g.timings_path, "write per-stage and per-step times and peak memory as JSON");
   gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
   gen->add_flag("!--no-progress", g.progress, "no progress bar");
+  gen->add_option("--mesh", g.mesh,
+                  "device mesh RxC, run under mpirun with R*C ranks (default: 1 x the number of ranks); the "
+                  "parallel config is chosen for the model and mesh (see `meshdit plan`)");
+  gen->add_option("--parallel", g.parallel,
+                  "override the automatic parallel config: cfg=N,sp=N,tp=N,sp_mode=ring|ulysses,vae=N "
+                  "(cfg/tp not named = 1, sp not named = the remaining ranks)");
   gen->add_flag("--vae-tiling", g.vae_tiling,
                 "decode the image in overlapping tiles (bounded memory for large images; tiles are blended)");
 

@@ -1,5 +1,6 @@
 #include "core/trace.h"
 
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -53,22 +54,44 @@ void Trace::clear() {
   all_events().clear();
 }
 
-Status Trace::write_chrome(const std::string& path, int rank) const {
+std::string Trace::chrome_events(int rank) const {
+  const int64_t origin = std::chrono::duration_cast<std::chrono::microseconds>(origin_.time_since_epoch()).count();
   nlohmann::json evs = nlohmann::json::array();
   for (const auto& e : events()) {
-    nlohmann::json j = {{"name", e.name},  {"cat", e.category}, {"ph", "X"},   {"ts", e.start_us},
+    nlohmann::json j = {{"name", e.name},  {"cat", e.category}, {"ph", "X"},   {"ts", origin + e.start_us},
                         {"dur", e.dur_us}, {"pid", rank},       {"tid", e.tid}};
     if (e.bytes >= 0) j["args"] = {{"bytes", e.bytes}};
     evs.push_back(std::move(j));
   }
-  nlohmann::json meta = {
-      {"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}};
-  evs.push_back(meta);
+  evs.push_back(
+      {{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}});
+  evs.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", rank}, {"args", {{"sort_index", rank}}}});
+  return evs.dump();
+}
+
+Status Trace::write_chrome_merged(const std::string& path, const std::vector<std::string>& per_rank_events) {
+  nlohmann::json all = nlohmann::json::array();
+  int64_t t0 = INT64_MAX;
+  for (const auto& text : per_rank_events) {
+    auto evs = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!evs.is_array()) return make_error(path + ": a rank sent malformed trace events");
+    for (auto& e : evs) {
+      if (e.contains("ts")) t0 = std::min(t0, e["ts"].get<int64_t>());
+      all.push_back(std::move(e));
+    }
+  }
+  // Start the timeline at the first event of any rank.
+  for (auto& e : all)
+    if (e.contains("ts")) e["ts"] = e["ts"].get<int64_t>() - t0;
   std::ofstream f(path);
   if (!f) return make_error(path + ": cannot open for writing");
-  f << nlohmann::json{{"traceEvents", evs}, {"displayTimeUnit", "ms"}}.dump();
+  f << nlohmann::json{{"traceEvents", all}, {"displayTimeUnit", "ms"}}.dump();
   if (!f) return make_error(path + ": write failed");
   return ok_status();
+}
+
+Status Trace::write_chrome(const std::string& path, int rank) const {
+  return write_chrome_merged(path, {chrome_events(rank)});
 }
 
 Span::Span(const char* category, const std::string& name)

@@ -31,6 +31,10 @@ class Trace {
   void clear();
   // Chrome trace JSON ("traceEvents", complete events); `rank` becomes the process id, one track per rank.
   Status write_chrome(const std::string& path, int rank = 0) const;
+  // This process's events as a JSON array with timestamps on the machine's monotonic clock, so the
+  // arrays of several ranks (processes) can be merged into one timeline by write_chrome_merged.
+  std::string chrome_events(int rank) const;
+  static Status write_chrome_merged(const std::string& path, const std::vector<std::string>& per_rank_events);
 
  private:
   std::atomic<bool> enabled_{false};

@@ -6,11 +6,10 @@
 //   4. unpack, z / scaling_factor + shift_factor -> VAE decode -> (x / 2 + 0.5).clamp(0, 1)
 #include "pipelines/flux.h"
 
-#include "parallel/collectives.h"
-
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 
@@ -118,7 +117,7 @@ Status FluxPipeline::validate(const GenerateOptions& o) const {
 }
 
 Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector<std::string>& prompts,
-                                                                int64_t max_sequence_length) const {
+                                                               int64_t max_sequence_length) const {
   PromptEmbeds e;
   {
     Span s("stage", "tokenize");
@@ -188,9 +187,9 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
 
   // 3. Timesteps: sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len).
   MD_TRY(FlowMatchEulerScheduler scheduler, FlowMatchEulerScheduler::create(scheduler_config_));
-  const double mu = calculate_shift(double(latents.size(1)), scheduler_config_.base_image_seq_len,
-                                    scheduler_config_.max_image_seq_len, scheduler_config_.base_shift,
-                                    scheduler_config_.max_shift);
+  const double mu =
+      calculate_shift(double(latents.size(1)), scheduler_config_.base_image_seq_len,
+                      scheduler_config_.max_image_seq_len, scheduler_config_.base_shift, scheduler_config_.max_shift);
   MD_TRY(int64_t steps, retrieve_timesteps(scheduler, o.steps, std::nullopt, flux_pipeline_sigmas(o.steps), mu));
   if (record) (*record)["scheduler.timesteps"] = scheduler.timesteps_tensor();
   const Tensor guidance = tc.guidance_embeds ? full(B, *o.guidance_scale) : Tensor();

@@ -73,13 +73,12 @@ void FluxSingleTransformerBlock::operator()(Tensor& tokens, const Tensor& silu_t
   ops::rope_(h.q, rope.cos, rope.sin);
   ops::rope_(h.k, rope.cos, rope.sin);
   const float scale = 1.0f / std::sqrt(float(h.q.size(3)));
-  Tensor attn = merge_heads(seq ? joint_attention(h.q, h.k, h.v, scale, *seq, &par)
-                                : ops::attention(h.q, h.k, h.v, scale));
+  Tensor attn =
+      merge_heads(seq ? joint_attention(h.q, h.k, h.v, scale, *seq, &par) : ops::attention(h.q, h.k, h.v, scale));
   ops::add_gated_(tokens, gate, proj_out(concat({attn, mlp}, 2)));
 }
 
-Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxConfig& cfg,
-                                              const ParallelContext* par) {
+Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxConfig& cfg, const ParallelContext* par) {
   FluxTransformer m;
   m.cfg_ = cfg;
   if (par) m.par_ = *par;
@@ -138,9 +137,8 @@ RopeTables FluxTransformer::rope_tables(const Tensor& ids) const {
 }
 
 Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
-                                        const Tensor& pooled_projections, const Tensor& timestep,
-                                        const Tensor& img_ids, const Tensor& txt_ids, const Tensor& guidance,
-                                        const Hooks* hooks) const {
+                                        const Tensor& pooled_projections, const Tensor& timestep, const Tensor& img_ids,
+                                        const Tensor& txt_ids, const Tensor& guidance, const Hooks* hooks) const {
   if (hidden_states.dim() != 3 || hidden_states.size(2) != cfg_.in_channels)
     return make_error("Flux transformer: hidden_states " + shape_str(hidden_states.shape()) + " must be [B, N, " +
                       std::to_string(cfg_.in_channels) + "]");
@@ -156,8 +154,8 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
                       shape_str(txt_ids.shape()) + " must be [N, " + std::to_string(n_axes) + "] / [L, " +
                       std::to_string(n_axes) + "]");
   if (pooled_projections.shape() != Shape{B, cfg_.pooled_projection_dim} || timestep.shape() != Shape{B})
-    return make_error("Flux transformer: pooled_projections " + shape_str(pooled_projections.shape()) +
-                      " / timestep " + shape_str(timestep.shape()) + " do not match batch " + std::to_string(B));
+    return make_error("Flux transformer: pooled_projections " + shape_str(pooled_projections.shape()) + " / timestep " +
+                      shape_str(timestep.shape()) + " do not match batch " + std::to_string(B));
   if (cfg_.guidance_embeds && guidance.shape() != Shape{B})
     return make_error("Flux transformer: this model embeds guidance (FLUX.1-dev); guidance must be [B]");
 

@@ -36,7 +36,8 @@ Result<SD3Config> SD3Config::from_json_text(const std::string& text, const std::
   r.get("pos_embed_max_size", c.pos_embed_max_size);
   r.get("dual_attention_layers", c.dual_attention_layers);
   r.get("qk_norm", c.qk_norm);
-  if (!c.qk_norm.empty() && c.qk_norm != "rms_norm") r.fail("qk_norm", "'" + c.qk_norm + "' is not supported (rms_norm or null)");
+  if (!c.qk_norm.empty() && c.qk_norm != "rms_norm")
+    r.fail("qk_norm", "'" + c.qk_norm + "' is not supported (rms_norm or null)");
   if (!c.dual_attention_layers.empty())
     r.fail("dual_attention_layers", "is not empty: SD3.5-Medium's dual attention (MMDiT-X) is not supported yet");
   // The bound keeps products of sizes (inner_dim, the position table) far from int64 overflow.
@@ -75,13 +76,14 @@ Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Confi
   MD_TRY(m.timestep_embedder_.mlp, Mlp2::load(ck, "time_text_embed.timestep_embedder", 256, dim, dim, Act::SiLU));
   MD_TRY(m.text_embedder_,
          Mlp2::load(ck, "time_text_embed.text_embedder", cfg.pooled_projection_dim, dim, dim, Act::SiLU));
-  MD_TRY(m.context_embedder_, Linear::load(ck, "context_embedder", cfg.joint_attention_dim, cfg.caption_projection_dim));
+  MD_TRY(m.context_embedder_,
+         Linear::load(ck, "context_embedder", cfg.joint_attention_dim, cfg.caption_projection_dim));
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     const bool last = i == cfg.num_layers - 1;
-    MD_TRY(auto block, JointTransformerBlock::load(ck, "transformer_blocks." + std::to_string(i), dim,
-                                                   cfg.num_attention_heads, cfg.attention_head_dim,
-                                                   cfg.qk_norm == "rms_norm", last, JointAttention::Order::ImageFirst,
-                                                   par));
+    MD_TRY(auto block,
+           JointTransformerBlock::load(ck, "transformer_blocks." + std::to_string(i), dim, cfg.num_attention_heads,
+                                       cfg.attention_head_dim, cfg.qk_norm == "rms_norm", last,
+                                       JointAttention::Order::ImageFirst, par));
     m.transformer_blocks_.push_back(std::move(block));
   }
   MD_TRY(m.norm_out_, AdaLayerNormContinuous::load(ck, "norm_out", dim, dim));

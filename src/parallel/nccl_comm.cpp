@@ -1,0 +1,416 @@
+// The NCCL communicator (nccl_comm.h). Compiled only when CMake found CUDA and NCCL; plain C++ against
+// cuda_runtime.h and nccl.h (no device code), so gcc and clang both build it.
+#include "parallel/nccl_comm.h"
+
+// The C API only: Open MPI's deprecated C++ bindings would need libmpi_cxx.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "parallel/mpi_comm.h"
+
+#if defined(NCCL_VERSION) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+#define MESHDIT_NCCL_HAS_SPLIT 1
+#else
+#define MESHDIT_NCCL_HAS_SPLIT 0
+#endif
+
+namespace meshdit {
+namespace {
+
+void cuda_check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  fatal(__FILE__, __LINE__, std::string(what) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+
+void nccl_check(ncclResult_t r, const char* what, ncclComm_t comm = nullptr) {
+  if (r == ncclSuccess) return;
+  std::string msg = std::string(what) + ": " + ncclGetErrorString(r);
+  if (const char* last = ncclGetLastError(comm); last && *last) msg += " (" + std::string(last) + ")";
+  fatal(__FILE__, __LINE__, msg);
+}
+
+void mpi_check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fatal(__FILE__, __LINE__, std::string(what) + ": " + std::string(msg, size_t(len)));
+}
+
+int mpi_count(int64_t n, const char* what) {
+  if (n < 0 || n > INT_MAX)
+    fatal(__FILE__, __LINE__,
+          std::string(what) + ": message of " + std::to_string(n) + " elements exceeds MPI's int count");
+  return int(n);
+}
+
+size_t elems(int64_t n, const char* what) {
+  MD_CHECK(n >= 0, std::string(what) + ": negative count " + std::to_string(n));
+  return size_t(n);
+}
+
+bool mpi_finalized() {
+  int f = 0;
+  MPI_Finalized(&f);
+  return f != 0;
+}
+
+// The communicator's device current for the duration of one call, the caller's restored after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cuda_check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != device) cuda_check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+// An NCCL communicator over the ranks of `comm`: rank 0 makes the unique id, MPI carries it to the others.
+ncclComm_t init_over(MPI_Comm comm) {
+  int rank = 0, size = 1;
+  mpi_check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (rank == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  mpi_check(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, comm), "MPI_Bcast(ncclUniqueId)");
+  ncclComm_t nc = nullptr;
+  nccl_check(ncclCommInitRank(&nc, size, id, rank), "ncclCommInitRank");
+  return nc;
+}
+
+class NcclComm final : public Communicator {
+ public:
+  // Takes ownership of `mpi` (the same ranks in the same order as `nccl`, for bootstrap and host strings)
+  // and of `nccl`.
+  NcclComm(MPI_Comm mpi, ncclComm_t nccl, int device) : mpi_(mpi), nccl_(nccl), device_(device) {
+    mpi_check(MPI_Comm_rank(mpi_, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(mpi_, &size_), "MPI_Comm_size");
+    int nr = -1, ns = -1;
+    nccl_check(ncclCommUserRank(nccl_, &nr), "ncclCommUserRank", nccl_);
+    nccl_check(ncclCommCount(nccl_, &ns), "ncclCommCount", nccl_);
+    MD_CHECK(nr == rank_ && ns == size_, "NCCL communicator: NCCL rank " + std::to_string(nr) + "/" +
+                                             std::to_string(ns) + " differs from MPI rank " + std::to_string(rank_) +
+                                             "/" + std::to_string(size_));
+    DeviceGuard g(device_);
+    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    cuda_check(cudaMalloc(reinterpret_cast<void**>(&scratch_), sizeof(float)), "cudaMalloc");
+    cuda_check(cudaMemset(scratch_, 0, sizeof(float)), "cudaMemset");
+  }
+  ~NcclComm() override {
+    {
+      DeviceGuard g(device_);
+      if (in_flight_) cudaStreamSynchronize(stream_);
+      // Errors here are not worth an abort on the way out.
+      if (nccl_) ncclCommDestroy(nccl_);
+      if (scratch_) cudaFree(scratch_);
+      if (stream_) cudaStreamDestroy(stream_);
+    }
+    if (mpi_ != MPI_COMM_NULL && !mpi_finalized()) MPI_Comm_free(&mpi_);
+  }
+  NcclComm(const NcclComm&) = delete;
+  NcclComm& operator=(const NcclComm&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* backend() const override { return "nccl"; }
+
+  void all_reduce_sum(float* data, int64_t n) override {
+    const size_t c = elems(n, "all_reduce_sum");
+    if (c == 0) return;
+    DeviceGuard g(device_);
+    idle("all_reduce_sum");
+    nccl_check(ncclAllReduce(data, data, c, ncclFloat, ncclSum, nccl_, stream_), "ncclAllReduce", nccl_);
+    sync();
+  }
+  void all_gather(const float* send, int64_t n, float* recv) override {
+    const size_t c = elems(n, "all_gather");
+    if (c == 0) return;
+    DeviceGuard g(device_);
+    idle("all_gather");
+    // In place (send == recv + rank * n) is NCCL's own in-place all-gather.
+    nccl_check(ncclAllGather(send, recv, c, ncclFloat, nccl_, stream_), "ncclAllGather", nccl_);
+    sync();
+  }
+  void reduce_scatter_sum(const float* send, float* recv, int64_t n) override {
+    const size_t c = elems(n, "reduce_scatter_sum");
+    if (c == 0) return;
+    DeviceGuard g(device_);
+    idle("reduce_scatter_sum");
+    nccl_check(ncclReduceScatter(send, recv, c, ncclFloat, ncclSum, nccl_, stream_), "ncclReduceScatter", nccl_);
+    sync();
+  }
+  void all_to_all(const float* send, float* recv, int64_t n) override {
+    const size_t c = elems(n, "all_to_all");
+    if (c == 0) return;
+    std::vector<int64_t> counts(size_t(size_), n);
+    exchange("all_to_all", send, counts, recv, counts);
+  }
+  void all_to_all_v(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                    const std::vector<int64_t>& recv_counts) override {
+    MD_CHECK(int(send_counts.size()) == size_ && int(recv_counts.size()) == size_, "all_to_all_v: one count per rank");
+    exchange("all_to_all_v", send, send_counts, recv, recv_counts);
+  }
+  void send_recv(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) override {
+    DeviceGuard g(device_);
+    idle("send_recv");
+    post_send_recv(send, n_send, dst, recv, n_recv, src);
+    sync();
+  }
+  // Enqueued on the communicator's stream; send_recv_wait() waits for it.
+  void send_recv_start(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) override {
+    MD_CHECK(!in_flight_, "send_recv_start: a ring step is already in flight");
+    DeviceGuard g(device_);
+    post_send_recv(send, n_send, dst, recv, n_recv, src);
+    in_flight_ = true;
+  }
+  void send_recv_wait() override {
+    if (!in_flight_) return;
+    DeviceGuard g(device_);
+    sync();
+    in_flight_ = false;
+  }
+  void broadcast(float* data, int64_t n, int root) override {
+    const size_t c = elems(n, "broadcast");
+    MD_CHECK(root >= 0 && root < size_, "broadcast: root " + std::to_string(root) + " outside the group");
+    if (c == 0) return;
+    DeviceGuard g(device_);
+    idle("broadcast");
+    nccl_check(ncclBroadcast(data, data, c, ncclFloat, root, nccl_, stream_), "ncclBroadcast", nccl_);
+    sync();
+  }
+  // Every rank has reached it once the one-element all-reduce completes on every rank's stream.
+  void barrier() override {
+    DeviceGuard g(device_);
+    idle("barrier");
+    nccl_check(ncclAllReduce(scratch_, scratch_, 1, ncclFloat, ncclSum, nccl_, stream_), "ncclAllReduce(barrier)",
+               nccl_);
+    sync();
+  }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MD_CHECK(color >= 0, "split: color " + std::to_string(color) + " must be >= 0");
+    DeviceGuard g(device_);
+    idle("split");
+    MPI_Comm sub = MPI_COMM_NULL;
+    mpi_check(MPI_Comm_split(mpi_, color, key, &sub), "MPI_Comm_split");
+    ncclComm_t nc = nullptr;
+#if MESHDIT_NCCL_HAS_SPLIT
+    // Same ordering rule as MPI_Comm_split (key, then parent rank): the constructor checks the ranks agree.
+    nccl_check(ncclCommSplit(nccl_, color, key, &nc, nullptr), "ncclCommSplit", nccl_);
+#else
+    nc = init_over(sub);
+#endif
+    return std::make_unique<NcclComm>(sub, nc, device_);
+  }
+  std::vector<std::string> gather_strings(const std::string& s, int root) override {
+    const int len = mpi_count(int64_t(s.size()), "gather_strings");
+    std::vector<int> lens(static_cast<size_t>(size_));
+    mpi_check(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, mpi_), "MPI_Gather");
+    std::vector<int> displs(static_cast<size_t>(size_), 0);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[size_t(r)] = mpi_count(total, "gather_strings");
+      total += lens[size_t(r)];
+    }
+    std::string all(rank_ == root ? size_t(total) : 0, '\0');
+    mpi_check(MPI_Gatherv(s.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, mpi_),
+              "MPI_Gatherv");
+    std::vector<std::string> out;
+    if (rank_ != root) return out;
+    for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
+    return out;
+  }
+
+ private:
+  void idle(const char* what) const { MD_CHECK(!in_flight_, std::string(what) + ": a ring step is in flight"); }
+
+  // Waits for the stream; an NCCL failure that happens meanwhile (a peer gone, a network error) aborts
+  // instead of hanging in cudaStreamSynchronize.
+  void sync() {
+    for (;;) {
+      const cudaError_t e = cudaStreamQuery(stream_);
+      if (e == cudaSuccess) return;
+      if (e != cudaErrorNotReady) cuda_check(e, "cudaStreamQuery");
+      ncclResult_t async = ncclSuccess;
+      nccl_check(ncclCommGetAsyncError(nccl_, &async), "ncclCommGetAsyncError", nccl_);
+      nccl_check(async, "NCCL asynchronous error", nccl_);
+      std::this_thread::yield();
+    }
+  }
+
+  void copy_self(const float* src, float* dst, size_t n) {
+    if (n && src != dst)
+      cuda_check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync");
+  }
+
+  // Point-to-point to every peer in one NCCL group; the block for this rank itself is a device copy.
+  void exchange(const char* what, const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                const std::vector<int64_t>& recv_counts) {
+    DeviceGuard g(device_);
+    idle(what);
+    std::vector<size_t> so(size_t(size_) + 1, 0), ro(size_t(size_) + 1, 0);
+    for (int q = 0; q < size_; ++q) {
+      so[size_t(q) + 1] = so[size_t(q)] + elems(send_counts[size_t(q)], what);
+      ro[size_t(q) + 1] = ro[size_t(q)] + elems(recv_counts[size_t(q)], what);
+    }
+    const size_t me = size_t(rank_);
+    MD_CHECK(send_counts[me] == recv_counts[me], std::string(what) + ": this rank sends itself " +
+                                                     std::to_string(send_counts[me]) + " elements but receives " +
+                                                     std::to_string(recv_counts[me]));
+    copy_self(send + so[me], recv + ro[me], size_t(send_counts[me]));
+    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      const size_t sc = size_t(send_counts[size_t(q)]), rc = size_t(recv_counts[size_t(q)]);
+      if (sc) nccl_check(ncclSend(send + so[size_t(q)], sc, ncclFloat, q, nccl_, stream_), "ncclSend", nccl_);
+      if (rc) nccl_check(ncclRecv(recv + ro[size_t(q)], rc, ncclFloat, q, nccl_, stream_), "ncclRecv", nccl_);
+    }
+    nccl_check(ncclGroupEnd(), "ncclGroupEnd", nccl_);
+    sync();
+  }
+
+  void post_send_recv(const float* send, int64_t n_send, int dst, float* recv, int64_t n_recv, int src) {
+    const size_t ns = elems(n_send, "send_recv"), nr = elems(n_recv, "send_recv");
+    MD_CHECK(dst < size_ && src < size_, "send_recv: peer outside the group");
+    MD_CHECK((dst == rank_) == (src == rank_), "send_recv: a rank sending to itself must receive from itself");
+    if (dst == rank_) {
+      MD_CHECK(ns == nr, "send_recv: this rank sends itself " + std::to_string(ns) + " elements but receives " +
+                             std::to_string(nr));
+      copy_self(send, recv, ns);
+      return;
+    }
+    const bool do_send = dst >= 0 && ns > 0, do_recv = src >= 0 && nr > 0;
+    if (!do_send && !do_recv) return;
+    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    if (do_send) nccl_check(ncclSend(send, ns, ncclFloat, dst, nccl_, stream_), "ncclSend", nccl_);
+    if (do_recv) nccl_check(ncclRecv(recv, nr, ncclFloat, src, nccl_, stream_), "ncclRecv", nccl_);
+    nccl_check(ncclGroupEnd(), "ncclGroupEnd", nccl_);
+  }
+
+  MPI_Comm mpi_;
+  ncclComm_t nccl_;
+  int device_;
+  int rank_ = 0, size_ = 1;
+  cudaStream_t stream_ = nullptr;
+  float* scratch_ = nullptr;
+  bool in_flight_ = false;
+};
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return (*end == '\0' && x >= 0 && x <= INT_MAX) ? int(x) : fallback;
+}
+
+// Why this rank cannot join (empty: it can), and its device.
+struct Probe {
+  std::string why;
+  int device = -1;
+  char bus[32] = {};
+};
+
+Probe probe_device(int local_rank) {
+  Probe p;
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    p.why = std::string("no usable GPU: cudaGetDeviceCount: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
+    cudaGetLastError();  // not sticky, but do not leave it for the next caller
+    return p;
+  }
+  if (count <= 0) {
+    p.why = "no usable GPU: cudaGetDeviceCount found no CUDA device";
+    return p;
+  }
+  p.device = local_rank % count;
+  if (const cudaError_t b = cudaDeviceGetPCIBusId(p.bus, int(sizeof p.bus), p.device); b != cudaSuccess) {
+    p.why = "no usable GPU: cudaDeviceGetPCIBusId(device " + std::to_string(p.device) + "): " + cudaGetErrorString(b);
+    cudaGetLastError();
+    p.bus[0] = '\0';
+  }
+  p.bus[sizeof p.bus - 1] = '\0';
+  return p;
+}
+
+}  // namespace
+
+bool nccl_available() { return true; }
+
+Result<std::unique_ptr<Communicator>> nccl_world_communicator() {
+  if (!mpi::initialized() || mpi_finalized())
+    return make_error(
+        "NCCL communicator: MPI is not initialised (NCCL is bootstrapped over MPI: start the job with mpirun)");
+  int world_rank = 0;
+  mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
+
+  // The ranks sharing this node: the local rank when the launcher does not say, and the GPU check.
+  MPI_Comm node = MPI_COMM_NULL;
+  mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  int node_rank = 0, node_size = 1;
+  mpi_check(MPI_Comm_rank(node, &node_rank), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(node, &node_size), "MPI_Comm_size");
+  int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
+  if (local_rank < 0) local_rank = env_int("MPI_LOCALRANKID", -1);
+  if (local_rank < 0) local_rank = env_int("SLURM_LOCALID", -1);
+  if (local_rank < 0) local_rank = node_rank;
+
+  Probe p = probe_device(local_rank);
+  // NCCL needs one GPU per rank: two ranks of this node on one device (more ranks than GPUs, or a
+  // CUDA_VISIBLE_DEVICES that shows every rank the same one) would fail inside ncclCommInitRank.
+  constexpr int kBus = int(sizeof p.bus);
+  std::vector<char> buses(size_t(node_size) * size_t(kBus));
+  mpi_check(MPI_Allgather(p.bus, kBus, MPI_CHAR, buses.data(), kBus, MPI_CHAR, node), "MPI_Allgather");
+  mpi_check(MPI_Comm_free(&node), "MPI_Comm_free");
+  if (p.why.empty()) {
+    for (int q = 0; q < node_size; ++q) {
+      const char* other = buses.data() + size_t(q) * size_t(kBus);
+      if (q != node_rank && std::strncmp(other, p.bus, size_t(kBus)) == 0) {
+        p.why = "ranks " + std::to_string(std::min(q, node_rank)) + " and " + std::to_string(std::max(q, node_rank)) +
+                " of this node share GPU " + p.bus + " (NCCL needs one GPU per rank: start at most as many ranks " +
+                "per node as it has GPUs)";
+        break;
+      }
+    }
+  }
+
+  // Every rank learns whether all can join, and the first failing rank's reason.
+  const int mine = p.why.empty() ? INT_MAX : world_rank;
+  int first = INT_MAX;
+  mpi_check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  if (first != INT_MAX) {
+    int len = world_rank == first ? mpi_count(int64_t(p.why.size()), "nccl_world_communicator") : 0;
+    mpi_check(MPI_Bcast(&len, 1, MPI_INT, first, MPI_COMM_WORLD), "MPI_Bcast");
+    std::string why = world_rank == first ? p.why : std::string(size_t(len), '\0');
+    mpi_check(MPI_Bcast(why.data(), len, MPI_CHAR, first, MPI_COMM_WORLD), "MPI_Bcast");
+    return make_error("NCCL communicator: rank " + std::to_string(first) + ": " + why);
+  }
+
+  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
+  MPI_Comm world = MPI_COMM_NULL;
+  mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
+  ncclComm_t nc = init_over(world);
+  return std::unique_ptr<Communicator>(std::make_unique<NcclComm>(world, nc, p.device));
+}
+
+}  // namespace meshdit
