@@ -26,8 +26,13 @@ Result<TensorMap> run_clip_text(const CaseContext& c) {
 
 Result<TensorMap> run_t5(const CaseContext& c) {
   MD_TRY(T5Config cfg, T5Config::from_json(c.dir + "/config.json"));
+  ModelTraits traits{"T5 encoder", cfg.num_heads, /*cfg_batch=*/false, /*image_tokens=*/0, /*uneven_heads_ok=*/true};
+  MD_TRY(const Mesh* mesh, c.mesh(traits));
+  if (mesh->config().sp > 1 || mesh->config().cfg > 1)
+    return make_error("the T5 encoder runs with tensor parallelism only (--parallel tp=N)");
+  const ParallelContext par = mesh->context();
   MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
-  MD_TRY(T5Encoder model, T5Encoder::load(ck, cfg));
+  MD_TRY(T5Encoder model, T5Encoder::load(ck, cfg, &par));
   MD_TRY(Tensor ids, c.input("input_ids"));
   MD_TRY(Tensor mask, c.input("attention_mask"));
   TensorMap out;

@@ -37,16 +37,24 @@ int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_bucke
   const int64_t n = relative_position < 0 ? -relative_position : relative_position;
   const int64_t max_exact = num_buckets / 2;
   if (n < max_exact) return bucket + n;
-  const float scaled = std::log(float(n) / float(max_exact)) / float(std::log(double(max_distance) / double(max_exact))) *
-                       float(num_buckets - max_exact);
+  const float scaled = std::log(float(n) / float(max_exact)) /
+                       float(std::log(double(max_distance) / double(max_exact))) * float(num_buckets - max_exact);
   int64_t large = max_exact + int64_t(scaled);
   if (large > num_buckets - 1) large = num_buckets - 1;
   return bucket + large;
 }
 
-Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg) {
+Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg, const ParallelContext* par) {
   T5Encoder m;
   m.cfg_ = cfg;
+  const int tp = par ? par->tp_size() : 1, r = par ? par->tp_rank() : 0;
+  Communicator* reduce = par ? par->tp : nullptr;
+  if (cfg.num_heads < tp)
+    return make_error("T5 encoder: " + std::to_string(cfg.num_heads) +
+                      " heads cannot be split over tp=" + std::to_string(tp));
+  m.heads_ = shard_range(cfg.num_heads, tp, r);
+  const std::vector<Range> head_rows{{m.heads_.begin * cfg.d_kv, m.heads_.end * cfg.d_kv}};
+  const std::vector<Range> ff_rows{shard_range(cfg.d_ff, tp, r)};
   m.gated_ = cfg.feed_forward_proj.rfind("gated-", 0) == 0;
   m.act_ = cfg.feed_forward_proj.find("gelu") != std::string::npos ? Act::GeluTanh : Act::Relu;
   const int64_t D = cfg.d_model, I = cfg.num_heads * cfg.d_kv, F = cfg.d_ff;
@@ -57,22 +65,23 @@ Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg) {
     const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
     Block b;
     MD_TRY(b.attn_norm, RMSNorm::load(ck, p + "0.layer_norm", D, cfg.layer_norm_epsilon));
-    MD_TRY(b.q, Linear::load(ck, p + "0.SelfAttention.q", D, I, false));
-    MD_TRY(b.k, Linear::load(ck, p + "0.SelfAttention.k", D, I, false));
-    MD_TRY(b.v, Linear::load(ck, p + "0.SelfAttention.v", D, I, false));
-    MD_TRY(b.o, Linear::load(ck, p + "0.SelfAttention.o", I, D, false));
+    MD_TRY(b.q, Linear::load_rows(ck, p + "0.SelfAttention.q", D, I, head_rows, false));
+    MD_TRY(b.k, Linear::load_rows(ck, p + "0.SelfAttention.k", D, I, head_rows, false));
+    MD_TRY(b.v, Linear::load_rows(ck, p + "0.SelfAttention.v", D, I, head_rows, false));
+    MD_TRY(b.o, Linear::load_cols(ck, p + "0.SelfAttention.o", I, D, head_rows, reduce, false));
     if (i == 0 || cfg.bias_per_layer) {
-      MD_TRY(b.relative_attention_bias, ck.get(p + "0.SelfAttention.relative_attention_bias.weight",
-                                               {cfg.relative_attention_num_buckets, cfg.num_heads}));
+      MD_TRY(Tensor table, ck.get(p + "0.SelfAttention.relative_attention_bias.weight",
+                                  {cfg.relative_attention_num_buckets, cfg.num_heads}));
+      b.relative_attention_bias = table.slice(1, m.heads_.begin, m.heads_.end);
     }
     MD_TRY(b.ff_norm, RMSNorm::load(ck, p + "1.layer_norm", D, cfg.layer_norm_epsilon));
     if (m.gated_) {
-      MD_TRY(b.wi_0, Linear::load(ck, p + "1.DenseReluDense.wi_0", D, F, false));
-      MD_TRY(b.wi_1, Linear::load(ck, p + "1.DenseReluDense.wi_1", D, F, false));
+      MD_TRY(b.wi_0, Linear::load_rows(ck, p + "1.DenseReluDense.wi_0", D, F, ff_rows, false));
+      MD_TRY(b.wi_1, Linear::load_rows(ck, p + "1.DenseReluDense.wi_1", D, F, ff_rows, false));
     } else {
-      MD_TRY(b.wi_0, Linear::load(ck, p + "1.DenseReluDense.wi", D, F, false));
+      MD_TRY(b.wi_0, Linear::load_rows(ck, p + "1.DenseReluDense.wi", D, F, ff_rows, false));
     }
-    MD_TRY(b.wo, Linear::load(ck, p + "1.DenseReluDense.wo", F, D, false));
+    MD_TRY(b.wo, Linear::load_cols(ck, p + "1.DenseReluDense.wo", F, D, ff_rows, reduce, false));
     m.blocks_.push_back(std::move(b));
   }
   MD_TRY(m.final_layer_norm_, RMSNorm::load(ck, "encoder.final_layer_norm", D, cfg.layer_norm_epsilon));
@@ -80,8 +89,8 @@ Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg) {
 }
 
 Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
-  const int64_t H = cfg_.num_heads;
-  std::vector<float> t = table.to_vector();  // [buckets, H]
+  const int64_t H = heads_.size();
+  std::vector<float> t = table.to_vector();  // [buckets, H] (this rank's heads)
   Tensor bias = Tensor::empty({1, H, L, L});
   float* p = bias.f32();
   for (int64_t i = 0; i < L; ++i)
@@ -95,8 +104,9 @@ Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
 
 Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,
                                   std::vector<Tensor>* hidden_states) const {
-  if (input_ids.dim() != 2) return make_error("T5 encoder: input_ids must be [B, L], got " + shape_str(input_ids.shape()));
-  const int64_t B = input_ids.size(0), L = input_ids.size(1), H = cfg_.num_heads, Dk = cfg_.d_kv;
+  if (input_ids.dim() != 2)
+    return make_error("T5 encoder: input_ids must be [B, L], got " + shape_str(input_ids.shape()));
+  const int64_t B = input_ids.size(0), L = input_ids.size(1), H = heads_.size(), Dk = cfg_.d_kv;
   if (attention_mask.defined() && attention_mask.shape() != input_ids.shape())
     return make_error("T5 encoder: attention_mask " + shape_str(attention_mask.shape()) + " must match input_ids");
   MD_TRY(Tensor x, ops::embedding(shared_, input_ids));

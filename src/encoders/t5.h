@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "layers/norms.h"
+#include "parallel/mesh.h"
 
 namespace meshdit {
 
@@ -23,10 +24,13 @@ struct T5Config {
 };
 
 // The T5 encoder (Raffel et al. 2020; v1.1 gated-GELU): RMS-normalised pre-norm blocks, unscaled attention
-// with learned relative-position bucket biases, gated feed-forward.
+// with learned relative-position bucket biases, gated feed-forward. T5-XXL is 4.7 B parameters (UMT5-XXL
+// 5.7 B), so it shards like the transformers: under TP a rank holds its heads (q/k/v rows, o columns and
+// its columns of the position-bias tables) and its slice of the feed-forward (wi rows, wo columns); two
+// all-reduces per block. Heads may split unevenly (T5 v1.1 has 64, UMT5 64; tiny fixtures 3).
 class T5Encoder {
  public:
-  static Result<T5Encoder> load(const Checkpoint& ck, const T5Config& cfg);
+  static Result<T5Encoder> load(const Checkpoint& ck, const T5Config& cfg, const ParallelContext* par = nullptr);
   const T5Config& config() const { return cfg_; }
   // input_ids [B, L] int64; attention_mask [B, L] (1 = attend) or undefined. hidden_states, when given,
   // receives the embeddings, each block's output, and last the final normalised output.
@@ -42,6 +46,7 @@ class T5Encoder {
   };
   Tensor position_bias(const Tensor& table, int64_t L) const;  // -> [1, H, L, L]
   T5Config cfg_;
+  Range heads_;  // this rank's heads
   Tensor shared_;
   std::vector<Block> blocks_;
   RMSNorm final_layer_norm_;

@@ -84,6 +84,10 @@ Result<ParallelConfig> ParallelConfig::parse(const std::string& s, const Paralle
 
 ParallelConfig auto_parallel_config(const MeshShape& mesh, const ModelTraits& model) {
   ParallelConfig pc;
+  if (model.uneven_heads_ok) {  // a text encoder: TP over every rank
+    pc.tp = mesh.size();
+    return pc;
+  }
   int rows = mesh.rows, cols = mesh.cols;
   if (model.cfg_batch) {
     if (rows % 2 == 0) {
@@ -119,7 +123,10 @@ Status validate(const ParallelConfig& pc, const MeshShape& mesh, const ModelTrai
     return make_error(where +
                       ": cfg=2 needs a guidance batch (a negative prompt with true CFG, or a model "
                       "that runs classifier-free guidance); this run has none");
-  if (model.heads % pc.tp != 0)
+  if (model.uneven_heads_ok && model.heads < pc.tp)
+    return make_error(where + ": the model's " + std::to_string(model.heads) +
+                      " attention heads cannot cover tp=" + std::to_string(pc.tp) + " ranks");
+  if (!model.uneven_heads_ok && model.heads % pc.tp != 0)
     return make_error(where + ": the model's " + std::to_string(model.heads) +
                       " attention heads are not divisible by tp=" + std::to_string(pc.tp));
   if (pc.sp_mode == SpMode::Ulysses && (model.heads / pc.tp) % pc.sp != 0)

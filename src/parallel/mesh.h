@@ -34,6 +34,9 @@ struct ModelTraits {
   int64_t heads = 1;         // attention heads of the transformer
   bool cfg_batch = false;    // the pipeline runs a conditional and an unconditional batch each step
   int64_t image_tokens = 0;  // at the size being generated (0: unknown)
+  // Text encoders run once per prompt: an uneven head split only costs balance, so heads need not divide
+  // by tp (each rank still needs one head).
+  bool uneven_heads_ok = false;
 };
 
 struct ParallelConfig {
@@ -98,7 +101,8 @@ class Mesh {
 
 // The mesh of this process group for a model: the automatic config for `shape`, then the `overrides`
 // ("--parallel" text, may be empty; naming any of cfg/sp/tp replaces the automatic factoring, with cfg and
-// tp not named = 1 and sp not named = the remaining ranks), validated, over MPI_COMM_WORLD (or the 1x1 mesh without MPI).
+// tp not named = 1 and sp not named = the remaining ranks), validated, over MPI_COMM_WORLD (or the 1x1 mesh without
+// MPI).
 Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model);
 
 }  // namespace meshdit

@@ -84,7 +84,7 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh
     p.tokenizer_2_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
   MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
-  MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"))));
+  MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"), &par)));
   MD_TRY(p.transformer_, (load_component<FluxTransformer, FluxConfig>(folder.path("transformer"), &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));

@@ -62,6 +62,21 @@ TEST(PipelineOnMesh, FluxDevReference) {
   if (world_size() == 4) expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
 }
 
+// T5 (3 heads in the fixture) with its heads and feed-forward split over the ranks, unevenly on 2.
+TEST(TextEncoderOnMesh, T5TensorParallel) {
+  const std::string dir = test::fixtures_dir() + "/text_t5";
+  if (world_size() <= 3) {
+    expect_pass(dir, "");  // the automatic config: tp over every rank
+    return;
+  }
+  register_builtin_runners();
+  CheckOptions opts;
+  opts.mesh = mesh_shape();
+  auto rep = run_check(dir, opts);
+  ASSERT_FALSE(rep.ok());
+  EXPECT_NE(rep.error().message.find("3 attention heads cannot cover tp=4"), std::string::npos) << rep.error().message;
+}
+
 TEST(MeshErrors, HeadsNotDivisibleAndWrongRankCount) {
   register_builtin_runners();
   CheckOptions opts;
