@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
-#include <memory>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <memory>
 #include <random>
 
 #include "core/thread_pool.h"
@@ -16,6 +17,7 @@
 #include "io/single_file.h"
 #include "models/transformers/flux.h"
 #include "models/transformers/sd3.h"
+#include "parallel/mpi_comm.h"
 
 namespace meshdit {
 namespace {
@@ -32,16 +34,19 @@ Tensor random_bf16(const Shape& shape, uint64_t seed, bool norm_scale) {
   const float scale = norm_scale ? 0.1f : 1.0f / std::sqrt(float(fan_in));
   uint16_t* p = t.data<uint16_t>();
   const int64_t n = t.numel();
-  parallel_for(n, [&](int64_t i0, int64_t i1, int tid) {
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull + uint64_t(tid) * 0xBF58476D1CE4E5B9ull + uint64_t(i0);
-    for (int64_t i = i0; i < i1; ++i) {
-      s ^= s << 13;
-      s ^= s >> 7;
-      s ^= s << 17;
-      const float u = float(s >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;  // uniform [-1, 1)
-      p[i] = f32_to_bf16(norm_scale ? 1.0f + u * scale : u * scale * 1.7320508f);
-    }
-  }, 1 << 16);
+  parallel_for(
+      n,
+      [&](int64_t i0, int64_t i1, int tid) {
+        uint64_t s = seed * 0x9E3779B97F4A7C15ull + uint64_t(tid) * 0xBF58476D1CE4E5B9ull + uint64_t(i0);
+        for (int64_t i = i0; i < i1; ++i) {
+          s ^= s << 13;
+          s ^= s >> 7;
+          s ^= s << 17;
+          const float u = float(s >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;  // uniform [-1, 1)
+          p[i] = f32_to_bf16(norm_scale ? 1.0f + u * scale : u * scale * 1.7320508f);
+        }
+      },
+      1 << 16);
   return t;
 }
 
@@ -149,9 +154,12 @@ double sd3_flops(const SD3Config& c, int64_t N, int64_t L) {
 
 int run_make_random_checkpoint(const std::string& arch, int64_t doubles, int64_t singles, const std::string& out) {
   std::vector<Entry> layout;
-  if (arch == "flux-dev" || arch == "flux-schnell") layout = flux_bfl_layout(doubles, singles, arch == "flux-dev");
-  else if (arch == "sd35-large") layout = sd35_large_sai_layout(doubles);
-  else return fail("unknown --arch '" + arch + "' (flux-dev, flux-schnell, sd35-large)");
+  if (arch == "flux-dev" || arch == "flux-schnell")
+    layout = flux_bfl_layout(doubles, singles, arch == "flux-dev");
+  else if (arch == "sd35-large")
+    layout = sd35_large_sai_layout(doubles);
+  else
+    return fail("unknown --arch '" + arch + "' (flux-dev, flux-schnell, sd35-large)");
   std::vector<std::pair<std::string, Tensor>> tensors;
   uint64_t seed = 1;
   for (const auto& [name, shape] : layout) {
@@ -163,11 +171,54 @@ int run_make_random_checkpoint(const std::string& arch, int64_t doubles, int64_t
   return 0;
 }
 
+// Resident memory of this process in MB from /proc/self/status: file-backed (mapped weights touched) and
+// anonymous (copies, activations).
+struct Rss {
+  double file_mb = 0, anon_mb = 0;
+};
+Rss resident() {
+  Rss r;
+  std::ifstream f("/proc/self/status");
+  std::string key;
+  double kb = 0;
+  while (f >> key) {
+    if (key == "RssFile:" && f >> kb)
+      r.file_mb = kb / 1024;
+    else if (key == "RssAnon:" && f >> kb)
+      r.anon_mb = kb / 1024;
+  }
+  return r;
+}
+
+void print_rss_per_rank(Communicator& world, const char* when) {
+  const Rss r = resident();
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "rank %d %s: RSS mapped weights %.1f MB, anonymous %.1f MB", world.rank(), when,
+                r.file_mb, r.anon_mb);
+  const auto all = world.gather_strings(buf, 0);
+  for (const auto& line : all) std::printf("%s\n", line.c_str());
+}
+
 int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (cmd.threads > 0) set_num_threads(cmd.threads);
+  auto world = world_communicator();
+  const bool lead = world->rank() == 0;
+  MeshShape shape{1, world->size()};
+  if (!cmd.mesh.empty()) {
+    auto m = MeshShape::parse(cmd.mesh);
+    if (!m.ok()) return fail(m.error().message);
+    shape = *m;
+  }
+  if (!lead && !std::freopen("/dev/null", "w", stdout)) return fail("cannot silence stdout");  // rank 0 reports
   std::string layout;
   auto ck = open_transformer_checkpoint(cmd.path, &layout);
   if (!ck.ok()) return fail(ck.error().message);
+  Mesh mesh = Mesh::single();
+  auto make = [&](int64_t heads, int64_t tokens) -> Status {
+    MD_TRY(mesh, make_mesh(shape, cmd.parallel, ModelTraits{"transformer", heads, false, tokens}));
+    if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh.config().str().c_str());
+    return ok_status();
+  };
   const int64_t L = cmd.text_tokens;
   std::vector<double> times;
   double flops = 0;
@@ -177,7 +228,10 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (is_flux) {
     auto cfg = flux_config_for(cmd.path, *ck);
     if (!cfg.ok()) return fail(cfg.error().message);
-    auto model = FluxTransformer::load(*ck, *cfg);
+    if (auto st = make(cfg->num_attention_heads, (cmd.height / 16) * (cmd.width / 16)); !st.ok())
+      return fail(st.error().message);
+    const ParallelContext par = mesh.context();
+    auto model = FluxTransformer::load(*ck, *cfg, &par);
     if (!model.ok()) return fail(model.error().message);
     if (cmd.width % 16 || cmd.height % 16) return fail("width and height must be multiples of 16");
     const int64_t h = cmd.height / 8, w = cmd.width / 8, N = (h / 2) * (w / 2);
@@ -193,7 +247,8 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     }
     const Tensor txt_ids = Tensor::zeros({L, 3});
     flops = flux_flops(*cfg, N, L);
-    std::fprintf(stderr, "%s: %lld double + %lld single blocks, hidden %lld, %lldx%lld -> %lld image + %lld text tokens\n",
+    std::fprintf(stderr,
+                 "%s: %lld double + %lld single blocks, hidden %lld, %lldx%lld -> %lld image + %lld text tokens\n",
                  layout.c_str(), (long long)cfg->num_layers, (long long)cfg->num_single_layers,
                  (long long)cfg->inner_dim(), (long long)cmd.width, (long long)cmd.height, (long long)N, (long long)L);
     auto m = std::make_shared<FluxTransformer>(std::move(model.value()));
@@ -201,7 +256,10 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   } else {
     auto cfg = sd3_config_for(cmd.path, *ck);
     if (!cfg.ok()) return fail(cfg.error().message);
-    auto model = SD3Transformer::load(*ck, *cfg);
+    if (auto st = make(cfg->num_attention_heads, (cmd.height / 16) * (cmd.width / 16)); !st.ok())
+      return fail(st.error().message);
+    const ParallelContext par = mesh.context();
+    auto model = SD3Transformer::load(*ck, *cfg, &par);
     if (!model.ok()) return fail(model.error().message);
     const int64_t h = cmd.height / 8, w = cmd.width / 8, N = (h / cfg->patch_size) * (w / cfg->patch_size);
     const Tensor x = torch_randn({1, cfg->in_channels, h, w}, 1);
@@ -216,7 +274,9 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     forward = [=]() { return m->forward(x, ctx, pooled, t); };
   }
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
+  print_rss_per_rank(*world, "after load");
   for (int64_t i = 0; i < cmd.steps; ++i) {
+    world->barrier();
     const auto t0 = std::chrono::steady_clock::now();
     auto r = forward();
     if (!r.ok()) return fail(r.error().message);
@@ -225,6 +285,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     std::printf("step %lld %.3f s %.1f GFLOP/s\n", (long long)(i + 1), s, flops / s / 1e9);
     std::fflush(stdout);
   }
+  print_rss_per_rank(*world, "after the steps");
   const std::vector<double> tail(times.size() > 1 ? times.begin() + 1 : times.begin(), times.end());
   const double med = median(tail);
   std::printf("GFLOP/s %.1f\n", flops / med / 1e9);

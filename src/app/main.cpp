@@ -42,8 +42,10 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
     }
     const bool pass = rep->pass();
     if (rank == 0 || !pass) {
-      if (!quiet || !pass) std::fputs((who + rep->format()).c_str(), stdout);
-      else std::printf("PASS %s\n", d.c_str());
+      if (!quiet || !pass)
+        std::fputs((who + rep->format()).c_str(), stdout);
+      else
+        std::printf("PASS %s\n", d.c_str());
     }
     failed += !pass;
   }
@@ -97,7 +99,8 @@ int run(int argc, char** argv) {
                   "default: the built-in tiny-shapes model (128x128, 20 steps)");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
   gen->add_option("--negative-prompt", g.negative_prompts, "one per prompt; used with --true-cfg > 1");
-  gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux)")->check(CLI::PositiveNumber);
+  gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux)")
+      ->check(CLI::PositiveNumber);
   gen->add_option("--guidance", g.guidance, "guidance scale for guidance-distilled models (FLUX.1-dev: 3.5)");
   gen->add_option("--true-cfg", g.true_cfg, "true classifier-free guidance scale with --negative-prompt (1 = off)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
@@ -131,8 +134,10 @@ int run(int argc, char** argv) {
   bench_tr->add_option("--steps", bt.steps, "forwards to time; the median of steps 2..N is reported")
       ->check(CLI::PositiveNumber);
   bench_tr->add_option("--threads", bt.threads, "CPU threads");
-  auto* bench_rand = bench->add_subcommand(
-      "random-checkpoint", "Write a random bf16 transformer at real width in a single-file layout");
+  bench_tr->add_option("--mesh", bt.mesh, "device mesh RxC, under mpirun with R*C ranks");
+  bench_tr->add_option("--parallel", bt.parallel, "override the automatic parallel config (as generate)");
+  auto* bench_rand = bench->add_subcommand("random-checkpoint",
+                                           "Write a random bf16 transformer at real width in a single-file layout");
   std::string arch = "flux-dev", rand_out;
   int64_t doubles = 2, singles = 4;
   bench_rand->add_option("--arch", arch, "flux-dev, flux-schnell (BFL layout) or sd35-large (Stability layout)");

@@ -711,8 +711,7 @@ Result<Plan> make_plan(const PlanRequest& req) {
 
   // The same traits a run builds, so the same errors.
   ModelTraits traits{m.name, s.H, m.cfg_batch, s.N};
-  MD_TRY(ParallelConfig pc, ParallelConfig::parse(req.parallel, auto_parallel_config(mesh, traits)));
-  MD_RETURN_IF_ERROR(validate(pc, mesh, traits));
+  MD_TRY(ParallelConfig pc, resolve_parallel_config(mesh, req.parallel, traits));
   if (s.D % pc.tp != 0)
     return make_error("parallel config " + pc.str() + ": dim " + std::to_string(s.D) + " not divisible by tp");
   p.mesh = mesh;

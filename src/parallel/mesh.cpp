@@ -183,7 +183,8 @@ Mesh Mesh::single() {
   return m;
 }
 
-Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model) {
+Result<ParallelConfig> resolve_parallel_config(const MeshShape& shape, const std::string& overrides,
+                                               const ModelTraits& model) {
   ParallelConfig pc = auto_parallel_config(shape, model);
   // Naming any of cfg/sp/tp replaces the automatic factoring: cfg and tp not named are 1, and sp not
   // named takes the remaining ranks.
@@ -195,6 +196,11 @@ Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, con
     if (!named.count("sp")) pc.sp = std::max(1, shape.size() / (pc.cfg * pc.tp));
   }
   MD_RETURN_IF_ERROR(validate(pc, shape, model));
+  return pc;
+}
+
+Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model) {
+  MD_TRY(ParallelConfig pc, resolve_parallel_config(shape, overrides, model));
   if (shape.size() == 1) return Mesh::single();
   return Mesh::create(world_communicator(), shape, pc);
 }

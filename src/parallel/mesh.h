@@ -104,5 +104,8 @@ class Mesh {
 // tp not named = 1 and sp not named = the remaining ranks), validated, over MPI_COMM_WORLD (or the 1x1 mesh without
 // MPI).
 Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model);
+// The config make_mesh uses, without building communicators (for `meshdit plan`).
+Result<ParallelConfig> resolve_parallel_config(const MeshShape& shape, const std::string& overrides,
+                                               const ModelTraits& model);
 
 }  // namespace meshdit
