@@ -139,14 +139,15 @@ double median(std::vector<double> v) {
 // Multiply-adds x 2 of every linear and attention of one forward.
 double flux_flops(const FluxConfig& c, int64_t N, int64_t L) {
   const double D = double(c.inner_dim()), M = 4 * D, T = double(N + L);
-  const double dbl = 2 * (double(N) + double(L)) * (6 * D * D + 3 * D * D + D * D + 2 * D * M) + 4 * T * T * D;
-  const double sgl = 2 * T * (3 * D * D + (3 * D + M) * D + (D + M) * D) + 4 * T * T * D;
+  // Per token: q/k/v, out and the MLP; per sample (not per token): the adaLN modulation linears.
+  const double dbl = 2 * T * (3 * D * D + D * D + 2 * D * M) + 4 * T * T * D + 2 * 2 * 6 * D * D;
+  const double sgl = 2 * T * ((3 * D + M) * D + (D + M) * D) + 4 * T * T * D + 2 * 3 * D * D;
   return double(c.num_layers) * dbl + double(c.num_single_layers) * sgl;
 }
 
 double sd3_flops(const SD3Config& c, int64_t N, int64_t L) {
   const double D = double(c.inner_dim()), T = double(N + L);
-  const double per = 2 * T * (6 * D * D + 3 * D * D + D * D + 8 * D * D) + 4 * T * T * D;
+  const double per = 2 * T * (3 * D * D + D * D + 8 * D * D) + 4 * T * T * D + 2 * 2 * 6 * D * D;
   return double(c.num_layers) * per;
 }
 
