@@ -2,6 +2,7 @@
 // clear message on error and exits non-zero.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -35,8 +36,17 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
   int failed = 0;
   for (const auto& d : dirs) {
     auto rep = meshdit::run_check(d, opts);
+    // Every rank runs the case: rank 0 prints each distinct error once, naming the ranks that hit it.
+    const auto errors = world->gather_strings(rep.ok() ? "" : rep.error().message, 0);
+    if (rank == 0) {
+      std::map<std::string, std::string> ranks_of;
+      for (size_t r = 0; r < errors.size(); ++r)
+        if (!errors[r].empty()) ranks_of[errors[r]] += (ranks_of[errors[r]].empty() ? "" : ",") + std::to_string(r);
+      for (const auto& [msg, ranks] : ranks_of)
+        std::fprintf(stderr, "%smeshdit check: %s\n", world->size() > 1 ? ("[rank " + ranks + "] ").c_str() : "",
+                     msg.c_str());
+    }
     if (!rep.ok()) {
-      std::fprintf(stderr, "%smeshdit check: %s\n", who.c_str(), rep.error().message.c_str());
       ++failed;
       continue;
     }
