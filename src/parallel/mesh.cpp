@@ -98,12 +98,19 @@ ParallelConfig auto_parallel_config(const MeshShape& mesh, const ModelTraits& mo
       cols /= 2;
     }
   }
-  // TP along axis 1: the widest divisor of the row width that divides the heads.
-  for (int t = cols; t >= 1; --t) {
-    if (cols % t == 0 && model.heads % t == 0) {
-      pc.tp = t;
-      break;
-    }
+  auto widest = [&](int n) {  // the widest divisor of n that divides the heads
+    for (int t = n; t > 1; --t)
+      if (n % t == 0 && model.heads % t == 0) return t;
+    return 1;
+  };
+  if (model.image_tokens >= kLongSequenceTokens) {
+    // Long (video) sequences: SP along axis 1. Its ring K/V passes hide behind attention, which grows with
+    // the square of the tokens, while TP would all-reduce every token's activations twice per block
+    // (`meshdit plan`: Wan2.2 on 2x4 sends 260 GiB/step with tp=4). TP only over what is left of axis 0.
+    pc.tp = widest(rows);
+  } else {
+    // Images: TP along axis 1 as wide as the heads allow (weights shrink 1/tp), SP over the rest.
+    pc.tp = widest(cols);
   }
   pc.sp = rows * cols / pc.tp;
   // Ulysses moves heads, so it needs heads/tp divisible by sp; ring works for any split.

@@ -54,8 +54,10 @@ struct ParallelConfig {
 };
 
 // The automatic configuration for a model on a mesh (what `--mesh RxC` picks without `--parallel`):
-// CFG parallel on axis 0 when the model runs a guidance batch and the rows are even; TP along axis 1 as
-// wide as the heads allow (shards weights: memory falls as 1/tp); SP over the rest (scales with tokens).
+// CFG parallel on axis 0 when the model runs a guidance batch and the rows are even; then for images TP
+// along axis 1 as wide as the heads allow (shards weights: memory falls as 1/tp) and SP over the rest;
+// for long sequences (>= kLongSequenceTokens image/video tokens) SP along axis 1 and TP over what is left.
+constexpr int64_t kLongSequenceTokens = 16384;
 ParallelConfig auto_parallel_config(const MeshShape& mesh, const ModelTraits& model);
 // Every factor fits the mesh and the model; an error says which and why.
 Status validate(const ParallelConfig& pc, const MeshShape& mesh, const ModelTraits& model);
