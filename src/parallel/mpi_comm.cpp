@@ -1,17 +1,13 @@
 #include "parallel/mpi_comm.h"
 
-// The C API only: Open MPI's deprecated C++ bindings would need libmpi_cxx.
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#include <mpi.h>
-
 #include <climits>
 #include <cstdlib>
 
-namespace meshdit {
-namespace {
+#include "parallel/mpi_util.h"
 
-bool g_started = false;
+namespace meshdit {
+
+namespace mpi {
 
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -28,6 +24,43 @@ int count(int64_t n, const char* what) {
   return int(n);
 }
 
+bool finalized() {
+  int f = 0;
+  MPI_Finalized(&f);
+  return f != 0;
+}
+
+std::vector<std::string> gather_strings(MPI_Comm comm, const std::string& s, int root) {
+  int rank = 0, size = 1;
+  check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  const int len = count(int64_t(s.size()), "gather_strings");
+  std::vector<int> lens(static_cast<size_t>(size));
+  check(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, comm), "MPI_Gather");
+  std::vector<int> displs(static_cast<size_t>(size), 0);
+  int64_t total = 0;
+  for (int r = 0; r < size; ++r) {
+    displs[size_t(r)] = count(total, "gather_strings");
+    total += lens[size_t(r)];
+  }
+  std::string all(rank == root ? size_t(total) : 0, '\0');
+  check(MPI_Gatherv(s.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, comm),
+        "MPI_Gatherv");
+  std::vector<std::string> out;
+  if (rank != root) return out;
+  for (int r = 0; r < size; ++r) out.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
+  return out;
+}
+
+}  // namespace mpi
+
+namespace {
+
+using mpi::check;
+using mpi::count;
+
+bool g_started = false;
+
 class MpiComm final : public Communicator {
  public:
   MpiComm(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
@@ -35,7 +68,7 @@ class MpiComm final : public Communicator {
     MPI_Comm_size(comm_, &size_);
   }
   ~MpiComm() override {
-    if (owned_ && comm_ != MPI_COMM_NULL && !finalized()) MPI_Comm_free(&comm_);
+    if (owned_ && comm_ != MPI_COMM_NULL && !mpi::finalized()) MPI_Comm_free(&comm_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -108,32 +141,12 @@ class MpiComm final : public Communicator {
     return std::make_unique<MpiComm>(sub, true);
   }
   std::vector<std::string> gather_strings(const std::string& s, int root) override {
-    const int len = count(int64_t(s.size()), "gather_strings");
-    std::vector<int> lens(static_cast<size_t>(size_));
-    check(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, comm_), "MPI_Gather");
-    std::vector<int> displs(static_cast<size_t>(size_), 0);
-    int64_t total = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[size_t(r)] = count(total, "gather_strings");
-      total += lens[size_t(r)];
-    }
-    std::string all(rank_ == root ? size_t(total) : 0, '\0');
-    check(MPI_Gatherv(s.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, comm_),
-          "MPI_Gatherv");
-    std::vector<std::string> out;
-    if (rank_ != root) return out;
-    for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
-    return out;
+    return mpi::gather_strings(comm_, s, root);
   }
 
  private:
   static constexpr int kTag = 7;
   static int peer(int r) { return r < 0 ? MPI_PROC_NULL : r; }
-  static bool finalized() {
-    int f = 0;
-    MPI_Finalized(&f);
-    return f != 0;
-  }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;

@@ -2,11 +2,7 @@
 // cuda_runtime.h and nccl.h (no device code), so gcc and clang both build it.
 #include "parallel/nccl_comm.h"
 
-// The C API only: Open MPI's deprecated C++ bindings would need libmpi_cxx.
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
 #include <cuda_runtime.h>
-#include <mpi.h>
 #include <nccl.h>
 
 #include <algorithm>
@@ -18,6 +14,7 @@
 #include <vector>
 
 #include "parallel/mpi_comm.h"
+#include "parallel/mpi_util.h"
 
 #if defined(NCCL_VERSION) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 #define MESHDIT_NCCL_HAS_SPLIT 1
@@ -40,30 +37,9 @@ void nccl_check(ncclResult_t r, const char* what, ncclComm_t comm = nullptr) {
   fatal(__FILE__, __LINE__, msg);
 }
 
-void mpi_check(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  fatal(__FILE__, __LINE__, std::string(what) + ": " + std::string(msg, size_t(len)));
-}
-
-int mpi_count(int64_t n, const char* what) {
-  if (n < 0 || n > INT_MAX)
-    fatal(__FILE__, __LINE__,
-          std::string(what) + ": message of " + std::to_string(n) + " elements exceeds MPI's int count");
-  return int(n);
-}
-
 size_t elems(int64_t n, const char* what) {
   MD_CHECK(n >= 0, std::string(what) + ": negative count " + std::to_string(n));
   return size_t(n);
-}
-
-bool mpi_finalized() {
-  int f = 0;
-  MPI_Finalized(&f);
-  return f != 0;
 }
 
 // The communicator's device current for the duration of one call, the caller's restored after.
@@ -87,12 +63,12 @@ class DeviceGuard {
 // An NCCL communicator over the ranks of `comm`: rank 0 makes the unique id, MPI carries it to the others.
 ncclComm_t init_over(MPI_Comm comm) {
   int rank = 0, size = 1;
-  mpi_check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
-  mpi_check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  mpi::check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  mpi::check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
   if (rank == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  mpi_check(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, comm), "MPI_Bcast(ncclUniqueId)");
+  mpi::check(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, comm), "MPI_Bcast(ncclUniqueId)");
   ncclComm_t nc = nullptr;
   nccl_check(ncclCommInitRank(&nc, size, id, rank), "ncclCommInitRank");
   return nc;
@@ -103,8 +79,8 @@ class NcclComm final : public Communicator {
   // Takes ownership of `mpi` (the same ranks in the same order as `nccl`, for bootstrap and host strings)
   // and of `nccl`.
   NcclComm(MPI_Comm mpi, ncclComm_t nccl, int device) : mpi_(mpi), nccl_(nccl), device_(device) {
-    mpi_check(MPI_Comm_rank(mpi_, &rank_), "MPI_Comm_rank");
-    mpi_check(MPI_Comm_size(mpi_, &size_), "MPI_Comm_size");
+    mpi::check(MPI_Comm_rank(mpi_, &rank_), "MPI_Comm_rank");
+    mpi::check(MPI_Comm_size(mpi_, &size_), "MPI_Comm_size");
     int nr = -1, ns = -1;
     nccl_check(ncclCommUserRank(nccl_, &nr), "ncclCommUserRank", nccl_);
     nccl_check(ncclCommCount(nccl_, &ns), "ncclCommCount", nccl_);
@@ -125,7 +101,7 @@ class NcclComm final : public Communicator {
       if (scratch_) cudaFree(scratch_);
       if (stream_) cudaStreamDestroy(stream_);
     }
-    if (mpi_ != MPI_COMM_NULL && !mpi_finalized()) MPI_Comm_free(&mpi_);
+    if (mpi_ != MPI_COMM_NULL && !mpi::finalized()) MPI_Comm_free(&mpi_);
   }
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -211,7 +187,7 @@ class NcclComm final : public Communicator {
     DeviceGuard g(device_);
     idle("split");
     MPI_Comm sub = MPI_COMM_NULL;
-    mpi_check(MPI_Comm_split(mpi_, color, key, &sub), "MPI_Comm_split");
+    mpi::check(MPI_Comm_split(mpi_, color, key, &sub), "MPI_Comm_split");
     ncclComm_t nc = nullptr;
 #if MESHDIT_NCCL_HAS_SPLIT
     // Same ordering rule as MPI_Comm_split (key, then parent rank): the constructor checks the ranks agree.
@@ -222,22 +198,7 @@ class NcclComm final : public Communicator {
     return std::make_unique<NcclComm>(sub, nc, device_);
   }
   std::vector<std::string> gather_strings(const std::string& s, int root) override {
-    const int len = mpi_count(int64_t(s.size()), "gather_strings");
-    std::vector<int> lens(static_cast<size_t>(size_));
-    mpi_check(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, mpi_), "MPI_Gather");
-    std::vector<int> displs(static_cast<size_t>(size_), 0);
-    int64_t total = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[size_t(r)] = mpi_count(total, "gather_strings");
-      total += lens[size_t(r)];
-    }
-    std::string all(rank_ == root ? size_t(total) : 0, '\0');
-    mpi_check(MPI_Gatherv(s.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, mpi_),
-              "MPI_Gatherv");
-    std::vector<std::string> out;
-    if (rank_ != root) return out;
-    for (int r = 0; r < size_; ++r) out.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
-    return out;
+    return mpi::gather_strings(mpi_, s, root);
   }
 
  private:
@@ -358,18 +319,18 @@ Probe probe_device(int local_rank) {
 bool nccl_available() { return true; }
 
 Result<std::unique_ptr<Communicator>> nccl_world_communicator() {
-  if (!mpi::initialized() || mpi_finalized())
+  if (!mpi::initialized() || mpi::finalized())
     return make_error(
         "NCCL communicator: MPI is not initialised (NCCL is bootstrapped over MPI: start the job with mpirun)");
   int world_rank = 0;
-  mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
+  mpi::check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
 
   // The ranks sharing this node: the local rank when the launcher does not say, and the GPU check.
   MPI_Comm node = MPI_COMM_NULL;
-  mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  mpi::check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
   int node_rank = 0, node_size = 1;
-  mpi_check(MPI_Comm_rank(node, &node_rank), "MPI_Comm_rank");
-  mpi_check(MPI_Comm_size(node, &node_size), "MPI_Comm_size");
+  mpi::check(MPI_Comm_rank(node, &node_rank), "MPI_Comm_rank");
+  mpi::check(MPI_Comm_size(node, &node_size), "MPI_Comm_size");
   int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
   if (local_rank < 0) local_rank = env_int("MPI_LOCALRANKID", -1);
   if (local_rank < 0) local_rank = env_int("SLURM_LOCALID", -1);
@@ -380,8 +341,8 @@ Result<std::unique_ptr<Communicator>> nccl_world_communicator() {
   // CUDA_VISIBLE_DEVICES that shows every rank the same one) would fail inside ncclCommInitRank.
   constexpr int kBus = int(sizeof p.bus);
   std::vector<char> buses(size_t(node_size) * size_t(kBus));
-  mpi_check(MPI_Allgather(p.bus, kBus, MPI_CHAR, buses.data(), kBus, MPI_CHAR, node), "MPI_Allgather");
-  mpi_check(MPI_Comm_free(&node), "MPI_Comm_free");
+  mpi::check(MPI_Allgather(p.bus, kBus, MPI_CHAR, buses.data(), kBus, MPI_CHAR, node), "MPI_Allgather");
+  mpi::check(MPI_Comm_free(&node), "MPI_Comm_free");
   if (p.why.empty()) {
     for (int q = 0; q < node_size; ++q) {
       const char* other = buses.data() + size_t(q) * size_t(kBus);
@@ -397,18 +358,18 @@ Result<std::unique_ptr<Communicator>> nccl_world_communicator() {
   // Every rank learns whether all can join, and the first failing rank's reason.
   const int mine = p.why.empty() ? INT_MAX : world_rank;
   int first = INT_MAX;
-  mpi_check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  mpi::check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
   if (first != INT_MAX) {
-    int len = world_rank == first ? mpi_count(int64_t(p.why.size()), "nccl_world_communicator") : 0;
-    mpi_check(MPI_Bcast(&len, 1, MPI_INT, first, MPI_COMM_WORLD), "MPI_Bcast");
+    int len = world_rank == first ? mpi::count(int64_t(p.why.size()), "nccl_world_communicator") : 0;
+    mpi::check(MPI_Bcast(&len, 1, MPI_INT, first, MPI_COMM_WORLD), "MPI_Bcast");
     std::string why = world_rank == first ? p.why : std::string(size_t(len), '\0');
-    mpi_check(MPI_Bcast(why.data(), len, MPI_CHAR, first, MPI_COMM_WORLD), "MPI_Bcast");
+    mpi::check(MPI_Bcast(why.data(), len, MPI_CHAR, first, MPI_COMM_WORLD), "MPI_Bcast");
     return make_error("NCCL communicator: rank " + std::to_string(first) + ": " + why);
   }
 
   cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
   MPI_Comm world = MPI_COMM_NULL;
-  mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
+  mpi::check(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
   ncclComm_t nc = init_over(world);
   return std::unique_ptr<Communicator>(std::make_unique<NcclComm>(world, nc, p.device));
 }
