@@ -13,6 +13,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -180,7 +181,14 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
       big ? 1 : n_tasks);
 }
 
-void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, float eps, Act act, Tensor& y) {
+namespace {
+
+// y = (x - mean) * rstd * w + b over every group, then the activation: the one normalisation shared by
+// group_norm (statistics of its own) and group_norm_apply (statistics given, e.g. summed over ranks).
+// stats(bg) -> {mean, rstd} of group bg (batch * groups + group).
+template <class Stats>
+void normalize_groups(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, Act act, Tensor& y,
+                      Stats stats) {
   const int64_t B = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(1, B * C);
   const int64_t cg = C / groups, n = cg * S;  // channels and elements of one group
   std::vector<float> wf, bf;
@@ -194,9 +202,7 @@ void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* 
       const int64_t c0 = (bg % groups) * cg;
       const float* xg = xp + bg * n;
       float* yg = yp + bg * n;
-      const float mu = float(lane_sum(xg, n, [](float v) { return v; }) / double(n));
-      const double var = lane_sum(xg, n, [mu](float v) { return (v - mu) * (v - mu); }) / double(n);
-      const float rstd = float(1.0 / std::sqrt(var + double(eps)));
+      const auto [mu, rstd] = stats(bg, xg, n);
       for (int64_t c = 0; c < cg; ++c) {
         const float scale = w ? rstd * wf[size_t(c0 + c)] : rstd;
         const float shift = b ? bf[size_t(c0 + c)] : 0.0f;
@@ -210,6 +216,16 @@ void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* 
         cpu_backend().activation(part, act);
       }
     }
+  });
+}
+
+}  // namespace
+
+void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, float eps, Act act, Tensor& y) {
+  normalize_groups(x, groups, w, b, act, y, [eps](int64_t, const float* xg, int64_t n) {
+    const float mu = float(lane_sum(xg, n, [](float v) { return v; }) / double(n));
+    const double var = lane_sum(xg, n, [mu](float v) { return (v - mu) * (v - mu); }) / double(n);
+    return std::pair<float, float>{mu, float(1.0 / std::sqrt(var + double(eps)))};
   });
 }
 
@@ -235,34 +251,10 @@ void group_sums(const Tensor& x, int64_t groups, const Tensor* mean, Tensor& out
 
 void group_norm_apply(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* w,
                       const Tensor* b, Act act, Tensor& y) {
-  const int64_t B = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(1, B * C);
-  const int64_t cg = C / groups, n = cg * S;
-  std::vector<float> wf, bf;
-  if (w) wf = w->to_vector();
-  if (b) bf = b->to_vector();
-  const float* xp = x.f32();
   const float* mp = mean.f32();
   const float* rp = rstd.f32();
-  float* yp = y.f32();
-  // group_norm's normalisation and activation, expression for expression, with the statistics given.
-  parallel_for(B * groups, [&](int64_t g0, int64_t g1, int) {
-    for (int64_t bg = g0; bg < g1; ++bg) {
-      const int64_t c0 = (bg % groups) * cg;
-      const float* xg = xp + bg * n;
-      float* yg = yp + bg * n;
-      const float mu = mp[bg], r = rp[bg];
-      for (int64_t c = 0; c < cg; ++c) {
-        const float scale = w ? r * wf[size_t(c0 + c)] : r;
-        const float shift = b ? bf[size_t(c0 + c)] : 0.0f;
-        const float* xc = xg + c * S;
-        float* yc = yg + c * S;
-        for (int64_t s = 0; s < S; ++s) yc[s] = (xc[s] - mu) * scale + shift;
-      }
-      if (act != Act::None) {
-        Tensor part = Tensor::wrap(yg, {n}, DType::F32, nullptr, false);
-        cpu_backend().activation(part, act);
-      }
-    }
+  normalize_groups(x, groups, w, b, act, y, [mp, rp](int64_t bg, const float*, int64_t) {
+    return std::pair<float, float>{mp[bg], rp[bg]};
   });
 }
 
