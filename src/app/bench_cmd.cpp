@@ -204,12 +204,9 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (cmd.threads > 0) set_num_threads(cmd.threads);
   auto world = world_communicator();
   const bool lead = world->rank() == 0;
-  MeshShape shape{1, world->size()};
-  if (!cmd.mesh.empty()) {
-    auto m = MeshShape::parse(cmd.mesh);
-    if (!m.ok()) return fail(m.error().message);
-    shape = *m;
-  }
+  auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());
+  if (!parsed_mesh.ok()) return fail(parsed_mesh.error().message);
+  const MeshShape shape = *parsed_mesh;
   if (!lead && !std::freopen("/dev/null", "w", stdout)) return fail("cannot silence stdout");  // rank 0 reports
   std::string layout;
   auto ck = open_transformer_checkpoint(cmd.path, &layout);

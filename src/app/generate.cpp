@@ -82,12 +82,9 @@ int run_generate(const GenerateCommand& cmd) {
   const int rank = world->rank();
   const bool lead = rank == 0;
   if (world->size() > 1) g_rank_prefix = "[rank " + std::to_string(rank) + "] ";
-  MeshShape shape{1, world->size()};
-  if (!cmd.mesh.empty()) {
-    auto m = MeshShape::parse(cmd.mesh);
-    if (!m.ok()) return fail(m.error().message);
-    shape = *m;
-  }
+  auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());
+  if (!parsed_mesh.ok()) return fail(parsed_mesh.error().message);
+  const MeshShape shape = *parsed_mesh;
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");

@@ -23,16 +23,13 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
   const int rank = world->rank();
   const std::string who = world->size() > 1 ? "[rank " + std::to_string(rank) + "] " : "";
   meshdit::CheckOptions opts;
-  opts.mesh = meshdit::MeshShape{1, world->size()};
-  opts.parallel = parallel;
-  if (!mesh.empty()) {
-    auto m = meshdit::MeshShape::parse(mesh);
-    if (!m.ok()) {
-      if (rank == 0) std::fprintf(stderr, "meshdit check: %s\n", m.error().message.c_str());
-      return 1;
-    }
-    opts.mesh = *m;
+  auto shape = meshdit::MeshShape::parse_or_row(mesh, world->size());
+  if (!shape.ok()) {
+    if (rank == 0) std::fprintf(stderr, "meshdit check: %s\n", shape.error().message.c_str());
+    return 1;
   }
+  opts.mesh = *shape;
+  opts.parallel = parallel;
   int failed = 0;
   for (const auto& d : dirs) {
     auto rep = meshdit::run_check(d, opts);
@@ -65,6 +62,16 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
   return f[0] > 0 ? 1 : 0;
 }
 
+// --mesh and --parallel: the same two options on every command that runs on a mesh.
+void add_mesh_options(CLI::App* cmd, std::string& mesh, std::string& parallel) {
+  cmd->add_option("--mesh", mesh,
+                  "device mesh RxC (or N for 1xN), run under mpirun with R*C ranks (default: 1 x the number of "
+                  "ranks); the parallel config is chosen for the model and mesh (see `meshdit plan`)");
+  cmd->add_option("--parallel", parallel,
+                  "override the automatic parallel config: cfg=N,sp=N,tp=N,sp_mode=ring|ulysses,vae=N "
+                  "(cfg/tp not named = 1, sp not named = the remaining ranks)");
+}
+
 }  // namespace
 
 int run(int argc, char** argv);
@@ -94,10 +101,7 @@ int run(int argc, char** argv) {
   check->add_option("case-dir", dirs, "one or more case folders")->required();
   check->add_flag("-q,--quiet", quiet, "one line per passing case");
   std::string check_mesh, check_parallel;
-  check->add_option("--mesh", check_mesh,
-                    "device mesh RxC to run on, under mpirun with R*C ranks (default: 1 x the number of ranks)");
-  check->add_option("--parallel", check_parallel,
-                    "override the automatic parallel config: cfg=N,sp=N,tp=N,sp_mode=ring|ulysses,vae=N");
+  add_mesh_options(check, check_mesh, check_parallel);
   check->footer(
       "Exit status 0 only if every output of every case is within tolerance.\n"
       "On a mesh: mpirun -np 4 meshdit check --mesh 2x2 CASE (intermediate hooks of a sharded model are skipped).");
@@ -122,12 +126,7 @@ int run(int argc, char** argv) {
   gen->add_option("--timings", g.timings_path, "write per-stage and per-step times and peak memory as JSON");
   gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
   gen->add_flag("!--no-progress", g.progress, "no progress bar");
-  gen->add_option("--mesh", g.mesh,
-                  "device mesh RxC, run under mpirun with R*C ranks (default: 1 x the number of ranks); the "
-                  "parallel config is chosen for the model and mesh (see `meshdit plan`)");
-  gen->add_option("--parallel", g.parallel,
-                  "override the automatic parallel config: cfg=N,sp=N,tp=N,sp_mode=ring|ulysses,vae=N "
-                  "(cfg/tp not named = 1, sp not named = the remaining ranks)");
+  add_mesh_options(gen, g.mesh, g.parallel);
   gen->add_flag("--vae-tiling", g.vae_tiling,
                 "decode the image in overlapping tiles (bounded memory for large images; tiles are blended)");
 
@@ -144,8 +143,7 @@ int run(int argc, char** argv) {
   bench_tr->add_option("--steps", bt.steps, "forwards to time; the median of steps 2..N is reported")
       ->check(CLI::PositiveNumber);
   bench_tr->add_option("--threads", bt.threads, "CPU threads");
-  bench_tr->add_option("--mesh", bt.mesh, "device mesh RxC, under mpirun with R*C ranks");
-  bench_tr->add_option("--parallel", bt.parallel, "override the automatic parallel config (as generate)");
+  add_mesh_options(bench_tr, bt.mesh, bt.parallel);
   auto* bench_rand = bench->add_subcommand("random-checkpoint",
                                            "Write a random bf16 transformer at real width in a single-file layout");
   std::string arch = "flux-dev", rand_out;

@@ -39,6 +39,11 @@ Result<MeshShape> MeshShape::parse(const std::string& s) {
   return m;
 }
 
+Result<MeshShape> MeshShape::parse_or_row(const std::string& s, int ranks) {
+  if (s.empty()) return MeshShape{1, ranks};
+  return parse(s);
+}
+
 std::string ParallelConfig::str() const {
   std::ostringstream o;
   o << "cfg=" << cfg << ",sp=" << sp << ",tp=" << tp << ",sp_mode=" << sp_mode_name(sp_mode) << ",vae=" << vae;

@@ -26,6 +26,8 @@ struct MeshShape {
   std::string str() const { return std::to_string(rows) + "x" + std::to_string(cols); }
   // "2x4", "4" (= 1x4)
   static Result<MeshShape> parse(const std::string& s);
+  // What `--mesh` means to a command run by `ranks` processes: "" = 1 x ranks, else parse(s).
+  static Result<MeshShape> parse_or_row(const std::string& s, int ranks);
 };
 
 // What the automatic choice and the validation need to know about a model.
