@@ -31,9 +31,12 @@ struct CaseContext {
   std::string parallel;  // --parallel overrides
   Result<const Mesh*> mesh(const ModelTraits& traits) const;
   mutable std::shared_ptr<Mesh> mesh_;
-  // Outputs a runner does not produce on this mesh, with why (intermediate hooks of a sharded model):
-  // reported as skipped. The final outputs are always compared.
+  // Outputs not compared on this mesh, with why (intermediate hooks of a sharded model: absent, or only this
+  // rank's shard): reported as skipped whether or not the runner produced them. The final outputs are
+  // always compared.
   mutable std::map<std::string, std::string> not_on_mesh;
+  // Marks every output meta.json lists whose name satisfies `which`.
+  void skip_outputs(const std::function<bool(const std::string&)>& which, const std::string& why) const;
   Result<Tensor> input(const std::string& name) const;
 };
 

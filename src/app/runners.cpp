@@ -41,9 +41,8 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& na
     split->mine = shard_range(batch, mesh->cfg().size(), mesh->cfg().rank());
   }
   if (mesh->config().sp > 1 || mesh->config().cfg > 1) {
-    const Json& outs = c.meta["outputs"];
-    for (auto it = outs.begin(); it != outs.end(); ++it)
-      if (it.key().rfind("hook.", 0) == 0) c.not_on_mesh[it.key()] = "an intermediate of a sequence/batch shard";
+    c.skip_outputs([](const std::string& n) { return n.rfind("hook.", 0) == 0; },
+                   "an intermediate of a sequence/batch shard");
   }
   return mesh;
 }
@@ -65,7 +64,6 @@ Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
   Hooks hooks = collect_into(out);
   MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), &hooks));
   out["sample"] = split.gather(y);
-  for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
   return out;
 }
 
@@ -92,7 +90,6 @@ Result<TensorMap> run_flux_transformer(const CaseContext& c) {
   MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), img_ids, txt_ids,
                                  guidance.defined() ? split.take(guidance) : guidance, &hooks));
   out["sample"] = split.gather(y);
-  for (const auto& [name, why] : c.not_on_mesh) out.erase(name);
   return out;
 }
 

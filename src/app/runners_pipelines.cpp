@@ -54,9 +54,8 @@ Result<TensorMap> run_flux_pipeline_case(const CaseContext& c) {
   const bool record = mesh->config().cfg == 1;
   MD_TRY(out["image"], pipe.generate(o, record ? &out : nullptr));
   if (!record) {
-    const Json& outs = c.meta["outputs"];
-    for (auto it = outs.begin(); it != outs.end(); ++it)
-      if (it.key() != "image") c.not_on_mesh[it.key()] = "each CFG rank runs half of the transformer calls";
+    c.skip_outputs([](const std::string& n) { return n != "image"; },
+                   "each CFG rank runs half of the transformer calls");
   }
   return out;
 }
