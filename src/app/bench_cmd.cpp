@@ -18,6 +18,7 @@
 #include "models/transformers/flux.h"
 #include "models/transformers/sd3.h"
 #include "parallel/mpi_comm.h"
+#include "pipelines/flux.h"
 
 namespace meshdit {
 namespace {
@@ -238,11 +239,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     const Tensor pooled = torch_randn({1, cfg->pooled_projection_dim}, 3);
     const Tensor t = Tensor::from_f32({1}, {0.5f});
     const Tensor g = cfg->guidance_embeds ? Tensor::from_f32({1}, {3.5f}) : Tensor();
-    Tensor img_ids = Tensor::zeros({N, 3});
-    for (int64_t i = 0; i < N; ++i) {
-      img_ids.f32()[i * 3 + 1] = float(i / (w / 2));
-      img_ids.f32()[i * 3 + 2] = float(i % (w / 2));
-    }
+    const Tensor img_ids = flux_image_ids(h, w);
     const Tensor txt_ids = Tensor::zeros({L, 3});
     flops = flux_flops(*cfg, N, L);
     std::fprintf(stderr,

@@ -86,10 +86,9 @@ Tensor all_gather_v(const Tensor& x, int64_t dim, Communicator& c, const std::ve
 Tensor all_gather_chunks(const Tensor& x, int64_t k, Communicator& c) {
   if (c.size() == 1) return x;
   MD_CHECK(x.dim() == 2 && x.size(1) % k == 0, "all_gather_chunks: x must be [B, k * n]");
-  const int64_t B = x.size(0), n = x.size(1) / k, P = c.size();
-  Tensor g = all_gather(x.reshape({B, k, n}).contiguous(), 2, c);  // [B, k, P n]: chunk c whole
-  (void)P;
-  return g.reshape({B, k * n * P});
+  const int64_t B = x.size(0), n = x.size(1) / k;
+  Tensor g = all_gather(x.reshape({B, k, n}).contiguous(), 2, c);  // [B, k, P n]: each chunk whole
+  return g.reshape({B, k * n * c.size()});
 }
 
 }  // namespace meshdit
