@@ -67,13 +67,12 @@ TEST(Fixtures, CopyIsVerbatimAndComplete) {
 
 TEST(Fixtures, UnknownClassIsAClearError) {
   register_builtin_runners();
-  const fs::path tmp = test::scratch_dir("unknown_case");
-  std::ofstream(tmp / "meta.json") << R"({"class": "diffusers.NoSuchModel"})";
-  auto rep = run_check(tmp.string());
+  const test::TempDir tmp;
+  tmp.write("meta.json", R"({"class": "diffusers.NoSuchModel"})");
+  auto rep = run_check(tmp.str());
   ASSERT_FALSE(rep.ok());
   EXPECT_NE(rep.error().message.find("not implemented yet"), std::string::npos);
   EXPECT_NE(rep.error().message.find("diffusers.SD3Transformer2DModel"), std::string::npos);
-  fs::remove_all(tmp);
 }
 
 }  // namespace

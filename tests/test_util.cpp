@@ -1,5 +1,6 @@
 #include "test_util.h"
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 namespace fs = std::filesystem;
@@ -68,6 +70,23 @@ std::filesystem::path scratch_dir(const std::string& name) {
   fs::remove_all(d, ec);
   fs::create_directories(d);
   return d;
+}
+
+TempDir::TempDir(const std::string& tag) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "test";
+  for (char& ch : name)
+    if (ch == '/') ch = '_';  // parameterised tests
+  path_ = scratch_dir(name + (tag.empty() ? "" : "_" + tag));
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void TempDir::write(const std::string& name, const std::string& text) const {
+  std::ofstream(path_ / name, std::ios::binary) << text;
 }
 
 }  // namespace meshdit::test

@@ -19,4 +19,20 @@ int run_command(const std::string& cmd, std::string* output);
 // processes in parallel, so a fixed name would let one test delete another's files.
 std::filesystem::path scratch_dir(const std::string& name);
 
+// A scratch_dir named after the running test (suite, name, and `tag`), removed when this goes out of scope.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  // Writes `text` to the file `name` in the folder.
+  void write(const std::string& name, const std::string& text) const;
+
+ private:
+  std::filesystem::path path_;
+};
+
 }  // namespace meshdit::test

@@ -31,7 +31,8 @@ std::vector<uint8_t> pixels(const fs::path& p) {
 }
 
 TEST(GenerateOnMesh, SameImageAndOneTraceWithATrackPerRank) {
-  const fs::path d = test::scratch_dir("gen_mesh");
+  const test::TempDir dir;
+  const fs::path& d = dir.path();
   const std::string args =
       " generate --no-progress --prompt 'a small purple diamond' --seed 7 --width 64"
       " --height 64 --steps 2 -o ";
@@ -59,7 +60,6 @@ TEST(GenerateOnMesh, SameImageAndOneTraceWithATrackPerRank) {
   }
   EXPECT_EQ(pids, (std::set<int>{0, 1}));
   EXPECT_GT(comm_with_bytes, 0);
-  fs::remove_all(d);
 }
 
 TEST(GenerateOnMesh, MeshThatDoesNotFitIsOneClearError) {

@@ -16,10 +16,9 @@ namespace {
 
 std::string cli() { return MESHDIT_CLI; }
 
-fs::path temp_dir(const std::string& name) { return test::scratch_dir("gen_" + name); }
-
 TEST(Generate, BatchWritesPngsWithParametersTimingsAndTrace) {
-  const fs::path d = temp_dir("batch");
+  const test::TempDir dir;
+  const fs::path& d = dir.path();
   std::string out;
   const int rc =
       test::run_command(cli() + " generate --no-progress --prompt 'a small purple diamond' --seed 7" +
@@ -59,11 +58,11 @@ TEST(Generate, BatchWritesPngsWithParametersTimingsAndTrace) {
     step |= cat == "step";
   }
   EXPECT_TRUE(kernel && block && step) << "trace lacks kernel, block or step spans";
-  fs::remove_all(d);
 }
 
 TEST(Generate, SameSeedSameImage) {
-  const fs::path d = temp_dir("seed");
+  const test::TempDir dir;
+  const fs::path& d = dir.path();
   std::string out;
   for (const char* name : {"a.png", "b.png"})
     ASSERT_EQ(test::run_command(cli() + " generate --no-progress -p 'a large green square' --seed 3 --width 32" +
@@ -76,18 +75,11 @@ TEST(Generate, SameSeedSameImage) {
   auto b = read_png((d / "b.png").string(), &w, &h);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(*a, *b);
-  fs::remove_all(d);
 }
 
 struct BadCase {
   std::string name, args, expect;
 };
-
-std::string unknown_pipeline_dir() {
-  const fs::path d = temp_dir("unknown_pipeline");
-  std::ofstream(d / "model_index.json") << R"({"_class_name": "NoSuchPipeline"})";
-  return d.string();
-}
 
 class GenerateBadInput : public ::testing::TestWithParam<BadCase> {};
 
@@ -95,8 +87,10 @@ TEST_P(GenerateBadInput, OneClearMessageAndExitOne) {
   const BadCase& c = GetParam();
   std::string args = c.args;
   // Folders are made here, not when the cases are listed: listing runs in every test process.
+  const test::TempDir dir;
   if (const auto at = args.find("{unknown_pipeline}"); at != std::string::npos) {
-    args.replace(at, std::string("{unknown_pipeline}").size(), unknown_pipeline_dir());
+    dir.write("model_index.json", R"({"_class_name": "NoSuchPipeline"})");
+    args.replace(at, std::string("{unknown_pipeline}").size(), dir.str());
   }
   std::string out;
   const int rc = test::run_command(cli() + " generate --no-progress " + args, &out);

@@ -237,10 +237,10 @@ TEST(Plan, Errors) {
   r.width = 1000;
   EXPECT_NE(plan_error(r).find("multiples of 16"), std::string::npos);
 
-  const fs::path d = test::scratch_dir("plan_unet");
-  std::ofstream(d / "config.json") << R"({"_class_name": "UNet2DConditionModel"})";
+  const test::TempDir d;
+  d.write("config.json", R"({"_class_name": "UNet2DConditionModel"})");
   r = PlanRequest{};
-  r.model = d.string();
+  r.model = d.str();
   EXPECT_NE(plan_error(r).find("'UNet2DConditionModel' is not supported"), std::string::npos);
 }
 

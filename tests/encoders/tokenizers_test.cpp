@@ -18,6 +18,8 @@ using namespace meshdit;
 
 namespace {
 
+using test::TempDir;
+
 std::string clip_dir() { return test::fixtures_dir() + "/tok_clip"; }
 std::string t5_dir() { return test::fixtures_dir() + "/tok_t5_spiece"; }
 
@@ -51,20 +53,6 @@ std::vector<int64_t> row(const Tensor& t, int64_t r) {
   const int64_t n = t.size(1);
   return std::vector<int64_t>(t.data<int64_t>() + r * n, t.data<int64_t>() + (r + 1) * n);
 }
-
-// A scratch folder with the given files, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(test::scratch_dir("tok_" + name)) {}
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  void write(const std::string& file, const std::string& text) const {
-    std::ofstream(path / file, std::ios::binary) << text;
-  }
-  std::string str() const { return path.string(); }
-};
 
 // A hand-made byte-level vocabulary over "abc!" (ASCII bytes stand for themselves).
 const char* kTinyVocab = R"({"a": 0, "b": 1, "c": 2, "!": 3, "a</w>": 4, "b</w>": 5, "c</w>": 6, "!</w>": 7,

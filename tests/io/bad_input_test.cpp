@@ -24,6 +24,8 @@ using Json = nlohmann::json;
 
 namespace {
 
+using test::TempDir;
+
 const char* const kCase = "sd35_large_transformer";
 const char* const kWeights = "diffusion_pytorch_model.safetensors";
 
@@ -40,27 +42,6 @@ void write_bytes(const fs::path& p, const std::string& s) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);
   f.write(s.data(), std::streamsize(s.size()));
 }
-
-// A fresh folder under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("meshdit_bad_input_" + std::to_string(getpid()) + "_" +
-                                         info->test_suite_name() + "_" + info->name() + "_" + tag);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // A safetensors image split into its JSON header and its data section.
 struct Parts {

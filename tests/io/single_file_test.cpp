@@ -29,30 +29,12 @@ using Json = nlohmann::json;
 
 namespace {
 
+using test::TempDir;
+
 const char* const kWeights = "diffusion_pytorch_model.safetensors";
 const char* const kComfy = "model.diffusion_model.";
 
 std::string case_dir(const std::string& name) { return test::fixtures_dir() + "/" + name; }
-
-// A fresh folder under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("meshdit_single_file_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 using Named = std::vector<std::pair<std::string, Tensor>>;
 
