@@ -31,10 +31,9 @@ struct BatchSplit {
 // (pure TP), and skipped under SP or CFG splits.
 Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& name, int64_t heads, int64_t batch,
                                      int64_t image_tokens, BatchSplit* split) {
+  // A batch of two or more can be split like a guidance batch; validate() refuses cfg=2 otherwise.
   ModelTraits traits{name, heads, /*cfg_batch=*/batch >= 2, image_tokens};
   MD_TRY(const Mesh* mesh, c.mesh(traits));
-  if (batch < mesh->config().cfg)
-    return make_error("cfg=" + std::to_string(mesh->config().cfg) + " needs a batch of at least 2");
   if (mesh->config().cfg > 1) {
     split->cfg = &mesh->cfg();
     split->batch = batch;
