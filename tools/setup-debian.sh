@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what meshdit builds and tests with, from Debian 12's own packages.
+# (ocl-icd-opencl-dev: the CMake config of libdnnl-dev, used by bench/, requires OpenCL and fails configure
+# without it, even under find_package(... QUIET).)
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
       libopenblas-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
+      ocl-icd-opencl-dev
       libopenmpi-dev openmpi-bin libsentencepiece-dev libpng-dev libutf8proc-dev)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -69,6 +69,12 @@ struct Backend {
   void (*group_sums)(const Tensor& x, int64_t groups, const Tensor* mean, Tensor& out);
   void (*group_norm_apply)(const Tensor& x, int64_t groups, const Tensor& mean, const Tensor& rstd, const Tensor* w,
                            const Tensor* b, Act act, Tensor& y);
+  // Element-wise on contiguous float32 tensors of one shape (y may alias an input).
+  void (*fill)(Tensor& y, float value);
+  void (*affine)(const Tensor& x, float a, float b, Tensor& y);       // y = x * a + b
+  void (*lerp)(const Tensor& a, const Tensor& b, float w, Tensor& y);  // y = a + w * (b - a)
+  void (*clamp)(Tensor& x, float lo, float hi);                        // in place
+  void (*mul)(const Tensor& a, const Tensor& b, Tensor& y);            // y = a * b
 };
 
 const Backend& cpu_backend();

@@ -105,14 +105,43 @@ void softmax_(Tensor& x) {
   backend_for(x.device()).softmax(r);
 }
 
+namespace {
+// A contiguous float32 view or copy of x (element-wise kernels take contiguous float32).
+Tensor f32c(const Tensor& x) {
+  Tensor f = x.dtype() == DType::F32 ? x : x.to(DType::F32);
+  return f.is_contiguous() ? f : f.contiguous();
+}
+}  // namespace
+
 Tensor mul(const Tensor& a, const Tensor& b) {
   MD_CHECK(a.shape() == b.shape(), "mul: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
-  Tensor r = a.contiguous().clone();
-  Tensor bc = b.contiguous();
-  float* rp = r.f32();
-  const float* bp = bc.f32();
-  for (int64_t i = 0; i < r.numel(); ++i) rp[i] *= bp[i];
-  return r;
+  Tensor y = Tensor::empty(a.shape(), DType::F32, a.device());
+  backend_for(a.device()).mul(f32c(a), f32c(b), y);
+  return y;
+}
+
+Tensor full(const Shape& shape, float value, Device dev) {
+  Tensor y = Tensor::empty(shape, DType::F32, dev);
+  backend_for(dev).fill(y, value);
+  return y;
+}
+
+Tensor affine(const Tensor& x, float a, float b) {
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  backend_for(x.device()).affine(f32c(x), a, b, y);
+  return y;
+}
+
+Tensor lerp(const Tensor& a, const Tensor& b, float w) {
+  MD_CHECK(a.shape() == b.shape(), "lerp: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
+  Tensor y = Tensor::empty(a.shape(), DType::F32, a.device());
+  backend_for(a.device()).lerp(f32c(a), f32c(b), w, y);
+  return y;
+}
+
+void clamp_(Tensor& x, float lo, float hi) {
+  MD_CHECK(x.dtype() == DType::F32 && x.is_contiguous(), "clamp_: needs a contiguous float32 tensor");
+  backend_for(x.device()).clamp(x, lo, hi);
 }
 
 Tensor add_broadcast(const Tensor& a, const Tensor& b) {

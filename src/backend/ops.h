@@ -20,6 +20,14 @@ Tensor activation(const Tensor& x, Act act);
 void softmax_(Tensor& x);
 // Element-wise product of same-shape tensors.
 Tensor mul(const Tensor& a, const Tensor& b);
+// A float32 tensor of `shape` filled with `value`, on device `dev`.
+Tensor full(const Shape& shape, float value, Device dev = Device::CPU);
+// x * a + b, element-wise (latent scaling, [-1, 1] -> [0, 1]).
+Tensor affine(const Tensor& x, float a, float b);
+// a + w * (b - a) in that order of operations (diffusers' CFG: neg + scale * (pos - neg)); same shapes.
+Tensor lerp(const Tensor& a, const Tensor& b, float w);
+// Clamps x into [lo, hi] in place.
+void clamp_(Tensor& x, float lo, float hi);
 // a + b with size-1 dimensions of either broadcast (same rank).
 Tensor add_broadcast(const Tensor& a, const Tensor& b);
 // Rows of an embedding table [V, D] (any float dtype) for int64 ids of any shape -> [..., D] float32; an

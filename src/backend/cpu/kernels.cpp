@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/conv.h"
+#include "backend/cpu/elementwise.h"
 #include "backend/cpu/vec_math.h"
 #include "core/thread_pool.h"
 
@@ -461,6 +462,11 @@ const Backend& cpu_backend() {
       cpu::upsample_nearest2x,
       cpu::group_sums,
       cpu::group_norm_apply,
+      cpu::fill,
+      cpu::affine,
+      cpu::lerp,
+      cpu::clamp,
+      cpu::mul,
   };
   return b;
 }
