@@ -14,11 +14,8 @@
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
 #include "io/safetensors.h"
-#include "io/single_file.h"
-#include "models/transformers/flux.h"
-#include "models/transformers/sd3.h"
+#include "models/registry.h"
 #include "parallel/mpi_comm.h"
-#include "pipelines/flux.h"
 
 namespace meshdit {
 namespace {
@@ -137,21 +134,6 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
 }
 
-// Multiply-adds x 2 of every linear and attention of one forward.
-double flux_flops(const FluxConfig& c, int64_t N, int64_t L) {
-  const double D = double(c.inner_dim()), M = 4 * D, T = double(N + L);
-  // Per token: q/k/v, out and the MLP; per sample (not per token): the adaLN modulation linears.
-  const double dbl = 2 * T * (3 * D * D + D * D + 2 * D * M) + 4 * T * T * D + 2 * 2 * 6 * D * D;
-  const double sgl = 2 * T * ((3 * D + M) * D + (D + M) * D) + 4 * T * T * D + 2 * 3 * D * D;
-  return double(c.num_layers) * dbl + double(c.num_single_layers) * sgl;
-}
-
-double sd3_flops(const SD3Config& c, int64_t N, int64_t L) {
-  const double D = double(c.inner_dim()), T = double(N + L);
-  const double per = 2 * T * (3 * D * D + D * D + 8 * D * D) + 4 * T * T * D + 2 * 2 * 6 * D * D;
-  return double(c.num_layers) * per;
-}
-
 }  // namespace
 
 int run_make_random_checkpoint(const std::string& arch, int64_t doubles, int64_t singles, const std::string& out) {
@@ -209,65 +191,28 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (!parsed_mesh.ok()) return fail(parsed_mesh.error().message);
   const MeshShape shape = *parsed_mesh;
   if (!lead && !std::freopen("/dev/null", "w", stdout)) return fail("cannot silence stdout");  // rank 0 reports
-  std::string layout;
-  auto ck = open_transformer_checkpoint(cmd.path, &layout);
-  if (!ck.ok()) return fail(ck.error().message);
-  Mesh mesh = Mesh::single();
-  auto make = [&](int64_t heads, int64_t tokens) -> Status {
-    MD_TRY(mesh, make_mesh(shape, cmd.parallel, ModelTraits{"transformer", heads, false, tokens}));
-    if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh.config().str().c_str());
-    return ok_status();
-  };
-  const int64_t L = cmd.text_tokens;
+  auto opened = open_transformer(cmd.path);
+  if (!opened.ok()) return fail(opened.error().message);
+  const TransformerArch& arch = *opened->arch;
+  if (!arch.load) return fail(cmd.path + ": the " + arch.name + " transformer's forward has not landed yet");
+  auto tokens = arch.image_tokens(opened->config, cmd.width, cmd.height, 1);
+  if (!tokens.ok()) return fail(tokens.error().message);
+  const int64_t N = *tokens, L = cmd.text_tokens;
+  auto mesh = make_mesh(shape, cmd.parallel,
+                        ModelTraits{"transformer", arch.dims(opened->config).heads, false, N});
+  if (!mesh.ok()) return fail(mesh.error().message);
+  if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh->config().str().c_str());
+  const ParallelContext par = mesh->context();
+  auto model = arch.load(opened->ck, opened->config, &par);
+  if (!model.ok()) return fail(model.error().message);
+  const TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, L);
+  const double flops = arch.flops(opened->config, N, L);
+  std::fprintf(stderr, "%s (%s layout): %s; %lldx%lld -> %lld image + %lld text tokens\n", arch.name.c_str(),
+               opened->layout.c_str(), arch.describe(opened->config).c_str(), (long long)cmd.width,
+               (long long)cmd.height, (long long)N, (long long)L);
+  std::shared_ptr<Transformer> m = *model;
   std::vector<double> times;
-  double flops = 0;
-  std::function<Result<Tensor>()> forward;
-
-  const bool is_flux = layout == "flux-bfl" || (layout == "diffusers" && ck->has("x_embedder.weight"));
-  if (is_flux) {
-    auto cfg = flux_config_for(cmd.path, *ck);
-    if (!cfg.ok()) return fail(cfg.error().message);
-    if (auto st = make(cfg->num_attention_heads, (cmd.height / 16) * (cmd.width / 16)); !st.ok())
-      return fail(st.error().message);
-    const ParallelContext par = mesh.context();
-    auto model = FluxTransformer::load(*ck, *cfg, &par);
-    if (!model.ok()) return fail(model.error().message);
-    if (cmd.width % 16 || cmd.height % 16) return fail("width and height must be multiples of 16");
-    const int64_t h = cmd.height / 8, w = cmd.width / 8, N = (h / 2) * (w / 2);
-    const Tensor x = torch_randn({1, N, cfg->in_channels}, 1);
-    const Tensor ctx = torch_randn({1, L, cfg->joint_attention_dim}, 2);
-    const Tensor pooled = torch_randn({1, cfg->pooled_projection_dim}, 3);
-    const Tensor t = Tensor::from_f32({1}, {0.5f});
-    const Tensor g = cfg->guidance_embeds ? Tensor::from_f32({1}, {3.5f}) : Tensor();
-    const Tensor img_ids = flux_image_ids(h, w);
-    const Tensor txt_ids = Tensor::zeros({L, 3});
-    flops = flux_flops(*cfg, N, L);
-    std::fprintf(stderr,
-                 "%s: %lld double + %lld single blocks, hidden %lld, %lldx%lld -> %lld image + %lld text tokens\n",
-                 layout.c_str(), (long long)cfg->num_layers, (long long)cfg->num_single_layers,
-                 (long long)cfg->inner_dim(), (long long)cmd.width, (long long)cmd.height, (long long)N, (long long)L);
-    auto m = std::make_shared<FluxTransformer>(std::move(model.value()));
-    forward = [=]() { return m->forward(x, ctx, pooled, t, img_ids, txt_ids, g); };
-  } else {
-    auto cfg = sd3_config_for(cmd.path, *ck);
-    if (!cfg.ok()) return fail(cfg.error().message);
-    if (auto st = make(cfg->num_attention_heads, (cmd.height / 16) * (cmd.width / 16)); !st.ok())
-      return fail(st.error().message);
-    const ParallelContext par = mesh.context();
-    auto model = SD3Transformer::load(*ck, *cfg, &par);
-    if (!model.ok()) return fail(model.error().message);
-    const int64_t h = cmd.height / 8, w = cmd.width / 8, N = (h / cfg->patch_size) * (w / cfg->patch_size);
-    const Tensor x = torch_randn({1, cfg->in_channels, h, w}, 1);
-    const Tensor ctx = torch_randn({1, L, cfg->joint_attention_dim}, 2);
-    const Tensor pooled = torch_randn({1, cfg->pooled_projection_dim}, 3);
-    const Tensor t = Tensor::from_f32({1}, {500.0f});
-    flops = sd3_flops(*cfg, N, L);
-    std::fprintf(stderr, "%s: %lld joint blocks, hidden %lld, %lldx%lld -> %lld image + %lld text tokens\n",
-                 layout.c_str(), (long long)cfg->num_layers, (long long)cfg->inner_dim(), (long long)cmd.width,
-                 (long long)cmd.height, (long long)N, (long long)L);
-    auto m = std::make_shared<SD3Transformer>(std::move(model.value()));
-    forward = [=]() { return m->forward(x, ctx, pooled, t); };
-  }
+  auto forward = [&]() { return m->forward(inputs); };
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
   print_rss_per_rank(*world, "after load");
   for (int64_t i = 0; i < cmd.steps; ++i) {

@@ -4,8 +4,7 @@
 
 #include "app/check.h"
 #include "io/checkpoint.h"
-#include "models/transformers/flux.h"
-#include "models/transformers/sd3.h"
+#include "models/registry.h"
 #include "parallel/collectives.h"
 
 namespace meshdit {
@@ -46,50 +45,31 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& na
   return mesh;
 }
 
-Result<TensorMap> run_sd3_transformer(const CaseContext& c) {
-  MD_TRY(SD3Config cfg, SD3Config::from_json(c.dir + "/config.json"));
-  MD_TRY(Tensor x, c.input("hidden_states"));
-  MD_TRY(Tensor ctx, c.input("encoder_hidden_states"));
-  MD_TRY(Tensor pooled, c.input("pooled_projections"));
-  MD_TRY(Tensor t, c.input("timestep"));
-  const int64_t p = cfg.patch_size;
-  BatchSplit split;
-  MD_TRY(const Mesh* mesh, transformer_mesh(c, "SD3 transformer", cfg.num_attention_heads, x.size(0),
-                                            x.dim() == 4 ? (x.size(2) / p) * (x.size(3) / p) : 0, &split));
-  const ParallelContext par = mesh->context();
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
-  MD_TRY(SD3Transformer model, SD3Transformer::load(ck, cfg, &par));
-  TensorMap out;
-  Hooks hooks = collect_into(out);
-  MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), &hooks));
-  out["sample"] = split.gather(y);
-  return out;
-}
-
-Result<TensorMap> run_flux_transformer(const CaseContext& c) {
-  MD_TRY(FluxConfig cfg, FluxConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Tensor x, c.input("hidden_states"));
-  MD_TRY(Tensor ctx, c.input("encoder_hidden_states"));
-  MD_TRY(Tensor pooled, c.input("pooled_projections"));
-  MD_TRY(Tensor t, c.input("timestep"));
-  MD_TRY(Tensor img_ids, c.input("img_ids"));
-  MD_TRY(Tensor txt_ids, c.input("txt_ids"));
-  Tensor guidance;
-  if (cfg.guidance_embeds) {
-    MD_TRY(guidance, c.input("guidance"));
-  }
-  BatchSplit split;
-  MD_TRY(const Mesh* mesh,
-         transformer_mesh(c, "Flux transformer", cfg.num_attention_heads, x.size(0), x.size(1), &split));
-  const ParallelContext par = mesh->context();
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
-  MD_TRY(FluxTransformer model, FluxTransformer::load(ck, cfg, &par));
-  TensorMap out;
-  Hooks hooks = collect_into(out);
-  MD_TRY(Tensor y, model.forward(split.take(x), split.take(ctx), split.take(pooled), split.take(t), img_ids, txt_ids,
-                                 guidance.defined() ? split.take(guidance) : guidance, &hooks));
-  out["sample"] = split.gather(y);
-  return out;
+// Any registered transformer: its config.json and weights in the case folder, the forward's inputs by the
+// names the entry lists, batched inputs split over the cfg group of a mesh.
+CaseRunner transformer_runner(const TransformerArch& arch) {
+  return [&arch](const CaseContext& c) -> Result<TensorMap> {
+    MD_TRY(std::any cfg, arch.parse_config(c.dir + "/config.json"));
+    TensorMap in;
+    for (const auto& i : arch.inputs) {
+      if (i.optional && !c.inputs.count(i.name)) continue;
+      MD_TRY(in[i.name], c.input(i.name));
+    }
+    const Tensor& x = in.at(arch.inputs.at(0).name);
+    BatchSplit split;
+    MD_TRY(const Mesh* mesh, transformer_mesh(c, arch.name + " transformer", arch.dims(cfg).heads, x.size(0),
+                                              arch.tokens_of_inputs(cfg, in), &split));
+    const ParallelContext par = mesh->context();
+    MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+    MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, &par));
+    for (const auto& i : arch.inputs)
+      if (i.batched && in.count(i.name)) in[i.name] = split.take(in[i.name]);
+    TensorMap out;
+    Hooks hooks = collect_into(out);
+    MD_TRY(Tensor y, model->forward(in, &hooks));
+    out["sample"] = split.gather(y);
+    return out;
+  };
 }
 
 }  // namespace
@@ -107,8 +87,9 @@ void register_builtin_runners() {
 }
 
 void register_transformer_runners() {
-  register_case_runner("diffusers.SD3Transformer2DModel", run_sd3_transformer);
-  register_case_runner("diffusers.FluxTransformer2DModel", run_flux_transformer);
+  for (const auto& arch : transformer_archs())
+    if (arch.load)
+      for (const auto& cls : arch.classes) register_case_runner("diffusers." + cls, transformer_runner(arch));
 }
 
 }  // namespace meshdit

@@ -1,5 +1,8 @@
 #include "io/checkpoint.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -210,6 +213,11 @@ Result<Tensor> Checkpoint::get(const std::string& name) const {
 }
 
 Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
+  if (meta_) {
+    Tensor t = Tensor::wrap(nullptr, expect, meta_dtype_, nullptr, /*read_only=*/true);
+    record(name, t, Shard::Replicated, expect);
+    return t;
+  }
   MD_TRY(Tensor t, get(name));
   const std::string alias = describe_alias(name);
   const std::string what = "tensor '" + name + "'" + (alias.empty() ? "" : " (from " + alias + ")");
@@ -218,7 +226,79 @@ Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) con
                       "; weights must be F32, F16 or BF16");
   if (t.shape() != expect)
     return make_error(origin_ + ": " + what + " has shape " + shape_str(t.shape()) + ", expected " + shape_str(expect));
+  record(name, t, Shard::Replicated, expect);
   return t;
+}
+
+namespace {
+
+// A shard copied out of a memory-mapped weight leaves the whole weight's pages resident in this process.
+// Dropping them keeps per-rank memory at its shard; the mapping is private and read-only, so a later read
+// (another shard of the same tensor) simply faults the file back in.
+void release_mapped_pages(const Tensor& w) {
+  if (!w.read_only() || w.raw() == nullptr) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (uintptr_t(w.raw()) + page - 1) / page * page;
+  const uintptr_t end = (uintptr_t(w.raw()) + w.nbytes()) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
+Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& expect, Shard shard,
+                                       const std::vector<std::pair<int64_t, int64_t>>& ranges) const {
+  const int64_t dim = shard == Shard::Cols ? 1 : 0;
+  if (shard == Shard::Replicated || int64_t(expect.size()) <= dim || ranges.empty())
+    return make_error(origin_ + ": tensor '" + name + "': bad shard request (" + shard_name(shard) + " of " +
+                      shape_str(expect) + ")");
+  Shape local = expect;
+  local[size_t(dim)] = 0;
+  for (const auto& [b, e] : ranges) {
+    if (b < 0 || b > e || e > expect[size_t(dim)])
+      return make_error(origin_ + ": tensor '" + name + "': shard [" + std::to_string(b) + ", " + std::to_string(e) +
+                        ") outside dim " + std::to_string(dim) + " of " + shape_str(expect));
+    local[size_t(dim)] += e - b;
+  }
+  // The whole tensor is taken without a record of its own: the record is this rank's part.
+  std::shared_ptr<WeightLog> log = std::move(log_);
+  auto whole = get(name, expect);
+  log_ = std::move(log);
+  if (!whole.ok()) return whole.error();
+  const Tensor& w = *whole;
+  Tensor part;
+  if (meta_) {
+    part = Tensor::wrap(nullptr, local, meta_dtype_, nullptr, /*read_only=*/true);
+  } else if (ranges.size() == 1 && (dim == 0 || (ranges[0].first == 0 && ranges[0].second == expect[1]))) {
+    part = w.slice(dim, ranges[0].first, ranges[0].second);  // a view into the map
+  } else {
+    std::vector<Tensor> parts;
+    for (const auto& [b, e] : ranges) parts.push_back(w.slice(dim, b, e));
+    part = concat(parts, dim);
+    release_mapped_pages(w);
+  }
+  record(name, w, shard, part.shape());
+  return part;
+}
+
+void Checkpoint::record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const {
+  if (log_) log_->push_back(WeightRecord{name, whole.shape(), whole.dtype(), shard, local});
+}
+
+Checkpoint Checkpoint::meta(DType dtype, const std::string& origin) {
+  Checkpoint ck;
+  ck.meta_ = true;
+  ck.meta_dtype_ = dtype;
+  ck.origin_ = origin;
+  return ck;
+}
+
+const char* shard_name(Shard s) {
+  switch (s) {
+    case Shard::Replicated: return "replicated";
+    case Shard::Rows: return "rows";
+    case Shard::Cols: return "cols";
+  }
+  return "?";
 }
 
 Result<Shape> Checkpoint::shape_of(const std::string& name) const {

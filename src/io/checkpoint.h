@@ -19,8 +19,35 @@
 
 namespace meshdit {
 
+// How a weight is split over a tensor-parallel group: whole on every rank, a set of dim-0 row ranges
+// (column-parallel linears: a slice of the outputs), or a set of dim-1 column ranges (row-parallel
+// linears: a slice of the inputs).
+enum class Shard : uint8_t { Replicated, Rows, Cols };
+const char* shard_name(Shard s);
+
+// One weight as a loader took it: the whole tensor, how it was split and what this rank keeps. A log of
+// these is the model's weight spec, written by the loader itself, so `plan`, `bench random-checkpoint` and
+// the tests derive from the same code that loads.
+struct WeightRecord {
+  std::string name;
+  Shape shape;  // the whole tensor
+  DType dtype = DType::BF16;
+  Shard shard = Shard::Replicated;
+  Shape local;  // this rank's part
+  int64_t local_numel() const { return shape_numel(local); }
+  size_t local_bytes() const { return size_t(local_numel()) * dtype_size(dtype); }
+};
+using WeightLog = std::vector<WeightRecord>;
+
 class Checkpoint {
  public:
+  // A checkpoint without files: every get() answers the expected shape with a tensor of `dtype` that has
+  // no data (a placeholder nothing may read). Running a model's loader on it yields the model's weight
+  // spec from its config alone (what `meshdit plan` needs) without touching memory.
+  static Checkpoint meta(DType dtype, const std::string& origin = "weight spec");
+  bool is_meta() const { return meta_; }
+  // From now on every weight taken is appended to `log` (shared: copies of this checkpoint append too).
+  void record_into(std::shared_ptr<WeightLog> log) { log_ = std::move(log); }
   static Result<Checkpoint> open_file(const std::string& path);
   static Result<Checkpoint> open_index(const std::string& index_json);
   // A folder: the one *.safetensors.index.json it holds, else its *.safetensors files (all of them).
@@ -34,6 +61,11 @@ class Checkpoint {
   Result<Tensor> get(const std::string& name) const;
   // A weight: also checks the shape, and that the dtype is one the kernels take (F32, F16, BF16).
   Result<Tensor> get(const std::string& name, const Shape& expect) const;
+  // This rank's part of a weight of shape `expect`: rows (dim 0) or columns (dim 1) in `ranges`, in order.
+  // One row range is a view into the mapping; anything else is a copy of just that part, after which the
+  // whole tensor's mapped pages are dropped, so a rank's resident memory stays at its shard.
+  Result<Tensor> get_sharded(const std::string& name, const Shape& expect, Shard shard,
+                             const std::vector<std::pair<int64_t, int64_t>>& ranges) const;
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
@@ -79,6 +111,10 @@ class Checkpoint {
   std::map<std::string, Where> where_;
   std::map<std::string, Alias> aliases_;
   bool stored_visible_ = true;
+  bool meta_ = false;
+  DType meta_dtype_ = DType::BF16;
+  mutable std::shared_ptr<WeightLog> log_;
+  void record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const;
 };
 
 // model_index.json of a diffusers pipeline folder.

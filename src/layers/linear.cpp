@@ -1,24 +1,6 @@
 #include "layers/linear.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 namespace meshdit {
-namespace {
-
-// A shard copied out of a memory-mapped weight leaves the whole weight's pages resident in this process.
-// Dropping them keeps per-rank memory at its shard; the mapping is private and read-only, so a later read
-// (another shard of the same tensor) simply faults the file back in.
-void release_mapped_pages(const Tensor& w) {
-  if (!w.read_only()) return;
-  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (uintptr_t(w.raw()) + page - 1) / page * page;
-  const uintptr_t end = (uintptr_t(w.raw()) + w.nbytes()) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
-}  // namespace
-
 Result<Linear> Linear::load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out, bool has_bias) {
   Linear l;
   MD_TRY(l.weight, ck.get(prefix + ".weight", {out, in}));
@@ -28,33 +10,31 @@ Result<Linear> Linear::load(const Checkpoint& ck, const std::string& prefix, int
   return l;
 }
 
+namespace {
+std::vector<std::pair<int64_t, int64_t>> pairs(const std::vector<Range>& r) {
+  std::vector<std::pair<int64_t, int64_t>> p;
+  for (const Range& x : r) p.push_back({x.begin, x.end});
+  return p;
+}
+}  // namespace
+
 Result<Linear> Linear::load_rows(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                                  const std::vector<Range>& rows, bool has_bias) {
-  MD_TRY(Linear full, load(ck, prefix, in, out, has_bias));
-  auto take = [&](const Tensor& t) {
-    if (rows.size() == 1) return t.slice(0, rows[0].begin, rows[0].end);  // a view into the map
-    std::vector<Tensor> parts;
-    for (const Range& r : rows) parts.push_back(t.slice(0, r.begin, r.end));
-    Tensor copy = concat(parts, 0);
-    release_mapped_pages(t);
-    return copy;
-  };
   Linear l;
-  l.weight = take(full.weight);
-  if (has_bias) l.bias = take(full.bias);
+  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Rows, pairs(rows)));
+  if (has_bias) {
+    MD_TRY(l.bias, ck.get_sharded(prefix + ".bias", {out}, Shard::Rows, pairs(rows)));
+  }
   return l;
 }
 
 Result<Linear> Linear::load_cols(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                                  const std::vector<Range>& cols, Communicator* reduce, bool has_bias) {
-  MD_TRY(Linear full, load(ck, prefix, in, out, has_bias));
-  if (cols.size() == 1 && cols[0].begin == 0 && cols[0].end == in) return full;  // one device: the mapped view
-  std::vector<Tensor> parts;
-  for (const Range& r : cols) parts.push_back(full.weight.slice(1, r.begin, r.end));
   Linear l;
-  l.weight = concat(parts, 1);
-  release_mapped_pages(full.weight);
-  l.bias = full.bias;
+  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Cols, pairs(cols)));
+  if (has_bias) {  // added once, after the partial sums are reduced: whole on every rank
+    MD_TRY(l.bias, ck.get(prefix + ".bias", {out}));
+  }
   l.reduce = reduce && reduce->size() > 1 ? reduce : nullptr;
   return l;
 }

@@ -31,17 +31,6 @@ Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w) {
       .reshape({B, C, h, w});
 }
 
-Tensor flux_image_ids(int64_t h, int64_t w) {
-  Tensor ids = Tensor::zeros({(h / 2) * (w / 2), 3});
-  float* p = ids.f32();
-  for (int64_t r = 0; r < h / 2; ++r)
-    for (int64_t c = 0; c < w / 2; ++c) {
-      p[(r * (w / 2) + c) * 3 + 1] = float(r);
-      p[(r * (w / 2) + c) * 3 + 2] = float(c);
-    }
-  return ids;
-}
-
 namespace {
 
 // A diffusers component folder: config.json and the (possibly sharded) weights beside it.

@@ -80,7 +80,5 @@ class FluxPipeline {
 // [B, C, h, w] <-> [B, (h/2)(w/2), 4C] (FluxPipeline._pack_latents / _unpack_latents).
 Tensor flux_pack_latents(const Tensor& latents);
 Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w);
-// [(h/2)(w/2), 3] rows (0, row, col).
-Tensor flux_image_ids(int64_t h, int64_t w);
 
 }  // namespace meshdit

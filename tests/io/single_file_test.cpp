@@ -4,6 +4,9 @@
 // open_transformer_checkpoint, and run on the case's inputs; the output must equal the diffusers-layout model's
 // bit for bit. Config inference is checked on the converted fixtures and on headers with the real models' shapes.
 #include "io/single_file.h"
+#include "models/registry.h"
+#include "models/transformers/flux.h"
+#include "models/transformers/sd3.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

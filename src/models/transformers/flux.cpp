@@ -14,6 +14,10 @@
 #include "core/trace.h"
 #include "io/json_config.h"
 #include "parallel/collectives.h"
+#include "core/torch_rng.h"
+#include "io/single_file.h"
+#include "models/registry.h"
+#include <cstdio>
 
 namespace meshdit {
 
@@ -44,6 +48,16 @@ Result<FluxConfig> FluxConfig::from_json(const std::string& path) {
     r.fail("num_layers/num_single_layers/num_attention_heads/attention_head_dim", "out of range");
   MD_RETURN_IF_ERROR(r.status());
   return c;
+}
+
+Tensor flux_image_ids(int64_t h, int64_t w) {
+  std::vector<float> ids(size_t((h / 2) * (w / 2) * 3), 0.0f);
+  for (int64_t r = 0; r < h / 2; ++r)
+    for (int64_t c = 0; c < w / 2; ++c) {
+      ids[size_t((r * (w / 2) + c) * 3 + 1)] = float(r);
+      ids[size_t((r * (w / 2) + c) * 3 + 2)] = float(c);
+    }
+  return Tensor::from_f32({(h / 2) * (w / 2), 3}, ids);
 }
 
 Result<FluxSingleTransformerBlock> FluxSingleTransformerBlock::load(const Checkpoint& ck, const std::string& prefix,
@@ -219,6 +233,250 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   report(hooks, "hook.norm_out", x);
   Tensor out = proj_out_(x);
   return sp > 1 ? all_gather_v(out, 1, *par_.sp, seq.img_sizes) : out;
+}
+
+
+// ---------------------------------------------------------------------------------------------------------
+// What Flux is to the registry (models/registry.h): its configs, single-file layout, loader, sizes and costs.
+
+Result<FluxConfig> infer_flux_config(const Checkpoint& ck, const std::vector<int>* axes_dims_rope) {
+  const std::vector<std::string> names = ck.names();
+  FluxConfig c;
+  MD_TRY(Shape x, matrix_shape(ck, "x_embedder.weight"));
+  const int64_t hidden = x[0];
+  c.in_channels = x[1];
+  c.num_layers = block_count(names, "transformer_blocks.");
+  c.num_single_layers = block_count(names, "single_transformer_blocks.");
+  const std::string qn =
+      c.num_layers > 0 ? "transformer_blocks.0.attn.norm_q.weight" : "single_transformer_blocks.0.attn.norm_q.weight";
+  MD_TRY(c.attention_head_dim, vector_size(ck, qn));
+  MD_TRY(c.num_attention_heads, head_count(ck, hidden, c.attention_head_dim, "the size of '" + qn + "'"));
+  MD_TRY(Shape ctx, matrix_shape(ck, "context_embedder.weight"));
+  c.joint_attention_dim = ctx[1];
+  MD_TRY(Shape pooled, matrix_shape(ck, "time_text_embed.text_embedder.linear_1.weight"));
+  c.pooled_projection_dim = pooled[1];
+  c.guidance_embeds = ck.has("time_text_embed.guidance_embedder.linear_1.weight");
+  MD_TRY(Shape out, matrix_shape(ck, "proj_out.weight"));
+  c.out_channels = out[0] == c.in_channels ? 0 : out[0];  // diffusers' null: same as in_channels
+  if (axes_dims_rope) {
+    c.axes_dims_rope = *axes_dims_rope;
+  } else if (c.attention_head_dim == 128) {
+    c.axes_dims_rope = {16, 56, 56};  // FLUX.1
+  } else {
+    return make_error(ck.origin() +
+                      ": cannot infer the RoPE axes (axes_dims_rope) of a Flux model with attention "
+                      "head size " +
+                      std::to_string(c.attention_head_dim) +
+                      " (only FLUX.1's 128 -> [16, 56, 56] is known); put the model's config.json beside the "
+                      "checkpoint");
+  }
+  int64_t rope = 0;
+  for (int a : c.axes_dims_rope) {
+    if (a <= 0 || a % 2) return make_error(ck.origin() + ": axes_dims_rope entries must be positive and even");
+    rope += a;
+  }
+  if (rope != c.attention_head_dim)
+    return make_error(ck.origin() + ": axes_dims_rope sum to " + std::to_string(rope) +
+                      ", not the attention head size " + std::to_string(c.attention_head_dim));
+  return c;
+}
+
+
+Result<FluxConfig> flux_config_for(const std::string& path_or_dir, const Checkpoint& ck) {
+  const std::string cfg = config_json_beside(path_or_dir);
+  if (path_exists(cfg)) return FluxConfig::from_json(cfg);
+  return infer_flux_config(ck);
+}
+
+namespace {
+
+// diffusers' convert_flux_transformer_checkpoint_to_diffusers.
+Status map_flux_bfl(Checkpoint& ck, const std::string& prefix, const std::vector<std::string>& names) {
+  KeyMapper m(ck, prefix, "flux-bfl");
+  MD_RETURN_IF_ERROR(m.linear("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"));
+  MD_RETURN_IF_ERROR(m.linear("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"));
+  MD_RETURN_IF_ERROR(m.linear("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"));
+  MD_RETURN_IF_ERROR(m.linear("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"));
+  if (m.has("guidance_in.in_layer.weight")) {  // FLUX.1-dev; schnell has none
+    MD_RETURN_IF_ERROR(m.linear("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"));
+    MD_RETURN_IF_ERROR(m.linear("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"));
+  }
+  MD_RETURN_IF_ERROR(m.linear("txt_in", "context_embedder"));
+  MD_RETURN_IF_ERROR(m.linear("img_in", "x_embedder"));
+
+  const int64_t num_layers = block_count(names, "double_blocks.");
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const std::string s = "double_blocks." + std::to_string(i) + ".";
+    const std::string d = "transformer_blocks." + std::to_string(i) + ".";
+    MD_RETURN_IF_ERROR(m.linear(s + "img_mod.lin", d + "norm1.linear"));
+    MD_RETURN_IF_ERROR(m.linear(s + "txt_mod.lin", d + "norm1_context.linear"));
+    MD_RETURN_IF_ERROR(m.split_qkv(s + "img_attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"));
+    MD_RETURN_IF_ERROR(
+        m.split_qkv(s + "txt_attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"));
+    MD_RETURN_IF_ERROR(m.whole(s + "img_attn.norm.query_norm.scale", d + "attn.norm_q.weight"));
+    MD_RETURN_IF_ERROR(m.whole(s + "img_attn.norm.key_norm.scale", d + "attn.norm_k.weight"));
+    MD_RETURN_IF_ERROR(m.whole(s + "txt_attn.norm.query_norm.scale", d + "attn.norm_added_q.weight"));
+    MD_RETURN_IF_ERROR(m.whole(s + "txt_attn.norm.key_norm.scale", d + "attn.norm_added_k.weight"));
+    MD_RETURN_IF_ERROR(m.linear(s + "img_mlp.0", d + "ff.net.0.proj"));
+    MD_RETURN_IF_ERROR(m.linear(s + "img_mlp.2", d + "ff.net.2"));
+    MD_RETURN_IF_ERROR(m.linear(s + "txt_mlp.0", d + "ff_context.net.0.proj"));
+    MD_RETURN_IF_ERROR(m.linear(s + "txt_mlp.2", d + "ff_context.net.2"));
+    MD_RETURN_IF_ERROR(m.linear(s + "img_attn.proj", d + "attn.to_out.0"));
+    MD_RETURN_IF_ERROR(m.linear(s + "txt_attn.proj", d + "attn.to_add_out"));
+  }
+
+  const int64_t num_single = block_count(names, "single_blocks.");
+  for (int64_t i = 0; i < num_single; ++i) {
+    const std::string s = "single_blocks." + std::to_string(i) + ".";
+    const std::string d = "single_transformer_blocks." + std::to_string(i) + ".";
+    MD_RETURN_IF_ERROR(m.linear(s + "modulation.lin", d + "norm.linear"));
+    // linear1 rows: q, k, v (dim each), then the MLP's input projection (the rest; 4 dim in FLUX.1).
+    MD_TRY(Shape l1, m.shape(s + "linear1.weight"));
+    if (l1.size() != 2 || l1[0] <= 3 * l1[1])
+      return make_error(ck.origin() + ": flux-bfl layout: tensor '" + prefix + s +
+                        "linear1.weight' has shape " + shape_str(l1) + "; expected [3 * dim + mlp, dim]");
+    const int64_t dim = l1[1];
+    MD_RETURN_IF_ERROR(m.split(s + "linear1", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"},
+                               {dim, dim, dim, l1[0] - 3 * dim}));
+    MD_RETURN_IF_ERROR(m.whole(s + "norm.query_norm.scale", d + "attn.norm_q.weight"));
+    MD_RETURN_IF_ERROR(m.whole(s + "norm.key_norm.scale", d + "attn.norm_k.weight"));
+    MD_RETURN_IF_ERROR(m.linear(s + "linear2", d + "proj_out"));
+  }
+
+  MD_RETURN_IF_ERROR(m.linear("final_layer.linear", "proj_out"));
+  MD_RETURN_IF_ERROR(m.swap_scale_shift("final_layer.adaLN_modulation.1", "norm_out.linear"));
+  return m.finish();
+}
+
+
+class FluxModel final : public Transformer {
+ public:
+  explicit FluxModel(FluxTransformer m) : m_(std::move(m)) {}
+  Result<Tensor> forward(const TensorMap& in, const Hooks* hooks) const override {
+    auto get = [&](const char* n) { auto it = in.find(n); return it == in.end() ? Tensor() : it->second; };
+    return m_.forward(get("hidden_states"), get("encoder_hidden_states"), get("pooled_projections"), get("timestep"),
+                      get("img_ids"), get("txt_ids"), get("guidance"), hooks);
+  }
+
+ private:
+  FluxTransformer m_;
+};
+
+const FluxConfig& cfg_of(const std::any& a) { return std::any_cast<const FluxConfig&>(a); }
+
+// Multiply-adds x 2 of every linear and attention of one forward.
+double flux_flops(const FluxConfig& c, int64_t N, int64_t L) {
+  const double D = double(c.inner_dim()), M = 4 * D, T = double(N + L);
+  // Per token: q/k/v, out and the MLP; per sample (not per token): the adaLN modulation linears.
+  const double dbl = 2 * T * (3 * D * D + D * D + 2 * D * M) + 4 * T * T * D + 2 * 2 * 6 * D * D;
+  const double sgl = 2 * T * ((3 * D + M) * D + (D + M) * D) + 4 * T * T * D + 2 * 3 * D * D;
+  return double(c.num_layers) * dbl + double(c.num_single_layers) * sgl;
+}
+
+}  // namespace
+
+void register_flux() {
+  TransformerArch a;
+  a.name = "flux";
+  a.classes = {"FluxTransformer2DModel"};
+  auto preset = [](bool dev) {
+    return [dev] {
+      FluxConfig c;  // diffusers' defaults are FLUX.1's
+      c.guidance_embeds = dev;
+      return std::any(c);
+    };
+  };
+  a.presets = {{"flux-dev", preset(true)}, {"flux-schnell", preset(false)}};
+  a.defaults = PlanDefaults{1024, 1024, 1, 512, /*cfg_batch=*/false};  // guidance distilled: one batch per step
+  a.parse_config = [](const std::string& path) -> Result<std::any> {
+    MD_TRY(FluxConfig c, FluxConfig::from_json(path));
+    return std::any(c);
+  };
+  a.infer_config = [](const Checkpoint& ck) -> Result<std::any> {
+    MD_TRY(FluxConfig c, infer_flux_config(ck));
+    return std::any(c);
+  };
+  // Black Forest Labs' flux1-dev / flux1-schnell.safetensors.
+  a.layouts = {SingleFileLayout{"flux-bfl",
+                                {"double_blocks.", "single_blocks.", "img_in."},
+                                {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks",
+                                 "single_blocks", "final_layer"},
+                                map_flux_bfl}};
+  a.diffusers_detect = {"x_embedder.weight", "single_transformer_blocks."};
+  a.diffusers_modules = {"x_embedder", "context_embedder", "time_text_embed", "transformer_blocks",
+                         "single_transformer_blocks", "norm_out", "proj_out"};
+  a.load = [](const Checkpoint& ck, const std::any& c,
+              const ParallelContext* par) -> Result<std::shared_ptr<Transformer>> {
+    MD_TRY(FluxTransformer m, FluxTransformer::load(ck, cfg_of(c), par));
+    return std::shared_ptr<Transformer>(std::make_shared<FluxModel>(std::move(m)));
+  };
+  a.inputs = {{"hidden_states"}, {"encoder_hidden_states"}, {"pooled_projections"}, {"timestep"},
+              {"img_ids", false}, {"txt_ids", false}, {"guidance", true, true}};
+  a.dims = [](const std::any& c) {
+    const FluxConfig& f = cfg_of(c);
+    return ModelDims{f.inner_dim(), f.num_attention_heads, f.attention_head_dim, f.out_dim()};
+  };
+  a.describe = [](const std::any& c) {
+    const FluxConfig& f = cfg_of(c);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "Flux: %lld double + %lld single blocks, %lld heads x %lld, dim %lld%s",
+                  (long long)f.num_layers, (long long)f.num_single_layers, (long long)f.num_attention_heads,
+                  (long long)f.attention_head_dim, (long long)f.inner_dim(),
+                  f.guidance_embeds ? ", guidance distilled (no CFG batch)" : ", no CFG batch");
+    return std::string(buf);
+  };
+  a.image_tokens = [](const std::any&, int64_t w, int64_t h, int64_t frames) -> Result<int64_t> {
+    if (w % 16 || h % 16)
+      return make_error("--width/--height " + std::to_string(w) + "x" + std::to_string(h) +
+                        ": Flux needs multiples of 16");
+    if (frames != 1) return make_error("--frames: Flux is an image model");
+    return (w / 16) * (h / 16);  // 8x VAE, 2x2 packing
+  };
+  a.tokens_of_inputs = [](const std::any&, const TensorMap& in) {
+    auto it = in.find("hidden_states");
+    return it == in.end() || it->second.dim() < 2 ? int64_t(0) : it->second.size(1);
+  };
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+    const FluxConfig& f = cfg_of(c);
+    const int64_t h = height / 8, w = width / 8, N = (h / 2) * (w / 2);
+    TensorMap m;
+    m["hidden_states"] = torch_randn({1, N, f.in_channels}, 1);
+    m["encoder_hidden_states"] = torch_randn({1, L, f.joint_attention_dim}, 2);
+    m["pooled_projections"] = torch_randn({1, f.pooled_projection_dim}, 3);
+    m["timestep"] = Tensor::from_f32({1}, {0.5f});
+    if (f.guidance_embeds) m["guidance"] = Tensor::from_f32({1}, {3.5f});
+    m["img_ids"] = flux_image_ids(h, w);
+    m["txt_ids"] = Tensor::zeros({L, 3});
+    return m;
+  };
+  a.flops = [](const std::any& c, int64_t N, int64_t L) { return flux_flops(cfg_of(c), N, L); };
+  a.rows_of = [](const std::string& w) {
+    if (starts_with(w, "single_transformer_blocks.")) return w.find(".norm.linear") != std::string::npos ? Rows::One
+                                                                                                           : Rows::Joint;
+    if (starts_with(w, "time_text_embed.") || starts_with(w, "norm_out.") || w.find(".norm1") != std::string::npos)
+      return Rows::One;
+    if (starts_with(w, "context_embedder") || w.find(".add_") != std::string::npos ||
+        w.find(".to_add_out") != std::string::npos || w.find(".ff_context.") != std::string::npos)
+      return Rows::Text;
+    if (w.find("norm_") != std::string::npos) return Rows::None;
+    return Rows::Image;
+  };
+  a.cost = [](const std::any& c, const RankShape& r) {
+    const FluxConfig& f = cfg_of(c);
+    const MmditShape s{f.inner_dim(), 4 * f.inner_dim(), f.attention_head_dim, f.in_channels,
+                       f.joint_attention_dim, f.num_layers, f.num_single_layers, /*rope=*/true};
+    ForwardCost k = mmdit_cost(s, r);
+    // All-reduces: per double block the image and text attention outputs and feed-forwards, one per single
+    // block (proj_out over both halves). Modulation: 2 x 6 dim per double block, 3 dim per single block.
+    const int64_t n = r.n, L = r.L, D = s.dim;
+    k.tp_all_reduce_calls = 4 * f.num_layers + f.num_single_layers;
+    k.tp_all_reduce_elems = f.num_layers * 2 * (n + L) * D + f.num_single_layers * (n + L) * D;
+    k.has_adaln_gather = true;
+    k.adaln_gather_calls = 2 * f.num_layers + f.num_single_layers;
+    k.adaln_gather_elems = f.num_layers * 12 * D + f.num_single_layers * 3 * D;
+    return k;
+  };
+  register_transformer(std::move(a));
 }
 
 }  // namespace meshdit

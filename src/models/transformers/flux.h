@@ -71,4 +71,14 @@ class FluxTransformer {
   Linear proj_out_;
 };
 
+// The config from tensor shapes (a checkpoint with diffusers names, e.g. from open_transformer_checkpoint):
+// everything but the RoPE axes is in the shapes; those are FLUX.1's (16, 56, 56) when attention_head_dim is
+// 128, else `axes_dims_rope` must be given (an error otherwise, asking for a config.json).
+Result<FluxConfig> infer_flux_config(const Checkpoint& ck, const std::vector<int>* axes_dims_rope = nullptr);
+// The config.json beside the checkpoint at `path_or_dir` when there is one, else inferred from `ck`.
+Result<FluxConfig> flux_config_for(const std::string& path_or_dir, const Checkpoint& ck);
+
+// Image position ids for an h x w latent packed in 2x2 patches: [(h/2)(w/2), 3] rows (0, row, col).
+Tensor flux_image_ids(int64_t h, int64_t w);
+
 }  // namespace meshdit

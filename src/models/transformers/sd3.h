@@ -50,4 +50,12 @@ class SD3Transformer {
   Linear proj_out_;
 };
 
+// The config from tensor shapes (a checkpoint with diffusers names): heads = hidden / head_dim, head_dim from
+// the q-norm size (64 without qk norm), patch size and channels from the patch-embedding conv,
+// pos_embed_max_size = sqrt(rows of the position table). sample_size (only the pipelines' default image size)
+// is not in the weights and keeps diffusers' default, 128.
+Result<SD3Config> infer_sd3_config(const Checkpoint& ck);
+// The config.json beside the checkpoint at `path_or_dir` when there is one, else inferred from `ck`.
+Result<SD3Config> sd3_config_for(const std::string& path_or_dir, const Checkpoint& ck);
+
 }  // namespace meshdit

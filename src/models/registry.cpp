@@ -1,0 +1,158 @@
+#include "models/registry.h"
+
+#include <algorithm>
+
+namespace meshdit {
+namespace {
+
+std::vector<TransformerArch>& archs() {
+  static std::vector<TransformerArch> a;
+  return a;
+}
+
+// A TP group of `size` ranks seen from rank `rank`, for running a loader to learn its shard: a loader only
+// asks size() and rank(); any collective on it is a bug.
+class PlanningComm final : public Communicator {
+ public:
+  PlanningComm(int size, int rank) : size_(size), rank_(rank) { set_name("tp"); }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* backend() const override { return "planning"; }
+  void all_reduce_sum(float*, int64_t) override { no(); }
+  void all_gather(const float*, int64_t, float*) override { no(); }
+  void reduce_scatter_sum(const float*, float*, int64_t) override { no(); }
+  void all_to_all(const float*, float*, int64_t) override { no(); }
+  void all_to_all_v(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override { no(); }
+  void send_recv(const float*, int64_t, int, float*, int64_t, int) override { no(); }
+  void broadcast(float*, int64_t, int) override { no(); }
+  void barrier() override { no(); }
+  std::unique_ptr<Communicator> split(int, int) override {
+    no();
+    return nullptr;
+  }
+  std::vector<std::string> gather_strings(const std::string&, int) override {
+    no();
+    return {};
+  }
+
+ private:
+  [[noreturn]] static void no() { MD_CHECK(false, "a planning communicator carries no data"); __builtin_unreachable(); }
+  int size_, rank_;
+};
+
+}  // namespace
+
+void register_transformer(TransformerArch arch) { archs().push_back(std::move(arch)); }
+
+const std::vector<TransformerArch>& transformer_archs() {
+  static const bool once = [] {
+    register_flux();
+    register_sd3();
+    register_wan();
+    return true;
+  }();
+  (void)once;
+  return archs();
+}
+
+const TransformerArch* find_transformer_arch(const std::string& class_name) {
+  for (const auto& a : transformer_archs())
+    if (std::find(a.classes.begin(), a.classes.end(), class_name) != a.classes.end()) return &a;
+  return nullptr;
+}
+
+Result<WeightLog> loaded_weights(const TransformerArch& arch, const Checkpoint& checkpoint, const std::any& config,
+                                 int tp, int tp_rank) {
+  Checkpoint ck = checkpoint;
+  auto log = std::make_shared<WeightLog>();
+  ck.record_into(log);
+  PlanningComm comm(tp, tp_rank);
+  LocalComm sp;
+  const ParallelContext par{&comm, &sp, SpMode::Ring};
+  if (arch.load) {
+    MD_RETURN_IF_ERROR(arch.load(ck, config, &par));
+  } else if (arch.declare_weights) {
+    MD_RETURN_IF_ERROR(arch.declare_weights(ck, config, &par));
+  } else {
+    return make_error(arch.name + ": no loader and no weight declaration");
+  }
+  return *log;
+}
+
+Result<WeightLog> weight_spec(const TransformerArch& arch, const std::any& config, int tp, int tp_rank, DType dtype) {
+  return loaded_weights(arch, Checkpoint::meta(dtype, arch.name + " weight spec"), config, tp, tp_rank);
+}
+
+ForwardCost mmdit_cost(const MmditShape& s, const RankShape& r) {
+  ForwardCost c;
+  const int tp = r.pc.tp, sp = r.pc.sp;
+  const int64_t D = s.dim, Dt = s.dim / tp, Ft = (s.ffn + tp - 1) / tp, L = r.L, N = r.N, n = r.n;
+  // Peak live elements: the residual streams (text + local image tokens, full width: TP replicates hidden
+  // states) plus the largest phase of a block; app/plan.h lists what each phase holds.
+  auto sp_extra = [&](int64_t joint_text) -> int64_t {
+    if (sp == 1) return 0;
+    if (r.pc.sp_mode == SpMode::Ring) return 4 * n * Dt;
+    return 4 * (N + joint_text) * (Dt / sp);
+  };
+  const int64_t T = L + n, S = std::max(n, L);
+  const int64_t resid = T * D;
+  const int64_t attn = resid + T * D + 3 * T * Dt + T * Dt + sp_extra(L);
+  const int64_t proj = resid + T * Dt + T * D;
+  const int64_t ff = resid + S * D + S * Ft + S * D;
+  int64_t block = std::max({attn, proj, ff});
+  if (s.singles > 0) {
+    // Single block: attention and MLP from one normed input; [attn | mlp] concatenated into proj_out.
+    const int64_t a = resid + T * D + 3 * T * Dt + T * Ft + T * Dt + sp_extra(L);
+    const int64_t p = resid + T * Ft + T * Dt + T * (Dt + Ft) + T * D;
+    block = std::max({block, a, p});
+  }
+  const int64_t inputs = n * s.in_tok + L * s.text_in;
+  const int64_t rope = s.rope ? 2 * (L + n) * s.head_dim : 0;
+  c.act_elems = r.b * (inputs + block) + rope;
+  // Joint attention over text ++ image. Ring: local text + image queries against all keys (text queries are
+  // recomputed on every SP rank); Ulysses: all queries for heads/(tp sp).
+  const double Dd = double(s.dim) / tp, Nd = double(N), Ld = double(L), nn = double(n), bb = double(r.b);
+  const bool uly = sp > 1 && r.pc.sp_mode == SpMode::Ulysses;
+  c.attn_flops = uly ? 4 * bb * (Nd + Ld) * (Nd + Ld) * Dd / sp : 4 * bb * (nn + Ld) * (Nd + Ld) * Dd;
+  c.sp_attentions = s.doubles + s.singles;
+  return c;
+}
+
+Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, std::string* detected_layout) {
+  std::vector<SingleFileLayout> layouts;
+  std::vector<std::string> detect, modules;
+  for (const auto& a : transformer_archs()) {
+    layouts.insert(layouts.end(), a.layouts.begin(), a.layouts.end());
+    detect.insert(detect.end(), a.diffusers_detect.begin(), a.diffusers_detect.end());
+    modules.insert(modules.end(), a.diffusers_modules.begin(), a.diffusers_modules.end());
+  }
+  return open_single_file(path_or_dir, layouts, detect, modules, detected_layout);
+}
+
+Result<OpenedTransformer> open_transformer(const std::string& path_or_dir) {
+  OpenedTransformer o;
+  MD_TRY(o.ck, open_transformer_checkpoint(path_or_dir, &o.layout));
+  // The entry: the one whose layout matched, else the diffusers names it claims.
+  for (const auto& a : transformer_archs()) {
+    for (const auto& l : a.layouts)
+      if (l.name == o.layout) o.arch = &a;
+    if (!o.arch && o.layout == "diffusers")
+      for (const auto& head : a.diffusers_detect)
+        for (const auto& n : o.ck.names())
+          if (!o.arch && starts_with(n, head)) o.arch = &a;
+    if (o.arch) break;
+  }
+  if (!o.arch) return make_error(o.ck.origin() + ": no registered transformer matches its tensors");
+  const std::string cfg = config_json_beside(path_or_dir);
+  if (path_exists(cfg)) {
+    MD_TRY(o.config, o.arch->parse_config(cfg));
+  } else if (o.arch->infer_config) {
+    MD_TRY(o.config, o.arch->infer_config(o.ck));
+  } else {
+    return make_error(o.ck.origin() + ": no config.json beside it, and a " + o.arch->name +
+                      " config cannot be inferred from its tensors");
+  }
+  return o;
+}
+
+}  // namespace meshdit

@@ -1,0 +1,132 @@
+// The model registry (models/registry.h): every registered transformer has a reference case, and what `plan`
+// predicts a rank holds equals what the loader actually takes on that rank, for tp in {1, 2, 4}, so plan and
+// loader cannot drift apart.
+#include "models/registry.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "../test_util.h"
+#include "app/plan.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
+
+using namespace meshdit;
+
+namespace {
+
+// The reference case of a diffusers class, "" when there is none.
+std::string fixture_of(const std::string& cls) {
+  const std::string dir = test::fixtures_dir();
+  for (const auto& c : test::case_names(dir)) {
+    auto meta = load_json(dir + "/" + c + "/meta.json");
+    if (meta.ok() && meta->contains("class") && (*meta)["class"] == "diffusers." + cls) return dir + "/" + c;
+  }
+  return "";
+}
+
+PlanRequest request(const std::string& model_dir, const TransformerArch& arch, int tp) {
+  PlanRequest r;
+  r.model = model_dir;
+  r.mesh = "1x" + std::to_string(tp);
+  r.parallel = "tp=" + std::to_string(tp);
+  r.width = 64;
+  r.height = 48;
+  r.text_tokens = 10;
+  r.dtype_bytes = 4;  // the checkpoints here are f32
+  if (arch.defaults.frames > 1) r.frames = 5;
+  return r;
+}
+
+// Per rank: the bytes the loader holds (measured from the tensors it got) against plan's prediction.
+void expect_plan_matches_loader(const TransformerArch& arch, const std::string& dir, int tp) {
+  SCOPED_TRACE(arch.name + " " + dir + " tp=" + std::to_string(tp));
+  auto cfg = arch.parse_config(dir + "/config.json");
+  ASSERT_TRUE(cfg.ok()) << cfg.error().message;
+  auto ck = Checkpoint::open(dir + "/diffusion_pytorch_model.safetensors");
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  auto plan = make_plan(request(dir, arch, tp));
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  ASSERT_EQ(plan->ranks.size(), size_t(tp));
+  for (int r = 0; r < tp; ++r) {
+    auto loaded = loaded_weights(arch, *ck, *cfg, tp, r);
+    ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+    int64_t bytes = 0;
+    for (const auto& w : *loaded) bytes += int64_t(w.local_bytes());
+    EXPECT_EQ(plan->ranks[size_t(r)].weight_bytes, bytes) << "rank " << r;
+    // The spec from the config alone names the same tensors with the same local shapes.
+    auto spec = weight_spec(arch, *cfg, tp, r, DType::F32);
+    ASSERT_TRUE(spec.ok()) << spec.error().message;
+    ASSERT_EQ(spec->size(), loaded->size());
+    for (size_t i = 0; i < spec->size(); ++i) {
+      EXPECT_EQ((*spec)[i].name, (*loaded)[i].name);
+      EXPECT_EQ((*spec)[i].local, (*loaded)[i].local) << (*spec)[i].name;
+      EXPECT_EQ((*spec)[i].shard, (*loaded)[i].shard) << (*spec)[i].name;
+    }
+    if (tp > 1) {
+      int sharded = 0;
+      for (const auto& w : *loaded) sharded += w.shard != Shard::Replicated && w.local != w.shape;
+      EXPECT_GT(sharded, 0) << "nothing sharded at tp=" << tp;
+    }
+  }
+}
+
+TEST(Registry, EveryModelHasAReferenceCaseAndPresets) {
+  ASSERT_FALSE(transformer_archs().empty());
+  for (const auto& a : transformer_archs()) {
+    ASSERT_FALSE(a.classes.empty()) << a.name;
+    EXPECT_NE(fixture_of(a.classes[0]), "") << a.name << ": no reference case of class " << a.classes[0];
+    EXPECT_EQ(find_transformer_arch(a.classes[0]), &a);
+    for (const auto& p : a.presets) {
+      auto spec = weight_spec(a, p.config(), 1, 0);
+      ASSERT_TRUE(spec.ok()) << p.name << ": " << spec.error().message;
+      EXPECT_GT(spec->size(), 10u) << p.name;
+    }
+  }
+  EXPECT_EQ(find_transformer_arch("UNet2DConditionModel"), nullptr);
+}
+
+// The fixture checkpoints (2 heads): tp 1 and 2 load them for real; tp=4 is refused by plan and loader alike.
+TEST(Registry, PlanBytesEqualLoadedBytesOnTheFixtures) {
+  for (const auto& a : transformer_archs()) {
+    const std::string dir = fixture_of(a.classes[0]);
+    ASSERT_NE(dir, "");
+    for (int tp : {1, 2}) expect_plan_matches_loader(a, dir, tp);
+    auto cfg = a.parse_config(dir + "/config.json");
+    ASSERT_TRUE(cfg.ok());
+    if (a.dims(*cfg).heads % 4 != 0) {
+      EXPECT_FALSE(make_plan(request(dir, a, 4)).ok()) << a.name;
+      auto ck = Checkpoint::open(dir + "/diffusion_pytorch_model.safetensors");
+      ASSERT_TRUE(ck.ok());
+      EXPECT_FALSE(loaded_weights(a, *ck, *cfg, 4, 0).ok()) << a.name;
+    }
+  }
+}
+
+// The same model widened to 4 heads, its checkpoint written from the spec: tp in {1, 2, 4} load it for real.
+TEST(Registry, PlanBytesEqualLoadedBytesAtFourHeads) {
+  for (const auto& a : transformer_archs()) {
+    const std::string dir = fixture_of(a.classes[0]);
+    ASSERT_NE(dir, "");
+    auto j = load_json(dir + "/config.json");
+    ASSERT_TRUE(j.ok());
+    Json c = *j;
+    const int64_t hd = c.value("attention_head_dim", int64_t(0));
+    ASSERT_GT(hd, 0) << a.name;
+    c["num_attention_heads"] = 4;
+    if (c.contains("caption_projection_dim")) c["caption_projection_dim"] = 4 * hd;  // SD3: = inner dim
+    const test::TempDir tmp(a.name);
+    tmp.write("config.json", c.dump(2));
+    auto cfg = a.parse_config(tmp.str() + "/config.json");
+    ASSERT_TRUE(cfg.ok()) << cfg.error().message;
+    auto spec = weight_spec(a, *cfg, 1, 0, DType::F32);
+    ASSERT_TRUE(spec.ok()) << spec.error().message;
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const auto& w : *spec) tensors.push_back({w.name, Tensor::zeros(w.shape)});
+    ASSERT_TRUE(save_safetensors(tmp.str() + "/diffusion_pytorch_model.safetensors", tensors).ok());
+    for (int tp : {1, 2, 4}) expect_plan_matches_loader(a, tmp.str(), tp);
+  }
+}
+
+}  // namespace
