@@ -75,6 +75,38 @@ struct Backend {
   void (*lerp)(const Tensor& a, const Tensor& b, float w, Tensor& y);  // y = a + w * (b - a)
   void (*clamp)(Tensor& x, float lo, float hi);                        // in place
   void (*mul)(const Tensor& a, const Tensor& b, Tensor& y);            // y = a * b
+
+  // ---- kernels for model code -------------------------------------------------------------------------
+  // What layers, models, encoders and schedulers computed in host loops before: with them in the table,
+  // model code never reads tensor memory, so a GPU backend needs no edits there. Inputs and outputs are
+  // contiguous; float tensors are float32 unless said otherwise. meshdit::ops (backend/model_ops.h) wraps
+  // them.
+  //
+  // cos, sin [L, sum(axes_dims)] from positions pos [L, axes_dims.size()]: axis a fills its block of columns
+  // in pairs, pair i of it cos/sin(pos[l, a] * theta^(-2i / dim_a)) evaluated in float64, then rounded
+  // (diffusers' get_1d_rotary_pos_embed with repeat_interleave_real, freqs_dtype float64).
+  void (*rope_tables)(const Tensor& pos, const std::vector<int>& axes_dims, double theta, Tensor& cos, Tensor& sin);
+  // y = sums / count, or with rstd 1 / sqrt(sums / count + eps), in float64 then rounded: GroupNorm moments
+  // from sums reduced over ranks.
+  void (*moments_from_sums)(const Tensor& sums, double count, double eps, bool rstd, Tensor& y);
+  // diffusers' blend_v (dim 2) / blend_h (dim 3) in place on b [B, C, h, w] from a [B, C, h', w'] (the other
+  // spatial extent equal): with e = min(extent, a's and b's size along dim), b's first e lines along dim
+  // become a's last e lines * (1 - t) + b * t, t = line / e.
+  void (*blend)(const Tensor& a, Tensor& b, int64_t extent, int dim);
+  // out [1, H, Lq, Lk] = table [buckets, H] at the int64 bucket ids [Lq, Lk] (T5's relative position bias);
+  // an id outside [0, buckets) aborts.
+  void (*gather_bias)(const Tensor& table, const Tensor& buckets, Tensor& out);
+  // y = 0 where mask > 0, else -inf: key padding as an additive attention bias.
+  void (*mask_to_bias)(const Tensor& mask, Tensor& y);
+  // On int64 x [R, L] -> int64 out [R]: the first position of each row's maximum (torch.argmax), or the first
+  // position equal to value (`missing` when none).
+  void (*argmax_rows)(const Tensor& x, Tensor& out);
+  void (*find_rows)(const Tensor& x, int64_t value, int64_t missing, Tensor& out);
+  // out [B, D] = x [B, L, D] at rows idx [B] (int64); an index outside [0, L) aborts.
+  void (*gather_rows)(const Tensor& x, const Tensor& idx, Tensor& out);
+  // out = a * x + b * y, each product rounded to float32 before the sum (y null: out = a * x): torch's
+  // float32 arithmetic in the schedulers' steps, bit for bit.
+  void (*axpby)(float a, const Tensor& x, float b, const Tensor* y, Tensor& out);
 };
 
 const Backend& cpu_backend();

@@ -86,6 +86,13 @@ Tensor Tensor::from_f32(const Shape& shape, const std::vector<float>& values) {
   return t;
 }
 
+Tensor Tensor::from_i64(const Shape& shape, const std::vector<int64_t>& values) {
+  Tensor t = empty(shape, DType::I64);
+  MD_CHECK(int64_t(values.size()) == t.numel(), "from_i64: value count does not match " + shape_str(shape));
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(int64_t));
+  return t;
+}
+
 Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner, bool read_only) {
   Tensor t;
   t.storage_ = std::make_shared<Storage>();

@@ -32,6 +32,7 @@ class Tensor {
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device dev = Device::CPU);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32);
   static Tensor from_f32(const Shape& shape, const std::vector<float>& values);
+  static Tensor from_i64(const Shape& shape, const std::vector<int64_t>& values);  // ids, masks
   // A view over external memory kept alive by `owner` (used for mmapped weights).
   static Tensor wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner, bool read_only);
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "backend/model_ops.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -90,21 +91,9 @@ Result<CLIPTextOutput> CLIPTextModel::forward(const Tensor& input_ids) const {
 
   // Pooling: the legacy configs (eos_token_id == 2) take argmax(input_ids), which is the first
   // end-of-text token because it has the largest id; newer configs take the first eos_token_id.
-  const int64_t* ids = input_ids.contiguous().data<int64_t>();
-  out.pooler_output = Tensor::empty({B, D});
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t at = 0;
-    if (cfg_.eos_token_id == 2) {
-      for (int64_t i = 1; i < L; ++i)
-        if (ids[b * L + i] > ids[b * L + at]) at = i;
-    } else {
-      at = L - 1;
-      for (int64_t i = 0; i < L; ++i)
-        if (ids[b * L + i] == cfg_.eos_token_id) { at = i; break; }
-    }
-    Tensor dst = out.pooler_output.select(0, b);
-    copy_into(out.last_hidden_state.select(0, b).select(0, at), dst);
-  }
+  const Tensor at =
+      cfg_.eos_token_id == 2 ? ops::argmax_rows(input_ids) : ops::find_rows(input_ids, cfg_.eos_token_id, L - 1);
+  out.pooler_output = ops::gather_rows(out.last_hidden_state, at);
   if (has_projection()) out.text_embeds = text_projection_(out.pooler_output);
   return out;
 }

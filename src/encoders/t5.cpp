@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "backend/model_ops.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -89,17 +90,13 @@ Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg, con
 }
 
 Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
-  const int64_t H = heads_.size();
-  std::vector<float> t = table.to_vector();  // [buckets, H] (this rank's heads)
-  Tensor bias = Tensor::empty({1, H, L, L});
-  float* p = bias.f32();
+  // The buckets depend only on the positions: host arithmetic, uploaded once, then gathered on the device.
+  std::vector<int64_t> buckets(size_t(L * L));
   for (int64_t i = 0; i < L; ++i)
-    for (int64_t j = 0; j < L; ++j) {
-      const int64_t bucket =
+    for (int64_t j = 0; j < L; ++j)
+      buckets[size_t(i * L + j)] =
           t5_relative_position_bucket(j - i, cfg_.relative_attention_num_buckets, cfg_.relative_attention_max_distance);
-      for (int64_t h = 0; h < H; ++h) p[(h * L + i) * L + j] = t[size_t(bucket * H + h)];
-    }
-  return bias;
+  return ops::gather_bias(table, Tensor::from_i64({L, L}, buckets));  // table: [buckets, this rank's heads]
 }
 
 Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,
@@ -115,9 +112,7 @@ Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attenti
   // Key padding enters as a large negative bias (transformers adds finfo.min), on top of the position bias.
   Tensor key_bias;
   if (attention_mask.defined()) {
-    std::vector<float> m = attention_mask.to_vector();
-    key_bias = Tensor::empty({B, 1, 1, L});
-    for (int64_t i = 0; i < B * L; ++i) key_bias.f32()[i] = m[size_t(i)] > 0 ? 0.0f : -INFINITY;
+    key_bias = ops::mask_to_bias(attention_mask).reshape({B, 1, 1, L});
   }
   AttentionMask mask;
   for (size_t li = 0; li < blocks_.size(); ++li) {

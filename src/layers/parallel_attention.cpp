@@ -1,7 +1,6 @@
 #include "layers/parallel_attention.h"
 
 #include "backend/ops.h"
-#include "core/trace.h"
 #include "parallel/collectives.h"
 
 namespace meshdit {
@@ -51,20 +50,13 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
   for (int s = 1; s < P; ++s) {
     const int origin = (r - s + P) % P;  // whose shard arrives at this step
     Tensor next = Tensor::empty({2, B, seq.img_sizes[size_t(origin)], H, D});
-    {
-      Span span("comm", "ring_send_recv." + sp.name());
-      span.set_bytes(int64_t(cur.nbytes() + next.nbytes()));
-      sp.send_recv_start(cur.f32(), cur.numel(), right, next.f32(), next.numel(), left);
-    }
+    send_recv_start(cur, right, next, left, sp);
     // Overlap: fold in the block we hold while the next one travels.
     if (s == 1)
       ops::attention_accumulate(q, k, v, scale, st);  // text + my own shard
     else
       ops::attention_accumulate(q, cur.select(0, 0), cur.select(0, 1), scale, st);
-    {
-      Span span("comm", "ring_wait." + sp.name());
-      sp.send_recv_wait();
-    }
+    send_recv_wait(sp);
     cur = next;
   }
   if (P == 1)
@@ -99,11 +91,7 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
       copy_into(img(*qkv[t]).slice(2, d * Hh, (d + 1) * Hh), dst);
     }
   Tensor recv = Tensor::empty({3 * B * n_all * Hh * D});
-  {
-    Span span("comm", "ulysses_all_to_all." + sp.name());
-    span.set_bytes(int64_t(send.nbytes() + recv.nbytes()));
-    sp.all_to_all_v(send.f32(), send_counts, recv.f32(), recv_counts);
-  }
+  all_to_all_v(send, send_counts, recv, recv_counts, sp);
   // Source s sent [3, B, n_s, Hh, D]: stitch the full image sequence of my heads together, in rank order.
   Tensor full[3];
   for (int t = 0; t < 3; ++t) full[t] = Tensor::empty({B, n_all, Hh, D});
@@ -141,11 +129,7 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
     at += n;
   }
   Tensor recv2 = Tensor::empty({int64_t(P), B, p.n_img, Hh, D});
-  {
-    Span span("comm", "ulysses_all_to_all." + sp.name());
-    span.set_bytes(int64_t(send2.nbytes() + recv2.nbytes()));
-    sp.all_to_all_v(send2.f32(), back_send, recv2.f32(), back_recv);
-  }
+  all_to_all_v(send2, back_send, recv2, back_recv, sp);
   Tensor o_img = Tensor::empty({B, p.n_img, Hl, D});
   for (int s = 0; s < P; ++s) {
     Tensor dst = o_img.slice(2, s * Hh, (s + 1) * Hh);

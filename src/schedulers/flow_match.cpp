@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "backend/model_ops.h"
+
 namespace meshdit {
 
 // ---- config -------------------------------------------------------------------------------------------------
@@ -257,11 +259,8 @@ Result<int64_t> FlowMatchEulerScheduler::index_for_timestep(float timestep) cons
 namespace {
 
 // torch's result dtype for (0-dim float32 tensor) * (tensor of dtype `dt`): `dt`. Rounds a float32 product
-// to it.
-std::vector<float> round_to(std::vector<float> v, const Shape& shape, DType dt) {
-  if (dt == DType::F32) return v;
-  return Tensor::from_f32(shape, v).to(dt).to_vector();
-}
+// to it (and back to float32, where the rest of the step computes).
+Tensor round_to(const Tensor& v, DType dt) { return dt == DType::F32 ? v : v.to(dt).to(DType::F32); }
 
 Status check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
   if (a.shape() != b.shape())
@@ -297,32 +296,21 @@ Result<Tensor> FlowMatchEulerScheduler::step(const Tensor& model_output, float t
                       std::to_string(num_inference_steps_) + "-step schedule");
   const float sigma = sigmas_[size_t(idx)], sigma_next = sigmas_[size_t(idx) + 1];
   const DType out_dt = model_output.dtype() == DType::F64 ? DType::F32 : model_output.dtype();
-  const std::vector<float> x = sample.to_vector();  // sample.to(float32)
-  const std::vector<float> m = model_output.to_vector();
-  const Shape& shape = sample.shape();
-  std::vector<float> out(x.size());
+  // sample.to(float32) and model_output are read as float32 by the ops; 1.0f * v is v exactly, so
+  // axpby(1, x, c, y) is x + c * y and axpby(1, x, -1, p) is x - p, each rounded as torch rounds them.
+  Tensor result;
   if (cfg_.stochastic_sampling) {
-    std::vector<float> p(m.size());
-    for (size_t i = 0; i < m.size(); ++i) p[i] = sigma * m[i];
-    p = round_to(std::move(p), shape, out_dt);
-    Tensor noise = generator->randn(shape);
-    const float* nz = noise.f32();
+    const Tensor p = round_to(ops::scale(model_output, sigma), out_dt);
+    const Tensor noise = generator->randn(sample.shape());
     const float keep = 1.0f - sigma_next;
-    for (size_t i = 0; i < x.size(); ++i) {
-      const float x0 = x[i] - p[i];
-      const float a = keep * x0;
-      const float b = sigma_next * nz[i];
-      out[i] = a + b;
-    }
+    const Tensor x0 = ops::axpby(1.0f, sample, -1.0f, p);
+    result = ops::axpby(keep, x0, sigma_next, noise);
   } else {
     const float dt = sigma_next - sigma;
-    std::vector<float> p(m.size());
-    for (size_t i = 0; i < m.size(); ++i) p[i] = dt * m[i];
-    p = round_to(std::move(p), shape, out_dt);
-    for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] + p[i];
+    const Tensor p = round_to(ops::scale(model_output, dt), out_dt);
+    result = ops::axpby(1.0f, sample, 1.0f, p);
   }
   step_index_ = idx + 1;
-  Tensor result = Tensor::from_f32(shape, out);
   return out_dt == DType::F32 ? result : result.to(out_dt);
 }
 
@@ -340,15 +328,8 @@ Result<Tensor> FlowMatchEulerScheduler::scale_noise(const Tensor& sample, float 
     return make_error("FlowMatchEulerDiscreteScheduler.scale_noise: index " + std::to_string(idx) +
                       " is outside the schedule");
   const float sigma = sigmas_[size_t(idx)];
-  const std::vector<float> x = sample.to_vector(), nz = noise.to_vector();
-  std::vector<float> out(x.size());
   const float keep = 1.0f - sigma;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const float a = sigma * nz[i];
-    const float b = keep * x[i];
-    out[i] = a + b;
-  }
-  Tensor result = Tensor::from_f32(sample.shape(), out);
+  const Tensor result = ops::axpby(sigma, noise, keep, sample);  // sigma * noise + (1 - sigma) * sample
   return sample.dtype() == DType::F32 ? result : result.to(sample.dtype());
 }
 

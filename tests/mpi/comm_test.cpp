@@ -3,6 +3,7 @@
 
 #include <numeric>
 
+#include "parallel/collectives.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_comm.h"
 
@@ -74,6 +75,51 @@ TEST(MpiComm, AllToAllVRingAndStrings) {
   } else {
     EXPECT_TRUE(strs.empty());
   }
+}
+
+// The tensor-level exchanges of parallel/collectives.h that layers and models call.
+TEST(Collectives, TensorExchangesMatchTheBufferCalls) {
+  auto w = world_communicator();
+  const int R = w->size(), r = w->rank();
+  const Tensor mine = Tensor::from_f32({2, 1}, {float(r), float(-r)});
+  const Tensor all = all_gather_stacked(mine, *w);
+  ASSERT_EQ(all.shape(), (Shape{int64_t(R), 2, 1}));
+  const std::vector<float> av = all.to_vector();
+  for (int q = 0; q < R; ++q) {
+    EXPECT_EQ(av[size_t(2 * q)], float(q));
+    EXPECT_EQ(av[size_t(2 * q + 1)], float(-q));
+  }
+
+  // A non-periodic halo: the first rank receives nothing from above, the last sends nothing below.
+  const int up = r > 0 ? r - 1 : -1, down = r + 1 < R ? r + 1 : -1;
+  const Tensor row = Tensor::from_f32({3}, {float(r), float(r), float(r)});
+  Tensor from_below = down >= 0 ? Tensor::empty({3}) : Tensor();
+  send_recv(row, up, from_below, down, *w);
+  if (down >= 0) EXPECT_EQ(from_below.to_vector(), std::vector<float>(3, float(down)));
+
+  // The ring step, posted then completed; a strided send is copied (blocking) or refused (posted).
+  const int right = (r + 1) % R, left = (r + R - 1) % R;
+  Tensor in = Tensor::empty({2});
+  send_recv_start(Tensor::from_f32({2}, {float(r), 1.0f}), right, in, left, *w);
+  send_recv_wait(*w);
+  EXPECT_EQ(in.to_vector(), (std::vector<float>{float(left), 1.0f}));
+  const Tensor wide = Tensor::from_f32({2, 2}, {float(r), 0.0f, float(r), 0.0f});
+  send_recv(wide.slice(1, 0, 1), right, in, left, *w);
+  EXPECT_EQ(in.to_vector(), (std::vector<float>{float(left), float(left)}));
+
+  // Rank r sends q + 1 copies of 10 r + q to rank q.
+  std::vector<int64_t> sc(static_cast<size_t>(R)), rc(static_cast<size_t>(R));
+  std::vector<float> send;
+  for (int q = 0; q < R; ++q) {
+    sc[size_t(q)] = q + 1;
+    rc[size_t(q)] = r + 1;
+    for (int i = 0; i <= q; ++i) send.push_back(float(10 * r + q));
+  }
+  Tensor recv = Tensor::empty({int64_t(R), r + 1});
+  all_to_all_v(Tensor::from_f32({int64_t(send.size())}, send), sc, recv, rc, *w);
+  const std::vector<float> rv = recv.to_vector();
+  for (int q = 0; q < R; ++q)
+    for (int i = 0; i <= r; ++i) EXPECT_EQ(rv[size_t(q * (r + 1) + i)], float(10 * q + r));
 }
 
 TEST(Mesh, GroupsFollowTheRankLayout) {

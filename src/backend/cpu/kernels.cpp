@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/conv.h"
 #include "backend/cpu/elementwise.h"
+#include "backend/cpu/model_kernels.h"
 #include "backend/cpu/vec_math.h"
 #include "core/thread_pool.h"
 
@@ -467,6 +468,16 @@ const Backend& cpu_backend() {
       cpu::lerp,
       cpu::clamp,
       cpu::mul,
+      // kernels for model code (backend/cpu/model_kernels.h)
+      cpu::rope_tables,
+      cpu::moments_from_sums,
+      cpu::blend,
+      cpu::gather_bias,
+      cpu::mask_to_bias,
+      cpu::argmax_rows,
+      cpu::find_rows,
+      cpu::gather_rows,
+      cpu::axpby,
   };
   return b;
 }

@@ -56,18 +56,17 @@ Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, 
   }
   const int64_t n = int64_t(texts.size()), len = pad ? int64_t(max_length) : longest;
   TokenizedBatch b;
-  b.input_ids = Tensor::empty({n, len}, DType::I64);
-  b.attention_mask = Tensor::empty({n, len}, DType::I64);
-  int64_t* ids = b.input_ids.data<int64_t>();
-  int64_t* mask = b.attention_mask.data<int64_t>();
+  std::vector<int64_t> ids(size_t(n * len)), mask(size_t(n * len));
   for (int64_t r = 0; r < n; ++r) {
     const auto& row = rows[size_t(r)];
     for (int64_t j = 0; j < len; ++j) {
       const bool real = j < int64_t(row.size());
-      ids[r * len + j] = real ? row[size_t(j)] : pad_id_;
-      mask[r * len + j] = real ? 1 : 0;
+      ids[size_t(r * len + j)] = real ? row[size_t(j)] : pad_id_;
+      mask[size_t(r * len + j)] = real ? 1 : 0;
     }
   }
+  b.input_ids = Tensor::from_i64({n, len}, ids);
+  b.attention_mask = Tensor::from_i64({n, len}, mask);
   return b;
 }
 

@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "backend/model_ops.h"
 #include "core/trace.h"
 #include "io/json_config.h"
 #include "parallel/collectives.h"
@@ -128,26 +129,8 @@ Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxCo
 
 RopeTables FluxTransformer::rope_tables(const Tensor& ids) const {
   // get_1d_rotary_pos_embed per axis with float64 frequencies, repeat_interleave(2), then float32.
-  const int64_t L = ids.size(0), n_axes = ids.size(1);
-  const int64_t D = cfg_.attention_head_dim;
-  std::vector<float> pos = ids.to_vector();
-  RopeTables t{Tensor::empty({L, D}), Tensor::empty({L, D})};
-  float* c = t.cos.f32();
-  float* s = t.sin.f32();
-  for (int64_t l = 0; l < L; ++l) {
-    int64_t col = 0;
-    for (int64_t a = 0; a < n_axes && a < int64_t(cfg_.axes_dims_rope.size()); ++a) {
-      const int dim = cfg_.axes_dims_rope[size_t(a)];
-      for (int i = 0; i < dim / 2; ++i) {
-        const double freq = 1.0 / std::pow(cfg_.rope_theta, double(2 * i) / double(dim));
-        const double angle = double(pos[size_t(l * n_axes + a)]) * freq;
-        c[l * D + col] = c[l * D + col + 1] = float(std::cos(angle));
-        s[l * D + col] = s[l * D + col + 1] = float(std::sin(angle));
-        col += 2;
-      }
-    }
-  }
-  return t;
+  auto [cos, sin] = ops::rope_tables(ids, cfg_.axes_dims_rope, cfg_.rope_theta);
+  return RopeTables{cos, sin};
 }
 
 Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
@@ -176,12 +159,8 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   Tensor x = x_embedder_(hidden_states.to(DType::F32));
   report(hooks, "hook.x_embedder", x);
 
-  // The model scales t (and guidance) by 1000 in its own dtype before the float32 sinusoid.
-  auto times_1000 = [](const Tensor& t) {
-    std::vector<float> v = t.to_vector();
-    for (auto& e : v) e = float(double(e) * 1000.0);
-    return Tensor::from_f32({int64_t(v.size())}, v);
-  };
+  // The model scales t (and guidance) by 1000 before the float32 sinusoid: one rounded float32 product.
+  auto times_1000 = [](const Tensor& t) { return ops::scale(t, 1000.0f); };
   Tensor temb = timestep_embedder_(times_1000(timestep));
   if (guidance_embedder_) ops::add_(temb, (*guidance_embedder_)(times_1000(guidance)));
   ops::add_(temb, text_embedder_(pooled_projections.to(DType::F32)));

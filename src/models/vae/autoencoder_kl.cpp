@@ -17,7 +17,9 @@
 #include <cmath>
 #include <utility>
 
+#include "backend/model_ops.h"
 #include "io/json_config.h"
+#include "parallel/collectives.h"
 
 namespace meshdit {
 
@@ -274,42 +276,6 @@ Tensor Decoder::operator()(const Tensor& z, const Hooks* hooks) const {
 
 // ---- tiling ------------------------------------------------------------------------------------------
 
-namespace {
-
-// diffusers blend_v / blend_h: the first e = min(extent, both sizes) rows (columns) of b become
-// a[last e] * (1 - t) + b * t with t = y / e; both contiguous [B, C, h, w] with matching other extent.
-void blend_rows(const Tensor& a, Tensor& b, int64_t extent) {
-  const int64_t ha = a.size(2), hb = b.size(2), w = b.size(3), planes = b.size(0) * b.size(1);
-  const int64_t e = std::min({ha, hb, extent});
-  const float* ap = a.f32();
-  float* bp = b.f32();
-  for (int64_t y = 0; y < e; ++y) {
-    const float t = float(double(y) / double(e)), s = float(1.0 - double(y) / double(e));
-    for (int64_t pl = 0; pl < planes; ++pl) {
-      const float* ar = ap + (pl * ha + ha - e + y) * w;
-      float* br = bp + (pl * hb + y) * w;
-      for (int64_t x = 0; x < w; ++x) br[x] = ar[x] * s + br[x] * t;
-    }
-  }
-}
-
-void blend_cols(const Tensor& a, Tensor& b, int64_t extent) {
-  const int64_t wa = a.size(3), wb = b.size(3), rows = b.size(0) * b.size(1) * b.size(2);
-  const int64_t e = std::min({wa, wb, extent});
-  const float* ap = a.f32();
-  float* bp = b.f32();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* ar = ap + r * wa + wa - e;
-    float* br = bp + r * wb;
-    for (int64_t x = 0; x < e; ++x) {
-      const float t = float(double(x) / double(e)), s = float(1.0 - double(x) / double(e));
-      br[x] = ar[x] * s + br[x] * t;
-    }
-  }
-}
-
-}  // namespace
-
 Result<Tensor> tiled_decode(const Tensor& z, int64_t tile, int64_t overlap, int64_t scale,
                             const TileDecoder& decode_tile) {
   if (z.dim() != 4) return make_error("tiled decode: latents " + shape_str(z.shape()) + " must be [B, C, h, w]");
@@ -330,8 +296,8 @@ Result<Tensor> tiled_decode(const Tensor& z, int64_t tile, int64_t overlap, int6
                           shape_str(d.shape()) + ", not " + std::to_string(scale) + "x larger");
       d = d.to(DType::F32).contiguous();
       if (!out.defined()) out = Tensor::empty({z.size(0), d.size(1), H * scale, W * scale});
-      if (i > 0) blend_rows(above[size_t(col)], d, blend);
-      if (j > 0) blend_cols(row.back(), d, blend);
+      if (i > 0) ops::blend_(above[size_t(col)], d, blend, 2);
+      if (j > 0) ops::blend_(row.back(), d, blend, 3);
       const int64_t oh = std::min(limit, d.size(2)), ow = std::min(limit, d.size(3));
       Tensor dst = out.slice(2, i * scale, i * scale + oh).slice(3, j * scale, j * scale + ow);
       copy_into(d.slice(2, 0, oh).slice(3, 0, ow), dst);
@@ -380,8 +346,7 @@ Tensor gather_rows(const Tensor& band, const RowSplit& rs) {
   Tensor send = Tensor::zeros({B, C, tall, W});
   Tensor mine = send.slice(2, 0, band.size(2));
   copy_into(band, mine);
-  Tensor recv = Tensor::empty({int64_t(P), B, C, tall, W});
-  rs.comm().all_gather(send.f32(), send.numel(), recv.f32());
+  const Tensor recv = all_gather_stacked(send, rs.comm());  // [P, B, C, tall, W]
   std::vector<Tensor> parts;
   for (int r = 0; r < P; ++r) parts.push_back(recv.select(0, r).slice(2, 0, rs.band_rows(r)));
   return concat(parts, 2);
@@ -403,7 +368,7 @@ Tensor conv_rows(const Conv2d& conv, const Tensor& x, const RowSplit& rs) {
   MD_CHECK(p.stride_h == 1 && p.pad_bottom == halo && conv.weight.size(2) == 2 * halo + 1,
            "row-split conv: needs stride 1 and a kernel 2 * padding + 1 rows tall, got kernel " +
                shape_str(conv.weight.shape()));
-  const int64_t B = x.size(0), C = x.size(1), h = x.size(2), W = x.size(3), n = B * C * halo * W;
+  const int64_t B = x.size(0), C = x.size(1), h = x.size(2), W = x.size(3);
   MD_CHECK(h >= halo, "row-split conv: a band of " + std::to_string(h) + " rows is thinner than the halo");
   const int up = rs.above(), down = rs.below();
   Tensor top = x.slice(2, 0, halo).contiguous(), bottom = x.slice(2, h - halo, h).contiguous();
@@ -411,8 +376,8 @@ Tensor conv_rows(const Conv2d& conv, const Tensor& x, const RowSplit& rs) {
   if (up >= 0) from_above = Tensor::empty({B, C, halo, W});
   if (down >= 0) from_below = Tensor::empty({B, C, halo, W});
   // Upward then downward: each is one matched pair per boundary, so no rank waits on a cycle.
-  rs.comm().send_recv(top.f32(), up >= 0 ? n : 0, up, down >= 0 ? from_below.f32() : nullptr, down >= 0 ? n : 0, down);
-  rs.comm().send_recv(bottom.f32(), down >= 0 ? n : 0, down, up >= 0 ? from_above.f32() : nullptr, up >= 0 ? n : 0, up);
+  send_recv(top, up, from_below, down, rs.comm());
+  send_recv(bottom, down, from_above, up, rs.comm());
   std::vector<Tensor> parts;
   if (up >= 0) parts.push_back(from_above);
   parts.push_back(x);
@@ -427,17 +392,14 @@ Tensor conv_rows(const Conv2d& conv, const Tensor& x, const RowSplit& rs) {
 // GroupNorm with the statistics of the whole image: the two passes of group_norm's own variance (mean,
 // then the mean squared deviation from it), each a local sum reduced over the group.
 Tensor norm_rows(const GroupNorm& norm, const Tensor& x, Act act, const RowSplit& rs) {
-  const int64_t B = x.size(0), G = norm.groups;
+  const int64_t G = norm.groups;
   const double count = double(x.size(1) / G) * double(rs.total_rows()) * double(x.size(3));
   Tensor sums = ops::group_sums(x, G);
-  rs.comm().all_reduce_sum(sums.f32(), B * G);
-  Tensor mean = Tensor::empty({B, G});
-  for (int64_t i = 0; i < B * G; ++i) mean.f32()[i] = float(double(sums.f32()[i]) / count);
+  all_reduce_(sums, rs.comm());
+  const Tensor mean = ops::mean_from_sums(sums, count);
   Tensor ssd = ops::group_sums(x, G, &mean);
-  rs.comm().all_reduce_sum(ssd.f32(), B * G);
-  Tensor rstd = Tensor::empty({B, G});
-  for (int64_t i = 0; i < B * G; ++i)
-    rstd.f32()[i] = float(1.0 / std::sqrt(double(ssd.f32()[i]) / count + double(norm.eps)));
+  all_reduce_(ssd, rs.comm());
+  const Tensor rstd = ops::rstd_from_sums(ssd, count, double(norm.eps));
   return ops::group_norm_apply(x, G, mean, rstd, norm.weight.defined() ? &norm.weight : nullptr,
                                norm.bias.defined() ? &norm.bias : nullptr, act);
 }
@@ -463,8 +425,7 @@ Tensor attention_rows(const SpatialSelfAttention& a, const Tensor& x, const RowS
     copy_into((i == 0 ? a.to_k : a.to_v)(tokens), dst);
   }
   tokens = Tensor();
-  Tensor all = Tensor::empty({int64_t(P), 2, B, tall, C});
-  rs.comm().all_gather(kv.f32(), kv.numel(), all.f32());
+  Tensor all = all_gather_stacked(kv, rs.comm());  // [P, 2, B, tall, C]
   kv = Tensor();
   std::vector<Tensor> ks, vs;
   for (int r = 0; r < P; ++r) {
@@ -584,11 +545,7 @@ Result<DiagonalGaussian> AutoencoderKL::encode(const Tensor& image, const Hooks*
   if (quant_conv_) moments = (*quant_conv_)(moments);
   auto parts = moments.chunk(2, 1);  // mean, logvar
   DiagonalGaussian post{parts[0].contiguous(), parts[1].contiguous()};
-  float* lv = post.logvar.f32();
-  for (int64_t i = 0; i < post.logvar.numel(); ++i) {  // torch.clamp: NaN stays NaN
-    if (lv[i] > 20.0f) lv[i] = 20.0f;
-    if (lv[i] < -30.0f) lv[i] = -30.0f;
-  }
+  ops::clamp_(post.logvar, -30.0f, 20.0f);  // torch.clamp: NaN stays NaN
   return post;
 }
 

@@ -1,0 +1,194 @@
+// The kernels for model code (backend/model_ops.h) against plain double-precision loops written here. The
+// ones that replace host loops whose float32 rounding the fixtures pin down (RoPE tables, GroupNorm
+// moments, the Euler step's axpby) are checked bit for bit against that rounding.
+#include "backend/model_ops.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../test_util.h"
+#include "core/tensor.h"
+
+using namespace meshdit;
+
+namespace {
+
+using test::random_tensor;
+
+constexpr double kEps32 = 1.1920928955078125e-07;  // float32 machine epsilon
+
+// a * b rounded once to float32: the product of two floats is exact in double.
+float mul32(float a, float b) { return float(double(a) * double(b)); }
+// a + b rounded once to float32, without a fused multiply-add in sight (volatile keeps the operands).
+float add32(float a, float b) {
+  volatile float x = a, y = b;
+  return x + y;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
+
+TEST(ModelOpsRope, TablesMatchFloat64Frequencies) {
+  const std::vector<int> axes{4, 6, 2};
+  const double theta = 10000.0;
+  const int64_t L = 7, D = 12;
+  std::vector<float> pos;
+  for (int64_t l = 0; l < L; ++l)
+    for (size_t a = 0; a < axes.size(); ++a) pos.push_back(float(l * 3 + int64_t(a)) - 4.5f + 0.25f * float(l));
+  auto [cos, sin] = ops::rope_tables(Tensor::from_f32({L, 3}, pos), axes, theta);
+  ASSERT_EQ(cos.shape(), (Shape{L, D}));
+  ASSERT_EQ(sin.shape(), (Shape{L, D}));
+  const std::vector<float> c = cos.to_vector(), s = sin.to_vector();
+  for (int64_t l = 0; l < L; ++l) {
+    int64_t col = 0;
+    for (size_t a = 0; a < axes.size(); ++a)
+      for (int i = 0; i < axes[a] / 2; ++i, col += 2) {
+        const double angle = double(pos[size_t(l * 3) + a]) * std::pow(theta, -double(2 * i) / double(axes[a]));
+        for (int64_t k = col; k < col + 2; ++k) {
+          EXPECT_NEAR(c[size_t(l * D + k)], std::cos(angle), kEps32) << "l " << l << " col " << k;
+          EXPECT_NEAR(s[size_t(l * D + k)], std::sin(angle), kEps32) << "l " << l << " col " << k;
+        }
+      }
+  }
+}
+
+TEST(ModelOpsRope, PositionsInAnyFloatDtype) {
+  const Tensor pos = Tensor::from_f32({2, 1}, {3.0f, -1.0f});
+  auto [c32, s32] = ops::rope_tables(pos, {4}, 256.0);
+  auto [c16, s16] = ops::rope_tables(pos.to(DType::BF16), {4}, 256.0);
+  EXPECT_EQ(c32.to_vector(), c16.to_vector());
+  EXPECT_EQ(s32.to_vector(), s16.to_vector());
+}
+
+TEST(ModelOpsMoments, MeanAndRstdInFloat64) {
+  const Tensor sums = random_tensor({3, 4}, 5, 100.0f);
+  Tensor ssd = random_tensor({3, 4}, 6, 50.0f);
+  std::vector<float> sv = ssd.to_vector();
+  for (auto& v : sv) v = std::fabs(v);
+  ssd = Tensor::from_f32({3, 4}, sv);
+  const double count = 4.0 * 37.0 * 19.0, eps = 1e-6;
+  const std::vector<float> mean = ops::mean_from_sums(sums, count).to_vector();
+  const std::vector<float> rstd = ops::rstd_from_sums(ssd, count, eps).to_vector();
+  const std::vector<float> s = sums.to_vector();
+  for (size_t i = 0; i < s.size(); ++i) {
+    EXPECT_TRUE(same_bits(mean[i], float(double(s[i]) / count))) << i;
+    EXPECT_TRUE(same_bits(rstd[i], float(1.0 / std::sqrt(double(sv[i]) / count + eps)))) << i;
+  }
+}
+
+// diffusers' blend_v / blend_h in double.
+std::vector<double> blend_ref(const Tensor& a, const Tensor& b, int64_t extent, int dim) {
+  const std::vector<float> av = a.to_vector(), bv = b.to_vector();
+  std::vector<double> out(bv.begin(), bv.end());
+  const int64_t B = b.size(0), C = b.size(1), hb = b.size(2), wb = b.size(3), ha = a.size(2), wa = a.size(3);
+  const int64_t e = std::min({dim == 2 ? ha : wa, dim == 2 ? hb : wb, extent});
+  for (int64_t n = 0; n < B * C; ++n)
+    for (int64_t y = 0; y < hb; ++y)
+      for (int64_t x = 0; x < wb; ++x) {
+        const int64_t k = dim == 2 ? y : x;
+        if (k >= e) continue;
+        const double t = double(k) / double(e);
+        const double av_ =
+            dim == 2 ? av[size_t((n * ha + ha - e + y) * wa + x)] : av[size_t((n * ha + y) * wa + wa - e + x)];
+        out[size_t((n * hb + y) * wb + x)] = av_ * (1 - t) + double(bv[size_t((n * hb + y) * wb + x)]) * t;
+      }
+  return out;
+}
+
+TEST(ModelOpsBlend, RowsAndColumnsAgainstDiffusersFormula) {
+  struct Case {
+    Shape a, b;
+    int64_t extent;
+    int dim;
+  };
+  const Case cases[] = {{{2, 3, 6, 5}, {2, 3, 4, 5}, 3, 2},   // above: a taller than the extent
+                        {{1, 2, 2, 5}, {1, 2, 6, 5}, 4, 2},   // a shorter than the extent
+                        {{2, 3, 4, 7}, {2, 3, 4, 3}, 5, 3},   // left: b narrower than the extent
+                        {{1, 1, 3, 6}, {1, 1, 3, 6}, 0, 3}};  // no overlap: b unchanged
+  unsigned seed = 10;
+  for (const Case& c : cases) {
+    const Tensor a = random_tensor(c.a, seed++);
+    Tensor b = random_tensor(c.b, seed++);
+    const std::vector<double> ref = blend_ref(a, b, c.extent, c.dim);
+    ops::blend_(a, b, c.extent, c.dim);
+    const std::vector<float> got = b.to_vector();
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_NEAR(got[i], ref[i], 4 * kEps32 * (1 + std::fabs(ref[i])))
+          << shape_str(c.b) << " dim " << c.dim << " at " << i;
+  }
+}
+
+TEST(ModelOpsGatherBias, StridedBf16TableByBuckets) {
+  // A column slice of a bf16 table, as T5 keeps this rank's heads of relative_attention_bias.
+  const Tensor full = random_tensor({5, 4}, 20).to(DType::BF16);
+  const Tensor table = full.slice(1, 1, 3);
+  const int64_t Lq = 3, Lk = 4;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < Lq * Lk; ++i) ids.push_back((i * 7) % 5);
+  const Tensor out = ops::gather_bias(table, Tensor::from_i64({Lq, Lk}, ids));
+  ASSERT_EQ(out.shape(), (Shape{1, 2, Lq, Lk}));
+  const std::vector<float> f = full.to_vector(), got = out.to_vector();
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t i = 0; i < Lq * Lk; ++i)
+      EXPECT_EQ(got[size_t(h * Lq * Lk + i)], f[size_t(ids[size_t(i)] * 4 + 1 + h)]);
+}
+
+TEST(ModelOpsMaskToBias, IntAndFloatMasks) {
+  const Tensor mi = Tensor::from_i64({2, 3}, {1, 1, 0, 1, 0, 0});
+  const std::vector<float> bi = ops::mask_to_bias(mi).to_vector();
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(bi, (std::vector<float>{0, 0, -inf, 0, -inf, -inf}));
+  const std::vector<float> bf = ops::mask_to_bias(Tensor::from_f32({4}, {0.5f, 0.0f, -1.0f, 2.0f})).to_vector();
+  EXPECT_EQ(bf, (std::vector<float>{0, -inf, -inf, 0}));
+}
+
+TEST(ModelOpsRows, ArgmaxFindAndGather) {
+  const Tensor ids = Tensor::from_i64({3, 5}, {4, 9, 2, 9, 0,  //
+                                               7, 7, 7, 7, 7,  //
+                                               1, 2, 3, 4, 5});
+  EXPECT_EQ(ops::argmax_rows(ids).shape(), Shape{3});
+  const Tensor am = ops::argmax_rows(ids);
+  const Tensor fr = ops::find_rows(ids, 7, -1), fr9 = ops::find_rows(ids, 9, 4);
+  const std::vector<float> amv = am.to(DType::F32).to_vector(), frv = fr.to(DType::F32).to_vector(),
+                           fr9v = fr9.to(DType::F32).to_vector();
+  EXPECT_EQ(amv, (std::vector<float>{1, 0, 4}));    // the first maximum, as torch.argmax
+  EXPECT_EQ(frv, (std::vector<float>{-1, 0, -1}));  // missing where the value is absent
+  EXPECT_EQ(fr9v, (std::vector<float>{1, 4, 4}));
+
+  const Tensor x = random_tensor({3, 5, 4}, 30);
+  const Tensor rows = ops::gather_rows(x, am);
+  ASSERT_EQ(rows.shape(), (Shape{3, 4}));
+  const std::vector<float> xv = x.to_vector(), rv = rows.to_vector();
+  const int64_t at[3] = {1, 0, 4};
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t d = 0; d < 4; ++d) EXPECT_EQ(rv[size_t(b * 4 + d)], xv[size_t((b * 5 + at[b]) * 4 + d)]);
+}
+
+TEST(ModelOpsAxpby, EachProductRoundedThenTheSum) {
+  // Big enough to take several pool tasks.
+  const int64_t n = (1 << 16) + 37;
+  const Tensor x = random_tensor({n}, 40, 3.0f), y = random_tensor({n}, 41, 0.5f);
+  const float a = 0.8537f, b = -0.0412f;
+  const std::vector<float> xv = x.to_vector(), yv = y.to_vector();
+  const std::vector<float> got = ops::axpby(a, x, b, y).to_vector();
+  const std::vector<float> sc = ops::scale(y, b).to_vector();
+  const std::vector<float> euler = ops::axpby(1.0f, x, b, y).to_vector();  // sample + dt * model_output
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t k = size_t(i);
+    ASSERT_TRUE(same_bits(got[k], add32(mul32(a, xv[k]), mul32(b, yv[k])))) << i;
+    ASSERT_TRUE(same_bits(sc[k], mul32(b, yv[k]))) << i;
+    ASSERT_TRUE(same_bits(euler[k], add32(xv[k], mul32(b, yv[k])))) << i;
+  }
+}
+
+TEST(ModelOpsAxpby, ReadsOtherFloatDtypesAsFloat32) {
+  const Tensor x = random_tensor({33}, 50).to(DType::BF16), y = random_tensor({33}, 51).to(DType::F16);
+  const std::vector<float> ref = ops::axpby(0.5f, x.to(DType::F32), 2.0f, y.to(DType::F32)).to_vector();
+  EXPECT_EQ(ops::axpby(0.5f, x, 2.0f, y).to_vector(), ref);
+}
+
+}  // namespace
