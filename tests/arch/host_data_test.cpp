@@ -27,9 +27,6 @@ const std::map<std::string, std::string> kAllowed = {
     // Hands a tensor's buffer address to the communicator, which works on the memory of the tensor's
     // device (host memory for MPI, device memory for NCCL): the one place tensors meet raw buffers.
     {"src/parallel/collectives.cpp", "buffer addresses for the communicator"},
-    // madvise() on the mapped pages of a weight: a property of the mapping, not a read of the values.
-    // Temporary: it moves to src/io/ with weight placement (issue #7).
-    {"src/layers/linear.cpp", "madvise of mapped weight pages"},
 };
 
 // Tensor's host accessors: data<T>(), f32(), raw() and to_vector().
