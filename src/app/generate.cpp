@@ -15,7 +15,7 @@
 #include "io/json_config.h"
 #include "io/png.h"
 #include "parallel/mpi_comm.h"
-#include "pipelines/flux.h"
+#include "pipelines/pipeline.h"
 
 namespace fs = std::filesystem;
 
@@ -101,11 +101,8 @@ int run_generate(const GenerateCommand& cmd) {
     if (!existed) fs::remove(out);
   }
 
-  auto folder = DiffusersFolder::open(model);
-  if (!folder.ok()) return fail(folder.error().message);
-  if (folder->class_name != "FluxPipeline")
-    return fail(model + "/model_index.json: pipeline class '" + folder->class_name +
-                "' is not supported by generate yet (supported: FluxPipeline)");
+  auto entry = pipeline_for_folder(model);
+  if (!entry.ok()) return fail(entry.error().message);
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;
@@ -123,14 +120,15 @@ int run_generate(const GenerateCommand& cmd) {
     if (o.width == 0) o.width = 128;
     if (o.steps == 0) o.steps = 20;
   }
-  auto traits = FluxPipeline::traits(model, o);
+  auto traits = (*entry)->traits(model, o);
   if (!traits.ok()) return fail(traits.error().message);
   auto mesh = make_mesh(shape, cmd.parallel, *traits);
   if (!mesh.ok()) return fail(mesh.error().message);
-  auto pipe = FluxPipeline::load(model, *mesh);
-  if (!pipe.ok()) return fail(pipe.error().message);
-  o = pipe->with_defaults(o);
-  if (auto st = pipe->validate(o); !st.ok()) return fail(st.error().message);
+  auto loaded = (*entry)->load(model, *mesh);
+  if (!loaded.ok()) return fail(loaded.error().message);
+  const Pipeline& pipe = **loaded;
+  o = pipe.with_defaults(o);
+  if (auto st = pipe.validate(o); !st.ok()) return fail(st.error().message);
 
   if (lead) {
     std::fprintf(stderr, "meshdit: %s, %lld image(s) %lldx%lld, %lld steps, seed %llu, %d threads", model.c_str(),
@@ -143,7 +141,7 @@ int run_generate(const GenerateCommand& cmd) {
   Span gen_span("run", "denoise + decode");
   StepCallback cb = nullptr;
   if (cmd.progress && lead) cb = [&](int64_t i, int64_t n, double s) { progress_bar(i, n, s, gen_span.elapsed_s()); };
-  auto images = pipe->generate(o, nullptr, cb);
+  auto images = pipe.generate(o, nullptr, cb);
   if (!images.ok()) return fail(images.error().message);
 
   if (lead) {
@@ -152,15 +150,12 @@ int run_generate(const GenerateCommand& cmd) {
     for (int64_t b = 0; b < im.size(0); ++b) {
       const std::string out = numbered(cmd.output, size_t(b), n_images);
       const size_t prompt_index = size_t(b / std::max<int64_t>(1, o.num_images_per_prompt));
-      PngText text = {{"Software", "meshdit"},
-                      {"prompt", o.prompt[prompt_index]},
-                      {"model", model},
-                      {"seed", std::to_string(o.seed)},
-                      {"batch_index", std::to_string(b)},
-                      {"steps", std::to_string(o.steps)},
-                      {"guidance_scale", std::to_string(*o.guidance_scale)},
-                      {"width", std::to_string(o.width)},
-                      {"height", std::to_string(o.height)}};
+      PngText text = {
+          {"Software", "meshdit"},          {"prompt", o.prompt[prompt_index]}, {"model", model},
+          {"seed", std::to_string(o.seed)}, {"batch_index", std::to_string(b)}, {"steps", std::to_string(o.steps)}};
+      if (o.guidance_scale) text.push_back({"guidance_scale", std::to_string(*o.guidance_scale)});
+      text.push_back({"width", std::to_string(o.width)});
+      text.push_back({"height", std::to_string(o.height)});
       if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});
       std::vector<uint8_t> rgb = to_rgb8(im.select(0, b));
       if (auto st = write_png(out, rgb.data(), int(o.width), int(o.height), text); !st.ok())

@@ -107,6 +107,11 @@ struct Backend {
   // out = a * x + b * y, each product rounded to float32 before the sum (y null: out = a * x): torch's
   // float32 arithmetic in the schedulers' steps, bit for bit.
   void (*axpby)(float a, const Tensor& x, float b, const Tensor* y, Tensor& out);
+  // Guidance rescaling. x [R, n] contiguous f32: out [R] = per-row statistic (Bessel-corrected standard
+  // deviation, or L2 norm), accumulated in double; y [R, n] = x[r, :] * num[r] / den[r].
+  void (*row_std)(const Tensor& x, Tensor& out);
+  void (*row_l2)(const Tensor& x, Tensor& out);
+  void (*scale_rows_by_ratio)(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y);
 };
 
 const Backend& cpu_backend();

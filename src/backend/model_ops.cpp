@@ -104,4 +104,26 @@ Tensor scale(const Tensor& x, float a) {
   return out;
 }
 
+Tensor row_std(const Tensor& x) {
+  MD_CHECK(x.dim() >= 1 && x.size(0) > 0, "row_std: empty " + shape_str(x.shape()));
+  Tensor out = Tensor::empty({x.size(0)}, DType::F32, x.device());
+  backend_for(x.device()).row_std(f32c(x), out);
+  return out;
+}
+
+Tensor row_l2(const Tensor& x) {
+  MD_CHECK(x.dim() >= 1 && x.size(0) > 0, "row_l2: empty " + shape_str(x.shape()));
+  Tensor out = Tensor::empty({x.size(0)}, DType::F32, x.device());
+  backend_for(x.device()).row_l2(f32c(x), out);
+  return out;
+}
+
+Tensor scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den) {
+  MD_CHECK(num.shape() == Shape{x.size(0)} && den.shape() == Shape{x.size(0)},
+           "scale_rows_by_ratio: num/den must be [" + std::to_string(x.size(0)) + "]");
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  backend_for(x.device()).scale_rows_by_ratio(f32c(x), f32c(num), f32c(den), y);
+  return y;
+}
+
 }  // namespace meshdit::ops

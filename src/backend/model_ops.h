@@ -39,6 +39,11 @@ Tensor gather_rows(const Tensor& x, const Tensor& idx);
 // a * x + b * y and a * x in float32 (any float inputs are read as float32), each product rounded before
 // the sum, as torch computes `sample + dt * model_output` on float32 tensors.
 Tensor axpby(float a, const Tensor& x, float b, const Tensor& y);
+// Per row of x [R, ...] (everything but dim 0): torch.std (Bessel-corrected) / the L2 norm -> [R].
+Tensor row_std(const Tensor& x);
+Tensor row_l2(const Tensor& x);
+// x [R, ...] with row r multiplied by num[r] / den[r] (num, den [R]).
+Tensor scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den);
 Tensor scale(const Tensor& x, float a);
 
 }  // namespace meshdit::ops

@@ -1,15 +1,18 @@
 // FluxPipeline (diffusers pipelines/flux/pipeline_flux.py), step by step:
 //   1. prompts -> CLIP-L pooled embedding (77 tokens) and T5 sequence embedding (max_sequence_length)
 //   2. noise [B, 16, H/8, W/8] -> packed 2x2 patches [B, N, 64], image ids (0, row, col), text ids 0
-//   3. sigmas linspace(1, 1/steps), shifted with mu from N; for each t: v = transformer(x, t/1000, ...),
-//      optionally true CFG against the negative prompt; x = Euler step
-//   4. unpack, z / scaling_factor + shift_factor -> VAE decode -> (x / 2 + 0.5).clamp(0, 1)
+//   3. sigmas linspace(1, 1/steps), shifted with mu from N
+//   4. the shared loop (pipelines/denoise.h): v = transformer(x, t/1000, ...), optionally true CFG against
+//      the negative prompt as a second call; x = Euler step
+//   5. unpack, then the shared decode: z / scaling_factor + shift_factor -> VAE -> (x / 2 + 0.5).clamp(0, 1)
 #include "pipelines/flux.h"
 
+#include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
-#include "parallel/collectives.h"
+#include "pipelines/denoise.h"
+#include "pipelines/vae_decode.h"
 
 namespace meshdit {
 
@@ -102,6 +105,10 @@ Status FluxPipeline::validate(const GenerateOptions& o) const {
     return make_error("max_sequence_length must be in [1, 512]");
   if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
     return make_error("give one negative prompt per prompt");
+  // Options of other pipelines that FluxPipeline.__call__ does not take: refused rather than ignored.
+  if (o.num_frames) return make_error("FluxPipeline makes images: num_frames is not an option");
+  if (o.guidance_scale_2) return make_error("FluxPipeline has one transformer: guidance_scale_2 is not an option");
+  if (o.guidance_rescale != 0.0f) return make_error("FluxPipeline has no guidance_rescale");
   return ok_status();
 }
 
@@ -136,8 +143,6 @@ Tensor repeat_rows(const Tensor& t, int64_t n) {
   return concat(parts, 0);
 }
 
-Tensor full(int64_t n, float v) { return Tensor::from_f32({n}, std::vector<float>(size_t(n), v)); }
-
 }  // namespace
 
 Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap* record,
@@ -148,15 +153,17 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
 
   // 1. Text embeddings (and the negative ones for true CFG).
-  MD_TRY(PromptEmbeds pos, encode_prompt(o.prompt, o.max_sequence_length));
-  pos.pooled = repeat_rows(pos.pooled, o.num_images_per_prompt);
-  pos.sequence = repeat_rows(pos.sequence, o.num_images_per_prompt);
+  auto encode = [&](const std::vector<std::string>& prompts) -> Result<PromptEmbeds> {
+    MD_TRY(PromptEmbeds e, encode_prompt(prompts, o.max_sequence_length));
+    e.pooled = repeat_rows(e.pooled, o.num_images_per_prompt);
+    e.sequence = repeat_rows(e.sequence, o.num_images_per_prompt);
+    return e;
+  };
+  MD_TRY(const PromptEmbeds pos, encode(o.prompt));
   const bool true_cfg = o.true_cfg_scale > 1.0f && !o.negative_prompt.empty();
   PromptEmbeds neg;
   if (true_cfg) {
-    MD_TRY(neg, encode_prompt(o.negative_prompt, o.max_sequence_length));
-    neg.pooled = repeat_rows(neg.pooled, o.num_images_per_prompt);
-    neg.sequence = repeat_rows(neg.sequence, o.num_images_per_prompt);
+    MD_TRY(neg, encode(o.negative_prompt));
   }
 
   // 2. Latents: 16 channels at 1/8 resolution, rounded to whole 2x2 patches.
@@ -179,82 +186,44 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   const double mu =
       calculate_shift(double(latents.size(1)), scheduler_config_.base_image_seq_len,
                       scheduler_config_.max_image_seq_len, scheduler_config_.base_shift, scheduler_config_.max_shift);
-  MD_TRY(int64_t steps, retrieve_timesteps(scheduler, o.steps, std::nullopt, flux_pipeline_sigmas(o.steps), mu));
-  if (record) (*record)["scheduler.timesteps"] = scheduler.timesteps_tensor();
-  const Tensor guidance = tc.guidance_embeds ? full(B, *o.guidance_scale) : Tensor();
+  MD_RETURN_IF_ERROR(retrieve_timesteps(scheduler, o.steps, std::nullopt, flux_pipeline_sigmas(o.steps), mu));
 
-  // CFG parallel: the conditional batch on cfg rank 0, the unconditional one on cfg rank 1, one
-  // all-gather of the predictions per step.
-  Communicator& cfg_group = mesh_.cfg();
-  const bool cfg_split = true_cfg && cfg_group.size() == 2;
-  if (cfg_split && record) return make_error("recording intermediates is not supported with cfg=2");
-  int call = 0;
-  auto run_transformer = [&](const PromptEmbeds& e, const Tensor& t) -> Result<Tensor> {
-    MD_TRY(Tensor v, transformer_->forward(latents, e.sequence, e.pooled, t, img_ids, e.text_ids, guidance));
-    if (record) {
-      const std::string p = "transformer.call" + std::to_string(call) + ".";
-      (*record)[p + "hidden_states"] = latents.clone();
-      (*record)[p + "timestep"] = t;
-      if (guidance.defined()) (*record)[p + "guidance"] = guidance;
-      (*record)[p + "pooled_projections"] = e.pooled;
-      (*record)[p + "encoder_hidden_states"] = e.sequence;
-      (*record)[p + "txt_ids"] = e.text_ids;
-      (*record)[p + "img_ids"] = img_ids;
-      (*record)[p + "sample"] = v.clone();  // true CFG later combines v in place
+  // 4. Denoise: the transformer sees t / 1000 and, when guidance-distilled, the guidance scale as an input;
+  // true CFG is a second call on the negative prompt.
+  const float distilled_guidance = *o.guidance_scale;
+  auto predict = [&](const Tensor& x, float t, Branch branch, TensorMap* inputs) -> Result<Tensor> {
+    if (branch == Branch::Pair) return make_error("FluxPipeline: true CFG runs as two calls, not a batch");
+    const PromptEmbeds& e = branch == Branch::Cond ? pos : neg;
+    const int64_t n = x.size(0);
+    const Tensor timestep = ops::full({n}, t / 1000.0f);
+    const Tensor guidance = tc.guidance_embeds ? ops::full({n}, distilled_guidance) : Tensor();
+    if (inputs) {
+      *inputs = {{"hidden_states", x},
+                 {"timestep", timestep},
+                 {"pooled_projections", e.pooled},
+                 {"encoder_hidden_states", e.sequence},
+                 {"txt_ids", e.text_ids},
+                 {"img_ids", img_ids}};
+      if (guidance.defined()) (*inputs)["guidance"] = guidance;
     }
-    ++call;
-    return v;
+    return transformer_->forward(x, e.sequence, e.pooled, timestep, img_ids, e.text_ids, guidance);
   };
+  DenoiseSetup setup;
+  setup.experts = {Expert{"transformer", predict, o.true_cfg_scale}};
+  setup.guidance.mode = true_cfg ? CfgMode::TwoCalls : CfgMode::None;
+  SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
+  MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
-  for (int64_t i = 0; i < steps; ++i) {
-    Span step_span("step", "denoise step " + std::to_string(i));
-    const float t = scheduler.timesteps()[size_t(i)];
-    const Tensor t_model = full(B, t / 1000.0f);
-    Tensor v, v_neg;
-    if (cfg_split) {
-      MD_TRY(Tensor mine, run_transformer(cfg_group.rank() == 0 ? pos : neg, t_model));
-      Tensor both = all_gather(mine, 0, cfg_group);  // [2B, ...]: conditional, then unconditional
-      v = both.slice(0, 0, B).contiguous();
-      v_neg = both.slice(0, B, 2 * B).contiguous();
-    } else {
-      MD_TRY(v, run_transformer(pos, t_model));
-      if (true_cfg) {
-        MD_TRY(v_neg, run_transformer(neg, t_model));
-      }
-    }
-    if (true_cfg) {
-      // noise_pred = neg + scale * (pos - neg)
-      float* vp = v.f32();
-      const float* np_ = v_neg.f32();
-      for (int64_t k = 0; k < v.numel(); ++k) vp[k] = np_[k] + o.true_cfg_scale * (vp[k] - np_[k]);
-    }
-    MD_TRY(latents, scheduler.step(v, t, latents));
-    if (record) (*record)["latents.step" + std::to_string(i)] = latents;
-    if (on_step) on_step(i, steps, step_span.elapsed_s());
-  }
+  // 5. Decode.
+  return decode_images(*vae_, flux_unpack_latents(latents, h, w), mesh_.vae(), o.vae_tiling);
+}
 
-  // 4. Decode and post-process.
-  Span decode_span("stage", "vae decode");
-  Tensor z = flux_unpack_latents(latents, h, w);
-  {
-    float* zp = z.f32();
-    const float sf = vae_->config().scaling_factor, shift = vae_->config().shift_factor;
-    for (int64_t k = 0; k < z.numel(); ++k) zp[k] = zp[k] / sf + shift;
-  }
-  const int64_t tile = vae_->default_tile();
-  Tensor image;
-  if (mesh_.vae().size() > 1 && !o.vae_tiling) {
-    MD_TRY(image, vae_->decode_parallel(z, mesh_.vae()));
-  } else {
-    MD_TRY(image, o.vae_tiling ? vae_->decode_tiled(z, tile, tile / 4) : vae_->decode(z));
-  }
-  Tensor out = image.permute({0, 2, 3, 1}).contiguous();
-  float* p = out.f32();
-  for (int64_t k = 0; k < out.numel(); ++k) {
-    const float x = p[k] / 2.0f + 0.5f;
-    p[k] = x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
-  }
-  return out;
+PipelineEntry flux_pipeline_entry() {
+  return {"FluxPipeline", FluxPipeline::traits,
+          [](const std::string& dir, const Mesh& mesh) -> Result<std::unique_ptr<Pipeline>> {
+            MD_TRY(FluxPipeline p, FluxPipeline::load(dir, mesh));
+            return std::unique_ptr<Pipeline>(std::make_unique<FluxPipeline>(std::move(p)));
+          }};
 }
 
 }  // namespace meshdit

@@ -191,4 +191,25 @@ TEST(ModelOpsAxpby, ReadsOtherFloatDtypesAsFloat32) {
   EXPECT_EQ(ops::axpby(0.5f, x, 2.0f, y).to_vector(), ref);
 }
 
+TEST(ModelOpsRowStats, StdNormAndRatioScaling) {
+  const Tensor x = random_tensor({3, 2, 5}, 11, 2.0f), y = random_tensor({3, 2, 5}, 12);
+  const std::vector<float> xv = x.to_vector(), yv = y.to_vector();
+  const std::vector<float> sd = ops::row_std(x).to_vector(), l2 = ops::row_l2(y).to_vector();
+  ASSERT_EQ(sd.size(), 3u);
+  const int64_t n = 10;
+  for (int64_t r = 0; r < 3; ++r) {
+    double mean = 0, ssd = 0, ss = 0;
+    for (int64_t i = 0; i < n; ++i) mean += xv[size_t(r * n + i)] / double(n);
+    for (int64_t i = 0; i < n; ++i) ssd += std::pow(xv[size_t(r * n + i)] - mean, 2);
+    for (int64_t i = 0; i < n; ++i) ss += std::pow(double(yv[size_t(r * n + i)]), 2);
+    EXPECT_NEAR(sd[size_t(r)], std::sqrt(ssd / double(n - 1)), 1e-6 * std::sqrt(ssd)) << r;  // torch.std: n - 1
+    EXPECT_NEAR(l2[size_t(r)], std::sqrt(ss), 1e-6 * std::sqrt(ss)) << r;
+  }
+  const Tensor num = Tensor::from_f32({3}, {1.0f, 2.0f, -3.0f}), den = Tensor::from_f32({3}, {4.0f, 0.5f, 3.0f});
+  const std::vector<float> z = ops::scale_rows_by_ratio(x, num, den).to_vector();
+  const float ratio[3] = {0.25f, 4.0f, -1.0f};
+  for (int64_t r = 0; r < 3; ++r)
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(z[size_t(r * n + i)], xv[size_t(r * n + i)] * ratio[r]);
+}
+
 }  // namespace

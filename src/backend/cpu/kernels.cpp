@@ -478,6 +478,9 @@ const Backend& cpu_backend() {
       cpu::find_rows,
       cpu::gather_rows,
       cpu::axpby,
+      cpu::row_std,
+      cpu::row_l2,
+      cpu::scale_rows_by_ratio,
   };
   return b;
 }

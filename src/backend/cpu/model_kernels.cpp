@@ -131,4 +131,40 @@ void gather_rows(const Tensor& x, const Tensor& idx, Tensor& out) {
   }
 }
 
+void row_std(const Tensor& x, Tensor& out) {
+  const int64_t R = x.size(0), n = x.numel() / R;
+  const float* p = x.f32();
+  float* o = out.f32();
+  for (int64_t r = 0; r < R; ++r) {
+    double sum = 0, ssd = 0;
+    for (int64_t i = 0; i < n; ++i) sum += p[r * n + i];
+    const double mean = sum / double(n);
+    for (int64_t i = 0; i < n; ++i) ssd += (p[r * n + i] - mean) * (p[r * n + i] - mean);
+    o[r] = float(std::sqrt(ssd / double(n > 1 ? n - 1 : 1)));
+  }
+}
+
+void row_l2(const Tensor& x, Tensor& out) {
+  const int64_t R = x.size(0), n = x.numel() / R;
+  const float* p = x.f32();
+  float* o = out.f32();
+  for (int64_t r = 0; r < R; ++r) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += double(p[r * n + i]) * p[r * n + i];
+    o[r] = float(std::sqrt(ss));
+  }
+}
+
+void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y) {
+  const int64_t R = x.size(0), n = x.numel() / R;
+  const float* p = x.f32();
+  const float* a = num.f32();
+  const float* b = den.f32();
+  float* o = y.f32();
+  for (int64_t r = 0; r < R; ++r) {
+    const float s = a[r] / b[r];
+    for (int64_t i = 0; i < n; ++i) o[r * n + i] = p[r * n + i] * s;
+  }
+}
+
 }  // namespace meshdit::cpu

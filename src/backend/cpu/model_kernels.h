@@ -16,5 +16,8 @@ void argmax_rows(const Tensor& x, Tensor& out);
 void find_rows(const Tensor& x, int64_t value, int64_t missing, Tensor& out);
 void gather_rows(const Tensor& x, const Tensor& idx, Tensor& out);
 void axpby(float a, const Tensor& x, float b, const Tensor* y, Tensor& out);
+void row_std(const Tensor& x, Tensor& out);
+void row_l2(const Tensor& x, Tensor& out);
+void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y);
 
 }  // namespace meshdit::cpu

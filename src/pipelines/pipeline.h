@@ -1,0 +1,77 @@
+// What every text-to-image pipeline offers the CLI and `check`, and the registry that finds one by the
+// `_class_name` of a diffusers folder's model_index.json. A pipeline file holds only what is specific to
+// its model family (prompt encoding, latent packing, defaults); the denoising loop and the VAE decode are
+// shared (pipelines/denoise.h).
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "parallel/mesh.h"
+
+namespace meshdit {
+
+using TensorMap = std::map<std::string, Tensor>;
+
+// What one call of a text-to-image pipeline needs; zero / unset fields take the pipeline's defaults.
+struct GenerateOptions {
+  std::vector<std::string> prompt;           // one entry per prompt
+  std::vector<std::string> negative_prompt;  // empty, or one per prompt (true CFG when true_cfg_scale > 1)
+  int64_t num_images_per_prompt = 1;
+  int64_t height = 0, width = 0;
+  int64_t num_frames = 0;  // video pipelines
+  int64_t steps = 0;
+  std::optional<float> guidance_scale;
+  std::optional<float> guidance_scale_2;  // Wan2.2: the low-noise expert's scale
+  float guidance_rescale = 0.0f;          // phi of rescale_noise_cfg; 0: off
+  float true_cfg_scale = 1.0f;
+  uint64_t seed = 0;
+  int64_t max_sequence_length = 0;
+  Tensor latents;           // initial noise, packed as the pipeline packs it; undefined: torch.randn from seed
+  bool vae_tiling = false;  // decode in overlapping tiles (bounded memory for large images)
+};
+
+// Called after every denoising step: (step index from 0, number of steps, seconds the step took).
+using StepCallback = std::function<void(int64_t, int64_t, double)>;
+
+class Pipeline {
+ public:
+  virtual ~Pipeline() = default;
+  // The model_index.json class it implements, e.g. "FluxPipeline".
+  virtual std::string name() const = 0;
+  // The values used for unset options (the reference pipeline's __call__ defaults).
+  virtual GenerateOptions with_defaults(GenerateOptions o) const = 0;
+  // Whether the (defaulted) options can run; the error names the option.
+  virtual Status validate(const GenerateOptions& o) const = 0;
+  // -> images [B, H, W, 3] float32 in [0, 1] (diffusers output_type="np"), the whole images on every rank
+  // of the mesh the pipeline was loaded on. `record`, when given, receives the intermediates the reference
+  // cases name: latents.step<i>, <transformer>.call<i>.<input>, scheduler.timesteps.
+  virtual Result<Tensor> generate(const GenerateOptions& options, TensorMap* record = nullptr,
+                                  const StepCallback& on_step = nullptr) const = 0;
+};
+
+// One registered pipeline class.
+struct PipelineEntry {
+  std::string class_name;  // model_index.json "_class_name"
+  // What the mesh's automatic configuration needs for a generation with `options`, read from the folder's
+  // configs alone (before the weights are loaded, since the mesh decides which shards to load).
+  std::function<Result<ModelTraits>(const std::string& dir, const GenerateOptions& options)> traits;
+  // Loads the folder's components, each rank its shards of `mesh`.
+  std::function<Result<std::unique_ptr<Pipeline>>(const std::string& dir, const Mesh& mesh)> load;
+};
+
+// Adds (or replaces) a class. The built-in pipelines are registered before the first lookup.
+void register_pipeline(PipelineEntry entry);
+// The registered class names, sorted.
+std::vector<std::string> pipeline_classes();
+// The entry for a class; an unknown one is an error listing the registered classes.
+Result<const PipelineEntry*> find_pipeline(const std::string& class_name);
+// The entry for the class named by dir/model_index.json.
+Result<const PipelineEntry*> pipeline_for_folder(const std::string& dir);
+
+}  // namespace meshdit

@@ -1,0 +1,18 @@
+// The last stage of every image pipeline: denoised latents to pixels.
+#pragma once
+#include "core/error.h"
+#include "core/tensor.h"
+#include "models/vae/autoencoder_kl.h"
+#include "parallel/comm.h"
+
+namespace meshdit {
+
+// latents [B, C, h, w] as denoised -> images [B, H, W, 3] float32 in [0, 1] (diffusers output_type="np"):
+//   z = latents / scaling_factor + shift_factor (the VAE config's), image = VAE decode of z,
+//   (image / 2 + 0.5) clamped to [0, 1], channels last.
+// The decode runs whole, in tiles with `tiling` (bounded memory, diffusers' tile size and overlap), or,
+// without tiling on a `vae_group` of several ranks, by bands of latent rows across them. Every rank of the
+// group returns the whole images.
+Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling);
+
+}  // namespace meshdit
