@@ -22,8 +22,8 @@ struct PendingCase {
   int issue;
 };
 
-// The cases no runner handles yet. An entry leaves when its issue registers the runner (the test below
-// fails until it does, so the list cannot go stale).
+// The cases no runner handles yet. An entry leaves with the commit that registers its runner
+// (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
     // #9: SD3.5 Large and Qwen-Image end to end.
     {"pipe_sd3", 9},
@@ -58,6 +58,7 @@ std::string class_of(const std::string& dir) {
   return c.ok() ? c.value() : "(unreadable: " + c.error().message + ")";
 }
 
+// The others are accounted for by EveryCaseIsSupportedOrPending.
 std::vector<std::string> supported_cases() {
   register_builtin_runners();
   std::vector<std::string> out;
