@@ -120,4 +120,9 @@ const Backend* find_backend(Device d);
 // the device comes from the user).
 const Backend& backend_for(Device d);
 
+// Tests only: makes b (on device d) the backend of d in place of the compiled one, null restores it;
+// returns the previous stand-in. A CPU-only build runs the CPU kernels on a stand-in device with host
+// memory this way, to check that every op allocates where its inputs are.
+const Backend* set_backend_for_testing(Device d, const Backend* b);
+
 }  // namespace meshdit

@@ -540,9 +540,14 @@ struct AttnRef {
   double bound() const { return 2 * f32_err + 4 * kEps32 * vmax; }
 };
 
-AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+// mask (optional): an additive bias [B or 1, H or 1, Lq, Lk] and/or causal order, as AttentionMask.
+AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                      const AttentionMask* mask = nullptr) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
   const std::vector<float> qv = host_values(q), kv = host_values(k), vv = host_values(v);
+  const bool has_bias = mask && mask->bias.defined(), causal = mask && mask->causal;
+  const std::vector<float> bv = has_bias ? host_values(mask->bias) : std::vector<float>();
+  const int64_t bias_b = has_bias ? mask->bias.size(0) : 0, bias_h = has_bias ? mask->bias.size(1) : 0;
   AttnRef r;
   r.out.assign(size_t(B * Lq * H * D), 0.0);
   for (float f : vv) r.vmax = std::max(r.vmax, double(std::fabs(f)));
@@ -561,9 +566,16 @@ AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
           for (int64_t e = 0; e < D; ++e) d += double(qi[e]) * kj[e], df += qi[e] * kj[e];
           s[size_t(j)] = d * scale;
           sf[size_t(j)] = df * scale;
+          if (has_bias) {
+            const float bj = bv[size_t((((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * Lq + i) * Lk + j)];
+            s[size_t(j)] += bj;
+            sf[size_t(j)] += bj;
+          }
+          if (causal && j > i) s[size_t(j)] = sf[size_t(j)] = -INFINITY;
           m = std::max(m, s[size_t(j)]);
           mf = std::max(mf, sf[size_t(j)]);
         }
+        if (m == -INFINITY) continue;  // every key masked: the row stays zero
         double l = 0;
         float lf = 0;
         for (int64_t j = 0; j < Lk; ++j) {
@@ -644,6 +656,47 @@ TEST_P(OpsAttention, PeakedScoresAndOtherScales) {
     SCOPED_TRACE("scale " + std::to_string(scale));
     const AttnRef r = ref_attention(t.q, t.k, t.v, scale);
     EXPECT_TRUE(attention_close(ops::attention(t.q, t.k, t.v, scale), r)) << "f32 reference error " << r.f32_err;
+  }
+}
+
+// An additive bias broadcast over batch and/or heads (T5's relative positions, key padding as -inf), causal
+// order, both together, and a query row whose every key is masked (zeros, as the kernel promises); with
+// Lk > 256 the bias is read across key blocks.
+TEST_P(OpsAttention, MaskBiasAndCausal) {
+  struct Case {
+    AttnShape s;
+    Shape bias;  // empty: none
+    bool causal;
+  };
+  const Case cases[] = {
+      {{2, 70, 70, 3, 8}, {1, 1, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 1, 70, 70}, true},
+      {{2, 70, 70, 3, 8}, {1, 3, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 3, 70, 70}, true},
+      {{2, 70, 70, 3, 8}, {}, true},              {{1, 40, 300, 2, 16}, {1, 1, 40, 300}, false},
+      {{2, 300, 300, 1, 8}, {}, true},
+  };
+  unsigned seed = 1350;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.s.str() + " bias " + shape_str(c.bias) + (c.causal ? " causal" : ""));
+    QKV t = make_qkv(c.s, seed += 3, device());
+    const float scale = 1.0f / std::sqrt(float(c.s.D));
+    AttentionMask mask;
+    mask.causal = c.causal;
+    if (!c.bias.empty()) {
+      Tensor bias = random_tensor(c.bias, seed + 2, 2.0f);
+      float* p = bias.f32();
+      const int64_t rows = c.bias[0] * c.bias[1], Lq = c.bias[2], Lk = c.bias[3];
+      // Key padding: the last 9 keys of the last bias slice; and query row 5 of it sees no key at all.
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t j = Lk - 9; j < Lk; ++j) p[((rows - 1) * Lq + i) * Lk + j] = -INFINITY;
+      for (int64_t j = 0; j < Lk; ++j) p[((rows - 1) * Lq + 5) * Lk + j] = -INFINITY;
+      mask.bias = on(bias);
+    }
+    const AttnRef r = ref_attention(t.q, t.k, t.v, scale, &mask);
+    for_thread_counts([&] {
+      const Tensor o = ops::attention(t.q, t.k, t.v, scale, &mask);
+      EXPECT_EQ(o.device(), device());
+      EXPECT_TRUE(attention_close(o, r)) << "f32 reference error " << r.f32_err;
+    });
   }
 }
 
