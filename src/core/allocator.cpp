@@ -34,8 +34,10 @@ Registry& registry() {
 }  // namespace
 
 Allocator& host_allocator() {
-  static HostAllocator a;
-  return a;
+  // Never destroyed: a tensor held in a static may give its buffer back after function-local statics
+  // are gone at exit.
+  static HostAllocator* a = new HostAllocator;
+  return *a;
 }
 
 Allocator* allocator_for(Device d) { return registry().slots[size_t(d)].load(); }

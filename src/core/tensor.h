@@ -100,7 +100,7 @@ struct DeviceCopy {
   void (*from_host)(void* dst, const void* host_src, size_t bytes);
   void (*zero)(Tensor& t);  // t contiguous: every byte 0
 };
-// c must live as long as the program (null unregisters); returns the previous registration.
+// c must outlive its registration (null unregisters); returns the previous registration.
 const DeviceCopy* set_device_copy(Device d, const DeviceCopy* c);
 const DeviceCopy* device_copy(Device d);  // null when none is registered
 
