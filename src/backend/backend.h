@@ -1,10 +1,17 @@
 // A backend is a table of kernels (ggml-style): layers call meshdit::ops, ops look up the table of the
-// tensors' device and call through it. Adding a backend means filling this struct, not editing layers.
+// tensors' device and call through it. Adding a backend means filling this struct and listing it in
+// compiled_backends(), not editing layers. The backend also owns its device's memory and data movement:
+// its allocator and copies are registered with core when it is set up, so Tensor::empty/contiguous/to
+// work on its device.
 //
 // Conventions every backend follows: activations are row-major with a contiguous last dimension;
 // weights are [out, in] row-major in any float storage dtype (F32/BF16/F16) and are widened to float32
-// for accumulation; outputs are freshly allocated contiguous tensors written by the kernel.
+// for accumulation; outputs are freshly allocated contiguous tensors on the backend's device written by
+// the kernel; every tensor a kernel receives is on that device.
 #pragma once
+#include <vector>
+
+#include "core/allocator.h"
 #include "core/tensor.h"
 
 namespace meshdit {
@@ -76,6 +83,30 @@ struct Backend {
   void (*clamp)(Tensor& x, float lo, float hi);                        // in place
   void (*mul)(const Tensor& a, const Tensor& b, Tensor& y);            // y = a * b
 
+  // ---- memory, data movement, and the small ops that were host loops in ops.cpp (issue #7: "the
+  // backend owns memory"). Kept together so that other blocks of new kernels merge beside it. ----
+  Device device;
+  // Registered for `device` when the backend is set up, unless one is already (a caching allocator
+  // installed by the application stays).
+  Allocator* allocator;
+  // dst = src element-wise: same shape, any strides (0 included), any dtypes (float <-> float, I64/I32 ->
+  // float and back by value). Behind contiguous/clone/to/concat on this device.
+  void (*copy)(const Tensor& src, Tensor& dst);
+  // Contiguous bytes between host memory and this device's memory (both memcpy on the CPU).
+  void (*copy_to_host)(void* host_dst, const void* src, size_t bytes);
+  void (*copy_from_host)(void* dst, const void* host_src, size_t bytes);
+  void (*zero)(Tensor& y);  // y contiguous, any dtype: every byte 0
+  // out [N, D] float32 = rows ids[i] of table [V, D] (any float dtype, any strides) for ids [N] int64
+  // contiguous. An id outside [0, V) is an input error: false, with the first such id in *bad_id (out
+  // then unspecified).
+  bool (*embedding)(const Tensor& table, const Tensor& ids, Tensor& out, int64_t* bad_id);
+  // out [N, dim] float32 from t [N] float32, diffusers' get_timestep_embedding in its float32 order of
+  // operations (ops::timestep_embedding); the last column is 0 when dim is odd.
+  void (*timestep_embedding)(const Tensor& t, int dim, bool flip_sin_to_cos, float downscale_freq_shift, float scale,
+                             float max_period, Tensor& out);
+  // y = a + b: a, b float32 of y's shape with any strides (0 along broadcast dimensions), y contiguous.
+  void (*add_broadcast)(const Tensor& a, const Tensor& b, Tensor& y);
+
   // ---- kernels for model code -------------------------------------------------------------------------
   // What layers, models, encoders and schedulers computed in host loops before: with them in the table,
   // model code never reads tensor memory, so a GPU backend needs no edits there. Inputs and outputs are
@@ -115,6 +146,20 @@ struct Backend {
 };
 
 const Backend& cpu_backend();
+
+// Every backend compiled into this binary, the host's first. The first call sets each up: its allocator
+// and data movement registered with core (core/allocator.h, set_device_copy). A CUDA backend joins the
+// list, and every backend-parameterised test, by being compiled in.
+const std::vector<const Backend*>& compiled_backends();
+// The backend of device d, or null when none is compiled in.
+const Backend* find_backend(Device d);
+// As find_backend; a device without a backend is a programming error (check find_backend first where
+// the device comes from the user).
 const Backend& backend_for(Device d);
+
+// Tests only: makes b (on device d) the backend of d in place of the compiled one, null restores it;
+// returns the previous stand-in. A CPU-only build runs the CPU kernels on a stand-in device with host
+// memory this way, to check that every op allocates where its inputs are.
+const Backend* set_backend_for_testing(Device d, const Backend* b);
 
 }  // namespace meshdit

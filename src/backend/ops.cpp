@@ -1,6 +1,7 @@
 #include "backend/ops.h"
 
 #include <cmath>
+#include <initializer_list>
 
 #include "core/trace.h"
 
@@ -16,11 +17,6 @@ const char* act_name(Act a) {
     case Act::Relu: return "relu";
   }
   return "?";
-}
-
-const Backend& backend_for(Device d) {
-  MD_CHECK(d == Device::CPU, "no backend compiled for this device");
-  return cpu_backend();
 }
 
 }  // namespace meshdit
@@ -40,31 +36,80 @@ Shape with_last(const Shape& s, int64_t last) {
   return r;
 }
 
+// The device of op's tensor inputs (absent optional ones, null or undefined, are skipped). Inputs on two
+// devices are a caller's bug: weights reach a device through place(), activations through to_device().
+Device common_device(const char* op, std::initializer_list<const Tensor*> inputs) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : inputs) {
+    if (!t || !t->defined()) continue;
+    if (!first) {
+      first = t;
+      continue;
+    }
+    MD_CHECK(t->device() == first->device(), std::string(op) + ": inputs on " + device_name(first->device()) +
+                                                 " and " + device_name(t->device()) +
+                                                 " (ops::place / ops::to_device move tensors)");
+  }
+  return first ? first->device() : Device::CPU;
+}
+
+// A contiguous float32 view or copy of x, on x's device (what the element-wise kernels take).
+Tensor f32c(const Tensor& x) {
+  Tensor f = x.dtype() == DType::F32 ? x : x.to(DType::F32);
+  return f.is_contiguous() ? f : f.contiguous();
+}
+
+// A fresh contiguous float32 copy of x, for the kernels that work in place on their output.
+Tensor f32_copy(const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  backend_for(x.device()).copy(x, y);
+  return y;
+}
+
 }  // namespace
+
+Tensor to_device(const Tensor& t, Device dev) {
+  if (!t.defined() || t.device() == dev) return t;
+  // Both ends set up, so that their allocators and copies are registered with core.
+  (void)backend_for(t.device());
+  (void)backend_for(dev);
+  Tensor out = Tensor::empty(t.shape(), t.dtype(), dev);
+  copy_into(t, out);
+  return out;
+}
+
+Tensor place(const Tensor& weight, Device dev) {
+  // On the host the mapped view is already where the kernels read it; a copy would only double the
+  // resident memory. A device gets the weight in its checkpoint dtype, widened by the kernels as on the CPU.
+  return to_device(weight, dev);
+}
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act) {
   Span span("kernel", "linear");
   MD_CHECK(w.dim() == 2 && x.size(-1) == w.size(1),
            "linear: input " + shape_str(x.shape()) + " vs weight " + shape_str(w.shape()));
+  const Device dev = common_device("linear", {&x, &w, bias});
   Tensor x2 = as_rows(x.dtype() == DType::F32 ? x : x.to(DType::F32));
-  Tensor y = Tensor::empty({x2.size(0), w.size(0)});
-  backend_for(x.device()).linear(x2, w.is_contiguous() ? w : w.contiguous(), bias, act, y);
+  Tensor y = Tensor::empty({x2.size(0), w.size(0)}, DType::F32, dev);
+  backend_for(dev).linear(x2, w.is_contiguous() ? w : w.contiguous(), bias, act, y);
   return y.reshape(with_last(x.shape(), w.size(0)));
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps) {
   Span span("kernel", "layer_norm");
+  const Device dev = common_device("layer_norm", {&x, weight, bias});
   Tensor x2 = as_rows(x);
-  Tensor y = Tensor::empty(x2.shape());
-  backend_for(x.device()).layer_norm(x2, weight, bias, eps, y);
+  Tensor y = Tensor::empty(x2.shape(), DType::F32, dev);
+  backend_for(dev).layer_norm(x2, weight, bias, eps, y);
   return y.reshape(x.shape());
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor* weight, float eps) {
   Span span("kernel", "rms_norm");
+  const Device dev = common_device("rms_norm", {&x, weight});
   Tensor x2 = as_rows(x);
-  Tensor y = Tensor::empty(x2.shape());
-  backend_for(x.device()).rms_norm(x2, weight, eps, y);
+  Tensor y = Tensor::empty(x2.shape(), DType::F32, dev);
+  backend_for(dev).rms_norm(x2, weight, eps, y);
   return y.reshape(x.shape());
 }
 
@@ -72,29 +117,31 @@ Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
   MD_CHECK(x.dim() == 3 && shift.dim() == 2 && scale.dim() == 2 && shift.size(1) == x.size(2) &&
                scale.size(1) == x.size(2) && shift.size(0) == x.size(0),
            "modulate: x " + shape_str(x.shape()) + " shift " + shape_str(shift.shape()));
+  const Device dev = common_device("modulate", {&x, &shift, &scale});
   Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty(x.shape());
-  backend_for(x.device()).modulate(xc, shift, scale, y);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
+  backend_for(dev).modulate(xc, shift, scale, y);
   return y;
 }
 
 void add_gated_(Tensor& x, const Tensor& gate, const Tensor& y) {
   MD_CHECK(x.is_contiguous() && x.shape() == y.shape(), "add_gated_: shapes " + shape_str(x.shape()) + " vs " +
                                                              shape_str(y.shape()));
-  Tensor yc = y.contiguous();
-  backend_for(x.device()).add_gated(x, gate.defined() ? &gate : nullptr, yc);
+  const Device dev = common_device("add_gated_", {&x, &gate, &y});
+  Tensor yc = f32c(y);
+  backend_for(dev).add_gated(x, gate.defined() ? &gate : nullptr, yc);
 }
 
 void add_(Tensor& x, const Tensor& y) { add_gated_(x, Tensor(), y); }
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  Tensor r = a.clone();
+  Tensor r = f32_copy(a);
   add_(r, b);
   return r;
 }
 
 Tensor activation(const Tensor& x, Act act) {
-  Tensor y = x.clone();
+  Tensor y = f32_copy(x);
   backend_for(x.device()).activation(y, act);
   return y;
 }
@@ -105,18 +152,11 @@ void softmax_(Tensor& x) {
   backend_for(x.device()).softmax(r);
 }
 
-namespace {
-// A contiguous float32 view or copy of x (element-wise kernels take contiguous float32).
-Tensor f32c(const Tensor& x) {
-  Tensor f = x.dtype() == DType::F32 ? x : x.to(DType::F32);
-  return f.is_contiguous() ? f : f.contiguous();
-}
-}  // namespace
-
 Tensor mul(const Tensor& a, const Tensor& b) {
   MD_CHECK(a.shape() == b.shape(), "mul: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
-  Tensor y = Tensor::empty(a.shape(), DType::F32, a.device());
-  backend_for(a.device()).mul(f32c(a), f32c(b), y);
+  const Device dev = common_device("mul", {&a, &b});
+  Tensor y = Tensor::empty(a.shape(), DType::F32, dev);
+  backend_for(dev).mul(f32c(a), f32c(b), y);
   return y;
 }
 
@@ -134,8 +174,9 @@ Tensor affine(const Tensor& x, float a, float b) {
 
 Tensor lerp(const Tensor& a, const Tensor& b, float w) {
   MD_CHECK(a.shape() == b.shape(), "lerp: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
-  Tensor y = Tensor::empty(a.shape(), DType::F32, a.device());
-  backend_for(a.device()).lerp(f32c(a), f32c(b), w, y);
+  const Device dev = common_device("lerp", {&a, &b});
+  Tensor y = Tensor::empty(a.shape(), DType::F32, dev);
+  backend_for(dev).lerp(f32c(a), f32c(b), w, y);
   return y;
 }
 
@@ -153,46 +194,25 @@ Tensor add_broadcast(const Tensor& a, const Tensor& b) {
                                                                              shape_str(b.shape()));
     shape[size_t(d)] = std::max(a.size(d), b.size(d));
   }
-  // Broadcast views: stride 0 along expanded dimensions, then one strided copy each.
-  auto expand = [&](const Tensor& t) {
-    Tensor c = t.contiguous();
-    Tensor out = Tensor::empty(shape);
-    std::vector<float> src = c.to_vector();
-    const Shape st = contiguous_strides(c.shape());
-    float* o = out.f32();
-    std::vector<int64_t> idx(shape.size(), 0);
-    for (int64_t i = 0; i < out.numel(); ++i) {
-      int64_t off = 0;
-      for (size_t d = 0; d < shape.size(); ++d) off += (c.size(int64_t(d)) == 1 ? 0 : idx[d]) * st[d];
-      o[i] = src[size_t(off)];
-      for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
-        if (++idx[size_t(d)] < shape[size_t(d)]) break;
-        idx[size_t(d)] = 0;
-      }
-    }
-    return out;
-  };
-  Tensor r = expand(a);
-  add_(r, expand(b));
-  return r;
+  const Device dev = common_device("add_broadcast", {&a, &b});
+  Tensor y = Tensor::empty(shape, DType::F32, dev);
+  backend_for(dev).add_broadcast(a.to(DType::F32).expand(shape), b.to(DType::F32).expand(shape), y);
+  return y;
 }
 
 Result<Tensor> embedding(const Tensor& table, const Tensor& ids) {
   MD_CHECK(table.dim() == 2, "embedding: table must be [V, D]");
+  const Device dev = common_device("embedding", {&table, &ids});
   const int64_t V = table.size(0), D = table.size(1);
-  Tensor idc = ids.dtype() == DType::I64 ? ids.contiguous() : ids.to(DType::I64);
-  const int64_t* id = idc.data<int64_t>();
+  Tensor idc = ids.to(DType::I64).contiguous().reshape({ids.numel()});
   Shape shape = ids.shape();
   shape.push_back(D);
-  Tensor out = Tensor::empty(shape);
+  Tensor out = Tensor::empty(shape, DType::F32, dev);
   Tensor rows = out.reshape({ids.numel(), D});
-  for (int64_t i = 0; i < ids.numel(); ++i) {
-    if (id[i] < 0 || id[i] >= V)
-      return make_error("token id " + std::to_string(id[i]) + " is outside the embedding table of " +
-                        std::to_string(V) + " rows");
-    Tensor dst = rows.select(0, i);
-    copy_into(table.select(0, id[i]), dst);
-  }
+  int64_t bad = 0;
+  if (!backend_for(dev).embedding(table, idc, rows, &bad))
+    return make_error("token id " + std::to_string(bad) + " is outside the embedding table of " + std::to_string(V) +
+                      " rows");
   return out;
 }
 
@@ -200,11 +220,9 @@ AttentionState attention_begin(const Tensor& q) {
   MD_CHECK(q.dim() == 4, "attention: q must be [B, L, H, D], got " + shape_str(q.shape()));
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
   AttentionState st;
-  st.acc = Tensor::zeros(q.shape());
-  st.max = Tensor::empty({B, H, L});
-  st.sum = Tensor::zeros({B, H, L});
-  float* m = st.max.f32();
-  for (int64_t i = 0; i < st.max.numel(); ++i) m[i] = -INFINITY;
+  st.acc = full(q.shape(), 0.0f, q.device());
+  st.max = full({B, H, L}, -INFINITY, q.device());
+  st.sum = full({B, H, L}, 0.0f, q.device());
   return st;
 }
 
@@ -221,11 +239,13 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
              "attention: mask bias " + shape_str(b.shape()) + " does not broadcast to [B, H, Lq, Lk]");
   }
   MD_CHECK(!(mask && mask->causal) || q.size(1) == k.size(1), "attention: causal mask needs Lq == Lk");
-  backend_for(q.device()).attention_accumulate(q, k, v, scale, mask, st);
+  const Device dev =
+      common_device("attention", {&q, &k, &v, &st.acc, &st.max, &st.sum, mask ? &mask->bias : nullptr});
+  backend_for(dev).attention_accumulate(q, k, v, scale, mask, st);
 }
 
 Tensor attention_end(const AttentionState& st) {
-  Tensor out = Tensor::empty(st.acc.shape());
+  Tensor out = Tensor::empty(st.acc.shape(), DType::F32, st.acc.device());
   backend_for(st.acc.device()).attention_finalize(st, out);
   return out;
 }
@@ -241,30 +261,16 @@ void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) {
   MD_CHECK(x.dim() == 4 && x.is_contiguous() && cos.dim() == 2 && cos.size(0) == x.size(1) &&
                cos.size(1) == x.size(3) && cos.shape() == sin.shape(),
            "rope: x " + shape_str(x.shape()) + " cos " + shape_str(cos.shape()));
-  backend_for(x.device()).rope(x, cos.contiguous(), sin.contiguous());
+  const Device dev = common_device("rope", {&x, &cos, &sin});
+  backend_for(dev).rope(x, cos.contiguous(), sin.contiguous());
 }
 
 Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float downscale_freq_shift, float scale,
                           float max_period) {
-  // diffusers: exponent = -log(max_period) * arange(half, float32) / (half - shift); emb = t[:, None] * exp(exponent)
-  // every step in float32, then [sin, cos] (or [cos, sin] when flipped), zero-padded when dim is odd.
-  MD_CHECK(t.dim() == 1, "timestep_embedding: t must be 1-D");
-  const int half = dim / 2;
-  std::vector<float> tv = t.to_vector();
-  Tensor out = Tensor::zeros({t.size(0), dim});
-  float* o = out.f32();
-  const float neg_log = float(-std::log(double(max_period)));
-  for (int64_t b = 0; b < t.size(0); ++b) {
-    for (int i = 0; i < half; ++i) {
-      float exponent = neg_log * float(i);
-      exponent = exponent / (float(half) - downscale_freq_shift);
-      float arg = tv[b] * std::exp(exponent);
-      arg = scale * arg;
-      float s = std::sin(arg), c = std::cos(arg);
-      o[b * dim + i] = flip_sin_to_cos ? c : s;
-      o[b * dim + half + i] = flip_sin_to_cos ? s : c;
-    }
-  }
+  MD_CHECK(t.dim() == 1 && dim >= 0, "timestep_embedding: t must be 1-D, got " + shape_str(t.shape()));
+  Tensor tf = f32c(t);
+  Tensor out = Tensor::empty({t.size(0), dim}, DType::F32, t.device());
+  backend_for(t.device()).timestep_embedding(tf, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period, out);
   return out;
 }
 
@@ -286,14 +292,6 @@ Tensor unpatchify(const Tensor& x, int64_t h, int64_t w, int p, int64_t channels
   return v.contiguous().reshape({B, channels, h * p, w * p});
 }
 
-namespace {
-// A contiguous float32 copy unless x already is one.
-Tensor f32_contiguous(const Tensor& x) {
-  Tensor f = x.dtype() == DType::F32 ? x : x.to(DType::F32);
-  return f.is_contiguous() ? f : f.contiguous();
-}
-}  // namespace
-
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
   Span span("kernel", "conv2d");
   MD_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1),
@@ -306,9 +304,10 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2d
   const int64_t ho = p.out_h(x.size(2), w.size(2)), wo = p.out_w(x.size(3), w.size(3));
   MD_CHECK(x.size(2) + p.pad_top + p.pad_bottom >= w.size(2) && x.size(3) + p.pad_left + p.pad_right >= w.size(3),
            "conv2d: kernel " + shape_str(w.shape()) + " larger than the padded input " + shape_str(x.shape()));
-  Tensor xc = f32_contiguous(x);
-  Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo});
-  backend_for(x.device()).conv2d(xc, w.is_contiguous() ? w : w.contiguous(), bias, p, y);
+  const Device dev = common_device("conv2d", {&x, &w, bias});
+  Tensor xc = f32c(x);
+  Tensor y = Tensor::empty({x.size(0), w.size(0), ho, wo}, DType::F32, dev);
+  backend_for(dev).conv2d(xc, w.is_contiguous() ? w : w.contiguous(), bias, p, y);
   return y;
 }
 
@@ -318,9 +317,10 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor* weight, const T
            "group_norm: " + std::to_string(groups) + " groups do not divide the channels of " + shape_str(x.shape()));
   MD_CHECK(!weight || weight->shape() == Shape{x.size(1)}, "group_norm: weight does not match the channels");
   MD_CHECK(!bias || bias->shape() == Shape{x.size(1)}, "group_norm: bias does not match the channels");
-  Tensor xc = f32_contiguous(x);
-  Tensor y = Tensor::empty(x.shape());
-  backend_for(x.device()).group_norm(xc, groups, weight, bias, eps, act, y);
+  const Device dev = common_device("group_norm", {&x, weight, bias});
+  Tensor xc = f32c(x);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
+  backend_for(dev).group_norm(xc, groups, weight, bias, eps, act, y);
   return y;
 }
 
@@ -331,10 +331,11 @@ Tensor group_sums(const Tensor& x, int64_t groups, const Tensor* mean) {
   const Shape stats{x.size(0), groups};
   MD_CHECK(!mean || mean->shape() == stats,
            "group_sums: mean " + (mean ? shape_str(mean->shape()) : std::string()) + " is not " + shape_str(stats));
-  Tensor xc = f32_contiguous(x);
-  Tensor m = mean ? f32_contiguous(*mean) : Tensor();
-  Tensor out = Tensor::empty(stats);
-  backend_for(x.device()).group_sums(xc, groups, mean ? &m : nullptr, out);
+  const Device dev = common_device("group_sums", {&x, mean});
+  Tensor xc = f32c(x);
+  Tensor m = mean ? f32c(*mean) : Tensor();
+  Tensor out = Tensor::empty(stats, DType::F32, dev);
+  backend_for(dev).group_sums(xc, groups, mean ? &m : nullptr, out);
   return out;
 }
 
@@ -350,17 +351,17 @@ Tensor group_norm_apply(const Tensor& x, int64_t groups, const Tensor& mean, con
                                                                shape_str(stats));
   MD_CHECK(!weight || weight->shape() == Shape{x.size(1)}, "group_norm_apply: weight does not match the channels");
   MD_CHECK(!bias || bias->shape() == Shape{x.size(1)}, "group_norm_apply: bias does not match the channels");
-  Tensor xc = f32_contiguous(x);
-  Tensor y = Tensor::empty(x.shape());
-  backend_for(x.device())
-      .group_norm_apply(xc, groups, f32_contiguous(mean), f32_contiguous(rstd), weight, bias, act, y);
+  const Device dev = common_device("group_norm_apply", {&x, &mean, &rstd, weight, bias});
+  Tensor xc = f32c(x);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
+  backend_for(dev).group_norm_apply(xc, groups, f32c(mean), f32c(rstd), weight, bias, act, y);
   return y;
 }
 
 Tensor upsample_nearest2x(const Tensor& x) {
   MD_CHECK(x.dim() == 4, "upsample_nearest2x: x must be [B, C, H, W], got " + shape_str(x.shape()));
-  Tensor xc = f32_contiguous(x);
-  Tensor y = Tensor::empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)});
+  Tensor xc = f32c(x);
+  Tensor y = Tensor::empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)}, DType::F32, x.device());
   backend_for(x.device()).upsample_nearest2x(xc, y);
   return y;
 }

@@ -1,10 +1,18 @@
-// The operations layers are written in. Each allocates its output and dispatches to the backend of its
-// input's device; none knows which model calls it.
+// The operations layers are written in. Each allocates its output on its inputs' device (all inputs of
+// one call on one device) and dispatches to that device's backend; none knows which model calls it.
 #pragma once
 #include "backend/backend.h"
 #include "core/tensor.h"
 
 namespace meshdit::ops {
+
+// t on device dev: t itself (the same view, no copy) when it is there already, else a contiguous copy in
+// t's dtype. How activations and inputs move between the host and a device, and results come back.
+Tensor to_device(const Tensor& t, Device dev);
+// The one explicit step that puts a loaded weight on a device, between loading and the first kernel. On
+// the CPU it is the weight itself: the memory-mapped view stays, no copy; on a device, a copy in the
+// checkpoint's dtype.
+Tensor place(const Tensor& weight, Device dev);
 
 // x [..., K] . w[N, K]^T + b -> [..., N], optionally followed by an activation.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias = nullptr, Act act = Act::None);

@@ -1,8 +1,11 @@
 #include "core/tensor.h"
 
-#include <cstdlib>
+#include <array>
+#include <atomic>
 #include <numeric>
 #include <sstream>
+
+#include "core/allocator.h"
 
 namespace meshdit {
 
@@ -54,28 +57,41 @@ Shape contiguous_strides(const Shape& shape) {
   return st;
 }
 
+namespace {
+const DeviceCopy& copy_ops(Device d) {
+  const DeviceCopy* c = device_copy(d);
+  MD_CHECK(c != nullptr, std::string("no data movement registered for device ") + device_name(d) +
+                             " (its backend is not compiled in or not set up: backend_for / compiled_backends)");
+  return *c;
+}
+}  // namespace
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device dev) {
-  MD_CHECK(dev == Device::CPU, "Tensor::empty: only CPU allocation here");
   for (auto d : shape) MD_CHECK(d >= 0, "negative dimension in " + shape_str(shape));
+  Allocator* a = allocator_for(dev);
+  MD_CHECK(a != nullptr, std::string("Tensor::empty: no allocator registered for device ") + device_name(dev) +
+                             " (its backend is not compiled in or not set up: backend_for / compiled_backends)");
   Tensor t;
   t.storage_ = std::make_shared<Storage>();
-  size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
-  // 64-byte alignment for vector loads; round up so aligned_alloc's size rule holds.
-  size_t alloc = (bytes + 63) / 64 * 64;
-  void* p = alloc ? std::aligned_alloc(64, alloc) : nullptr;
-  MD_CHECK(alloc == 0 || p != nullptr, "out of memory allocating " + std::to_string(bytes) + " bytes");
+  const size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
+  void* p = bytes ? a->allocate(bytes) : nullptr;
+  MD_CHECK(bytes == 0 || p != nullptr, "out of memory allocating " + std::to_string(bytes) + " bytes on " +
+                                           device_name(dev) + " (allocator " + a->name() + ")");
   t.storage_->data = p;
   t.storage_->bytes = bytes;
-  t.storage_->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.storage_->device = dev;
+  t.storage_->owner = std::shared_ptr<void>(p, [a, bytes](void* q) {
+    if (q) a->deallocate(q, bytes);
+  });
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
   return t;
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  if (t.nbytes()) std::memset(t.raw(), 0, t.nbytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device dev) {
+  Tensor t = empty(shape, dtype, dev);
+  if (t.nbytes()) copy_ops(dev).zero(t);
   return t;
 }
 
@@ -93,10 +109,12 @@ Tensor Tensor::from_i64(const Shape& shape, const std::vector<int64_t>& values) 
   return t;
 }
 
-Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner, bool read_only) {
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner, bool read_only,
+                    Device dev) {
   Tensor t;
   t.storage_ = std::make_shared<Storage>();
   t.storage_->data = data;
+  t.storage_->device = dev;
   t.storage_->bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
   t.storage_->owner = std::move(owner);
   t.storage_->read_only = read_only;
@@ -182,6 +200,18 @@ std::vector<Tensor> Tensor::chunk(int64_t n, int64_t d) const {
   return out;
 }
 
+Tensor Tensor::expand(const Shape& shape) const {
+  MD_CHECK(int64_t(shape.size()) == dim(), "expand " + shape_str(shape_) + " to " + shape_str(shape) + ": rank differs");
+  Tensor t = *this;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape_[i] == shape[i]) continue;
+    MD_CHECK(shape_[i] == 1 && shape[i] >= 0, "expand " + shape_str(shape_) + " to " + shape_str(shape));
+    t.shape_[i] = shape[i];
+    t.strides_[i] = 0;
+  }
+  return t;
+}
+
 namespace {
 
 inline double load_elem(const char* p, DType t) {
@@ -211,9 +241,8 @@ inline void store_elem(char* p, DType t, double v) {
 
 }  // namespace
 
-void copy_into(const Tensor& src, Tensor& dst) {
-  MD_CHECK(src.shape() == dst.shape(), "copy_into: shape " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
-  MD_CHECK(!dst.read_only(), "copy_into: destination is read-only");
+void host_copy(const Tensor& src, Tensor& dst) {
+  MD_CHECK(src.shape() == dst.shape(), "host_copy: shape " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
   const int64_t n = src.numel();
   if (n == 0) return;
   const size_t ss = dtype_size(src.dtype()), ds = dtype_size(dst.dtype());
@@ -254,30 +283,84 @@ void copy_into(const Tensor& src, Tensor& dst) {
   }
 }
 
+void copy_into(const Tensor& src, Tensor& dst) {
+  MD_CHECK(src.shape() == dst.shape(), "copy_into: shape " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
+  MD_CHECK(!dst.read_only(), "copy_into: destination is read-only");
+  if (src.numel() == 0) return;
+  const Device sd = src.device(), dd = dst.device();
+  if (sd == dd) {
+    copy_ops(sd).copy(src, dst);
+    return;
+  }
+  if (sd != Device::CPU && dd != Device::CPU) {  // two devices: through the host
+    Tensor h = Tensor::empty(src.shape(), dst.dtype());
+    copy_into(src, h);
+    copy_into(h, dst);
+    return;
+  }
+  // The bytes cross contiguous and already in the destination's dtype, converted on the source's side;
+  // a strided destination is filled from a contiguous staging copy on its own device.
+  const Tensor s = src.to(dst.dtype()).contiguous();
+  Tensor d = dst.is_contiguous() ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
+  if (sd == Device::CPU)
+    copy_ops(dd).from_host(d.raw(), s.raw(), s.nbytes());
+  else
+    copy_ops(sd).to_host(d.raw(), s.raw(), s.nbytes());
+  if (!dst.is_contiguous()) copy_into(d, dst);
+}
+
+namespace {
+
+void host_zero(Tensor& t) { std::memset(t.raw(), 0, t.nbytes()); }
+void host_memcpy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+// Atomic: registrations happen once per backend, possibly while other threads already copy.
+struct CopyRegistry {
+  std::array<std::atomic<const DeviceCopy*>, kDeviceCount> slots{};
+  CopyRegistry() {
+    static const DeviceCopy host{host_copy, host_memcpy, host_memcpy, host_zero};
+    for (auto& s : slots) s.store(nullptr);
+    slots[size_t(Device::CPU)].store(&host);
+  }
+};
+
+CopyRegistry& copy_registry() {
+  static CopyRegistry r;
+  return r;
+}
+
+}  // namespace
+
+const DeviceCopy* set_device_copy(Device d, const DeviceCopy* c) { return copy_registry().slots[size_t(d)].exchange(c); }
+
+const DeviceCopy* device_copy(Device d) { return copy_registry().slots[size_t(d)].load(); }
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
-  Tensor t = empty(shape_, dtype_);
+  Tensor t = empty(shape_, dtype_, device());
   copy_into(*this, t);
   return t;
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_);
+  Tensor t = empty(shape_, dtype_, device());
   copy_into(*this, t);
   return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
-  Tensor t = empty(shape_, dtype);
+  Tensor t = empty(shape_, dtype, device());
   copy_into(*this, t);
   return t;
 }
 
 std::vector<float> Tensor::to_vector() const {
-  Tensor c = to(DType::F32).contiguous();
-  const float* p = c.data<float>();
-  return std::vector<float>(p, p + c.numel());
+  // Copied straight into the vector's memory: one pass from any device, dtype and layout.
+  std::vector<float> v(static_cast<size_t>(numel()));
+  Tensor dst = wrap(v.data(), shape_, DType::F32, nullptr, false);
+  copy_into(*this, dst);
+  return v;
 }
 
 Tensor concat(const std::vector<Tensor>& parts, int64_t d) {
@@ -292,8 +375,11 @@ Tensor concat(const std::vector<Tensor>& parts, int64_t d) {
       MD_CHECK(i == d || p.size(i) == first.size(i), "concat shape mismatch " + shape_str(p.shape()));
     total += p.size(d);
   }
+  for (const auto& p : parts)
+    MD_CHECK(p.device() == first.device(), std::string("concat of parts on ") + device_name(first.device()) +
+                                               " and " + device_name(p.device()));
   shape[d] = total;
-  Tensor out = Tensor::empty(shape, first.dtype());
+  Tensor out = Tensor::empty(shape, first.dtype(), first.device());
   int64_t at = 0;
   for (const auto& p : parts) {
     Tensor dst = out.slice(d, at, at + p.size(d));

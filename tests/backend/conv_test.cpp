@@ -1,7 +1,8 @@
-// The image-model kernels behind meshdit::ops (conv2d, group_norm, upsample_nearest2x), checked against
-// naive double-precision loops written here, with 1, 2 and 3 pool threads. Tolerances are at float32
-// level: for a convolution a few float32 epsilons times the sum of |terms| of each output; for group norm
-// a few parts in a million of the normalised magnitude (the statistics are float32 sums over a group).
+// The image-model kernels behind meshdit::ops (conv2d, group_norm, upsample_nearest2x), on every compiled
+// backend (backend_test_util.h), checked against naive double-precision loops written here, with 1, 2 and
+// 3 pool threads. Tolerances are at float32 level: for a convolution a few float32 epsilons times the sum
+// of |terms| of each output; for group norm a few parts in a million of the normalised magnitude (the
+// statistics are float32 sums over a group).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "../test_util.h"
 #include "backend/backend.h"
 #include "backend/ops.h"
+#include "backend_test_util.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 
@@ -21,46 +23,22 @@ using namespace meshdit;
 
 namespace {
 
+using test::for_thread_counts;
+using test::host_values;
+using test::kEps32;
 using test::random_tensor;
-using Vec = std::vector<double>;
+using test::to_d;
+using test::Vec;
 
-constexpr double kEps32 = 1.1920928955078125e-07;
+MESHDIT_BACKEND_SUITE(Conv2d);
+MESHDIT_BACKEND_SUITE(GroupNorm);
+MESHDIT_BACKEND_SUITE(UpsampleNearest2x);
+MESHDIT_BACKEND_SUITE(ConvBackend);
 
-Vec to_d(const Tensor& t) {
-  std::vector<float> f = t.to_vector();
-  return Vec(f.begin(), f.end());
-}
-
-::testing::AssertionResult all_close(const Tensor& got_t, const Vec& ref, const Vec& tol) {
-  const std::vector<float> got = got_t.to_vector();
-  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "size " << got.size() << " vs " << ref.size();
-  int64_t bad = 0, worst = -1;
-  double worst_ratio = -1;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    const bool ok = err <= tol[i];
-    if (!ok) ++bad;
-    const double ratio = ok ? err / (tol[i] > 0 ? tol[i] : 1) : std::numeric_limits<double>::infinity();
-    if (ratio > worst_ratio) worst_ratio = ratio, worst = int64_t(i);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << ref.size() << " out of tolerance; worst at " << worst
-                                       << ": got " << got[size_t(worst)] << " want " << ref[size_t(worst)] << " tol "
-                                       << tol[size_t(worst)];
-}
-
-int default_threads() {
-  static const int n = num_threads();
-  return n;
-}
-void for_thread_counts(const std::function<void()>& fn) {
-  (void)default_threads();
-  for (int t : {1, 2, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(t));
-    set_num_threads(t);
-    fn();
-  }
-  set_num_threads(default_threads());
+::testing::AssertionResult all_close_on(Device dev, const Tensor& got, const Vec& ref, const Vec& tol) {
+  if (got.device() != dev)
+    return ::testing::AssertionFailure() << "result on " << device_name(got.device()) << ", not " << device_name(dev);
+  return test::all_close(host_values(got), ref, tol);
 }
 
 // ---- conv2d ------------------------------------------------------------------------------------------
@@ -116,21 +94,21 @@ Conv2dParams pads(int s, int top, int left, int bottom, int right) {
   return p;
 }
 
-void check_conv(const ConvCase& cc) {
+void check_conv(const ConvCase& cc, Device dev) {
   SCOPED_TRACE(cc.name);
-  const Tensor x = random_tensor({cc.B, cc.C, cc.H, cc.W}, 11);
-  const Tensor w = random_tensor({cc.O, cc.C, cc.kh, cc.kw}, 12, 0.3f).to(cc.wdtype);
-  const Tensor b = random_tensor({cc.O}, 13).to(cc.wdtype);
+  const Tensor x = ops::to_device(random_tensor({cc.B, cc.C, cc.H, cc.W}, 11), dev);
+  const Tensor w = ops::place(random_tensor({cc.O, cc.C, cc.kh, cc.kw}, 12, 0.3f).to(cc.wdtype), dev);
+  const Tensor b = ops::place(random_tensor({cc.O}, 13).to(cc.wdtype), dev);
   const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);  // the stored (rounded) values
   const Ref r = ref_conv(xd, wd, cc.bias ? &bd : nullptr, cc);
   for_thread_counts([&] {
     Tensor y = ops::conv2d(x, w, cc.bias ? &b : nullptr, cc.p);
     ASSERT_EQ(y.shape(), r.shape);
-    EXPECT_TRUE(all_close(y, r.y, r.tol));
+    EXPECT_TRUE(all_close_on(dev, y, r.y, r.tol));
   });
 }
 
-TEST(Conv2d, MatchesNaiveLoops) {
+TEST_P(Conv2d, MatchesNaiveLoops) {
   const ConvCase cases[] = {
       {2, 3, 5, 7, 4, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "3x3 stride 1 pad 1, odd sizes"},
       {1, 5, 9, 11, 6, 3, 3, pads(2, 0, 0, 1, 1), DType::F32, true, "3x3 stride 2, Downsample2D pad (0,1,0,1)"},
@@ -155,21 +133,22 @@ TEST(Conv2d, MatchesNaiveLoops) {
       // last partial); with more threads the tiles shrink further to feed every thread.
       {1, 256, 48, 48, 8, 3, 3, pads(1, 1, 1, 1, 1), DType::F32, true, "bounded im2col tile"},
   };
-  for (const auto& cc : cases) check_conv(cc);
+  for (const auto& cc : cases) check_conv(cc, device());
 }
 
-TEST(Conv2d, StridedInputIsMadeContiguous) {
+TEST_P(Conv2d, StridedInputIsMadeContiguous) {
   // A channels-last buffer viewed as NCHW.
-  const Tensor nhwc = random_tensor({1, 6, 7, 4}, 21);
+  const Tensor nhwc = on(random_tensor({1, 6, 7, 4}, 21));
   const Tensor x = nhwc.permute({0, 3, 1, 2});
   ASSERT_FALSE(x.is_contiguous());
-  const Tensor w = random_tensor({5, 4, 3, 3}, 22);
+  const Tensor w = ops::place(random_tensor({5, 4, 3, 3}, 22), device());
   const Tensor y = ops::conv2d(x, w, nullptr, pads(1, 1, 1, 1, 1));
   const Tensor y_ref = ops::conv2d(x.contiguous(), w, nullptr, pads(1, 1, 1, 1, 1));
-  EXPECT_EQ(y.to_vector(), y_ref.to_vector());
+  EXPECT_EQ(y.device(), device());
+  EXPECT_EQ(host_values(y), host_values(y_ref));
 }
 
-TEST(Conv2d, OutputSizeFollowsTorch) {
+TEST(Conv2dParams, OutputSizeFollowsTorch) {
   Conv2dParams down = pads(2, 0, 0, 1, 1);  // Downsample2D(padding=0): floor(H / 2)
   for (int64_t h : {2, 3, 8, 9, 48, 49}) EXPECT_EQ(down.out_h(h, 3), h / 2) << h;
   Conv2dParams same = pads(1, 1, 1, 1, 1);
@@ -178,11 +157,12 @@ TEST(Conv2d, OutputSizeFollowsTorch) {
 
 // The convolution of a row band extended by a halo row on each inner side, with vertical padding only at
 // the image's edges, is the band of the whole image's convolution (what a row-split VAE decode relies on).
-TEST(Conv2d, HaloBandsReassembleTheWholeImage) {
+TEST_P(Conv2d, HaloBandsReassembleTheWholeImage) {
   const int64_t H = 11;
-  const Tensor x = random_tensor({2, 5, H, 9}, 25);
-  const Tensor w = random_tensor({6, 5, 3, 3}, 26, 0.3f), b = random_tensor({6}, 27);
-  const std::vector<float> whole = ops::conv2d(x, w, &b, pads(1, 1, 1, 1, 1)).to_vector();
+  const Tensor x = on(random_tensor({2, 5, H, 9}, 25));
+  const Tensor w = ops::place(random_tensor({6, 5, 3, 3}, 26, 0.3f), device());
+  const Tensor b = ops::place(random_tensor({6}, 27), device());
+  const std::vector<float> whole = host_values(ops::conv2d(x, w, &b, pads(1, 1, 1, 1, 1)));
   for (int64_t parts : {2, 3, 5}) {
     SCOPED_TRACE("parts=" + std::to_string(parts));
     for (int64_t p = 0; p < parts; ++p) {
@@ -191,7 +171,7 @@ TEST(Conv2d, HaloBandsReassembleTheWholeImage) {
       Conv2dParams cp = pads(1, r0 == 0 ? 1 : 0, 1, r1 == H ? 1 : 0, 1);
       const Tensor band = ops::conv2d(x.slice(2, e0, e1), w, &b, cp);
       ASSERT_EQ(band.shape(), (Shape{2, 6, r1 - r0, 9}));
-      const std::vector<float> got = band.to_vector();
+      const std::vector<float> got = host_values(band);
       for (int64_t bo = 0; bo < 12; ++bo)
         for (int64_t i = r0; i < r1; ++i)
           for (int64_t j = 0; j < 9; ++j) {
@@ -206,13 +186,15 @@ TEST(Conv2d, HaloBandsReassembleTheWholeImage) {
 
 double silu_d(double v) { return v / (1.0 + std::exp(-v)); }
 
-void check_group_norm(const Shape& shape, int64_t groups, bool affine, Act act, float scale, float offset) {
+void check_group_norm(Device dev, const Shape& shape, int64_t groups, bool affine, Act act, float scale,
+                      float offset) {
   SCOPED_TRACE(shape_str(shape) + " groups " + std::to_string(groups) + (affine ? " affine" : "") +
                (act == Act::SiLU ? " silu" : ""));
-  Tensor x = random_tensor(shape, 31, scale);
-  float* xp = x.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) xp[i] += offset;
-  const Tensor w = random_tensor({shape[1]}, 32), b = random_tensor({shape[1]}, 33);
+  Tensor xh = random_tensor(shape, 31, scale);
+  float* xp = xh.f32();
+  for (int64_t i = 0; i < xh.numel(); ++i) xp[i] += offset;
+  const Tensor x = ops::to_device(xh, dev);
+  const Tensor w = ops::place(random_tensor({shape[1]}, 32), dev), b = ops::place(random_tensor({shape[1]}, 33), dev);
   const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
   const int64_t B = shape[0], C = shape[1], S = x.numel() / (B * C), cg = C / groups, n = cg * S;
   const float eps = 1e-6f;
@@ -240,40 +222,39 @@ void check_group_norm(const Shape& shape, int64_t groups, bool affine, Act act, 
   for_thread_counts([&] {
     Tensor y = ops::group_norm(x, groups, affine ? &w : nullptr, affine ? &b : nullptr, eps, act);
     ASSERT_EQ(y.shape(), x.shape());
-    EXPECT_TRUE(all_close(y, ref, tol));
+    EXPECT_TRUE(all_close_on(dev, y, ref, tol));
   });
 }
 
-TEST(GroupNorm, MatchesNaiveLoops) {
-  check_group_norm({2, 8, 5, 7}, 4, true, Act::None, 1.0f, 0.0f);
-  check_group_norm({2, 8, 5, 7}, 4, false, Act::None, 1.0f, 0.0f);
-  check_group_norm({1, 6, 3, 11}, 3, true, Act::SiLU, 2.0f, 0.5f);
-  check_group_norm({3, 4, 9}, 2, true, Act::None, 1.0f, 0.0f);  // [B, C, L], as attention's norm
-  check_group_norm({1, 5, 4, 4}, 1, true, Act::None, 1.0f, 0.0f);
-  check_group_norm({1, 6, 4, 4}, 6, false, Act::SiLU, 1.0f, 0.0f);  // one channel per group
+TEST_P(GroupNorm, MatchesNaiveLoops) {
+  check_group_norm(device(), {2, 8, 5, 7}, 4, true, Act::None, 1.0f, 0.0f);
+  check_group_norm(device(), {2, 8, 5, 7}, 4, false, Act::None, 1.0f, 0.0f);
+  check_group_norm(device(), {1, 6, 3, 11}, 3, true, Act::SiLU, 2.0f, 0.5f);
+  check_group_norm(device(), {3, 4, 9}, 2, true, Act::None, 1.0f, 0.0f);  // [B, C, L], as attention's norm
+  check_group_norm(device(), {1, 5, 4, 4}, 1, true, Act::None, 1.0f, 0.0f);
+  check_group_norm(device(), {1, 6, 4, 4}, 6, false, Act::SiLU, 1.0f, 0.0f);  // one channel per group
   // Groups of 9216 elements: sums span several accumulation chunks; an offset tests the variance pass.
-  check_group_norm({1, 8, 48, 48}, 2, true, Act::None, 3.0f, 5.0f);
-  check_group_norm({2, 32, 17, 19}, 8, true, Act::SiLU, 1.0f, -1.0f);
+  check_group_norm(device(), {1, 8, 48, 48}, 2, true, Act::None, 3.0f, 5.0f);
+  check_group_norm(device(), {2, 32, 17, 19}, 8, true, Act::SiLU, 1.0f, -1.0f);
 }
 
-TEST(GroupNorm, ConstantGroupIsFinite) {
-  Tensor x = Tensor::zeros({1, 4, 3, 3});
-  float* p = x.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) p[i] = 2.5f;
-  const Tensor b = Tensor::from_f32({4}, {0.1f, 0.2f, 0.3f, 0.4f}), w = Tensor::from_f32({4}, {1, 1, 1, 1});
-  const std::vector<float> y = ops::group_norm(x, 2, &w, &b, 1e-6f).to_vector();
+TEST_P(GroupNorm, ConstantGroupIsFinite) {
+  const Tensor x = ops::full({1, 4, 3, 3}, 2.5f, device());
+  const Tensor b = on(Tensor::from_f32({4}, {0.1f, 0.2f, 0.3f, 0.4f})), w = on(Tensor::from_f32({4}, {1, 1, 1, 1}));
+  const std::vector<float> y = host_values(ops::group_norm(x, 2, &w, &b, 1e-6f));
   for (int64_t i = 0; i < 36; ++i) EXPECT_FLOAT_EQ(y[size_t(i)], 0.1f * float(i / 9 + 1)) << i;
 }
 
 // group_sums and group_norm_apply against naive double loops, and, fed with statistics summed over row
 // bands of x (as ranks of a split image do), against group_norm of the whole x.
-TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
+TEST_P(GroupNorm, SumsAndApplyMatchNaiveLoops) {
   const Shape shape{2, 8, 13, 6};
   const int64_t groups = 4, B = 2, C = 8, H = 13, W = 6, S = H * W, cg = C / groups, n = cg * S;
-  Tensor x = random_tensor(shape, 51, 2.0f);
-  float* xp = x.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) xp[i] += 3.0f;  // an offset makes the variance pass matter
-  const Tensor w = random_tensor({C}, 52), b = random_tensor({C}, 53);
+  Tensor xh = random_tensor(shape, 51, 2.0f);
+  float* xp = xh.f32();
+  for (int64_t i = 0; i < xh.numel(); ++i) xp[i] += 3.0f;  // an offset makes the variance pass matter
+  const Tensor x = on(xh);
+  const Tensor w = ops::place(random_tensor({C}, 52), device()), b = ops::place(random_tensor({C}, 53), device());
   const Vec xd = to_d(x);
   std::vector<double> mean(size_t(B * groups)), ssd(size_t(B * groups));
   for (int64_t bg = 0; bg < B * groups; ++bg) {
@@ -284,15 +265,15 @@ TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
     ssd[size_t(bg)] = q;
   }
   for_thread_counts([&] {
-    const std::vector<float> sums = ops::group_sums(x, groups).to_vector();
+    const std::vector<float> sums = host_values(ops::group_sums(x, groups));
     ASSERT_EQ(sums.size(), size_t(B * groups));
     std::vector<float> mf(sums.size());
     for (size_t g = 0; g < sums.size(); ++g) {
       EXPECT_NEAR(sums[g], mean[g] * double(n), 1e-6 * std::fabs(mean[g] * double(n)) + 1e-4) << g;
       mf[g] = float(mean[g]);
     }
-    const Tensor m = Tensor::from_f32({B, groups}, mf);
-    const std::vector<float> sq = ops::group_sums(x, groups, &m).to_vector();
+    const Tensor m = on(Tensor::from_f32({B, groups}, mf));
+    const std::vector<float> sq = host_values(ops::group_sums(x, groups, &m));
     for (size_t g = 0; g < sq.size(); ++g) EXPECT_NEAR(sq[g], ssd[g], 1e-5 * ssd[g]) << g;
   });
 
@@ -300,24 +281,25 @@ TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
   const int64_t cuts[] = {0, 4, 9, 13};
   std::vector<double> tot(size_t(B * groups)), tot_sq(size_t(B * groups));
   for (int k = 0; k < 3; ++k) {
-    const std::vector<float> s = ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups).to_vector();
+    const std::vector<float> s = host_values(ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups));
     for (size_t g = 0; g < s.size(); ++g) tot[g] += s[g];
   }
   std::vector<float> mf(tot.size()), rf(tot.size());
   for (size_t g = 0; g < tot.size(); ++g) mf[g] = float(tot[g] / double(n));
-  const Tensor m = Tensor::from_f32({B, groups}, mf);
+  const Tensor m = on(Tensor::from_f32({B, groups}, mf));
   for (int k = 0; k < 3; ++k) {
-    const std::vector<float> s = ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups, &m).to_vector();
+    const std::vector<float> s = host_values(ops::group_sums(x.slice(2, cuts[k], cuts[k + 1]), groups, &m));
     for (size_t g = 0; g < s.size(); ++g) tot_sq[g] += s[g];
   }
   const float eps = 1e-6f;
   for (size_t g = 0; g < tot.size(); ++g) rf[g] = float(1.0 / std::sqrt(tot_sq[g] / double(n) + eps));
-  const Tensor r = Tensor::from_f32({B, groups}, rf);
+  const Tensor r = on(Tensor::from_f32({B, groups}, rf));
   for (Act act : {Act::None, Act::SiLU}) {
-    const std::vector<float> whole = ops::group_norm(x, groups, &w, &b, eps, act).to_vector();
+    const std::vector<float> whole = host_values(ops::group_norm(x, groups, &w, &b, eps, act));
     for (int k = 0; k < 3; ++k) {
       const int64_t r0 = cuts[k], r1 = cuts[k + 1];
-      const std::vector<float> got = ops::group_norm_apply(x.slice(2, r0, r1), groups, m, r, &w, &b, act).to_vector();
+      const std::vector<float> got =
+          host_values(ops::group_norm_apply(x.slice(2, r0, r1), groups, m, r, &w, &b, act));
       for (int64_t bc = 0; bc < B * C; ++bc)
         for (int64_t i = r0; i < r1; ++i)
           for (int64_t j = 0; j < W; ++j) {
@@ -327,7 +309,7 @@ TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
     }
   }
   // Without the affine: z = (x - mean) * rstd exactly as given.
-  const std::vector<float> z = ops::group_norm_apply(x, groups, m, r, nullptr, nullptr).to_vector();
+  const std::vector<float> z = host_values(ops::group_norm_apply(x, groups, m, r, nullptr, nullptr));
   for (int64_t i = 0; i < x.numel(); i += 17) {
     const int64_t bg = i / n;
     EXPECT_FLOAT_EQ(z[size_t(i)], (xp[i] - mf[size_t(bg)]) * rf[size_t(bg)]) << i;
@@ -336,15 +318,16 @@ TEST(GroupNorm, SumsAndApplyMatchNaiveLoops) {
 
 // ---- upsample ----------------------------------------------------------------------------------------
 
-TEST(UpsampleNearest2x, RepeatsEveryPixel) {
+TEST_P(UpsampleNearest2x, RepeatsEveryPixel) {
   for (const Shape& s : {Shape{2, 3, 5, 7}, Shape{1, 1, 1, 1}, Shape{1, 4, 33, 2}}) {
     SCOPED_TRACE(shape_str(s));
-    const Tensor x = random_tensor(s, 41);
-    const std::vector<float> xv = x.to_vector();
+    const Tensor x = on(random_tensor(s, 41));
+    const std::vector<float> xv = host_values(x);
     for_thread_counts([&] {
       const Tensor y = ops::upsample_nearest2x(x);
       ASSERT_EQ(y.shape(), (Shape{s[0], s[1], 2 * s[2], 2 * s[3]}));
-      const std::vector<float> yv = y.to_vector();
+      ASSERT_EQ(y.device(), device());
+      const std::vector<float> yv = host_values(y);
       const int64_t H = s[2], W = s[3];
       for (int64_t bc = 0; bc < s[0] * s[1]; ++bc)
         for (int64_t i = 0; i < 2 * H; ++i)
@@ -354,8 +337,8 @@ TEST(UpsampleNearest2x, RepeatsEveryPixel) {
   }
 }
 
-TEST(ConvBackend, TableHasTheImageKernels) {
-  const Backend& b = cpu_backend();
+TEST_P(ConvBackend, TableHasTheImageKernels) {
+  const Backend& b = backend();
   EXPECT_NE(b.conv2d, nullptr);
   EXPECT_NE(b.group_norm, nullptr);
   EXPECT_NE(b.upsample_nearest2x, nullptr);

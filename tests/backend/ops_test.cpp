@@ -1,7 +1,8 @@
-// Every CPU kernel behind meshdit::ops, checked against naive double-precision loops written here.
-// Tolerances are at float32 level: per element, a few float32 epsilons times the magnitude of the terms
-// that produced it (for sums, the sum of |terms|); attention follows the flash-attention rule (at most
-// twice the error of a plain float32 implementation of softmax(QK^T * scale) V, measured here too).
+// Every kernel behind meshdit::ops, on every compiled backend (backend_test_util.h), checked against naive
+// double-precision loops written here. Tolerances are at float32 level: per element, a few float32
+// epsilons times the magnitude of the terms that produced it (for sums, the sum of |terms|); attention
+// follows the flash-attention rule (at most twice the error of a plain float32 implementation of
+// softmax(QK^T * scale) V, measured here too).
 #include "backend/ops.h"
 
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 
 #include "../test_util.h"
 #include "backend/backend.h"
+#include "backend_test_util.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 
@@ -23,58 +25,26 @@ using namespace meshdit;
 
 namespace {
 
+using test::all_close;
+using test::default_threads;
+using test::for_thread_counts;
+using test::host_values;
+using test::kEps32;
 using test::random_tensor;
-using Vec = std::vector<double>;
+using test::ThreadCountGuard;
+using test::to_d;
+using test::Vec;
 
-constexpr double kEps32 = 1.1920928955078125e-07;  // float32 machine epsilon
-
-Vec to_d(const Tensor& t) {
-  std::vector<float> f = t.to_vector();
-  return Vec(f.begin(), f.end());
-}
-
-// Fails with the worst element when any |got - ref| exceeds its tolerance (or is NaN).
-::testing::AssertionResult all_close(const std::vector<float>& got, const Vec& ref, const Vec& tol) {
-  if (got.size() != ref.size() || tol.size() != ref.size())
-    return ::testing::AssertionFailure() << "size " << got.size() << " vs reference " << ref.size();
-  int64_t bad = 0, worst = -1;
-  double worst_ratio = 0, max_err = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    const bool ok = err <= tol[i] || (std::isinf(ref[i]) && double(got[i]) == ref[i]);
-    if (!ok) ++bad;
-    const double ratio = ok ? err / (tol[i] > 0 ? tol[i] : 1) : std::numeric_limits<double>::infinity();
-    if (worst < 0 || ratio > worst_ratio) worst_ratio = ratio, worst = int64_t(i);
-    if (std::isfinite(err)) max_err = std::max(max_err, err);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << ref.size() << " elements out of tolerance; worst at "
-                                       << worst << ": got " << got[size_t(worst)] << " want " << ref[size_t(worst)]
-                                       << " tol " << tol[size_t(worst)] << " (max finite |err| " << max_err << ")";
-}
-
-::testing::AssertionResult all_close(const Tensor& got, const Vec& ref, const Vec& tol) {
-  return all_close(got.to_vector(), ref, tol);
-}
-
-// Runs fn with 1, 2 and 3 pool threads, then restores the count the process started with.
-int default_threads() {
-  static const int n = num_threads();
-  return n;
-}
-struct ThreadCountGuard {
-  ThreadCountGuard() { (void)default_threads(); }
-  ~ThreadCountGuard() { set_num_threads(default_threads()); }
-};
-void for_thread_counts(const std::function<void()>& fn) {
-  ThreadCountGuard guard;
-  for (int t : {1, 2, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(t));
-    set_num_threads(t);
-    ASSERT_EQ(num_threads(), t);
-    fn();
-  }
-}
+MESHDIT_BACKEND_SUITE(OpsLinear);
+MESHDIT_BACKEND_SUITE(OpsTable);
+MESHDIT_BACKEND_SUITE(OpsNorms);
+MESHDIT_BACKEND_SUITE(OpsModulate);
+MESHDIT_BACKEND_SUITE(OpsActivation);
+MESHDIT_BACKEND_SUITE(OpsSoftmax);
+MESHDIT_BACKEND_SUITE(OpsAttention);
+MESHDIT_BACKEND_SUITE(OpsRope);
+MESHDIT_BACKEND_SUITE(OpsTimestep);
+MESHDIT_BACKEND_SUITE(OpsPatchify);
 
 TEST(ThreadCount, RestoredAfterSweeps) {
   const int before = num_threads();
@@ -172,22 +142,23 @@ LinearData make_linear(int64_t M, int64_t N, int64_t K, DType wdt, unsigned seed
   return d;
 }
 
-TEST(OpsLinear, EveryDtypeBiasAndActivation) {
+TEST_P(OpsLinear, EveryDtypeBiasAndActivation) {
   const LinearCase cases[] = {{1, 7, 5}, {3, 33, 17}, {70, 260, 65}};
   unsigned seed = 100;
   for (const auto& c : cases) {
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       LinearData d = make_linear(c.M, c.N, c.K, dt, seed += 3);
+      const Tensor x = on(d.x), w = ops::place(d.w, device()), b = ops::place(d.b, device());
       for (bool with_bias : {false, true}) {
         for (Act act : kActs) {
           SCOPED_TRACE(std::string("M=") + std::to_string(c.M) + " N=" + std::to_string(c.N) +
                        " K=" + std::to_string(c.K) + " w=" + dtype_name(dt) + " bias=" + std::to_string(with_bias) +
                        " act=" + act_name(act));
           LinearRef r = ref_linear(d.xd, d.wd, with_bias ? &d.bd : nullptr, c.M, c.N, c.K, act);
-          Tensor y = ops::linear(d.x, d.w, with_bias ? &d.b : nullptr, act);
+          Tensor y = ops::linear(x, w, with_bias ? &b : nullptr, act);
           EXPECT_EQ(y.shape(), (Shape{c.M, c.N}));
           EXPECT_EQ(y.dtype(), DType::F32);
-          EXPECT_TRUE(all_close(y, r.y, r.tol));
+          EXPECT_TRUE(close(y, r.y, r.tol));
         }
       }
     }
@@ -197,7 +168,7 @@ TEST(OpsLinear, EveryDtypeBiasAndActivation) {
 // Shapes that take each branch of the work grid: M = 1 with N*K large enough to thread, N > 256 and
 // M > 64 (column blocks and several 128-row weight tiles per block), N <= 64 with M large (row blocks),
 // and odd sizes everywhere; with 1, 2 and 3 threads.
-TEST(OpsLinear, ThreadedTiling) {
+TEST_P(OpsLinear, ThreadedTiling) {
   const LinearCase cases[] = {{1, 513, 600}, {130, 300, 67}, {200, 40, 100}, {129, 257, 129}, {65, 1, 300}};
   unsigned seed = 200;
   for (const auto& c : cases) {
@@ -208,56 +179,57 @@ TEST(OpsLinear, ThreadedTiling) {
       const Act act = dt == DType::F32 ? Act::None : dt == DType::BF16 ? Act::GeluTanh : Act::SiLU;
       LinearRef r = ref_linear(d.xd, d.wd, &d.bd, c.M, c.N, c.K, act);
       LinearRef r0 = ref_linear(d.xd, d.wd, nullptr, c.M, c.N, c.K, Act::None);
+      const Tensor x = on(d.x), w = ops::place(d.w, device()), b = ops::place(d.b, device());
       for_thread_counts([&] {
-        EXPECT_TRUE(all_close(ops::linear(d.x, d.w, &d.b, act), r.y, r.tol));
-        EXPECT_TRUE(all_close(ops::linear(d.x, d.w), r0.y, r0.tol));
+        EXPECT_TRUE(close(ops::linear(x, w, &b, act), r.y, r.tol));
+        EXPECT_TRUE(close(ops::linear(x, w), r0.y, r0.tol));
       });
     }
   }
 }
 
-TEST(OpsLinear, ThreeDimensionalAndStridedInputs) {
+TEST_P(OpsLinear, ThreeDimensionalAndStridedInputs) {
   const int64_t B = 2, L = 37, K = 24, N = 45;
-  Tensor wide = random_tensor({B, L, K + 16}, 301);
+  Tensor wide = on(random_tensor({B, L, K + 16}, 301));
   Tensor x = wide.slice(2, 5, 5 + K);  // [B, L, K], row stride K + 16
   ASSERT_FALSE(x.is_contiguous());
-  Tensor w = random_tensor({N, K}, 302, 0.2f).to(DType::BF16);
-  Tensor b = random_tensor({N}, 303).to(DType::BF16);  // a bf16 bias is widened too
+  Tensor w = ops::place(random_tensor({N, K}, 302, 0.2f).to(DType::BF16), device());
+  Tensor b = ops::place(random_tensor({N}, 303).to(DType::BF16), device());  // a bf16 bias is widened too
   const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
   LinearRef r = ref_linear(xd, wd, &bd, B * L, N, K, Act::GeluErf);
   for_thread_counts([&] {
     Tensor y = ops::linear(x, w, &b, Act::GeluErf);
     EXPECT_EQ(y.shape(), (Shape{B, L, N}));
-    EXPECT_TRUE(all_close(y, r.y, r.tol));
+    EXPECT_TRUE(close(y, r.y, r.tol));
     // Contiguous 3-D input, same values.
-    EXPECT_TRUE(all_close(ops::linear(x.contiguous(), w, &b, Act::GeluErf), r.y, r.tol));
+    EXPECT_TRUE(close(ops::linear(x.contiguous(), w, &b, Act::GeluErf), r.y, r.tol));
   });
   // A bf16 activation input is widened; a transposed (non-contiguous) f32 weight is made contiguous.
   Tensor xb = x.to(DType::BF16);
-  Tensor wt = random_tensor({K, N}, 304, 0.2f);
+  Tensor wt = ops::place(random_tensor({K, N}, 304, 0.2f), device());
   Tensor wv = wt.permute({1, 0});  // [N, K] view
   LinearRef rb = ref_linear(to_d(xb), to_d(wv), nullptr, B * L, N, K, Act::QuickGelu);
   Tensor yb = ops::linear(xb, wv, nullptr, Act::QuickGelu);
   EXPECT_EQ(yb.shape(), (Shape{B, L, N}));
-  EXPECT_TRUE(all_close(yb, rb.y, rb.tol));
+  EXPECT_TRUE(close(yb, rb.y, rb.tol));
 }
 
 // The backend contract allows x rows with stride(0) > K; ops always passes contiguous rows, so call the
 // kernel directly.
-TEST(CpuBackend, LinearStridedRows) {
+TEST_P(OpsTable, LinearStridedRows) {
   const int64_t M = 70, N = 300, K = 33;
-  Tensor wide = random_tensor({M, K + 7}, 401);
+  Tensor wide = on(random_tensor({M, K + 7}, 401));
   Tensor x = wide.slice(1, 3, 3 + K);
   ASSERT_EQ(x.stride(0), K + 7);
   for (DType dt : {DType::F32, DType::F16}) {
-    Tensor w = random_tensor({N, K}, 402, 0.3f).to(dt);
-    Tensor b = random_tensor({N}, 403);
+    Tensor w = ops::place(random_tensor({N, K}, 402, 0.3f).to(dt), device());
+    Tensor b = ops::place(random_tensor({N}, 403), device());
     const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
     LinearRef r = ref_linear(xd, wd, &bd, M, N, K, Act::SiLU);
     for_thread_counts([&] {
-      Tensor y = Tensor::empty({M, N});
-      cpu_backend().linear(x, w, &b, Act::SiLU, y);
-      EXPECT_TRUE(all_close(y, r.y, r.tol));
+      Tensor y = empty({M, N});
+      backend().linear(x, w, &b, Act::SiLU, y);
+      EXPECT_TRUE(close(y, r.y, r.tol));
     });
   }
 }
@@ -307,14 +279,14 @@ NormRef ref_rms_norm(const Vec& x, int64_t C, const Vec* w, double eps) {
   return r;
 }
 
-TEST(OpsNorms, LayerNormWithAndWithoutAffine) {
+TEST_P(OpsNorms, LayerNormWithAndWithoutAffine) {
   const Shape shapes[] = {{2, 50, 48}, {3, 7}, {5, 1}, {1, 1, 257}};
   unsigned seed = 500;
   for (const auto& s : shapes) {
     const int64_t C = s.back();
-    Tensor x = random_tensor(s, ++seed, 2.0f);
-    for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] += 3.0f;  // a mean offset
-    Tensor w = random_tensor({C}, ++seed), b = random_tensor({C}, ++seed);
+    Tensor xh = random_tensor(s, ++seed, 2.0f);
+    for (int64_t i = 0; i < xh.numel(); ++i) xh.f32()[i] += 3.0f;  // a mean offset
+    const Tensor x = on(xh), w = on(random_tensor({C}, ++seed)), b = on(random_tensor({C}, ++seed));
     const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
     SCOPED_TRACE("shape " + shape_str(s));
     for (float eps : {1e-6f, 1e-5f}) {
@@ -324,77 +296,78 @@ TEST(OpsNorms, LayerNormWithAndWithoutAffine) {
       for_thread_counts([&] {
         Tensor y = ops::layer_norm(x, nullptr, nullptr, eps);
         EXPECT_EQ(y.shape(), s);
-        EXPECT_TRUE(all_close(y, plain.y, plain.tol));
-        EXPECT_TRUE(all_close(ops::layer_norm(x, &w, &b, eps), affine.y, affine.tol));
-        EXPECT_TRUE(all_close(ops::layer_norm(x, &w, nullptr, eps), w_only.y, w_only.tol));
+        EXPECT_TRUE(close(y, plain.y, plain.tol));
+        EXPECT_TRUE(close(ops::layer_norm(x, &w, &b, eps), affine.y, affine.tol));
+        EXPECT_TRUE(close(ops::layer_norm(x, &w, nullptr, eps), w_only.y, w_only.tol));
       });
     }
   }
   // bf16 affine parameters, and a non-contiguous input.
-  Tensor xt = random_tensor({40, 2, 24}, 550);
+  Tensor xt = on(random_tensor({40, 2, 24}, 550));
   Tensor x = xt.permute({1, 0, 2});  // [2, 40, 24]
-  Tensor w = random_tensor({24}, 551).to(DType::BF16), b = random_tensor({24}, 552).to(DType::BF16);
+  Tensor w = ops::place(random_tensor({24}, 551).to(DType::BF16), device());
+  Tensor b = ops::place(random_tensor({24}, 552).to(DType::BF16), device());
   const Vec wd = to_d(w), bd = to_d(b);
   NormRef r = ref_layer_norm(to_d(x), 24, &wd, &bd, 1e-6);
   Tensor y = ops::layer_norm(x, &w, &b, 1e-6f);
   EXPECT_EQ(y.shape(), (Shape{2, 40, 24}));
-  EXPECT_TRUE(all_close(y, r.y, r.tol));
+  EXPECT_TRUE(close(y, r.y, r.tol));
 }
 
-TEST(OpsNorms, RmsNormWithAndWithoutWeight) {
+TEST_P(OpsNorms, RmsNormWithAndWithoutWeight) {
   const Shape shapes[] = {{2, 50, 48}, {3, 7}, {5, 1}, {1, 2, 3, 129}};
   unsigned seed = 600;
   for (const auto& s : shapes) {
     const int64_t C = s.back();
-    Tensor x = random_tensor(s, ++seed, 3.0f);
-    Tensor w = random_tensor({C}, ++seed);
+    const Tensor x = on(random_tensor(s, ++seed, 3.0f));
+    const Tensor w = on(random_tensor({C}, ++seed));
     const Vec xd = to_d(x), wd = to_d(w);
     SCOPED_TRACE("shape " + shape_str(s));
     NormRef plain = ref_rms_norm(xd, C, nullptr, 1e-6), weighted = ref_rms_norm(xd, C, &wd, 1e-6);
     for_thread_counts([&] {
       Tensor y = ops::rms_norm(x, nullptr, 1e-6f);
       EXPECT_EQ(y.shape(), s);
-      EXPECT_TRUE(all_close(y, plain.y, plain.tol));
-      EXPECT_TRUE(all_close(ops::rms_norm(x, &w, 1e-6f), weighted.y, weighted.tol));
+      EXPECT_TRUE(close(y, plain.y, plain.tol));
+      EXPECT_TRUE(close(ops::rms_norm(x, &w, 1e-6f), weighted.y, weighted.tol));
     });
   }
   // eps dominates a tiny row; bf16 weight; strided input.
-  Tensor x = random_tensor({4, 16}, 650, 1e-4f);
-  Tensor w = random_tensor({16}, 651).to(DType::BF16);
+  Tensor x = on(random_tensor({4, 16}, 650, 1e-4f));
+  Tensor w = ops::place(random_tensor({16}, 651).to(DType::BF16), device());
   const Vec wd = to_d(w);
   NormRef r = ref_rms_norm(to_d(x), 16, &wd, 1e-2);
-  EXPECT_TRUE(all_close(ops::rms_norm(x, &w, 1e-2f), r.y, r.tol));
-  Tensor xs = random_tensor({6, 40}, 652).slice(1, 4, 36);
+  EXPECT_TRUE(close(ops::rms_norm(x, &w, 1e-2f), r.y, r.tol));
+  Tensor xs = on(random_tensor({6, 40}, 652)).slice(1, 4, 36);
   NormRef rs = ref_rms_norm(to_d(xs), 32, nullptr, 1e-6);
-  EXPECT_TRUE(all_close(ops::rms_norm(xs, nullptr, 1e-6f), rs.y, rs.tol));
+  EXPECT_TRUE(close(ops::rms_norm(xs, nullptr, 1e-6f), rs.y, rs.tol));
 }
 
 // The kernels read strided rows (stride(0) > C) directly.
-TEST(CpuBackend, NormsStridedRows) {
+TEST_P(OpsTable, NormsStridedRows) {
   const int64_t R = 40, C = 24;
-  Tensor x = random_tensor({R, C + 5}, 700).slice(1, 2, 2 + C);
-  Tensor w = random_tensor({C}, 701), b = random_tensor({C}, 702);
+  Tensor x = on(random_tensor({R, C + 5}, 700)).slice(1, 2, 2 + C);
+  Tensor w = on(random_tensor({C}, 701)), b = on(random_tensor({C}, 702));
   const Vec xd = to_d(x), wd = to_d(w), bd = to_d(b);
   NormRef ln = ref_layer_norm(xd, C, &wd, &bd, 1e-6), rms = ref_rms_norm(xd, C, &wd, 1e-6);
   for_thread_counts([&] {
-    Tensor y = Tensor::empty({R, C});
-    cpu_backend().layer_norm(x, &w, &b, 1e-6f, y);
-    EXPECT_TRUE(all_close(y, ln.y, ln.tol));
-    Tensor z = Tensor::empty({R, C});
-    cpu_backend().rms_norm(x, &w, 1e-6f, z);
-    EXPECT_TRUE(all_close(z, rms.y, rms.tol));
+    Tensor y = empty({R, C});
+    backend().layer_norm(x, &w, &b, 1e-6f, y);
+    EXPECT_TRUE(close(y, ln.y, ln.tol));
+    Tensor z = empty({R, C});
+    backend().rms_norm(x, &w, 1e-6f, z);
+    EXPECT_TRUE(close(z, rms.y, rms.tol));
   });
 }
 
 // ---- modulation and gated residuals -------------------------------------------------------------------
 
-TEST(OpsModulate, ShiftScaleAsChunksOfEmbedding) {
+TEST_P(OpsModulate, ShiftScaleAsChunksOfEmbedding) {
   const int64_t B = 2, L = 37, C = 24;
-  Tensor emb = random_tensor({B, 6 * C}, 800, 0.5f);
+  Tensor emb = on(random_tensor({B, 6 * C}, 800, 0.5f));
   auto c = emb.chunk(6, 1);  // [B, C] views with row stride 6C
   ASSERT_EQ(c[4].stride(0), 6 * C);
-  Tensor xc = random_tensor({B, L, C}, 801);
-  Tensor xs = random_tensor({B, C, L}, 802).permute({0, 2, 1});  // non-contiguous x
+  Tensor xc = on(random_tensor({B, L, C}, 801));
+  Tensor xs = on(random_tensor({B, C, L}, 802)).permute({0, 2, 1});  // non-contiguous x
   for (const Tensor* xp : {&xc, &xs}) {
     const Tensor& x = *xp;
     const Vec xd = to_d(x), ed = to_d(emb);
@@ -414,18 +387,18 @@ TEST(OpsModulate, ShiftScaleAsChunksOfEmbedding) {
       for_thread_counts([&] {
         Tensor y = ops::modulate(x, c[size_t(si)], c[size_t(ci)]);
         EXPECT_EQ(y.shape(), (Shape{B, L, C}));
-        EXPECT_TRUE(all_close(y, ref, tol));
+        EXPECT_TRUE(close(y, ref, tol));
       });
     }
   }
 }
 
-TEST(OpsModulate, AddGatedAndAdd) {
+TEST_P(OpsModulate, AddGatedAndAdd) {
   const int64_t B = 2, L = 37, C = 24;
-  Tensor emb = random_tensor({B, 6 * C}, 900);
+  Tensor emb = on(random_tensor({B, 6 * C}, 900));
   Tensor gate = emb.chunk(6, 1)[2];
-  Tensor x0 = random_tensor({B, L, C}, 901);
-  Tensor y = random_tensor({B, C, L}, 902).permute({0, 2, 1});  // non-contiguous y
+  Tensor x0 = on(random_tensor({B, L, C}, 901));
+  Tensor y = on(random_tensor({B, C, L}, 902)).permute({0, 2, 1});  // non-contiguous y
   const Vec xd = to_d(x0), yd = to_d(y), gd = to_d(gate);
   Vec gated(xd.size()), plain(xd.size()), tg(xd.size()), tp(xd.size());
   for (int64_t b = 0; b < B; ++b)
@@ -441,26 +414,32 @@ TEST(OpsModulate, AddGatedAndAdd) {
   for_thread_counts([&] {
     Tensor x = x0.clone();
     ops::add_gated_(x, gate, y);
-    EXPECT_TRUE(all_close(x, gated, tg));
+    EXPECT_TRUE(close(x, gated, tg));
     Tensor x2 = x0.clone();
     ops::add_(x2, y);
-    EXPECT_TRUE(all_close(x2, plain, tp));
+    EXPECT_TRUE(close(x2, plain, tp));
     Tensor s = ops::add(x0, y);
-    EXPECT_TRUE(all_close(s, plain, tp));
-    EXPECT_EQ(x0.to_vector(), std::vector<float>(xd.begin(), xd.end()));  // add() leaves its input alone
+    EXPECT_TRUE(close(s, plain, tp));
+    EXPECT_EQ(host_values(x0), std::vector<float>(xd.begin(), xd.end()));  // add() leaves its input alone
+    // A bf16 first operand is widened by add's copy.
+    Tensor xb = x0.to(DType::BF16);
+    const Vec xbd = to_d(xb);
+    Vec pb(xbd.size());
+    for (size_t i = 0; i < pb.size(); ++i) pb[i] = xbd[i] + yd[i];
+    EXPECT_TRUE(close(ops::add(xb, y), pb, tp));
   });
 }
 
-TEST(OpsActivation, EveryActivation) {
+TEST_P(OpsActivation, EveryActivation) {
   std::vector<float> v;
   for (int i = 0; i <= 10000; ++i) v.push_back(-12.0f + 24.0f * float(i) / 10000.0f);
   for (float f : {0.0f, -0.0f, 1e-3f, -1e-3f, 1e-30f, 30.0f, -30.0f, 100.0f, -100.0f}) v.push_back(f);
   const int64_t n = int64_t(v.size());
-  Tensor x = Tensor::from_f32({n}, v);
+  Tensor x = on(Tensor::from_f32({n}, v));
   // A strided input too: every other element of a [n, 2] tensor.
   Tensor pair = Tensor::zeros({n, 2});
   for (int64_t i = 0; i < n; ++i) pair.f32()[2 * i + 1] = v[size_t(i)];
-  Tensor xs = pair.select(1, 1);
+  Tensor xs = on(pair).select(1, 1);
   for (Act act : kActs) {
     SCOPED_TRACE(act_name(act));
     Vec ref(v.size()), tol(v.size());
@@ -471,21 +450,21 @@ TEST(OpsActivation, EveryActivation) {
     for_thread_counts([&] {
       Tensor y = ops::activation(x, act);
       EXPECT_EQ(y.shape(), x.shape());
-      EXPECT_TRUE(all_close(y, ref, tol));
-      EXPECT_TRUE(all_close(ops::activation(xs, act), ref, tol));
+      EXPECT_TRUE(close(y, ref, tol));
+      EXPECT_TRUE(close(ops::activation(xs, act), ref, tol));
     });
-    EXPECT_EQ(x.to_vector(), v);  // out of place
+    EXPECT_EQ(host_values(x), v);  // out of place
   }
   // Through the table: in place on a 3-D tensor.
-  Tensor t = random_tensor({3, 5, 7}, 1000, 3.0f);
+  Tensor t = on(random_tensor({3, 5, 7}, 1000, 3.0f)).clone();
   const Vec td = to_d(t);
-  cpu_backend().activation(t, Act::GeluTanh);
+  backend().activation(t, Act::GeluTanh);
   Vec ref(td.size()), tol(td.size());
   for (size_t i = 0; i < td.size(); ++i) {
     ref[i] = act_ref(td[i], Act::GeluTanh);
     tol[i] = 4 * kEps32 * (std::fabs(ref[i]) + std::fabs(td[i])) + 1e-30;
   }
-  EXPECT_TRUE(all_close(t, ref, tol));
+  EXPECT_TRUE(close(t, ref, tol));
 }
 
 // ---- softmax ---------------------------------------------------------------------------------------
@@ -511,7 +490,7 @@ void ref_softmax(const Vec& x, int64_t C, Vec* y, Vec* tol) {
   }
 }
 
-TEST(OpsSoftmax, RowsIncludingMaskedAndLarge) {
+TEST_P(OpsSoftmax, RowsIncludingMaskedAndLarge) {
   const int64_t R = 10, C = 300;
   Tensor x = random_tensor({R, C}, 1100, 3.0f);
   float* p = x.f32();
@@ -523,21 +502,21 @@ TEST(OpsSoftmax, RowsIncludingMaskedAndLarge) {
   Vec ref, tol;
   ref_softmax(to_d(x), C, &ref, &tol);
   for_thread_counts([&] {
-    Tensor y = x.clone();
+    Tensor y = on(x).clone();
     ops::softmax_(y);
-    EXPECT_TRUE(all_close(y, ref, tol));
-    std::vector<float> yv = y.to_vector();
+    EXPECT_TRUE(close(y, ref, tol));
+    std::vector<float> yv = host_values(y);
     for (int64_t c = 0; c < C; ++c) ASSERT_EQ(yv[size_t(3 * C + c)], 0.0f);
     for (int64_t c = 0; c < C; c += 3) ASSERT_EQ(yv[size_t(5 * C + c)], 0.0f);
   });
   // 3-D through ops (rows over the leading dims), and a single column.
-  Tensor x3 = random_tensor({2, 3, 50}, 1101, 2.0f);
+  Tensor x3 = on(random_tensor({2, 3, 50}, 1101, 2.0f)).clone();
   ref_softmax(to_d(x3), 50, &ref, &tol);
   ops::softmax_(x3);
-  EXPECT_TRUE(all_close(x3, ref, tol));
-  Tensor x1 = random_tensor({4, 1}, 1102);
+  EXPECT_TRUE(close(x3, ref, tol));
+  Tensor x1 = on(random_tensor({4, 1}, 1102)).clone();
   ops::softmax_(x1);
-  EXPECT_EQ(x1.to_vector(), (std::vector<float>{1, 1, 1, 1}));
+  EXPECT_EQ(host_values(x1), (std::vector<float>{1, 1, 1, 1}));
 }
 
 // ---- attention -------------------------------------------------------------------------------------
@@ -561,9 +540,14 @@ struct AttnRef {
   double bound() const { return 2 * f32_err + 4 * kEps32 * vmax; }
 };
 
-AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+// mask (optional): an additive bias [B or 1, H or 1, Lq, Lk] and/or causal order, as AttentionMask.
+AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                      const AttentionMask* mask = nullptr) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
-  const std::vector<float> qv = q.to_vector(), kv = k.to_vector(), vv = v.to_vector();
+  const std::vector<float> qv = host_values(q), kv = host_values(k), vv = host_values(v);
+  const bool has_bias = mask && mask->bias.defined(), causal = mask && mask->causal;
+  const std::vector<float> bv = has_bias ? host_values(mask->bias) : std::vector<float>();
+  const int64_t bias_b = has_bias ? mask->bias.size(0) : 0, bias_h = has_bias ? mask->bias.size(1) : 0;
   AttnRef r;
   r.out.assign(size_t(B * Lq * H * D), 0.0);
   for (float f : vv) r.vmax = std::max(r.vmax, double(std::fabs(f)));
@@ -582,9 +566,16 @@ AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
           for (int64_t e = 0; e < D; ++e) d += double(qi[e]) * kj[e], df += qi[e] * kj[e];
           s[size_t(j)] = d * scale;
           sf[size_t(j)] = df * scale;
+          if (has_bias) {
+            const float bj = bv[size_t((((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * Lq + i) * Lk + j)];
+            s[size_t(j)] += bj;
+            sf[size_t(j)] += bj;
+          }
+          if (causal && j > i) s[size_t(j)] = sf[size_t(j)] = -INFINITY;
           m = std::max(m, s[size_t(j)]);
           mf = std::max(mf, sf[size_t(j)]);
         }
+        if (m == -INFINITY) continue;  // every key masked: the row stays zero
         double l = 0;
         float lf = 0;
         for (int64_t j = 0; j < Lk; ++j) {
@@ -609,7 +600,7 @@ AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
 }
 
 ::testing::AssertionResult attention_close(const Tensor& out, const AttnRef& r) {
-  return all_close(out, r.out, Vec(r.out.size(), r.bound()));
+  return all_close(host_values(out), r.out, Vec(r.out.size(), r.bound()));
 }
 
 // q [B, Lq, H, D] and k, v [B, Lk, H, D] as strided views into packed projections: q is the middle third
@@ -619,10 +610,11 @@ struct QKV {
   Tensor qkv_q, qkv_kv, q, k, v;
 };
 
-QKV make_qkv(const AttnShape& s, unsigned seed) {
+QKV make_qkv(const AttnShape& s, unsigned seed, Device dev) {
   QKV t;
-  t.qkv_q = random_tensor({s.B, s.Lq, 3 * s.H * s.D}, seed, 1.5f);
-  t.qkv_kv = s.Lq == s.Lk ? t.qkv_q : random_tensor({s.B, s.Lk, 3 * s.H * s.D}, seed + 1, 1.5f);
+  t.qkv_q = ops::to_device(random_tensor({s.B, s.Lq, 3 * s.H * s.D}, seed, 1.5f), dev);
+  t.qkv_kv =
+      s.Lq == s.Lk ? t.qkv_q : ops::to_device(random_tensor({s.B, s.Lk, 3 * s.H * s.D}, seed + 1, 1.5f), dev);
   t.q = t.qkv_q.reshape({s.B, s.Lq, 3, s.H, s.D}).select(2, 1);
   auto kv = t.qkv_kv.reshape({s.B, s.Lk, 3 * s.H, s.D}).chunk(3, 2);
   t.k = kv[0];
@@ -630,7 +622,7 @@ QKV make_qkv(const AttnShape& s, unsigned seed) {
   return t;
 }
 
-TEST(OpsAttention, MatchesNaiveSoftmaxAttention) {
+TEST_P(OpsAttention, MatchesNaiveSoftmaxAttention) {
   const AttnShape shapes[] = {
       {1, 1, 1, 1, 8},      {2, 63, 65, 3, 16}, {1, 65, 300, 2, 32}, {2, 300, 63, 2, 8},   {1, 64, 256, 1, 16},
       {1, 129, 513, 2, 24}, {2, 1, 300, 3, 5},  {1, 70, 1, 2, 16},   {2, 100, 100, 4, 12},
@@ -638,7 +630,7 @@ TEST(OpsAttention, MatchesNaiveSoftmaxAttention) {
   unsigned seed = 1200;
   for (const auto& s : shapes) {
     SCOPED_TRACE(s.str());
-    QKV t = make_qkv(s, seed += 2);
+    QKV t = make_qkv(s, seed += 2, device());
     ASSERT_EQ(t.q.shape(), (Shape{s.B, s.Lq, s.H, s.D}));
     ASSERT_EQ(t.k.shape(), (Shape{s.B, s.Lk, s.H, s.D}));
     ASSERT_EQ(t.q.stride(1), 3 * s.H * s.D);
@@ -647,6 +639,7 @@ TEST(OpsAttention, MatchesNaiveSoftmaxAttention) {
     for_thread_counts([&] {
       Tensor o = ops::attention(t.q, t.k, t.v, scale);
       EXPECT_EQ(o.shape(), t.q.shape());
+      EXPECT_EQ(o.device(), device());
       EXPECT_TRUE(attention_close(o, r)) << "f32 reference error " << r.f32_err;
     });
     // The same inputs packed contiguously.
@@ -655,10 +648,10 @@ TEST(OpsAttention, MatchesNaiveSoftmaxAttention) {
   }
 }
 
-TEST(OpsAttention, PeakedScoresAndOtherScales) {
+TEST_P(OpsAttention, PeakedScoresAndOtherScales) {
   // Large logits (scale 1) make nearly one-hot rows, exercising the running-max rescale.
   const AttnShape s{1, 40, 600, 2, 16};
-  QKV t = make_qkv(s, 1300);
+  QKV t = make_qkv(s, 1300, device());
   for (float scale : {1.0f, 0.01f}) {
     SCOPED_TRACE("scale " + std::to_string(scale));
     const AttnRef r = ref_attention(t.q, t.k, t.v, scale);
@@ -666,12 +659,53 @@ TEST(OpsAttention, PeakedScoresAndOtherScales) {
   }
 }
 
+// An additive bias broadcast over batch and/or heads (T5's relative positions, key padding as -inf), causal
+// order, both together, and a query row whose every key is masked (zeros, as the kernel promises); with
+// Lk > 256 the bias is read across key blocks.
+TEST_P(OpsAttention, MaskBiasAndCausal) {
+  struct Case {
+    AttnShape s;
+    Shape bias;  // empty: none
+    bool causal;
+  };
+  const Case cases[] = {
+      {{2, 70, 70, 3, 8}, {1, 1, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 1, 70, 70}, true},
+      {{2, 70, 70, 3, 8}, {1, 3, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 3, 70, 70}, true},
+      {{2, 70, 70, 3, 8}, {}, true},              {{1, 40, 300, 2, 16}, {1, 1, 40, 300}, false},
+      {{2, 300, 300, 1, 8}, {}, true},
+  };
+  unsigned seed = 1350;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.s.str() + " bias " + shape_str(c.bias) + (c.causal ? " causal" : ""));
+    QKV t = make_qkv(c.s, seed += 3, device());
+    const float scale = 1.0f / std::sqrt(float(c.s.D));
+    AttentionMask mask;
+    mask.causal = c.causal;
+    if (!c.bias.empty()) {
+      Tensor bias = random_tensor(c.bias, seed + 2, 2.0f);
+      float* p = bias.f32();
+      const int64_t rows = c.bias[0] * c.bias[1], Lq = c.bias[2], Lk = c.bias[3];
+      // Key padding: the last 9 keys of the last bias slice; and query row 5 of it sees no key at all.
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t j = Lk - 9; j < Lk; ++j) p[((rows - 1) * Lq + i) * Lk + j] = -INFINITY;
+      for (int64_t j = 0; j < Lk; ++j) p[((rows - 1) * Lq + 5) * Lk + j] = -INFINITY;
+      mask.bias = on(bias);
+    }
+    const AttnRef r = ref_attention(t.q, t.k, t.v, scale, &mask);
+    for_thread_counts([&] {
+      const Tensor o = ops::attention(t.q, t.k, t.v, scale, &mask);
+      EXPECT_EQ(o.device(), device());
+      EXPECT_TRUE(attention_close(o, r)) << "f32 reference error " << r.f32_err;
+    });
+  }
+}
+
 // Ring attention merges K/V chunks one at a time into one state; the result must not depend on how the keys
 // were split or in which order the chunks arrive.
-TEST(OpsAttention, ChunkedAccumulateEqualsOneCall) {
+TEST_P(OpsAttention, ChunkedAccumulateEqualsOneCall) {
   const int64_t B = 2, Lq = 70, Lk = 300, H = 2, D = 16;
   const float scale = 1.0f / std::sqrt(float(D));
-  Tensor qkv = random_tensor({B, Lq, 3 * H * D}, 1400, 1.5f);
+  Tensor qkv = on(random_tensor({B, Lq, 3 * H * D}, 1400, 1.5f));
   Tensor q = qkv.reshape({B, Lq, 3, H, D}).select(2, 0);
   const std::vector<std::vector<int64_t>> splits = {{0, 100, 300}, {0, 1, 300},       {0, 256, 300},
                                                     {0, 299, 300}, {0, 90, 180, 300}, {0, 150, 300}};
@@ -686,7 +720,7 @@ TEST(OpsAttention, ChunkedAccumulateEqualsOneCall) {
       std::vector<Tensor> ks, vs;
       for (size_t c = 0; c + 1 < cuts.size(); ++c) {
         const int64_t n = cuts[c + 1] - cuts[c];
-        Tensor kv = random_tensor({B, n, 2 * H * D}, ++seed, 1.0f + float(c));
+        Tensor kv = on(random_tensor({B, n, 2 * H * D}, ++seed, 1.0f + float(c)));
         auto parts = kv.reshape({B, n, 2, H, D});
         ks.push_back(parts.select(2, 0));
         vs.push_back(parts.select(2, 1));
@@ -698,6 +732,9 @@ TEST(OpsAttention, ChunkedAccumulateEqualsOneCall) {
         const Tensor one = ops::attention(q, k, v, scale);
         EXPECT_TRUE(attention_close(one, r));
         AttentionState st = ops::attention_begin(q);
+        EXPECT_EQ(st.acc.device(), device());
+        EXPECT_EQ(st.max.device(), device());
+        EXPECT_EQ(st.sum.device(), device());
         EXPECT_EQ(st.acc.shape(), (Shape{B, Lq, H, D}));
         EXPECT_EQ(st.max.shape(), (Shape{B, H, Lq}));
         EXPECT_EQ(st.sum.shape(), (Shape{B, H, Lq}));
@@ -709,10 +746,10 @@ TEST(OpsAttention, ChunkedAccumulateEqualsOneCall) {
         EXPECT_EQ(merged.shape(), q.shape());
         EXPECT_TRUE(attention_close(merged, r)) << "f32 reference error " << r.f32_err;
         // Equal to the single call up to float32 rounding of the different blocking.
-        EXPECT_TRUE(all_close(merged, to_d(one), Vec(r.out.size(), r.bound())));
+        EXPECT_TRUE(close(merged, to_d(one), Vec(r.out.size(), r.bound())));
         // The state's running max/sum match the reference row statistics of the concatenated keys.
-        std::vector<float> mx = st.max.to_vector(), sm = st.sum.to_vector();
-        const std::vector<float> qv = q.to_vector(), kv = k.to_vector();
+        std::vector<float> mx = host_values(st.max), sm = host_values(st.sum);
+        const std::vector<float> qv = host_values(q), kv = host_values(k);
         for (int64_t b = 0; b < B; ++b)
           for (int64_t h = 0; h < H; ++h)
             for (int64_t i = 0; i < Lq; i += 13) {
@@ -736,21 +773,24 @@ TEST(OpsAttention, ChunkedAccumulateEqualsOneCall) {
   }
 }
 
-TEST(OpsAttention, EmptyStateFinalizesToZero) {
+TEST_P(OpsAttention, EmptyStateFinalizesToZero) {
   // No keys merged yet: sum is 0 and the output is zeros, not NaN.
-  Tensor q = random_tensor({1, 3, 2, 4}, 1500);
+  Tensor q = on(random_tensor({1, 3, 2, 4}, 1500));
   AttentionState st = ops::attention_begin(q);
+  for (float f : host_values(st.max)) EXPECT_EQ(f, -INFINITY);
+  for (float f : host_values(st.sum)) EXPECT_EQ(f, 0.0f);
   Tensor out = ops::attention_end(st);
-  for (float f : out.to_vector()) EXPECT_EQ(f, 0.0f);
+  EXPECT_EQ(out.device(), device());
+  for (float f : host_values(out)) EXPECT_EQ(f, 0.0f);
 }
 
 // ---- rope ------------------------------------------------------------------------------------------
 
-TEST(OpsRope, InterleavedPairs) {
+TEST_P(OpsRope, InterleavedPairs) {
   const int64_t B = 2, L = 40, H = 3, D = 8;
-  Tensor x0 = random_tensor({B, L, H, D}, 1600);
+  Tensor x0 = on(random_tensor({B, L, H, D}, 1600));
   // Arbitrary (not trigonometric) tables so that every index choice shows; given as strided views.
-  Tensor tables = random_tensor({L, 2 * D}, 1601);
+  Tensor tables = on(random_tensor({L, 2 * D}, 1601));
   Tensor cos = tables.slice(1, 0, D), sin = tables.slice(1, D, 2 * D);
   ASSERT_FALSE(cos.is_contiguous());
   const Vec xd = to_d(x0), cd = to_d(cos), sd = to_d(sin);
@@ -771,7 +811,7 @@ TEST(OpsRope, InterleavedPairs) {
   for_thread_counts([&] {
     Tensor x = x0.clone();
     ops::rope_(x, cos, sin);
-    EXPECT_TRUE(all_close(x, ref, tol));
+    EXPECT_TRUE(close(x, ref, tol));
   });
   // A true rotation keeps each pair's norm.
   Tensor ct = Tensor::empty({L, D}), st = Tensor::empty({L, D});
@@ -782,8 +822,8 @@ TEST(OpsRope, InterleavedPairs) {
       st.f32()[l * D + 2 * i] = st.f32()[l * D + 2 * i + 1] = float(std::sin(th));
     }
   Tensor x = x0.clone();
-  ops::rope_(x, ct, st);
-  const std::vector<float> xv = x.to_vector();
+  ops::rope_(x, on(ct), on(st));
+  const std::vector<float> xv = host_values(x);
   for (size_t i = 0; i < xv.size(); i += 2) {
     const double n0 = std::hypot(xd[i], xd[i + 1]), n1 = std::hypot(double(xv[i]), double(xv[i + 1]));
     ASSERT_NEAR(n1, n0, 1e-5 * (1 + n0)) << i;
@@ -813,9 +853,9 @@ std::vector<float> ref_timestep_f32(const std::vector<float>& t, int dim, bool f
   return out;
 }
 
-TEST(OpsTimestep, MatchesDiffusersFormula) {
+TEST_P(OpsTimestep, MatchesDiffusersFormula) {
   const std::vector<float> ts = {0.0f, 1.0f, 999.0f, 500.5f, 0.25f, 37.0f};
-  Tensor t = Tensor::from_f32({int64_t(ts.size())}, ts);
+  Tensor t = on(Tensor::from_f32({int64_t(ts.size())}, ts));
   struct Case {
     int dim;
     bool flip;
@@ -830,7 +870,8 @@ TEST(OpsTimestep, MatchesDiffusersFormula) {
                  " shift=" + std::to_string(c.shift) + " scale=" + std::to_string(c.scale));
     const Tensor e = ops::timestep_embedding(t, c.dim, c.flip, c.shift, c.scale, c.max_period);
     ASSERT_EQ(e.shape(), (Shape{int64_t(ts.size()), c.dim}));
-    const std::vector<float> got = e.to_vector();
+    ASSERT_EQ(e.device(), device());
+    const std::vector<float> got = host_values(e);
     // 1) The float32 recipe, to within float32 rounding of values in [-1, 1].
     const std::vector<float> want = ref_timestep_f32(ts, c.dim, c.flip, c.shift, c.scale, c.max_period);
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2 * kEps32) << i;
@@ -855,22 +896,23 @@ TEST(OpsTimestep, MatchesDiffusersFormula) {
   Tensor ti = Tensor::empty({3}, DType::I64);
   const int64_t iv[3] = {0, 7, 999};
   std::memcpy(ti.raw(), iv, sizeof(iv));
-  EXPECT_EQ(ops::timestep_embedding(ti, 64, true, 0.0f).to_vector(),
+  EXPECT_EQ(host_values(ops::timestep_embedding(on(ti), 64, true, 0.0f)),
             ref_timestep_f32({0.0f, 7.0f, 999.0f}, 64, true, 0.0f, 1.0f, 10000.0f));
 }
 
 // ---- patchify -------------------------------------------------------------------------------------
 
-TEST(OpsPatchify, MatchesNaiveLayout) {
+TEST_P(OpsPatchify, MatchesNaiveLayout) {
   const int64_t B = 2, C = 3, H = 8, W = 12;
-  Tensor x = random_tensor({B, C, H, W}, 1700);
+  Tensor x = on(random_tensor({B, C, H, W}, 1700));
   const Vec xd = to_d(x);
   for (int p : {1, 2, 4}) {
     SCOPED_TRACE("p=" + std::to_string(p));
     const int64_t h = H / p, w = W / p;
     Tensor P = ops::patchify(x, p);
     ASSERT_EQ(P.shape(), (Shape{B, h * w, C * p * p}));
-    const std::vector<float> pv = P.to_vector();
+    ASSERT_EQ(P.device(), device());
+    const std::vector<float> pv = host_values(P);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < h; ++i)
         for (int64_t j = 0; j < w; ++j)
@@ -881,17 +923,17 @@ TEST(OpsPatchify, MatchesNaiveLayout) {
                           xd[size_t(((b * C + c) * H + i * p + u) * W + j * p + v)]);
   }
   // A non-contiguous input gives the same patches as its contiguous copy.
-  Tensor xt = random_tensor({B, C, W, H}, 1701).permute({0, 1, 3, 2});
-  EXPECT_EQ(ops::patchify(xt, 2).to_vector(), ops::patchify(xt.contiguous(), 2).to_vector());
+  Tensor xt = on(random_tensor({B, C, W, H}, 1701)).permute({0, 1, 3, 2});
+  EXPECT_EQ(host_values(ops::patchify(xt, 2)), host_values(ops::patchify(xt.contiguous(), 2)));
 }
 
-TEST(OpsPatchify, LinearOnPatchesIsStridedConv) {
+TEST_P(OpsPatchify, LinearOnPatchesIsStridedConv) {
   const int64_t B = 2, C = 4, H = 6, W = 10, O = 5;
   const int p = 2;
   const int64_t h = H / p, w = W / p, K = C * p * p;
-  Tensor x = random_tensor({B, C, H, W}, 1800);
-  Tensor weight = random_tensor({O, C, p, p}, 1801, 0.3f);
-  Tensor bias = random_tensor({O}, 1802);
+  Tensor x = on(random_tensor({B, C, H, W}, 1800));
+  Tensor weight = ops::place(random_tensor({O, C, p, p}, 1801, 0.3f), device());
+  Tensor bias = ops::place(random_tensor({O}, 1802), device());
   const Vec xd = to_d(x), wd = to_d(weight), bd = to_d(bias);
   Vec ref(size_t(B * h * w * O)), tol(ref.size());
   for (int64_t b = 0; b < B; ++b)
@@ -929,18 +971,19 @@ TEST(OpsPatchify, LinearOnPatchesIsStridedConv) {
     }
     Tensor y = ops::linear(ops::patchify(x, p), wk, &bias);
     ASSERT_EQ(y.shape(), (Shape{B, h * w, O}));
-    EXPECT_TRUE(all_close(y, ref, tol));
+    EXPECT_TRUE(close(y, ref, tol));
   }
 }
 
-TEST(OpsPatchify, UnpatchifyLayoutAndRoundTrip) {
+TEST_P(OpsPatchify, UnpatchifyLayoutAndRoundTrip) {
   const int64_t B = 2, C = 3, h = 3, w = 4;
   const int p = 2;
   // unpatchify against the naive "nhwpqc" layout.
-  Tensor in = random_tensor({B, h * w, p * p * C}, 1900);
+  Tensor in = on(random_tensor({B, h * w, p * p * C}, 1900));
   Tensor out = ops::unpatchify(in, h, w, p, C);
   ASSERT_EQ(out.shape(), (Shape{B, C, h * p, w * p}));
-  const std::vector<float> iv = in.to_vector(), ov = out.to_vector();
+  ASSERT_EQ(out.device(), device());
+  const std::vector<float> iv = host_values(in), ov = host_values(out);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t i = 0; i < h; ++i)
@@ -953,15 +996,15 @@ TEST(OpsPatchify, UnpatchifyLayoutAndRoundTrip) {
   // Round trip: patchify is channel-major inside a patch, unpatchify channel-minor; reorder in between.
   for (int64_t ch : {int64_t(1), C}) {
     SCOPED_TRACE("channels=" + std::to_string(ch));
-    Tensor x = random_tensor({B, ch, h * p, w * p}, 1901 + unsigned(ch));
+    Tensor x = on(random_tensor({B, ch, h * p, w * p}, 1901 + unsigned(ch)));
     Tensor P = ops::patchify(x, p);  // [B, hw, C*p*p]
     Tensor Pm = P.reshape({B, h * w, ch, p, p}).permute({0, 1, 3, 4, 2}).contiguous().reshape({B, h * w, p * p * ch});
-    EXPECT_EQ(ops::unpatchify(Pm, h, w, p, ch).to_vector(), x.to_vector());
+    EXPECT_EQ(host_values(ops::unpatchify(Pm, h, w, p, ch)), host_values(x));
     if (ch == 1) {
-      EXPECT_EQ(ops::unpatchify(P, h, w, p, 1).to_vector(), x.to_vector());
+      EXPECT_EQ(host_values(ops::unpatchify(P, h, w, p, 1)), host_values(x));
     }
     // And the other way: unpatchify then patchify recovers the channel-major patches.
-    EXPECT_EQ(ops::patchify(ops::unpatchify(Pm, h, w, p, ch), p).to_vector(), P.to_vector());
+    EXPECT_EQ(host_values(ops::patchify(ops::unpatchify(Pm, h, w, p, ch), p)), host_values(P));
   }
 }
 

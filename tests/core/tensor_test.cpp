@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "core/allocator.h"
 #include "core/dtype.h"
 
 using namespace meshdit;
@@ -593,6 +594,186 @@ TEST(Dtype, I64ToF32) {
   const int64_t vals[4] = {0, -5, 1000, int64_t(1) << 40};
   std::memcpy(t.raw(), vals, sizeof(vals));
   EXPECT_EQ(t.to(DType::F32).to_vector(), (std::vector<float>{0.0f, -5.0f, 1000.0f, 0x1p40f}));
+}
+
+// ---- expand ------------------------------------------------------------------------------------------
+
+TEST(TensorViews, ExpandRepeatsSizeOneDimensionsWithStrideZero) {
+  Tensor t = iota({2, 1, 3});
+  Tensor e = t.expand({2, 4, 3});
+  EXPECT_EQ(e.shape(), (Shape{2, 4, 3}));
+  EXPECT_EQ(e.strides(), (Shape{3, 0, 1}));
+  EXPECT_FALSE(e.is_contiguous());
+  expect_view(e, [](const auto& idx) { return double(idx[0] * 3 + idx[2]); });
+  expect_view(e.contiguous(), [](const auto& idx) { return double(idx[0] * 3 + idx[2]); });
+  EXPECT_EQ(t.expand({2, 1, 3}).strides(), t.strides());
+}
+
+// ---- allocation --------------------------------------------------------------------------------------
+
+// Records what Tensor asks of it; the memory comes from the host allocator.
+class CountingAllocator final : public Allocator {
+ public:
+  void* allocate(size_t bytes) override {
+    void* p = host_allocator().allocate(bytes);
+    calls.push_back({p, bytes, true});
+    return p;
+  }
+  void deallocate(void* p, size_t bytes) override {
+    calls.push_back({p, bytes, false});
+    host_allocator().deallocate(p, bytes);
+  }
+  const char* name() const override { return "counting"; }
+  struct Call {
+    void* p;
+    size_t bytes;
+    bool alloc;
+  };
+  std::vector<Call> calls;
+};
+
+// Installs an allocator for a device for the scope, then puts the previous one back.
+struct AllocatorScope {
+  AllocatorScope(Device d, Allocator* a) : dev(d), prev(set_allocator(d, a)) {}
+  ~AllocatorScope() { set_allocator(dev, prev); }
+  Device dev;
+  Allocator* prev;
+};
+
+TEST(TensorAllocator, EmptyAndZerosGoThroughTheRegisteredAllocator) {
+  ASSERT_EQ(allocator_for(Device::CPU), &host_allocator());
+  EXPECT_STREQ(host_allocator().name(), "host");
+  CountingAllocator counting;
+  {
+    AllocatorScope scope(Device::CPU, &counting);
+    EXPECT_EQ(allocator_for(Device::CPU), &counting);
+    void* p = nullptr;
+    {
+      Tensor t = Tensor::empty({3, 5}, DType::BF16);
+      ASSERT_EQ(counting.calls.size(), 1u);
+      EXPECT_TRUE(counting.calls[0].alloc);
+      EXPECT_EQ(counting.calls[0].bytes, 30u);
+      EXPECT_EQ(counting.calls[0].p, t.raw());
+      p = t.raw();
+      Tensor view = t.slice(0, 1, 2);
+      t = Tensor();
+      EXPECT_EQ(counting.calls.size(), 1u);  // the view keeps the buffer
+      (void)view;
+    }
+    ASSERT_EQ(counting.calls.size(), 2u);
+    EXPECT_FALSE(counting.calls[1].alloc);
+    EXPECT_EQ(counting.calls[1].p, p);
+    EXPECT_EQ(counting.calls[1].bytes, 30u);  // the size it was asked for, as a caching allocator bins by
+
+    Tensor z = Tensor::zeros({4}, DType::I64);
+    EXPECT_EQ(counting.calls.size(), 3u);
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(z.data<int64_t>()[i], 0);
+    Tensor none = Tensor::empty({0, 7});
+    EXPECT_EQ(counting.calls.size(), 3u);  // nothing to allocate
+    EXPECT_EQ(none.numel(), 0);
+  }
+  EXPECT_EQ(allocator_for(Device::CPU), &host_allocator());
+  // A tensor made while an allocator was registered goes back to it after it is swapped out.
+  CountingAllocator other;
+  Tensor survivor;
+  {
+    AllocatorScope scope(Device::CPU, &other);
+    survivor = Tensor::empty({8});
+  }
+  survivor = Tensor();
+  ASSERT_EQ(other.calls.size(), 2u);
+  EXPECT_FALSE(other.calls[1].alloc);
+}
+
+TEST(TensorAllocator, HostBuffersAre64ByteAligned) {
+  for (int64_t n : {1, 3, 15, 16, 17, 1000}) {
+    Tensor t = Tensor::empty({n}, DType::BF16);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % 64, 0u) << n;
+  }
+}
+
+TEST(TensorAllocatorDeathTest, DeviceWithoutAllocatorIsAnError) {
+  if (allocator_for(Device::CUDA) != nullptr) GTEST_SKIP() << "an allocator is registered for cuda";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH((void)Tensor::empty({2}, DType::F32, Device::CUDA), "no allocator registered for device cuda");
+}
+
+// ---- data movement through a device's registered copies ----------------------------------------------
+
+int g_copies = 0, g_uploads = 0, g_downloads = 0, g_zeros = 0;
+void counting_copy(const Tensor& src, Tensor& dst) {
+  ++g_copies;
+  host_copy(src, dst);
+}
+void counting_to_host(void* dst, const void* src, size_t bytes) {
+  ++g_downloads;
+  std::memcpy(dst, src, bytes);
+}
+void counting_from_host(void* dst, const void* src, size_t bytes) {
+  ++g_uploads;
+  std::memcpy(dst, src, bytes);
+}
+void counting_zero(Tensor& t) {
+  ++g_zeros;
+  std::memset(t.raw(), 0, t.nbytes());
+}
+
+// Host memory under the CUDA tag, with counting copies: what core does for a device it knows only by its
+// registrations (no backend involved).
+struct FakeDevice {
+  FakeDevice()
+      : alloc(Device::CUDA, &counting),
+        prev_copy(set_device_copy(Device::CUDA, &copies)) {
+    g_copies = g_uploads = g_downloads = g_zeros = 0;
+  }
+  ~FakeDevice() { set_device_copy(Device::CUDA, prev_copy); }
+  CountingAllocator counting;
+  AllocatorScope alloc;
+  DeviceCopy copies{counting_copy, counting_to_host, counting_from_host, counting_zero};
+  const DeviceCopy* prev_copy;
+};
+
+TEST(TensorDevice, CoreCopiesGoThroughTheDevicesRegistration) {
+  FakeDevice fake;
+  const Device cuda = Device::CUDA;
+  Tensor e = Tensor::empty({2, 3}, DType::F32, cuda);
+  EXPECT_EQ(e.device(), cuda);
+  EXPECT_EQ(fake.counting.calls.size(), 1u);
+  Tensor z = Tensor::zeros({2, 3}, DType::BF16, cuda);
+  EXPECT_EQ(z.device(), cuda);
+  EXPECT_EQ(g_zeros, 1);
+  EXPECT_EQ(z.to_vector(), std::vector<float>(6, 0.0f));
+  EXPECT_EQ(g_downloads, 1);  // read back through the device's copy to the host
+
+  // Host -> device into a strided bf16 destination, converted on the host's side before crossing.
+  const Tensor src = iota({3, 4}).permute({1, 0});  // [4, 3], strided
+  Tensor parent = Tensor::zeros({4, 5}, DType::BF16, cuda);
+  Tensor dst = parent.slice(1, 1, 4);
+  g_copies = g_uploads = 0;
+  copy_into(src, dst);
+  EXPECT_EQ(g_uploads, 1);
+  EXPECT_EQ(g_copies, 1);  // staged contiguous on the device, then strided into dst there
+  expect_view(Tensor::wrap(parent.raw(), {4, 5}, DType::BF16, nullptr, false), [](const auto& idx) {
+    return idx[1] == 0 || idx[1] == 4 ? 0.0 : double(idx[0] + (idx[1] - 1) * 4);
+  });
+
+  // Device -> host into a strided f32 destination.
+  Tensor back = Tensor::zeros({3, 4});
+  Tensor back_t = back.permute({1, 0});
+  g_downloads = 0;
+  copy_into(dst, back_t);
+  EXPECT_EQ(g_downloads, 1);
+  expect_view(back, [](const auto& idx) { return double(idx[0] * 4 + idx[1]); });
+
+  // Views, copies and concat on the device stay there and use its copy.
+  g_copies = 0;
+  const Tensor c = dst.contiguous(), k = dst.clone(), f = dst.to(DType::F32);
+  const Tensor cat = concat({dst, dst}, 0);
+  EXPECT_EQ(g_copies, 5);
+  for (const Tensor* t : {&c, &k, &f, &cat}) EXPECT_EQ(t->device(), cuda);
+  EXPECT_EQ(cat.shape(), (Shape{8, 3}));
+  EXPECT_EQ(f.to_vector(), src.to_vector());
+  EXPECT_EQ(dst.expand({4, 3}).device(), cuda);
 }
 
 }  // namespace

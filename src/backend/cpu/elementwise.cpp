@@ -1,5 +1,7 @@
 #include "backend/cpu/elementwise.h"
 
+#include <algorithm>
+
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
@@ -45,6 +47,37 @@ void mul(const Tensor& a, const Tensor& b, Tensor& y) {
   parallel_for(a.numel(), [&](int64_t i0, int64_t i1, int) {
     for (int64_t i = i0; i < i1; ++i) d[i] = pa[i] * pb[i];
   }, kGrain);
+}
+
+// a and b are read through their strides (0 along the broadcast dimensions), a run of the last
+// dimension at a time.
+void add_broadcast(const Tensor& a, const Tensor& b, Tensor& y) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  float* d = y.f32();
+  const float* pa = a.f32();
+  const float* pb = b.f32();
+  const int64_t rank = y.dim();
+  if (rank == 0) {
+    d[0] = pa[0] + pb[0];
+    return;
+  }
+  const int64_t inner = y.size(-1), outer = n / inner, sa = a.stride(-1), sb = b.stride(-1);
+  parallel_for(outer, [&](int64_t o0, int64_t o1, int) {
+    for (int64_t o = o0; o < o1; ++o) {
+      int64_t oa = 0, ob = 0;
+      for (int64_t k = rank - 2, rest = o; k >= 0; --k) {
+        const int64_t idx = rest % y.size(k);
+        rest /= y.size(k);
+        oa += idx * a.stride(k);
+        ob += idx * b.stride(k);
+      }
+      const float* ra = pa + oa;
+      const float* rb = pb + ob;
+      float* rd = d + o * inner;
+      for (int64_t i = 0; i < inner; ++i) rd[i] = ra[i * sa] + rb[i * sb];
+    }
+  }, std::max<int64_t>(1, kGrain / inner));
 }
 
 }  // namespace meshdit::cpu

@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/conv.h"
+#include "backend/cpu/data.h"
 #include "backend/cpu/elementwise.h"
 #include "backend/cpu/model_kernels.h"
 #include "backend/cpu/vec_math.h"
@@ -447,40 +448,54 @@ const Backend& cpu_backend() {
   static const bool blas_ready = cpu::init_blas();
   (void)blas_ready;
   static const Backend b{
-      "cpu",
-      cpu::linear,
-      cpu::layer_norm,
-      cpu::rms_norm,
-      cpu::modulate,
-      cpu::add_gated,
-      cpu::activation,
-      cpu::softmax,
-      cpu::attention_accumulate,
-      cpu::attention_finalize,
-      cpu::rope,
-      cpu::conv2d,
-      cpu::group_norm,
-      cpu::upsample_nearest2x,
-      cpu::group_sums,
-      cpu::group_norm_apply,
-      cpu::fill,
-      cpu::affine,
-      cpu::lerp,
-      cpu::clamp,
-      cpu::mul,
-      // kernels for model code (backend/cpu/model_kernels.h)
-      cpu::rope_tables,
-      cpu::moments_from_sums,
-      cpu::blend,
-      cpu::gather_bias,
-      cpu::mask_to_bias,
-      cpu::argmax_rows,
-      cpu::find_rows,
-      cpu::gather_rows,
-      cpu::axpby,
-      cpu::row_std,
-      cpu::row_l2,
-      cpu::scale_rows_by_ratio,
+      .name = "cpu",
+      .linear = cpu::linear,
+      .layer_norm = cpu::layer_norm,
+      .rms_norm = cpu::rms_norm,
+      .modulate = cpu::modulate,
+      .add_gated = cpu::add_gated,
+      .activation = cpu::activation,
+      .softmax = cpu::softmax,
+      .attention_accumulate = cpu::attention_accumulate,
+      .attention_finalize = cpu::attention_finalize,
+      .rope = cpu::rope,
+      .conv2d = cpu::conv2d,
+      .group_norm = cpu::group_norm,
+      .upsample_nearest2x = cpu::upsample_nearest2x,
+      .group_sums = cpu::group_sums,
+      .group_norm_apply = cpu::group_norm_apply,
+      .fill = cpu::fill,
+      .affine = cpu::affine,
+      .lerp = cpu::lerp,
+      .clamp = cpu::clamp,
+      .mul = cpu::mul,
+
+      // ---- memory, data movement, small ops (see backend.h) ----
+      .device = Device::CPU,
+      .allocator = &host_allocator(),
+      // The host's strided copy is core's own (core copies before any backend is set up); the table
+      // points at the same function, so there is one CPU copy.
+      .copy = host_copy,
+      .copy_to_host = cpu::copy_bytes,
+      .copy_from_host = cpu::copy_bytes,
+      .zero = cpu::zero,
+      .embedding = cpu::embedding,
+      .timestep_embedding = cpu::timestep_embedding,
+      .add_broadcast = cpu::add_broadcast,
+
+      // ---- kernels for model code (backend/cpu/model_kernels.h) ----
+      .rope_tables = cpu::rope_tables,
+      .moments_from_sums = cpu::moments_from_sums,
+      .blend = cpu::blend,
+      .gather_bias = cpu::gather_bias,
+      .mask_to_bias = cpu::mask_to_bias,
+      .argmax_rows = cpu::argmax_rows,
+      .find_rows = cpu::find_rows,
+      .gather_rows = cpu::gather_rows,
+      .axpby = cpu::axpby,
+      .row_std = cpu::row_std,
+      .row_l2 = cpu::row_l2,
+      .scale_rows_by_ratio = cpu::scale_rows_by_ratio,
   };
   return b;
 }

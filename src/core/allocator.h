@@ -1,0 +1,34 @@
+// Memory for tensor storage, one allocator per device. Tensor::empty asks the allocator registered for
+// the device and the storage gives the buffer back to that same allocator, with its size, when the last
+// view of it dies: the contract a caching GPU allocator needs (it keeps freed blocks binned by size
+// instead of returning them to the driver). The host's allocator is core's own; a backend registers its
+// device's when it is set up.
+#pragma once
+#include <cstddef>
+
+#include "core/device.h"
+
+namespace meshdit {
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  // A buffer of at least `bytes` (> 0) bytes, or null when the device is out of memory.
+  virtual void* allocate(size_t bytes) = 0;
+  // Returns a buffer from allocate(bytes), with the same bytes.
+  virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual const char* name() const = 0;
+};
+
+// Host buffers aligned to 64 bytes (cache lines; the widest vector loads).
+Allocator& host_allocator();
+
+// The allocator registered for device d; null when none is (its backend is not compiled in or not set
+// up yet: backend_for / compiled_backends set up every compiled backend).
+Allocator* allocator_for(Device d);
+
+// Registers a for device d (null unregisters) and returns the previous one. Storage keeps a pointer to
+// the allocator that made it, so an allocator must outlive every tensor it allocated, registered or not.
+Allocator* set_allocator(Device d, Allocator* a);
+
+}  // namespace meshdit
