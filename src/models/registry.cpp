@@ -44,6 +44,11 @@ class PlanningComm final : public Communicator {
 
 void register_transformer(TransformerArch arch) { archs().push_back(std::move(arch)); }
 
+// One line per model file (each defines its register function at its bottom).
+void register_flux();
+void register_sd3();
+void register_wan();
+
 const std::vector<TransformerArch>& transformer_archs() {
   static const bool once = [] {
     register_flux();

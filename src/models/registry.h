@@ -147,10 +147,8 @@ struct OpenedTransformer {
 Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, std::string* detected_layout);
 Result<OpenedTransformer> open_transformer(const std::string& path_or_dir);
 
-// Registration of the built-in models, one function per model file (called by transformer_archs()).
+// Adds an entry. Each model file defines `void register_<model>()` calling this; models/registry.cpp lists
+// those functions (a static library links only what is referenced, so self-registering objects would vanish).
 void register_transformer(TransformerArch arch);
-void register_flux();
-void register_sd3();
-void register_wan();
 
 }  // namespace meshdit

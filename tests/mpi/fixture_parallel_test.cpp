@@ -7,6 +7,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "io/checkpoint.h"
+#include "models/registry.h"
 #include "parallel/mpi_comm.h"
 
 using namespace meshdit;
@@ -44,9 +45,22 @@ TEST_P(TransformerOnMesh, EveryParallelModeMatchesTheReference) {
   for (const auto& m : modes()) expect_pass(dir, m);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, TransformerOnMesh,
-                         ::testing::Values("flux1_dev_transformer", "flux1_schnell_transformer",
-                                           "sd35_large_transformer"));
+// Every reference case of a registered transformer whose forward has landed: a new model joins by
+// registering (models/registry.h).
+std::vector<std::string> transformer_cases() {
+  std::vector<std::string> out;
+  const std::string dir = test::fixtures_dir();
+  for (const auto& c : test::case_names(dir)) {
+    auto cls = case_class(dir + "/" + c);
+    if (!cls.ok() || cls->rfind("diffusers.", 0) != 0) continue;
+    const TransformerArch* a = find_transformer_arch(cls->substr(10));
+    if (a && a->load) out.push_back(c);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TransformerOnMesh, ::testing::ValuesIn(transformer_cases()),
+                         [](const auto& info) { return info.param; });
 
 // The built-in model end to end (T5, CLIP, 20 steps, VAE) on TP x SP with a parallel VAE decode.
 TEST(PipelineOnMesh, BuiltinModelTpTimesSp) {
