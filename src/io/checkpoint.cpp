@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "backend/ops.h"
 #include "io/json_config.h"
 
 namespace fs = std::filesystem;
@@ -212,12 +213,8 @@ Result<Tensor> Checkpoint::get(const std::string& name) const {
   return concat(rows, 0);
 }
 
-Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
-  if (meta_) {
-    Tensor t = Tensor::wrap(nullptr, expect, meta_dtype_, nullptr, /*read_only=*/true);
-    record(name, t, Shard::Replicated, expect);
-    return t;
-  }
+Result<Tensor> Checkpoint::checked(const std::string& name, const Shape& expect) const {
+  if (meta_) return Tensor::wrap(nullptr, expect, meta_dtype_, nullptr, /*read_only=*/true);
   MD_TRY(Tensor t, get(name));
   const std::string alias = describe_alias(name);
   const std::string what = "tensor '" + name + "'" + (alias.empty() ? "" : " (from " + alias + ")");
@@ -226,8 +223,13 @@ Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) con
                       "; weights must be F32, F16 or BF16");
   if (t.shape() != expect)
     return make_error(origin_ + ": " + what + " has shape " + shape_str(t.shape()) + ", expected " + shape_str(expect));
-  record(name, t, Shard::Replicated, expect);
   return t;
+}
+
+Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
+  MD_TRY(Tensor t, checked(name, expect));
+  record(name, t, Shard::Replicated, expect);
+  return meta_ ? t : ops::place(t, device_);
 }
 
 namespace {
@@ -259,12 +261,8 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
                         ") outside dim " + std::to_string(dim) + " of " + shape_str(expect));
     local[size_t(dim)] += e - b;
   }
-  // The whole tensor is taken without a record of its own: the record is this rank's part.
-  std::shared_ptr<WeightLog> log = std::move(log_);
-  auto whole = get(name, expect);
-  log_ = std::move(log);
-  if (!whole.ok()) return whole.error();
-  const Tensor& w = *whole;
+  // The whole tensor stays on the host, unrecorded: only this rank's part is recorded and placed.
+  MD_TRY(const Tensor w, checked(name, expect));
   Tensor part;
   if (meta_) {
     part = Tensor::wrap(nullptr, local, meta_dtype_, nullptr, /*read_only=*/true);
@@ -277,7 +275,7 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
     release_mapped_pages(w);
   }
   record(name, w, shard, part.shape());
-  return part;
+  return meta_ ? part : ops::place(part, device_);
 }
 
 void Checkpoint::record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const {

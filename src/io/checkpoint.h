@@ -46,6 +46,11 @@ class Checkpoint {
   // spec from its config alone (what `meshdit plan` needs) without touching memory.
   static Checkpoint meta(DType dtype, const std::string& origin = "weight spec");
   bool is_meta() const { return meta_; }
+  // The device the weights go to: get() and get_sharded() hand out weights placed there (ops::place: on the
+  // CPU the mapped view itself, no copy). The one step that puts a model's weights on a device: set it
+  // before running the loader.
+  void place_on(Device dev) { device_ = dev; }
+  Device device() const { return device_; }
   // From now on every weight taken is appended to `log` (shared: copies of this checkpoint append too).
   void record_into(std::shared_ptr<WeightLog> log) { log_ = std::move(log); }
   static Result<Checkpoint> open_file(const std::string& path);
@@ -112,9 +117,11 @@ class Checkpoint {
   std::map<std::string, Alias> aliases_;
   bool stored_visible_ = true;
   bool meta_ = false;
+  Device device_ = Device::CPU;
   DType meta_dtype_ = DType::BF16;
-  mutable std::shared_ptr<WeightLog> log_;
+  std::shared_ptr<WeightLog> log_;
   void record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const;
+  Result<Tensor> checked(const std::string& name, const Shape& expect) const;  // validated, on the host
 };
 
 // model_index.json of a diffusers pipeline folder.
