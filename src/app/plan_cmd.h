@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "app/plan.h"
+#include "models/registry.h"
 
 namespace meshdit {
 
@@ -25,17 +26,26 @@ inline CLI::App* add_plan_command(CLI::App& app) {
       "Predict, per rank of a device mesh, the weights, peak activations, bytes of each collective per "
       "denoising step and the step time of a transformer (no model is loaded)");
   PlanRequest& r = cmd->request;
+  // The models and the defaults come from the registry: a new model shows here by registering.
+  std::string presets, classes, sizes, texts;
+  for (const auto& a : transformer_archs()) {
+    for (const auto& p : a.presets) presets += (presets.empty() ? "" : ", ") + p.name;
+    for (const auto& c : a.classes) classes += (classes.empty() ? "" : ", ") + c;
+    const auto& d = a.defaults;
+    sizes += (sizes.empty() ? "" : "; ") + a.name + " " + std::to_string(d.width) + "x" + std::to_string(d.height) +
+             (d.frames > 1 ? ", " + std::to_string(d.frames) + " frames" : "");
+    texts += (texts.empty() ? "" : ", ") + a.name + " " + std::to_string(d.text_tokens);
+  }
   sub->add_option("--model", r.model,
-                  "flux-dev, flux-schnell, sd35-large, wan22-t2v-a14b (real configs), or a diffusers pipeline or "
-                  "transformer folder (FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel)")
+                  presets + " (real configs), or a diffusers pipeline or transformer folder (" + classes + ")")
       ->capture_default_str();
   sub->add_option("--mesh", r.mesh, "device mesh RxC (e.g. 2x4), or N for 1xN")->capture_default_str();
   sub->add_option("--parallel", r.parallel,
                   "override the automatic parallel config: cfg=N,sp=N,tp=N,sp_mode=ring|ulysses,vae=N");
-  sub->add_option("--width", r.width, "image width in pixels (default: the model's; Flux/SD3 1024, Wan 1280)");
-  sub->add_option("--height", r.height, "image height in pixels (default: the model's; Flux/SD3 1024, Wan 720)");
-  sub->add_option("--frames", r.frames, "video frames, 4k+1 (Wan; default 81)");
-  sub->add_option("--text-tokens", r.text_tokens, "text tokens (default: Flux 512, SD3.5 333 = 77 + 256, Wan 512)");
+  sub->add_option("--width", r.width, "image width in pixels (default: the model's: " + sizes + ")");
+  sub->add_option("--height", r.height, "image height in pixels (default: the model's)");
+  sub->add_option("--frames", r.frames, "video frames (video models; default: the model's)");
+  sub->add_option("--text-tokens", r.text_tokens, "text tokens (default: the model's: " + texts + ")");
   sub->add_option("--tflops", r.tflops,
                   "sustained TFLOP/s per rank (default 0.2: the measured CPU figure for 2 cores, bench/README.md, "
                   "SD3.5-Large block 143-263 GFLOP/s)")
