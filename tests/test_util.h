@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "parallel/comm.h"
 
 namespace meshdit::test {
 
@@ -13,6 +14,9 @@ std::string shared_fixtures_dir();  // "" when absent
 std::string repo_dir();
 std::vector<std::string> case_names(const std::string& dir);
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
+// Rank `rank` of a group of `size` that answers only rank() and size(): for the geometry of a split on one
+// process. Any collective on it fails the test.
+std::unique_ptr<Communicator> geometry_comm(int rank, int size);
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 // A fresh, empty folder under the system temp dir whose name carries this process's id: ctest runs test

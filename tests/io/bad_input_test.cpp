@@ -153,7 +153,8 @@ TEST_F(BadInput, IntactCopyPasses) {
   copy_case_and_corrupt(tmp, kWeights, [](const std::string& s) { return s; });
   EXPECT_TRUE(load_sd3(tmp.str()).ok());
   std::string out;
-  EXPECT_EQ(test::run_command("\"" + std::string(MESHDIT_CLI) + "\" check -q \"" + tmp.str() + "\"", &out), 0) << out;
+  const std::string cmd = std::string("\"") + MESHDIT_CLI + "\" check -q \"" + tmp.str() + "\"";
+  EXPECT_EQ(test::run_command(cmd, &out), 0) << out;
 }
 
 // --- safetensors container ---------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ TEST(Collectives, TensorExchangesMatchTheBufferCalls) {
   const Tensor row = Tensor::from_f32({3}, {float(r), float(r), float(r)});
   Tensor from_below = down >= 0 ? Tensor::empty({3}) : Tensor();
   send_recv(row, up, from_below, down, *w);
-  if (down >= 0) EXPECT_EQ(from_below.to_vector(), std::vector<float>(3, float(down)));
+  if (down >= 0) {
+    EXPECT_EQ(from_below.to_vector(), std::vector<float>(3, float(down)));
+  }
 
   // The ring step, posted then completed; a strided send is copied (blocking) or refused (posted).
   const int right = (r + 1) % R, left = (r + R - 1) % R;

@@ -14,7 +14,7 @@
 #include "backend/model_ops.h"
 #include "core/trace.h"
 #include "io/json_config.h"
-#include "parallel/collectives.h"
+#include "layers/sequence_shard.h"
 #include "core/torch_rng.h"
 #include "io/single_file.h"
 #include "models/registry.h"
@@ -173,26 +173,17 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   report(hooks, "hook.pos_embed.0", rope.cos);
   report(hooks, "hook.pos_embed.1", rope.sin);
 
-  // Sequence parallel: this rank keeps its shard of the image tokens and the matching RoPE rows; text
-  // tokens stay whole on every rank.
-  const int sp = par_.sp_size();
-  SeqLayout seq{L, /*txt_first=*/true, shard_sizes(N, sp)};
-  const Range mine = shard_range(N, sp, par_.sp_rank());
-  if (sp > 1) {
-    x = x.slice(1, mine.begin, mine.end).contiguous();
-    auto local = [&](const Tensor& t) {
-      return concat({t.slice(0, 0, L), t.slice(0, L + mine.begin, L + mine.end)}, 0);
-    };
-    rope = RopeTables{local(rope.cos), local(rope.sin)};
-  }
-  const SeqLayout* seq_ptr = sp > 1 ? &seq : nullptr;
-  const int64_t n = mine.size();
+  // Sequence parallel: this rank keeps its shard of the image tokens and their RoPE rows.
+  const SequenceShard shard(N, L, /*txt_first=*/true, par_);
+  x = shard.local(x);
+  rope = shard.local(rope);
+  const int64_t n = shard.local_tokens();
 
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
     {
       Span span("block", "transformer_blocks." + std::to_string(i));
-      transformer_blocks_[i](x, c, silu_temb, &rope, seq_ptr);
+      transformer_blocks_[i](x, c, silu_temb, &rope, shard.layout());
     }
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
@@ -201,7 +192,7 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
     {
       Span span("block", "single_transformer_blocks." + std::to_string(i));
-      single_transformer_blocks_[i](tokens, silu_temb, rope, seq_ptr);
+      single_transformer_blocks_[i](tokens, silu_temb, rope, shard.layout());
     }
     if (hooks) {
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".0", tokens.slice(1, 0, L));
@@ -210,8 +201,7 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   }
   x = norm_out_(tokens.slice(1, L, L + n), silu_temb);
   report(hooks, "hook.norm_out", x);
-  Tensor out = proj_out_(x);
-  return sp > 1 ? all_gather_v(out, 1, *par_.sp, seq.img_sizes) : out;
+  return shard.gather(proj_out_(x));
 }
 
 

@@ -17,7 +17,7 @@
 
 #include "core/trace.h"
 #include "io/json_config.h"
-#include "parallel/collectives.h"
+#include "layers/sequence_shard.h"
 
 namespace meshdit {
 
@@ -124,28 +124,21 @@ Result<Tensor> SD3Transformer::forward(const Tensor& hidden_states, const Tensor
   Tensor c = context_embedder_(encoder_hidden_states.to(DType::F32));
   report(hooks, "hook.context_embedder", c);
 
-  // Sequence parallel: this rank keeps its shard of the image tokens; text tokens stay whole.
-  const int sp = par_.sp_size();
-  const int64_t N = x.size(1);
-  const SeqLayout seq{c.size(1), /*txt_first=*/false, shard_sizes(N, sp)};
-  if (sp > 1) {
-    const Range mine = shard_range(N, sp, par_.sp_rank());
-    x = x.slice(1, mine.begin, mine.end).contiguous();
-  }
+  // Sequence parallel: this rank keeps its shard of the image tokens.
+  const SequenceShard shard(x.size(1), c.size(1), /*txt_first=*/false, par_);
+  x = shard.local(x);
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
     {
       Span span("block", "transformer_blocks." + std::to_string(i));
-      transformer_blocks_[i](x, c, silu_temb, nullptr, sp > 1 ? &seq : nullptr);
+      transformer_blocks_[i](x, c, silu_temb, nullptr, shard.layout());
     }
     if (c.defined()) report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }
   x = norm_out_(x, silu_temb);
   report(hooks, "hook.norm_out", x);
-  Tensor out = proj_out_(x);
-  if (sp > 1) out = all_gather_v(out, 1, *par_.sp, seq.img_sizes);
-  return ops::unpatchify(out, h, w, int(p), cfg_.out_channels);
+  return ops::unpatchify(shard.gather(proj_out_(x)), h, w, int(p), cfg_.out_channels);
 }
 
 

@@ -19,7 +19,7 @@
 
 #include "backend/model_ops.h"
 #include "io/json_config.h"
-#include "parallel/collectives.h"
+#include "layers/spatial_split.h"
 
 namespace meshdit {
 
@@ -311,7 +311,7 @@ Result<Tensor> tiled_decode(const Tensor& z, int64_t tile, int64_t overlap, int6
 // ---- row-split decode ----------------------------------------------------------------------------------
 //
 // Rank r of a group of P holds latent rows shard_range(h, P, r) and, at every resolution, those rows times
-// the upsampling done so far: a band of every activation. What crosses bands:
+// the upsampling done so far: a band of every activation (a BandSplit along axis 2). What crosses bands:
 //   3x3 conv    one halo row from each neighbour (zero padding stays only at the image's top and bottom)
 //   GroupNorm   per (batch, group) sums, reduced over the group twice (mean, then squared deviations)
 //   attention   keys and values of every band (each rank keeps its own queries)
@@ -321,153 +321,53 @@ Result<Tensor> tiled_decode(const Tensor& z, int64_t tile, int64_t overlap, int6
 namespace vae {
 namespace {
 
-class RowSplit {
- public:
-  RowSplit(Communicator& comm, int64_t latent_rows) : comm_(comm), latent_rows_(latent_rows) {}
-  Communicator& comm() const { return comm_; }
-  int above() const { return comm_.rank() > 0 ? comm_.rank() - 1 : -1; }
-  int below() const { return comm_.rank() + 1 < comm_.size() ? comm_.rank() + 1 : -1; }
-  // Rows of rank r's band and of the whole image at the current resolution.
-  int64_t band_rows(int r) const { return shard_range(latent_rows_, comm_.size(), r).size() * scale_; }
-  int64_t total_rows() const { return latent_rows_ * scale_; }
-  int64_t max_band_rows() const { return band_rows(0); }  // shard_range gives the first parts the extra rows
-  void upsampled() { scale_ *= 2; }
-
- private:
-  Communicator& comm_;
-  int64_t latent_rows_, scale_ = 1;
-};
-
-// Concatenation along rows of every rank's band [B, C, rows_r, W] -> [B, C, total, W] on every rank. The
-// bands are padded to the tallest for one all_gather.
-Tensor gather_rows(const Tensor& band, const RowSplit& rs) {
-  const int P = rs.comm().size();
-  const int64_t B = band.size(0), C = band.size(1), W = band.size(3), tall = rs.max_band_rows();
-  Tensor send = Tensor::zeros({B, C, tall, W});
-  Tensor mine = send.slice(2, 0, band.size(2));
-  copy_into(band, mine);
-  const Tensor recv = all_gather_stacked(send, rs.comm());  // [P, B, C, tall, W]
-  std::vector<Tensor> parts;
-  for (int r = 0; r < P; ++r) parts.push_back(recv.select(0, r).slice(2, 0, rs.band_rows(r)));
-  return concat(parts, 2);
-}
-
-// A hook on a split decode reports the whole tensor: gathering it is collective, so it happens only when
-// someone listens (and every rank must listen alike).
-void report_rows(const Hooks* hooks, const std::string& name, const Tensor& band, const RowSplit& rs) {
-  if (hooks && *hooks) report(hooks, name, gather_rows(band, rs));
-}
-
-// A stride-1 conv with `pad` rows of padding on each side (kernel 2 pad + 1 tall) on a band: the rows the
-// kernel reaches beyond the band come from the neighbours, and the padding remains only at the image's
-// edges, so the band of the output is exactly the band of the whole image's conv.
-Tensor conv_rows(const Conv2d& conv, const Tensor& x, const RowSplit& rs) {
-  const Conv2dParams& p = conv.params;
-  const int64_t halo = p.pad_top;
-  if (halo == 0 && p.pad_bottom == 0 && conv.weight.size(2) == 1) return conv(x);
-  MD_CHECK(p.stride_h == 1 && p.pad_bottom == halo && conv.weight.size(2) == 2 * halo + 1,
-           "row-split conv: needs stride 1 and a kernel 2 * padding + 1 rows tall, got kernel " +
-               shape_str(conv.weight.shape()));
-  const int64_t B = x.size(0), C = x.size(1), h = x.size(2), W = x.size(3);
-  MD_CHECK(h >= halo, "row-split conv: a band of " + std::to_string(h) + " rows is thinner than the halo");
-  const int up = rs.above(), down = rs.below();
-  Tensor top = x.slice(2, 0, halo).contiguous(), bottom = x.slice(2, h - halo, h).contiguous();
-  Tensor from_above, from_below;
-  if (up >= 0) from_above = Tensor::empty({B, C, halo, W});
-  if (down >= 0) from_below = Tensor::empty({B, C, halo, W});
-  // Upward then downward: each is one matched pair per boundary, so no rank waits on a cycle.
-  send_recv(top, up, from_below, down, rs.comm());
-  send_recv(bottom, down, from_above, up, rs.comm());
-  std::vector<Tensor> parts;
-  if (up >= 0) parts.push_back(from_above);
-  parts.push_back(x);
-  if (down >= 0) parts.push_back(from_below);
-  const Tensor ext = parts.size() == 1 ? x : concat(parts, 2);
-  Conv2dParams band = p;
-  band.pad_top = up >= 0 ? 0 : int(halo);
-  band.pad_bottom = down >= 0 ? 0 : int(halo);
-  return ops::conv2d(ext, conv.weight, conv.bias.defined() ? &conv.bias : nullptr, band);
-}
-
-// GroupNorm with the statistics of the whole image: the two passes of group_norm's own variance (mean,
-// then the mean squared deviation from it), each a local sum reduced over the group.
-Tensor norm_rows(const GroupNorm& norm, const Tensor& x, Act act, const RowSplit& rs) {
-  const int64_t G = norm.groups;
-  const double count = double(x.size(1) / G) * double(rs.total_rows()) * double(x.size(3));
-  Tensor sums = ops::group_sums(x, G);
-  all_reduce_(sums, rs.comm());
-  const Tensor mean = ops::mean_from_sums(sums, count);
-  Tensor ssd = ops::group_sums(x, G, &mean);
-  all_reduce_(ssd, rs.comm());
-  const Tensor rstd = ops::rstd_from_sums(ssd, count, double(norm.eps));
-  return ops::group_norm_apply(x, G, mean, rstd, norm.weight.defined() ? &norm.weight : nullptr,
-                               norm.bias.defined() ? &norm.bias : nullptr, act);
-}
-
-Tensor resnet_rows(const ResnetBlock2D& r, const Tensor& x, const RowSplit& rs) {
-  Tensor h = conv_rows(r.conv1, norm_rows(r.norm1, x, Act::SiLU, rs), rs);
-  h = conv_rows(r.conv2, norm_rows(r.norm2, h, Act::SiLU, rs), rs);
+Tensor resnet_rows(const ResnetBlock2D& r, const Tensor& x, const BandSplit& rows) {
+  Tensor h = conv2d_split(r.conv1, group_norm_split(r.norm1, x, Act::SiLU, rows), rows);
+  h = conv2d_split(r.conv2, group_norm_split(r.norm2, h, Act::SiLU, rows), rows);
   ops::add_(h, r.conv_shortcut ? (*r.conv_shortcut)(x) : x);
   return h;
 }
 
-// Every rank's queries attend to the keys and values of the whole image: those are gathered (padded to the
-// tallest band), in rank order, which is the image's token order.
-Tensor attention_rows(const SpatialSelfAttention& a, const Tensor& x, const RowSplit& rs) {
-  const int P = rs.comm().size();
+// The band's positions are its queries; the keys and values are every band's, in rank order, which is the
+// image's token order.
+Tensor attention_rows(const SpatialSelfAttention& a, const Tensor& x, const BandSplit& rows) {
   const int64_t B = x.size(0), C = x.size(1), h = x.size(2), W = x.size(3), L = h * W, D = C / a.heads;
-  const int64_t tall = rs.max_band_rows() * W;
-  Tensor tokens = norm_rows(a.group_norm, x, Act::None, rs).reshape({B, C, L}).permute({0, 2, 1}).contiguous();
-  Tensor q = a.to_q(tokens).reshape({B, L, a.heads, D});
-  Tensor kv = Tensor::zeros({2, B, tall, C});
-  for (int i = 0; i < 2; ++i) {
-    Tensor dst = kv.select(0, i).slice(1, 0, L);
-    copy_into((i == 0 ? a.to_k : a.to_v)(tokens), dst);
-  }
+  Tensor tokens = group_norm_split(a.group_norm, x, Act::None, rows).reshape({B, C, L}).permute({0, 2, 1}).contiguous();
+  auto heads = [&](const Linear& proj) { return proj(tokens).reshape({B, L, a.heads, D}); };
+  Tensor q = heads(a.to_q), k = heads(a.to_k), v = heads(a.to_v);
   tokens = Tensor();
-  Tensor all = all_gather_stacked(kv, rs.comm());  // [P, 2, B, tall, C]
-  kv = Tensor();
-  std::vector<Tensor> ks, vs;
-  for (int r = 0; r < P; ++r) {
-    const int64_t lr = rs.band_rows(r) * W;
-    ks.push_back(all.select(0, r).select(0, 0).slice(1, 0, lr));
-    vs.push_back(all.select(0, r).select(0, 1).slice(1, 0, lr));
-  }
-  const int64_t total = rs.total_rows() * W;
-  Tensor k = concat(ks, 1).reshape({B, total, a.heads, D}), v = concat(vs, 1).reshape({B, total, a.heads, D});
-  all = Tensor();
-  Tensor o = a.to_out(ops::attention(q, k, v, 1.0f / std::sqrt(float(D))).reshape({B, L, C}));
-  Tensor out = o.permute({0, 2, 1}).contiguous().reshape({B, C, h, W});
+  Tensor o = attention_split(q, k, v, 1.0f / std::sqrt(float(D)), rows, /*tokens_per_entry=*/W);
+  Tensor out = a.to_out(o.reshape({B, L, C})).permute({0, 2, 1}).contiguous().reshape({B, C, h, W});
   ops::add_(out, x);
   return out;
 }
 
-Tensor mid_rows(const MidBlock2D& m, const Tensor& x, const RowSplit& rs) {
-  Tensor h = resnet_rows(m.resnet_0, x, rs);
-  if (m.attention) h = attention_rows(*m.attention, h, rs);
-  return resnet_rows(m.resnet_1, h, rs);
+Tensor mid_rows(const MidBlock2D& m, const Tensor& x, const BandSplit& rows) {
+  Tensor h = resnet_rows(m.resnet_0, x, rows);
+  if (m.attention) h = attention_rows(*m.attention, h, rows);
+  return resnet_rows(m.resnet_1, h, rows);
 }
 
-Tensor up_rows(const UpDecoderBlock2D& b, Tensor x, RowSplit& rs) {
-  for (const auto& r : b.resnets) x = resnet_rows(r, x, rs);
+Tensor up_rows(const UpDecoderBlock2D& b, Tensor x, BandSplit& rows) {
+  for (const auto& r : b.resnets) x = resnet_rows(r, x, rows);
   if (!b.upsample_conv) return x;
   Tensor up = ops::upsample_nearest2x(x);
   x = Tensor();
-  rs.upsampled();
-  return conv_rows(*b.upsample_conv, up, rs);
+  rows.upsampled(2);
+  return conv2d_split(*b.upsample_conv, up, rows);
 }
 
 // Decoder::operator() on a band of the latent rows -> the band of the image.
-Tensor decode_rows(const Decoder& d, const Tensor& z, RowSplit& rs, const Hooks* hooks) {
-  Tensor h = conv_rows(d.conv_in, z, rs);
-  report_rows(hooks, "hook.decoder.conv_in", h, rs);
-  h = mid_rows(d.mid_block, h, rs);
-  report_rows(hooks, "hook.decoder.mid_block", h, rs);
+Tensor decode_rows(const Decoder& d, const Tensor& z, BandSplit& rows, const Hooks* hooks) {
+  Tensor h = conv2d_split(d.conv_in, z, rows);
+  report_split(hooks, "hook.decoder.conv_in", h, rows);
+  h = mid_rows(d.mid_block, h, rows);
+  report_split(hooks, "hook.decoder.mid_block", h, rows);
   for (size_t i = 0; i < d.up_blocks.size(); ++i) {
-    h = up_rows(d.up_blocks[i], std::move(h), rs);
-    report_rows(hooks, "hook.decoder.up_blocks." + std::to_string(i), h, rs);
+    h = up_rows(d.up_blocks[i], std::move(h), rows);
+    report_split(hooks, "hook.decoder.up_blocks." + std::to_string(i), h, rows);
   }
-  return conv_rows(d.conv_out, norm_rows(d.conv_norm_out, h, Act::SiLU, rs), rs);
+  return conv2d_split(d.conv_out, group_norm_split(d.conv_norm_out, h, Act::SiLU, rows), rows);
 }
 
 }  // namespace
@@ -519,12 +419,11 @@ Result<Tensor> AutoencoderKL::decode_parallel(const Tensor& z, Communicator& com
     return make_error("AutoencoderKL decode: latents " + shape_str(z.shape()) + " have " + std::to_string(h) +
                       " rows for " + std::to_string(P) + " ranks of group '" + comm.name() +
                       "'; a row-split decode needs at least one latent row per rank (use fewer VAE ranks)");
-  const Range rows = shard_range(h, P, comm.rank());
-  Tensor band = z.slice(2, rows.begin, rows.end).to(DType::F32).contiguous();
+  BandSplit rows(comm, /*axis=*/2, h);
+  Tensor band = rows.local(z).to(DType::F32).contiguous();
   if (post_quant_conv_) band = (*post_quant_conv_)(band);  // 1x1: per pixel
-  vae::RowSplit rs(comm, h);
-  Tensor image = vae::decode_rows(decoder_, band, rs, hooks);
-  return vae::gather_rows(image, rs);
+  Tensor image = vae::decode_rows(decoder_, band, rows, hooks);
+  return rows.gather(image);
 }
 
 Result<Tensor> AutoencoderKL::decode_tiled(const Tensor& z, int64_t tile, int64_t overlap) const {
