@@ -13,6 +13,10 @@ std::string shared_fixtures_dir();  // "" when absent
 std::string repo_dir();
 std::vector<std::string> case_names(const std::string& dir);
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
+// A safetensors file with the given BF16 shapes whose data section is a hole: the header is real, the file has its
+// full size, and no data is written (a sparse file, so multi-GB models cost nothing on disk). Only the header and
+// the few tensors a test reads are ever touched. Returns the path.
+std::string write_header_only(const std::filesystem::path& p, const std::vector<std::pair<std::string, Shape>>& shapes);
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 // A fresh, empty folder under the system temp dir whose name carries this process's id: ctest runs test

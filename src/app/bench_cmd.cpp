@@ -60,12 +60,16 @@ Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, i
   RandomCheckpointSpec r;
   for (const auto& a : transformer_archs())
     for (const auto& p : a.presets)
-      if (p.name == preset && !a.layouts.empty() && a.with_blocks) {
+      if (p.name == preset) {
         r.arch = &a;
-        r.layout = &a.layouts[0];
-        r.config = a.with_blocks(p.config(), blocks, single_blocks);
+        r.config = p.config();
       }
   if (!r.arch) return make_error("unknown --arch '" + preset + "' (" + random_checkpoint_presets() + ")");
+  if (r.arch->layouts.empty() || !r.arch->with_blocks)
+    return make_error("--arch " + preset + ": the " + r.arch->name + " model has no single-file layout to write (" +
+                      random_checkpoint_presets() + ")");
+  r.layout = &r.arch->layouts[0];
+  r.config = r.arch->with_blocks(r.config, blocks, single_blocks);
   MD_TRY(WeightLog spec, weight_spec(*r.arch, r.config, /*tp=*/1, /*tp_rank=*/0, DType::BF16));
   NamedShapes diffusers;
   for (const auto& w : spec) diffusers.emplace_back(w.name, w.shape);
