@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 namespace fs = std::filesystem;
@@ -72,6 +73,26 @@ class GeometryComm final : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> geometry_comm(int rank, int size) { return std::make_unique<GeometryComm>(rank, size); }
+
+std::string write_header_only(const fs::path& p, const std::vector<std::pair<std::string, Shape>>& shapes) {
+  nlohmann::json h = nlohmann::json::object();
+  uint64_t at = 0;
+  for (const auto& [name, shape] : shapes) {
+    const uint64_t bytes = uint64_t(shape_numel(shape)) * 2;
+    h[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {at, at + bytes}}};
+    at += bytes;
+  }
+  std::string text = h.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string len(8, '\0');
+  for (int i = 0; i < 8; ++i) len[size_t(i)] = char((uint64_t(text.size()) >> (8 * i)) & 0xff);
+  {
+    std::ofstream f(p, std::ios::binary | std::ios::trunc);
+    f << len << text;
+  }
+  fs::resize_file(p, 8 + text.size() + at);
+  return p.string();
+}
 
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale) {
   std::mt19937 rng(seed);

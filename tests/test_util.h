@@ -17,6 +17,11 @@ Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
 // Rank `rank` of a group of `size` that answers only rank() and size(): for the geometry of a split on one
 // process. Any collective on it fails the test.
 std::unique_ptr<Communicator> geometry_comm(int rank, int size);
+
+// A safetensors file with the given BF16 shapes whose data section is a hole: the header is real, the file has its
+// full size, and no data is written (a sparse file, so multi-GB models cost nothing on disk). Only the header and
+// the few tensors a test reads are ever touched. Returns the path.
+std::string write_header_only(const std::filesystem::path& p, const std::vector<std::pair<std::string, Shape>>& shapes);
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 // A fresh, empty folder under the system temp dir whose name carries this process's id: ctest runs test

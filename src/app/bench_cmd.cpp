@@ -48,87 +48,6 @@ Tensor random_bf16(const Shape& shape, uint64_t seed, bool norm_scale) {
   return t;
 }
 
-using Entry = std::pair<std::string, Shape>;
-
-std::vector<Entry> flux_bfl_layout(int64_t doubles, int64_t singles, bool guidance) {
-  const int64_t D = 3072, M = 4 * D, hd = 128;
-  std::vector<Entry> e;
-  auto lin = [&](const std::string& n, int64_t out, int64_t in) {
-    e.push_back({n + ".weight", {out, in}});
-    e.push_back({n + ".bias", {out}});
-  };
-  lin("img_in", D, 64);
-  lin("txt_in", D, 4096);
-  lin("time_in.in_layer", D, 256);
-  lin("time_in.out_layer", D, D);
-  lin("vector_in.in_layer", D, 768);
-  lin("vector_in.out_layer", D, D);
-  if (guidance) {
-    lin("guidance_in.in_layer", D, 256);
-    lin("guidance_in.out_layer", D, D);
-  }
-  for (int64_t i = 0; i < doubles; ++i) {
-    const std::string p = "double_blocks." + std::to_string(i) + ".";
-    for (const char* s : {"img", "txt"}) {
-      const std::string q = p + s;
-      lin(q + "_mod.lin", 6 * D, D);
-      lin(q + "_attn.qkv", 3 * D, D);
-      e.push_back({q + "_attn.norm.query_norm.scale", {hd}});
-      e.push_back({q + "_attn.norm.key_norm.scale", {hd}});
-      lin(q + "_attn.proj", D, D);
-      lin(q + "_mlp.0", M, D);
-      lin(q + "_mlp.2", D, M);
-    }
-  }
-  for (int64_t i = 0; i < singles; ++i) {
-    const std::string p = "single_blocks." + std::to_string(i) + ".";
-    lin(p + "linear1", 3 * D + M, D);
-    lin(p + "linear2", D, D + M);
-    e.push_back({p + "norm.query_norm.scale", {hd}});
-    e.push_back({p + "norm.key_norm.scale", {hd}});
-    lin(p + "modulation.lin", 3 * D, D);
-  }
-  lin("final_layer.linear", 64, D);
-  lin("final_layer.adaLN_modulation.1", 2 * D, D);
-  return e;
-}
-
-std::vector<Entry> sd35_large_sai_layout(int64_t blocks) {
-  const int64_t D = 2432, hd = 64, pmax = 192;
-  std::vector<Entry> e;
-  auto lin = [&](const std::string& n, int64_t out, int64_t in) {
-    e.push_back({n + ".weight", {out, in}});
-    e.push_back({n + ".bias", {out}});
-  };
-  e.push_back({"x_embedder.proj.weight", {D, 16, 2, 2}});
-  e.push_back({"x_embedder.proj.bias", {D}});
-  e.push_back({"pos_embed", {1, pmax * pmax, D}});
-  lin("t_embedder.mlp.0", D, 256);
-  lin("t_embedder.mlp.2", D, D);
-  lin("y_embedder.mlp.0", D, 2048);
-  lin("y_embedder.mlp.2", D, D);
-  lin("context_embedder", D, 4096);
-  for (int64_t i = 0; i < blocks; ++i) {
-    const bool last = i == blocks - 1;
-    for (const char* s : {"x_block", "context_block"}) {
-      const std::string p = "joint_blocks." + std::to_string(i) + "." + s + ".";
-      const bool pre_only = last && std::string(s) == "context_block";
-      lin(p + "adaLN_modulation.1", (pre_only ? 2 : 6) * D, D);
-      lin(p + "attn.qkv", 3 * D, D);
-      e.push_back({p + "attn.ln_q.weight", {hd}});
-      e.push_back({p + "attn.ln_k.weight", {hd}});
-      if (!pre_only) {
-        lin(p + "attn.proj", D, D);
-        lin(p + "mlp.fc1", 4 * D, D);
-        lin(p + "mlp.fc2", D, 4 * D);
-      }
-    }
-  }
-  lin("final_layer.linear", 2 * 2 * 16, D);
-  lin("final_layer.adaLN_modulation.1", 2 * D, D);
-  return e;
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
@@ -136,22 +55,51 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
-int run_make_random_checkpoint(const std::string& arch, int64_t doubles, int64_t singles, const std::string& out) {
-  std::vector<Entry> layout;
-  if (arch == "flux-dev" || arch == "flux-schnell")
-    layout = flux_bfl_layout(doubles, singles, arch == "flux-dev");
-  else if (arch == "sd35-large")
-    layout = sd35_large_sai_layout(doubles);
-  else
-    return fail("unknown --arch '" + arch + "' (flux-dev, flux-schnell, sd35-large)");
+Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks) {
+  if (blocks < 0 || single_blocks < 0) return make_error("--double/--single must not be negative");
+  RandomCheckpointSpec r;
+  for (const auto& a : transformer_archs())
+    for (const auto& p : a.presets)
+      if (p.name == preset) {
+        r.arch = &a;
+        r.config = p.config();
+      }
+  if (!r.arch) return make_error("unknown --arch '" + preset + "' (" + random_checkpoint_presets() + ")");
+  if (r.arch->layouts.empty() || !r.arch->with_blocks)
+    return make_error("--arch " + preset + ": the " + r.arch->name + " model has no single-file layout to write (" +
+                      random_checkpoint_presets() + ")");
+  r.layout = &r.arch->layouts[0];
+  r.config = r.arch->with_blocks(r.config, blocks, single_blocks);
+  MD_TRY(WeightLog spec, weight_spec(*r.arch, r.config, /*tp=*/1, /*tp_rank=*/0, DType::BF16));
+  NamedShapes diffusers;
+  for (const auto& w : spec) diffusers.emplace_back(w.name, w.shape);
+  MD_TRY(r.tensors, single_file_shapes(*r.layout, diffusers));
+  return r;
+}
+
+std::string random_checkpoint_presets() {
+  std::string s;
+  for (const auto& a : transformer_archs()) {
+    if (a.layouts.empty() || !a.with_blocks) continue;
+    std::string names;
+    for (const auto& p : a.presets) names += (names.empty() ? "" : ", ") + p.name;
+    if (!names.empty()) s += (s.empty() ? "" : "; ") + names + " (" + a.layouts[0].name + " layout)";
+  }
+  return s;
+}
+
+int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks,
+                               const std::string& out) {
+  auto spec = random_checkpoint_spec(preset, blocks, single_blocks);
+  if (!spec.ok()) return fail(spec.error().message);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  uint64_t seed = 1;
-  for (const auto& [name, shape] : layout) {
+  uint64_t seed = 1;  // one per tensor in the layout's order, so a file's values depend on nothing else
+  for (const auto& [name, shape] : spec->tensors) {
     const bool norm = name.find("norm") != std::string::npos || name.find("ln_") != std::string::npos;
     tensors.push_back({name, random_bf16(shape, seed++, norm)});
   }
   if (auto st = save_safetensors(out, tensors); !st.ok()) return fail(st.error().message);
-  std::fprintf(stderr, "wrote %s (%zu tensors)\n", out.c_str(), tensors.size());
+  std::fprintf(stderr, "wrote %s (%zu tensors, %s layout)\n", out.c_str(), tensors.size(), spec->layout->name.c_str());
   return 0;
 }
 
@@ -198,8 +146,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto tokens = arch.image_tokens(opened->config, cmd.width, cmd.height, 1);
   if (!tokens.ok()) return fail(tokens.error().message);
   const int64_t N = *tokens, L = cmd.text_tokens;
-  auto mesh = make_mesh(shape, cmd.parallel,
-                        ModelTraits{"transformer", arch.dims(opened->config).heads, false, N});
+  auto mesh = make_mesh(shape, cmd.parallel, ModelTraits{"transformer", arch.dims(opened->config).heads, false, N});
   if (!mesh.ok()) return fail(mesh.error().message);
   if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh->config().str().c_str());
   const ParallelContext par = mesh->context();

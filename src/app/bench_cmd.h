@@ -1,6 +1,9 @@
 #pragma once
+#include <any>
 #include <cstdint>
 #include <string>
+
+#include "models/registry.h"
 
 namespace meshdit {
 
@@ -15,8 +18,19 @@ struct BenchTransformerCommand {
 // rank runs the forward; rank 0 prints, plus each rank's resident memory after loading (its weights) and
 // after the steps.
 int run_bench_transformer(const BenchTransformerCommand& cmd);
-// Writes a random bf16 checkpoint at real width in a single-file layout (flux-dev, flux-schnell: BFL;
-// sd35-large: Stability), with `doubles` double/joint blocks and `singles` single blocks.
-int run_make_random_checkpoint(const std::string& arch, int64_t doubles, int64_t singles, const std::string& out);
+// A random checkpoint's model and tensors: a preset's config with other block counts, as its weight spec names
+// it, in its model's first single-file layout (the names and shapes real files of that layout have).
+struct RandomCheckpointSpec {
+  const TransformerArch* arch = nullptr;
+  std::any config;
+  const SingleFileLayout* layout = nullptr;
+  NamedShapes tensors;
+};
+Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks);
+// The presets it takes, with their layouts, for --help and messages.
+std::string random_checkpoint_presets();
+// Writes that checkpoint with random bf16 values (real widths, fewer blocks: for `bench transformer`).
+int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks,
+                               const std::string& out);
 
 }  // namespace meshdit

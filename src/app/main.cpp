@@ -148,9 +148,9 @@ int run(int argc, char** argv) {
                                            "Write a random bf16 transformer at real width in a single-file layout");
   std::string arch = "flux-dev", rand_out;
   int64_t doubles = 2, singles = 4;
-  bench_rand->add_option("--arch", arch, "flux-dev, flux-schnell (BFL layout) or sd35-large (Stability layout)");
-  bench_rand->add_option("--double", doubles, "double-stream (Flux) or joint (SD3) blocks");
-  bench_rand->add_option("--single", singles, "single-stream blocks (Flux)");
+  bench_rand->add_option("--arch", arch, "a model preset: " + meshdit::random_checkpoint_presets());
+  bench_rand->add_option("--double", doubles, "blocks of the first stack (Flux's double-stream, SD3's joint blocks)");
+  bench_rand->add_option("--single", singles, "blocks of the second stack (Flux's single-stream blocks)");
   bench_rand->add_option("-o,--output", rand_out, "output .safetensors")->required();
 
   meshdit::add_plan_command(app);  // runs from its callback

@@ -91,6 +91,9 @@ struct TransformerArch {
   std::string name;                  // "flux": plan's arch field, messages
   std::vector<std::string> classes;  // diffusers _class_name(s) it serves
   std::vector<ModelPreset> presets;
+  // A config with other block counts, for checkpoints of real width but few blocks (`bench random-checkpoint`'s
+  // --double and --single; a model with one stack of blocks takes the first count).
+  std::function<std::any(const std::any&, int64_t blocks, int64_t single_blocks)> with_blocks;
   PlanDefaults defaults;
 
   // Config from a config.json; from the tensors of a diffusers-named checkpoint (empty: not inferable).

@@ -1,12 +1,10 @@
 // Single-file transformer layouts (Black Forest Labs' flux1-*.safetensors, Stability's sd3.5_large.safetensors,
 // optionally under ComfyUI's "model.diffusion_model." prefix): each transformer fixture is converted into the
-// layout here (the inverse of diffusers' converters: fused q/k/v rows, shift/scale swapped back), loaded through
+// layout by the layout's key map inverted (fused q/k/v rows stacked, shift/scale swapped back), loaded through
 // open_transformer_checkpoint, and run on the case's inputs; the output must equal the diffusers-layout model's
-// bit for bit. Config inference is checked on the converted fixtures and on headers with the real models' shapes.
+// bit for bit. Config inference is checked on the converted fixtures and on headers with the real models' shapes,
+// which are written out by hand here, independently of the key maps, and must equal the inverted maps' shapes.
 #include "io/single_file.h"
-#include "models/registry.h"
-#include "models/transformers/flux.h"
-#include "models/transformers/sd3.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -23,6 +21,7 @@
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "models/registry.h"
 #include "models/transformers/flux.h"
 #include "models/transformers/sd3.h"
 
@@ -41,143 +40,23 @@ std::string case_dir(const std::string& name) { return test::fixtures_dir() + "/
 
 using Named = std::vector<std::pair<std::string, Tensor>>;
 
-// Reads a diffusers-layout checkpoint once per name and remembers which names were taken, so a conversion can be
-// checked to have used every tensor.
-class Source {
- public:
-  explicit Source(const std::string& file) {
-    auto ck = Checkpoint::open_file(file);
-    EXPECT_TRUE(ck.ok()) << ck.error().message;
-    ck_ = std::move(ck).value();
-  }
-  bool has(const std::string& n) const { return ck_.has(n); }
-  Tensor take(const std::string& n) {
-    auto t = ck_.get(n);
-    EXPECT_TRUE(t.ok()) << t.error().message;
-    taken_.insert(n);
-    return t.ok() ? t.value() : Tensor();
-  }
-  std::vector<std::string> untaken() const {
-    std::vector<std::string> v;
-    for (const auto& n : ck_.names())
-      if (!taken_.count(n)) v.push_back(n);
-    return v;
-  }
-
- private:
-  Checkpoint ck_;
-  std::set<std::string> taken_;
-};
-
-// Inverse of diffusers' swap_scale_shift (the swap is its own inverse): (scale, shift) -> (shift, scale).
-Tensor swap_halves(const Tensor& t) {
-  const int64_t h = t.size(0) / 2;
-  return concat({t.slice(0, h, 2 * h), t.slice(0, 0, h)}, 0);
-}
-
-// dst.weight/.bias <- src.weight/.bias of the diffusers names.
-void put_linear(Named& out, Source& src, const std::string& to, const std::string& from) {
-  out.emplace_back(to + ".weight", src.take(from + ".weight"));
-  out.emplace_back(to + ".bias", src.take(from + ".bias"));
-}
-
-// A fused projection: the rows of `parts` stacked, weight and bias.
-void put_fused(Named& out, Source& src, const std::string& to, const std::vector<std::string>& parts) {
-  for (const char* p : {".weight", ".bias"}) {
-    std::vector<Tensor> rows;
-    for (const auto& f : parts) rows.push_back(src.take(f + p));
-    out.emplace_back(to + p, concat(rows, 0));
-  }
-}
-
-void put_swapped(Named& out, Source& src, const std::string& to, const std::string& from) {
-  for (const char* p : {".weight", ".bias"}) out.emplace_back(to + p, swap_halves(src.take(from + p)));
-}
-
-// diffusers FluxTransformer2DModel -> BFL flux1-*.safetensors names.
-Named to_flux_bfl(Source& s, const FluxConfig& cfg) {
-  Named o;
-  put_linear(o, s, "img_in", "x_embedder");
-  put_linear(o, s, "txt_in", "context_embedder");
-  put_linear(o, s, "time_in.in_layer", "time_text_embed.timestep_embedder.linear_1");
-  put_linear(o, s, "time_in.out_layer", "time_text_embed.timestep_embedder.linear_2");
-  put_linear(o, s, "vector_in.in_layer", "time_text_embed.text_embedder.linear_1");
-  put_linear(o, s, "vector_in.out_layer", "time_text_embed.text_embedder.linear_2");
-  if (cfg.guidance_embeds) {
-    put_linear(o, s, "guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1");
-    put_linear(o, s, "guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2");
-  }
-  for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    const std::string b = "double_blocks." + std::to_string(i) + ".",
-                      d = "transformer_blocks." + std::to_string(i) + ".";
-    put_linear(o, s, b + "img_mod.lin", d + "norm1.linear");
-    put_linear(o, s, b + "txt_mod.lin", d + "norm1_context.linear");
-    put_fused(o, s, b + "img_attn.qkv", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"});
-    put_fused(o, s, b + "txt_attn.qkv", {d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"});
-    o.emplace_back(b + "img_attn.norm.query_norm.scale", s.take(d + "attn.norm_q.weight"));
-    o.emplace_back(b + "img_attn.norm.key_norm.scale", s.take(d + "attn.norm_k.weight"));
-    o.emplace_back(b + "txt_attn.norm.query_norm.scale", s.take(d + "attn.norm_added_q.weight"));
-    o.emplace_back(b + "txt_attn.norm.key_norm.scale", s.take(d + "attn.norm_added_k.weight"));
-    put_linear(o, s, b + "img_attn.proj", d + "attn.to_out.0");
-    put_linear(o, s, b + "txt_attn.proj", d + "attn.to_add_out");
-    put_linear(o, s, b + "img_mlp.0", d + "ff.net.0.proj");
-    put_linear(o, s, b + "img_mlp.2", d + "ff.net.2");
-    put_linear(o, s, b + "txt_mlp.0", d + "ff_context.net.0.proj");
-    put_linear(o, s, b + "txt_mlp.2", d + "ff_context.net.2");
-  }
-  for (int64_t i = 0; i < cfg.num_single_layers; ++i) {
-    const std::string b = "single_blocks." + std::to_string(i) + ".",
-                      d = "single_transformer_blocks." + std::to_string(i) + ".";
-    put_linear(o, s, b + "modulation.lin", d + "norm.linear");
-    put_fused(o, s, b + "linear1", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"});
-    o.emplace_back(b + "norm.query_norm.scale", s.take(d + "attn.norm_q.weight"));
-    o.emplace_back(b + "norm.key_norm.scale", s.take(d + "attn.norm_k.weight"));
-    put_linear(o, s, b + "linear2", d + "proj_out");
-  }
-  put_linear(o, s, "final_layer.linear", "proj_out");
-  put_swapped(o, s, "final_layer.adaLN_modulation.1", "norm_out.linear");
-  return o;
-}
-
-// diffusers SD3Transformer2DModel -> Stability sd3.5_large.safetensors names.
-Named to_sd3_stability(Source& s, const SD3Config& cfg) {
-  Named o;
-  o.emplace_back("pos_embed", s.take("pos_embed.pos_embed"));
-  put_linear(o, s, "x_embedder.proj", "pos_embed.proj");
-  put_linear(o, s, "t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1");
-  put_linear(o, s, "t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2");
-  put_linear(o, s, "y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1");
-  put_linear(o, s, "y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2");
-  put_linear(o, s, "context_embedder", "context_embedder");
-  for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    const bool last = i == cfg.num_layers - 1;
-    const std::string x = "joint_blocks." + std::to_string(i) + ".x_block.",
-                      c = "joint_blocks." + std::to_string(i) + ".context_block.",
-                      d = "transformer_blocks." + std::to_string(i) + ".";
-    put_fused(o, s, x + "attn.qkv", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"});
-    put_fused(o, s, c + "attn.qkv", {d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"});
-    if (cfg.qk_norm == "rms_norm") {
-      o.emplace_back(x + "attn.ln_q.weight", s.take(d + "attn.norm_q.weight"));
-      o.emplace_back(x + "attn.ln_k.weight", s.take(d + "attn.norm_k.weight"));
-      o.emplace_back(c + "attn.ln_q.weight", s.take(d + "attn.norm_added_q.weight"));
-      o.emplace_back(c + "attn.ln_k.weight", s.take(d + "attn.norm_added_k.weight"));
-    }
-    put_linear(o, s, x + "attn.proj", d + "attn.to_out.0");
-    put_linear(o, s, x + "adaLN_modulation.1", d + "norm1.linear");
-    put_linear(o, s, x + "mlp.fc1", d + "ff.net.0.proj");
-    put_linear(o, s, x + "mlp.fc2", d + "ff.net.2");
-    if (last) {  // pre-only context block: AdaLayerNormContinuous, (shift, scale) in the original
-      put_swapped(o, s, c + "adaLN_modulation.1", d + "norm1_context.linear");
-    } else {
-      put_linear(o, s, c + "attn.proj", d + "attn.to_add_out");
-      put_linear(o, s, c + "adaLN_modulation.1", d + "norm1_context.linear");
-      put_linear(o, s, c + "mlp.fc1", d + "ff_context.net.0.proj");
-      put_linear(o, s, c + "mlp.fc2", d + "ff_context.net.2");
-    }
-  }
-  put_linear(o, s, "final_layer.linear", "proj_out");
-  put_swapped(o, s, "final_layer.adaLN_modulation.1", "norm_out.linear");
-  return o;
+// A diffusers-layout fixture converted into the single-file layout `layout` by the layout's own key map, inverted;
+// the conversion must take every diffusers tensor.
+Named to_layout(const std::string& layout, const std::string& file) {
+  auto ck = Checkpoint::open_file(file);
+  EXPECT_TRUE(ck.ok()) << ck.error().message;
+  if (!ck.ok()) return {};
+  Named diffusers;
+  for (const auto& n : ck->names()) diffusers.emplace_back(n, ck->get(n).value());
+  for (const auto& a : transformer_archs())
+    for (const auto& l : a.layouts)
+      if (l.name == layout) {
+        auto t = single_file_tensors(l, diffusers);
+        EXPECT_TRUE(t.ok()) << t.error().message;
+        return t.ok() ? *t : Named{};
+      }
+  ADD_FAILURE() << "no layout " << layout;
+  return {};
 }
 
 Named with_prefix(Named t, const std::string& prefix) {
@@ -304,9 +183,7 @@ void check_flux_case(const std::string& case_name, const std::string& prefix, co
   const std::string dir = case_dir(case_name);
   auto cfg = FluxConfig::from_json(dir + "/config.json");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message;
-  Source src(dir + "/" + kWeights);
-  const Named converted = with_prefix(to_flux_bfl(src, *cfg), prefix);
-  EXPECT_EQ(src.untaken(), std::vector<std::string>{}) << "conversion left diffusers tensors out";
+  const Named converted = with_prefix(to_layout("flux-bfl", dir + "/" + kWeights), prefix);
   const std::string file = write_single_file(tmp.path(), file_name, converted, case_name, true);
 
   std::string layout;
@@ -385,9 +262,7 @@ void check_sd3_case(const std::string& prefix, const Named& extra) {
   const std::string dir = case_dir(case_name);
   auto cfg = SD3Config::from_json(dir + "/config.json");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message;
-  Source src(dir + "/" + kWeights);
-  Named converted = with_prefix(to_sd3_stability(src, *cfg), prefix);
-  EXPECT_EQ(src.untaken(), std::vector<std::string>{}) << "conversion left diffusers tensors out";
+  Named converted = with_prefix(to_layout("sd3-stability", dir + "/" + kWeights), prefix);
   converted.insert(converted.end(), extra.begin(), extra.end());
   const std::string file = write_single_file(tmp.path(), "sd3.5_large.safetensors", converted, case_name, true);
 
@@ -483,11 +358,7 @@ TEST(SingleFile, DiffusersLayoutPassesThrough) {
 
 // A converted Flux fixture with one change: `edit` gets the converted list to alter.
 std::string write_flux_variant(const TempDir& tmp, const std::function<void(Named&)>& edit) {
-  const std::string dir = case_dir("flux1_dev_transformer");
-  auto cfg = FluxConfig::from_json(dir + "/config.json");
-  EXPECT_TRUE(cfg.ok());
-  Source src(dir + "/" + kWeights);
-  Named t = to_flux_bfl(src, *cfg);
+  Named t = to_layout("flux-bfl", case_dir("flux1_dev_transformer") + "/" + kWeights);
   edit(t);
   return write_single_file(tmp.path(), "flux1-dev.safetensors", t, "flux1_dev_transformer", false);
 }
@@ -568,29 +439,6 @@ TEST(SingleFile, ShapeErrorNamesTheFusedSource) {
 }
 
 // --- the real models' shapes (header only) --------------------------------------------------------------------
-
-// A safetensors file with the given BF16 shapes whose data section is a hole: the header is real, the file has its
-// full size, and no data is written (a sparse file, so multi-GB models cost nothing on disk). Only the header and
-// the few tensors a test reads are ever touched.
-std::string write_header_only(const fs::path& p, const std::vector<std::pair<std::string, Shape>>& shapes) {
-  Json h = Json::object();
-  uint64_t at = 0;
-  for (const auto& [name, shape] : shapes) {
-    const uint64_t bytes = uint64_t(shape_numel(shape)) * 2;
-    h[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {at, at + bytes}}};
-    at += bytes;
-  }
-  std::string text = h.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::string len(8, '\0');
-  for (int i = 0; i < 8; ++i) len[size_t(i)] = char((uint64_t(text.size()) >> (8 * i)) & 0xff);
-  {
-    std::ofstream f(p, std::ios::binary | std::ios::trunc);
-    f << len << text;
-  }
-  fs::resize_file(p, 8 + text.size() + at);
-  return p.string();
-}
 
 using Shapes = std::vector<std::pair<std::string, Shape>>;
 
@@ -674,7 +522,7 @@ Shapes sd35_large_shapes(const std::string& prefix) {
 
 TEST(SingleFile, InferFlux1DevConfigFromRealShapes) {
   TempDir tmp;
-  const std::string file = write_header_only(tmp.path() / "flux1-dev.safetensors", flux1_dev_shapes(""));
+  const std::string file = test::write_header_only(tmp.path() / "flux1-dev.safetensors", flux1_dev_shapes(""));
   std::string layout;
   auto ck = open_transformer_checkpoint(file, &layout);
   ASSERT_TRUE(ck.ok()) << ck.error().message;
@@ -694,7 +542,7 @@ TEST(SingleFile, InferFlux1SchnellConfigFromRealShapesUnderComfyPrefix) {
   Shapes s = flux1_dev_shapes(kComfy);
   std::erase_if(s, [](const auto& kv) { return kv.first.find("guidance_in") != std::string::npos; });
   s.push_back({"vae.decoder.conv_in.weight", {512, 16, 3, 3}});
-  const std::string file = write_header_only(tmp.path() / "flux1-schnell.safetensors", s);
+  const std::string file = test::write_header_only(tmp.path() / "flux1-schnell.safetensors", s);
   auto ck = open_transformer_checkpoint(file, nullptr);
   ASSERT_TRUE(ck.ok()) << ck.error().message;
   auto cfg = infer_flux_config(*ck);
@@ -704,7 +552,7 @@ TEST(SingleFile, InferFlux1SchnellConfigFromRealShapesUnderComfyPrefix) {
 
 TEST(SingleFile, InferSD35LargeConfigFromRealShapes) {
   TempDir tmp;
-  const std::string file = write_header_only(tmp.path() / "sd3.5_large.safetensors", sd35_large_shapes(kComfy));
+  const std::string file = test::write_header_only(tmp.path() / "sd3.5_large.safetensors", sd35_large_shapes(kComfy));
   std::string layout;
   auto ck = open_transformer_checkpoint(file, &layout);
   ASSERT_TRUE(ck.ok()) << ck.error().message;
@@ -725,6 +573,60 @@ TEST(SingleFile, InferSD35LargeConfigFromRealShapes) {
   EXPECT_EQ(cfg->sample_size, 128);
   auto model = SD3Transformer::load(*ck, *cfg);
   EXPECT_TRUE(model.ok()) << model.error().message;
+}
+
+// --- the key maps inverted --------------------------------------------------------------------------------------
+
+const TransformerArch* arch_of_preset(const std::string& preset, std::any* config) {
+  for (const auto& a : transformer_archs())
+    for (const auto& p : a.presets)
+      if (p.name == preset) {
+        *config = p.config();
+        return &a;
+      }
+  return nullptr;
+}
+
+// A preset's weight spec through its layout's inverted key map.
+std::map<std::string, Shape> inverted_spec(const std::string& preset, NamedShapes drop_or_add = {},
+                                           std::string* error = nullptr) {
+  std::any cfg;
+  const TransformerArch* a = arch_of_preset(preset, &cfg);
+  EXPECT_TRUE(a && !a->layouts.empty()) << preset;
+  if (!a || a->layouts.empty()) return {};
+  auto spec = weight_spec(*a, cfg, 1, 0);
+  EXPECT_TRUE(spec.ok()) << spec.error().message;
+  NamedShapes diffusers;
+  for (const auto& w : *spec) diffusers.emplace_back(w.name, w.shape);
+  for (const auto& [name, shape] : drop_or_add) {  // an empty shape drops the tensor
+    std::erase_if(diffusers, [&](const auto& kv) { return kv.first == name; });
+    if (!shape.empty()) diffusers.emplace_back(name, shape);
+  }
+  auto stored = single_file_shapes(a->layouts[0], diffusers);
+  if (error) *error = stored.ok() ? "" : stored.error().message;
+  EXPECT_TRUE(stored.ok() || error) << stored.error().message;
+  return stored.ok() ? std::map<std::string, Shape>(stored->begin(), stored->end()) : std::map<std::string, Shape>{};
+}
+
+std::map<std::string, Shape> as_map(const Shapes& s) { return {s.begin(), s.end()}; }
+
+TEST(SingleFile, InvertedKeyMapsGiveTheRealFilesShapes) {
+  EXPECT_EQ(inverted_spec("flux-dev"), as_map(flux1_dev_shapes("")));
+  Shapes schnell = flux1_dev_shapes("");
+  std::erase_if(schnell, [](const auto& kv) { return kv.first.find("guidance_in") != std::string::npos; });
+  EXPECT_EQ(inverted_spec("flux-schnell"), as_map(schnell));
+  EXPECT_EQ(inverted_spec("sd35-large"), as_map(sd35_large_shapes("")));
+}
+
+TEST(SingleFile, InverseNamesTheTensorItCannotPlace) {
+  std::string error;
+  inverted_spec("flux-schnell", {{"single_transformer_blocks.3.proj_mlp.bias", {}}}, &error);
+  expect_mentions(error, {"flux-bfl", "missing tensor 'single_transformer_blocks.3.proj_mlp.bias'"});
+  inverted_spec("sd35-large", {{"transformer_blocks.0.attn.lora_up.weight", {2, 2}}}, &error);
+  expect_mentions(error, {"sd3-stability", "no rule takes tensor 'transformer_blocks.0.attn.lora_up.weight'"});
+  inverted_spec("flux-dev", {{"transformer_blocks.0.attn.to_k.weight", {3072, 64}}}, &error);
+  expect_mentions(error,
+                  {"'double_blocks.0.img_attn.qkv.weight'", "'transformer_blocks.0.attn.to_k.weight'", "[3072, 64]"});
 }
 
 }  // namespace

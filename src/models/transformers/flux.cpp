@@ -259,62 +259,50 @@ Result<FluxConfig> flux_config_for(const std::string& path_or_dir, const Checkpo
 
 namespace {
 
-// diffusers' convert_flux_transformer_checkpoint_to_diffusers.
-Status map_flux_bfl(Checkpoint& ck, const std::string& prefix, const std::vector<std::string>& names) {
-  KeyMapper m(ck, prefix, "flux-bfl");
-  MD_RETURN_IF_ERROR(m.linear("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"));
-  MD_RETURN_IF_ERROR(m.linear("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"));
-  MD_RETURN_IF_ERROR(m.linear("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"));
-  MD_RETURN_IF_ERROR(m.linear("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"));
-  if (m.has("guidance_in.in_layer.weight")) {  // FLUX.1-dev; schnell has none
-    MD_RETURN_IF_ERROR(m.linear("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"));
-    MD_RETURN_IF_ERROR(m.linear("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"));
+// Black Forest Labs' names (flux1-dev.safetensors) against diffusers': the key map of diffusers'
+// convert_flux_transformer_checkpoint_to_diffusers, in the order BFL's model lists its modules.
+Result<KeyRules> flux_bfl_keys(const LayoutNames& n) {
+  KeyRules m;
+  m.linear("img_in", "x_embedder");
+  m.linear("txt_in", "context_embedder");
+  m.linear("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1");
+  m.linear("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2");
+  m.linear("vector_in.in_layer", "time_text_embed.text_embedder.linear_1");
+  m.linear("vector_in.out_layer", "time_text_embed.text_embedder.linear_2");
+  if (n.has("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight")) {  // dev, not schnell
+    m.linear("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1");
+    m.linear("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2");
   }
-  MD_RETURN_IF_ERROR(m.linear("txt_in", "context_embedder"));
-  MD_RETURN_IF_ERROR(m.linear("img_in", "x_embedder"));
-
-  const int64_t num_layers = block_count(names, "double_blocks.");
-  for (int64_t i = 0; i < num_layers; ++i) {
+  for (int64_t i = 0, N = n.blocks("double_blocks.", "transformer_blocks."); i < N; ++i) {
     const std::string s = "double_blocks." + std::to_string(i) + ".";
     const std::string d = "transformer_blocks." + std::to_string(i) + ".";
-    MD_RETURN_IF_ERROR(m.linear(s + "img_mod.lin", d + "norm1.linear"));
-    MD_RETURN_IF_ERROR(m.linear(s + "txt_mod.lin", d + "norm1_context.linear"));
-    MD_RETURN_IF_ERROR(m.split_qkv(s + "img_attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"));
-    MD_RETURN_IF_ERROR(
-        m.split_qkv(s + "txt_attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"));
-    MD_RETURN_IF_ERROR(m.whole(s + "img_attn.norm.query_norm.scale", d + "attn.norm_q.weight"));
-    MD_RETURN_IF_ERROR(m.whole(s + "img_attn.norm.key_norm.scale", d + "attn.norm_k.weight"));
-    MD_RETURN_IF_ERROR(m.whole(s + "txt_attn.norm.query_norm.scale", d + "attn.norm_added_q.weight"));
-    MD_RETURN_IF_ERROR(m.whole(s + "txt_attn.norm.key_norm.scale", d + "attn.norm_added_k.weight"));
-    MD_RETURN_IF_ERROR(m.linear(s + "img_mlp.0", d + "ff.net.0.proj"));
-    MD_RETURN_IF_ERROR(m.linear(s + "img_mlp.2", d + "ff.net.2"));
-    MD_RETURN_IF_ERROR(m.linear(s + "txt_mlp.0", d + "ff_context.net.0.proj"));
-    MD_RETURN_IF_ERROR(m.linear(s + "txt_mlp.2", d + "ff_context.net.2"));
-    MD_RETURN_IF_ERROR(m.linear(s + "img_attn.proj", d + "attn.to_out.0"));
-    MD_RETURN_IF_ERROR(m.linear(s + "txt_attn.proj", d + "attn.to_add_out"));
+    m.linear(s + "img_mod.lin", d + "norm1.linear");
+    m.qkv(s + "img_attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v");
+    m.whole(s + "img_attn.norm.query_norm.scale", d + "attn.norm_q.weight");
+    m.whole(s + "img_attn.norm.key_norm.scale", d + "attn.norm_k.weight");
+    m.linear(s + "img_attn.proj", d + "attn.to_out.0");
+    m.linear(s + "img_mlp.0", d + "ff.net.0.proj");
+    m.linear(s + "img_mlp.2", d + "ff.net.2");
+    m.linear(s + "txt_mod.lin", d + "norm1_context.linear");
+    m.qkv(s + "txt_attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj");
+    m.whole(s + "txt_attn.norm.query_norm.scale", d + "attn.norm_added_q.weight");
+    m.whole(s + "txt_attn.norm.key_norm.scale", d + "attn.norm_added_k.weight");
+    m.linear(s + "txt_attn.proj", d + "attn.to_add_out");
+    m.linear(s + "txt_mlp.0", d + "ff_context.net.0.proj");
+    m.linear(s + "txt_mlp.2", d + "ff_context.net.2");
   }
-
-  const int64_t num_single = block_count(names, "single_blocks.");
-  for (int64_t i = 0; i < num_single; ++i) {
+  for (int64_t i = 0, N = n.blocks("single_blocks.", "single_transformer_blocks."); i < N; ++i) {
     const std::string s = "single_blocks." + std::to_string(i) + ".";
     const std::string d = "single_transformer_blocks." + std::to_string(i) + ".";
-    MD_RETURN_IF_ERROR(m.linear(s + "modulation.lin", d + "norm.linear"));
-    // linear1 rows: q, k, v (dim each), then the MLP's input projection (the rest; 4 dim in FLUX.1).
-    MD_TRY(Shape l1, m.shape(s + "linear1.weight"));
-    if (l1.size() != 2 || l1[0] <= 3 * l1[1])
-      return make_error(ck.origin() + ": flux-bfl layout: tensor '" + prefix + s +
-                        "linear1.weight' has shape " + shape_str(l1) + "; expected [3 * dim + mlp, dim]");
-    const int64_t dim = l1[1];
-    MD_RETURN_IF_ERROR(m.split(s + "linear1", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"},
-                               {dim, dim, dim, l1[0] - 3 * dim}));
-    MD_RETURN_IF_ERROR(m.whole(s + "norm.query_norm.scale", d + "attn.norm_q.weight"));
-    MD_RETURN_IF_ERROR(m.whole(s + "norm.key_norm.scale", d + "attn.norm_k.weight"));
-    MD_RETURN_IF_ERROR(m.linear(s + "linear2", d + "proj_out"));
+    m.qkv_mlp(s + "linear1", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp");
+    m.linear(s + "linear2", d + "proj_out");
+    m.whole(s + "norm.query_norm.scale", d + "attn.norm_q.weight");
+    m.whole(s + "norm.key_norm.scale", d + "attn.norm_k.weight");
+    m.linear(s + "modulation.lin", d + "norm.linear");
   }
-
-  MD_RETURN_IF_ERROR(m.linear("final_layer.linear", "proj_out"));
-  MD_RETURN_IF_ERROR(m.swap_scale_shift("final_layer.adaLN_modulation.1", "norm_out.linear"));
-  return m.finish();
+  m.linear("final_layer.linear", "proj_out");
+  m.swap_scale_shift("final_layer.adaLN_modulation.1", "norm_out.linear");
+  return m;
 }
 
 
@@ -356,6 +344,12 @@ void register_flux() {
     };
   };
   a.presets = {{"flux-dev", preset(true)}, {"flux-schnell", preset(false)}};
+  a.with_blocks = [](const std::any& c, int64_t blocks, int64_t singles) {
+    FluxConfig f = cfg_of(c);
+    f.num_layers = blocks;
+    f.num_single_layers = singles;
+    return std::any(f);
+  };
   a.defaults = PlanDefaults{1024, 1024, 1, 512, /*cfg_batch=*/false};  // guidance distilled: one batch per step
   a.parse_config = [](const std::string& path) -> Result<std::any> {
     MD_TRY(FluxConfig c, FluxConfig::from_json(path));
@@ -370,7 +364,7 @@ void register_flux() {
                                 {"double_blocks.", "single_blocks.", "img_in."},
                                 {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks",
                                  "single_blocks", "final_layer"},
-                                map_flux_bfl}};
+                                flux_bfl_keys}};
   a.diffusers_detect = {"x_embedder.weight", "single_transformer_blocks."};
   a.diffusers_modules = {"x_embedder", "context_embedder", "time_text_embed", "transformer_blocks",
                          "single_transformer_blocks", "norm_out", "proj_out"};

@@ -203,57 +203,54 @@ Result<SD3Config> sd3_config_for(const std::string& path_or_dir, const Checkpoin
 
 namespace {
 
-// diffusers' convert_sd3_transformer_checkpoint_to_diffusers (without MMDiT-X's attn2, which the model lacks).
-Status map_sd3_stability(Checkpoint& ck, const std::string& prefix, const std::vector<std::string>& names) {
-  for (const auto& n : names)
-    if (n.find(".attn2.") != std::string::npos)
-      return make_error(ck.origin() + ": tensor '" + prefix + n +
-                        "': SD3.5-Medium's dual attention (MMDiT-X) is not supported yet");
-  KeyMapper m(ck, prefix, "sd3-stability");
-  MD_RETURN_IF_ERROR(m.whole("pos_embed", "pos_embed.pos_embed"));
-  MD_RETURN_IF_ERROR(m.linear("x_embedder.proj", "pos_embed.proj"));
-  MD_RETURN_IF_ERROR(m.linear("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"));
-  MD_RETURN_IF_ERROR(m.linear("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"));
-  MD_RETURN_IF_ERROR(m.linear("context_embedder", "context_embedder"));
-  MD_RETURN_IF_ERROR(m.linear("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"));
-  MD_RETURN_IF_ERROR(m.linear("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"));
-
-  const bool qk_norm =
-      std::any_of(names.begin(), names.end(), [](const std::string& n) { return n.find("ln_q") != std::string::npos; });
-  const int64_t num_layers = block_count(names, "joint_blocks.");
-  for (int64_t i = 0; i < num_layers; ++i) {
-    const bool last = i == num_layers - 1;  // its context block is pre-only: no output projection, no MLP
+// Stability's names (sd3.5_large.safetensors) against diffusers': the key map of diffusers'
+// convert_sd3_transformer_checkpoint_to_diffusers (without MMDiT-X's attn2, which the model lacks), in the order
+// Stability's model lists its modules.
+Result<KeyRules> sd3_stability_keys(const LayoutNames& n) {
+  if (const std::string t = n.find(".attn2.", ".attn2."); !t.empty())
+    return n.reject(t, "SD3.5-Medium's dual attention (MMDiT-X) is not supported yet");
+  KeyRules m;
+  m.linear("x_embedder.proj", "pos_embed.proj");
+  m.whole("pos_embed", "pos_embed.pos_embed");
+  m.linear("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1");
+  m.linear("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2");
+  m.linear("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1");
+  m.linear("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2");
+  m.linear("context_embedder", "context_embedder");
+  const bool qk_norm = !n.find("ln_q", "norm_q").empty();
+  for (int64_t i = 0, N = n.blocks("joint_blocks.", "transformer_blocks."); i < N; ++i) {
+    const bool last = i == N - 1;  // its context block is pre-only: no output projection, no MLP
     const std::string x = "joint_blocks." + std::to_string(i) + ".x_block.";
     const std::string c = "joint_blocks." + std::to_string(i) + ".context_block.";
     const std::string d = "transformer_blocks." + std::to_string(i) + ".";
-    MD_RETURN_IF_ERROR(m.split_qkv(x + "attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"));
-    MD_RETURN_IF_ERROR(
-        m.split_qkv(c + "attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"));
+    m.linear(x + "adaLN_modulation.1", d + "norm1.linear");
+    m.qkv(x + "attn.qkv", d + "attn.to_q", d + "attn.to_k", d + "attn.to_v");
     if (qk_norm) {
-      MD_RETURN_IF_ERROR(m.whole(x + "attn.ln_q.weight", d + "attn.norm_q.weight"));
-      MD_RETURN_IF_ERROR(m.whole(x + "attn.ln_k.weight", d + "attn.norm_k.weight"));
-      MD_RETURN_IF_ERROR(m.whole(c + "attn.ln_q.weight", d + "attn.norm_added_q.weight"));
-      MD_RETURN_IF_ERROR(m.whole(c + "attn.ln_k.weight", d + "attn.norm_added_k.weight"));
+      m.whole(x + "attn.ln_q.weight", d + "attn.norm_q.weight");
+      m.whole(x + "attn.ln_k.weight", d + "attn.norm_k.weight");
     }
-    MD_RETURN_IF_ERROR(m.linear(x + "attn.proj", d + "attn.to_out.0"));
-    if (!last) MD_RETURN_IF_ERROR(m.linear(c + "attn.proj", d + "attn.to_add_out"));
-    MD_RETURN_IF_ERROR(m.linear(x + "adaLN_modulation.1", d + "norm1.linear"));
-    if (!last) {
-      MD_RETURN_IF_ERROR(m.linear(c + "adaLN_modulation.1", d + "norm1_context.linear"));
+    m.linear(x + "attn.proj", d + "attn.to_out.0");
+    m.linear(x + "mlp.fc1", d + "ff.net.0.proj");
+    m.linear(x + "mlp.fc2", d + "ff.net.2");
+    if (last) {
+      m.swap_scale_shift(c + "adaLN_modulation.1", d + "norm1_context.linear");  // AdaLayerNormContinuous
     } else {
-      MD_RETURN_IF_ERROR(m.swap_scale_shift(c + "adaLN_modulation.1", d + "norm1_context.linear"));
+      m.linear(c + "adaLN_modulation.1", d + "norm1_context.linear");
     }
-    MD_RETURN_IF_ERROR(m.linear(x + "mlp.fc1", d + "ff.net.0.proj"));
-    MD_RETURN_IF_ERROR(m.linear(x + "mlp.fc2", d + "ff.net.2"));
+    m.qkv(c + "attn.qkv", d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj");
+    if (qk_norm) {
+      m.whole(c + "attn.ln_q.weight", d + "attn.norm_added_q.weight");
+      m.whole(c + "attn.ln_k.weight", d + "attn.norm_added_k.weight");
+    }
     if (!last) {
-      MD_RETURN_IF_ERROR(m.linear(c + "mlp.fc1", d + "ff_context.net.0.proj"));
-      MD_RETURN_IF_ERROR(m.linear(c + "mlp.fc2", d + "ff_context.net.2"));
+      m.linear(c + "attn.proj", d + "attn.to_add_out");
+      m.linear(c + "mlp.fc1", d + "ff_context.net.0.proj");
+      m.linear(c + "mlp.fc2", d + "ff_context.net.2");
     }
   }
-
-  MD_RETURN_IF_ERROR(m.linear("final_layer.linear", "proj_out"));
-  MD_RETURN_IF_ERROR(m.swap_scale_shift("final_layer.adaLN_modulation.1", "norm_out.linear"));
-  return m.finish();
+  m.linear("final_layer.linear", "proj_out");
+  m.swap_scale_shift("final_layer.adaLN_modulation.1", "norm_out.linear");
+  return m;
 }
 
 
@@ -302,6 +299,11 @@ void register_sd3() {
   a.name = "sd3";
   a.classes = {"SD3Transformer2DModel"};
   a.presets = {{"sd35-large", [] { return std::any(sd35_large()); }}};
+  a.with_blocks = [](const std::any& c, int64_t blocks, int64_t) {
+    SD3Config s = cfg_of(c);
+    s.num_layers = blocks;
+    return std::any(s);
+  };
   a.defaults = PlanDefaults{1024, 1024, 1, 77 + 256, /*cfg_batch=*/true};  // CLIP 77 ++ T5 256 text tokens
   a.parse_config = [](const std::string& path) -> Result<std::any> {
     MD_TRY(SD3Config c, SD3Config::from_json(path));
@@ -316,7 +318,7 @@ void register_sd3() {
                                 {"joint_blocks.", "x_embedder.proj."},
                                 {"x_embedder", "t_embedder", "y_embedder", "context_embedder", "joint_blocks",
                                  "final_layer", "pos_embed"},
-                                map_sd3_stability}};
+                                sd3_stability_keys}};
   a.diffusers_detect = {"pos_embed.proj."};
   a.diffusers_modules = {"pos_embed", "context_embedder", "time_text_embed", "transformer_blocks", "norm_out",
                          "proj_out"};

@@ -1,0 +1,86 @@
+// `meshdit bench random-checkpoint`: the tensors of every preset with a single-file layout come from the registry
+// (its weight spec through the layout's inverted key map), so a file of them must load back as that preset:
+// detected in its layout, by the same model, with the same config. The files are written as headers over a hole
+// (real width is gigabytes even with few blocks); the values' generator is not under test here.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "../test_util.h"
+#include "app/bench_cmd.h"
+#include "models/registry.h"
+
+using namespace meshdit;
+
+namespace {
+
+struct Preset {
+  const TransformerArch* arch;
+  std::string name;
+};
+
+std::vector<Preset> presets_with_layouts() {
+  std::vector<Preset> v;
+  for (const auto& a : transformer_archs())
+    if (!a.layouts.empty())
+      for (const auto& p : a.presets) v.push_back({&a, p.name});
+  return v;
+}
+
+// What a config amounts to, compared through the registry since configs are each model's own type: its
+// description and every weight it loads.
+void expect_same_config(const TransformerArch& arch, const std::any& got, const std::any& want) {
+  EXPECT_EQ(arch.describe(got), arch.describe(want));
+  auto a = weight_spec(arch, got, 1, 0), b = weight_spec(arch, want, 1, 0);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  for (size_t i = 0; i < a->size(); ++i) {
+    EXPECT_EQ((*a)[i].name, (*b)[i].name);
+    EXPECT_EQ((*a)[i].shape, (*b)[i].shape) << (*a)[i].name;
+  }
+}
+
+TEST(Bench, RandomCheckpointOfEveryPresetLoadsAsThatPreset) {
+  // The CPU peer's benchmarks read these three.
+  std::set<std::string> names;
+  for (const auto& p : presets_with_layouts()) names.insert(p.name);
+  for (const char* n : {"flux-dev", "flux-schnell", "sd35-large"}) EXPECT_TRUE(names.count(n)) << n;
+
+  test::TempDir tmp;
+  for (const auto& p : presets_with_layouts()) {
+    auto more = random_checkpoint_spec(p.name, 2, 3), fewer = random_checkpoint_spec(p.name, 1, 1);
+    ASSERT_TRUE(more.ok() && fewer.ok()) << p.name;
+    EXPECT_GT(more->tensors.size(), fewer->tensors.size()) << p.name << ": the block counts were not applied";
+    for (auto [blocks, singles] : {std::pair<int64_t, int64_t>{2, 3}, {1, 1}}) {
+      SCOPED_TRACE(p.name + " " + std::to_string(blocks) + "/" + std::to_string(singles));
+      auto spec = random_checkpoint_spec(p.name, blocks, singles);
+      ASSERT_TRUE(spec.ok()) << spec.error().message;
+      EXPECT_EQ(spec->arch, p.arch);
+      const std::string file = test::write_header_only(tmp.path() / (p.name + ".safetensors"), spec->tensors);
+      auto opened = open_transformer(file);
+      ASSERT_TRUE(opened.ok()) << opened.error().message;
+      EXPECT_EQ(opened->arch, p.arch);
+      EXPECT_EQ(opened->layout, spec->layout->name);
+      expect_same_config(*p.arch, opened->config, spec->config);
+    }
+  }
+}
+
+TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
+  auto spec = random_checkpoint_spec("flux-pro", 2, 4);
+  ASSERT_FALSE(spec.ok());
+  for (const auto& p : presets_with_layouts())
+    EXPECT_NE(spec.error().message.find(p.name), std::string::npos) << spec.error().message;
+  EXPECT_NE(spec.error().message.find("unknown --arch 'flux-pro'"), std::string::npos) << spec.error().message;
+  EXPECT_FALSE(random_checkpoint_spec("flux-dev", -1, 4).ok());
+
+  std::string out;
+  test::TempDir tmp;
+  const int rc = test::run_command(std::string(MESHDIT_CLI) + " bench random-checkpoint --arch wan22-t2v-a14b -o " +
+                                       (tmp.path() / "x.safetensors").string(),
+                                   &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--arch wan22-t2v-a14b: the wan model has no single-file layout"), std::string::npos) << out;
+}
+
+}  // namespace
