@@ -97,11 +97,20 @@ double linear_flops(const Model& m, const std::vector<WeightRecord>& spec, const
     if (w.shape.size() < 2) continue;
     int64_t rows = 0;
     switch (m.arch->rows_of(w.name)) {
-      case Rows::None: continue;
-      case Rows::Image: rows = r.n; break;
-      case Rows::Text: rows = r.L; break;
-      case Rows::Joint: rows = r.L + r.n; break;
-      case Rows::One: rows = 1; break;
+      case Rows::None:
+        continue;
+      case Rows::Image:
+        rows = r.n;
+        break;
+      case Rows::Text:
+        rows = r.L;
+        break;
+      case Rows::Joint:
+        rows = r.L + r.n;
+        break;
+      case Rows::One:
+        rows = 1;
+        break;
     }
     f += 2.0 * double(r.b) * double(rows) * double(w.local_numel());
   }
@@ -311,8 +320,8 @@ Result<Plan> make_plan(const PlanRequest& req) {
   }
   MD_TRY(p.step_s, plan_ranks(m, p.image_tokens, p.text_tokens, p.batch, mesh, pc, req, &p.ranks));
   std::vector<PlanRank> one;
-  MD_TRY(p.single_device_step_s, plan_ranks(m, p.image_tokens, p.text_tokens, p.batch, MeshShape{1, 1},
-                                            ParallelConfig{}, req, &one));
+  MD_TRY(p.single_device_step_s,
+         plan_ranks(m, p.image_tokens, p.text_tokens, p.batch, MeshShape{1, 1}, ParallelConfig{}, req, &one));
   p.single_device_activation_bytes = one[0].activation_bytes;
   return p;
 }

@@ -292,9 +292,12 @@ Checkpoint Checkpoint::meta(DType dtype, const std::string& origin) {
 
 const char* shard_name(Shard s) {
   switch (s) {
-    case Shard::Replicated: return "replicated";
-    case Shard::Rows: return "rows";
-    case Shard::Cols: return "cols";
+    case Shard::Replicated:
+      return "replicated";
+    case Shard::Rows:
+      return "rows";
+    case Shard::Cols:
+      return "cols";
   }
   return "?";
 }

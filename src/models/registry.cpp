@@ -36,11 +36,19 @@ class PlanningComm final : public Communicator {
   }
 
  private:
-  [[noreturn]] static void no() { MD_CHECK(false, "a planning communicator carries no data"); __builtin_unreachable(); }
+  [[noreturn]] static void no() {
+    MD_CHECK(false, "a planning communicator carries no data");
+    __builtin_unreachable();
+  }
   int size_, rank_;
 };
 
 }  // namespace
+
+Tensor input_of(const TensorMap& inputs, const std::string& name) {
+  auto it = inputs.find(name);
+  return it == inputs.end() ? Tensor() : it->second;
+}
 
 void register_transformer(TransformerArch arch) { archs().push_back(std::move(arch)); }
 

@@ -29,6 +29,9 @@ class Transformer {
   virtual Result<Tensor> forward(const TensorMap& inputs, const Hooks* hooks = nullptr) const = 0;
 };
 
+// The named input of a forward, or an undefined tensor when it is absent (an optional input).
+Tensor input_of(const TensorMap& inputs, const std::string& name);
+
 // One tensor argument of the forward, as reference cases name it.
 struct TransformerInput {
   std::string name;
@@ -51,14 +54,14 @@ struct RankShape {
 // it makes (elements per sample unless said otherwise), its attentions and its peak live activations.
 // app/plan.h describes the cost model.
 struct ForwardCost {
-  bool has_qk_norm_all_reduce = false, has_adaln_gather = false;  // which collectives the model makes at all
-  int64_t tp_all_reduce_calls = 0, tp_all_reduce_elems = 0;             // row-parallel outputs
-  int64_t qk_norm_all_reduce_calls = 0, qk_norm_all_reduce_bytes = 0;   // norms across sharded heads (f32 sums)
-  int64_t adaln_gather_calls = 0, adaln_gather_elems = 0;               // sharded modulation outputs, gathered
-  int64_t sp_attentions = 0;     // attentions over the image tokens (SP traffic in each)
-  double attn_flops = 0;         // one such attention, whole batch
-  double other_attn_flops = 0;   // every attention without SP traffic (cross-attention to text)
-  int64_t act_elems = 0;         // peak live activation elements of the forward, whole batch
+  bool has_qk_norm_all_reduce = false, has_adaln_gather = false;       // which collectives the model makes at all
+  int64_t tp_all_reduce_calls = 0, tp_all_reduce_elems = 0;            // row-parallel outputs
+  int64_t qk_norm_all_reduce_calls = 0, qk_norm_all_reduce_bytes = 0;  // norms across sharded heads (f32 sums)
+  int64_t adaln_gather_calls = 0, adaln_gather_elems = 0;              // sharded modulation outputs, gathered
+  int64_t sp_attentions = 0;    // attentions over the image tokens (SP traffic in each)
+  double attn_flops = 0;        // one such attention, whole batch
+  double other_attn_flops = 0;  // every attention without SP traffic (cross-attention to text)
+  int64_t act_elems = 0;        // peak live activation elements of the forward, whole batch
 };
 
 // Sizes every tool asks of a config. out_tok: latent values per output token (sequence gathers, CFG combine).

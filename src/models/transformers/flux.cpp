@@ -10,15 +10,15 @@
 #include "models/transformers/flux.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "backend/model_ops.h"
+#include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/json_config.h"
-#include "layers/sequence_shard.h"
-#include "core/torch_rng.h"
 #include "io/single_file.h"
+#include "layers/sequence_shard.h"
 #include "models/registry.h"
-#include <cstdio>
 
 namespace meshdit {
 
@@ -204,7 +204,6 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   return shard.gather(proj_out_(x));
 }
 
-
 // ---------------------------------------------------------------------------------------------------------
 // What Flux is to the registry (models/registry.h): its configs, single-file layout, loader, sizes and costs.
 
@@ -249,7 +248,6 @@ Result<FluxConfig> infer_flux_config(const Checkpoint& ck, const std::vector<int
                       ", not the attention head size " + std::to_string(c.attention_head_dim));
   return c;
 }
-
 
 Result<FluxConfig> flux_config_for(const std::string& path_or_dir, const Checkpoint& ck) {
   const std::string cfg = config_json_beside(path_or_dir);
@@ -305,12 +303,11 @@ Result<KeyRules> flux_bfl_keys(const LayoutNames& n) {
   return m;
 }
 
-
 class FluxModel final : public Transformer {
  public:
   explicit FluxModel(FluxTransformer m) : m_(std::move(m)) {}
   Result<Tensor> forward(const TensorMap& in, const Hooks* hooks) const override {
-    auto get = [&](const char* n) { auto it = in.find(n); return it == in.end() ? Tensor() : it->second; };
+    auto get = [&](const char* n) { return input_of(in, n); };
     return m_.forward(get("hidden_states"), get("encoder_hidden_states"), get("pooled_projections"), get("timestep"),
                       get("img_ids"), get("txt_ids"), get("guidance"), hooks);
   }
@@ -360,21 +357,22 @@ void register_flux() {
     return std::any(c);
   };
   // Black Forest Labs' flux1-dev / flux1-schnell.safetensors.
-  a.layouts = {SingleFileLayout{"flux-bfl",
-                                {"double_blocks.", "single_blocks.", "img_in."},
-                                {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks",
-                                 "single_blocks", "final_layer"},
-                                flux_bfl_keys}};
+  a.layouts = {SingleFileLayout{
+      "flux-bfl",
+      {"double_blocks.", "single_blocks.", "img_in."},
+      {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks", "single_blocks", "final_layer"},
+      flux_bfl_keys}};
   a.diffusers_detect = {"x_embedder.weight", "single_transformer_blocks."};
-  a.diffusers_modules = {"x_embedder", "context_embedder", "time_text_embed", "transformer_blocks",
-                         "single_transformer_blocks", "norm_out", "proj_out"};
+  a.diffusers_modules = {
+      "x_embedder", "context_embedder", "time_text_embed", "transformer_blocks", "single_transformer_blocks",
+      "norm_out",   "proj_out"};
   a.load = [](const Checkpoint& ck, const std::any& c,
               const ParallelContext* par) -> Result<std::shared_ptr<Transformer>> {
     MD_TRY(FluxTransformer m, FluxTransformer::load(ck, cfg_of(c), par));
     return std::shared_ptr<Transformer>(std::make_shared<FluxModel>(std::move(m)));
   };
-  a.inputs = {{"hidden_states"}, {"encoder_hidden_states"}, {"pooled_projections"}, {"timestep"},
-              {"img_ids", false}, {"txt_ids", false}, {"guidance", true, true}};
+  a.inputs = {{"hidden_states"},  {"encoder_hidden_states"}, {"pooled_projections"},  {"timestep"},
+              {"img_ids", false}, {"txt_ids", false},        {"guidance", true, true}};
   a.dims = [](const std::any& c) {
     const FluxConfig& f = cfg_of(c);
     return ModelDims{f.inner_dim(), f.num_attention_heads, f.attention_head_dim, f.out_dim()};
@@ -414,8 +412,8 @@ void register_flux() {
   };
   a.flops = [](const std::any& c, int64_t N, int64_t L) { return flux_flops(cfg_of(c), N, L); };
   a.rows_of = [](const std::string& w) {
-    if (starts_with(w, "single_transformer_blocks.")) return w.find(".norm.linear") != std::string::npos ? Rows::One
-                                                                                                           : Rows::Joint;
+    if (starts_with(w, "single_transformer_blocks."))
+      return w.find(".norm.linear") != std::string::npos ? Rows::One : Rows::Joint;
     if (starts_with(w, "time_text_embed.") || starts_with(w, "norm_out.") || w.find(".norm1") != std::string::npos)
       return Rows::One;
     if (starts_with(w, "context_embedder") || w.find(".add_") != std::string::npos ||
@@ -426,8 +424,8 @@ void register_flux() {
   };
   a.cost = [](const std::any& c, const RankShape& r) {
     const FluxConfig& f = cfg_of(c);
-    const MmditShape s{f.inner_dim(), 4 * f.inner_dim(), f.attention_head_dim, f.in_channels,
-                       f.joint_attention_dim, f.num_layers, f.num_single_layers, /*rope=*/true};
+    const MmditShape s{f.inner_dim(),         4 * f.inner_dim(), f.attention_head_dim, f.in_channels,
+                       f.joint_attention_dim, f.num_layers,      f.num_single_layers,  /*rope=*/true};
     ForwardCost k = mmdit_cost(s, r);
     // All-reduces: per double block the image and text attention outputs and feed-forwards, one per single
     // block (proj_out over both halves). Modulation: 2 x 6 dim per double block, 3 dim per single block.

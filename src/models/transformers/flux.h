@@ -46,7 +46,8 @@ struct FluxSingleTransformerBlock {
 class FluxTransformer {
  public:
   // par: this rank's TP and SP groups (nullptr: one device). Each rank loads only its TP shard.
-  static Result<FluxTransformer> load(const Checkpoint& ck, const FluxConfig& cfg, const ParallelContext* par = nullptr);
+  static Result<FluxTransformer> load(const Checkpoint& ck, const FluxConfig& cfg,
+                                      const ParallelContext* par = nullptr);
   const FluxConfig& config() const { return cfg_; }
   // RoPE tables for ids [L, n_axes] (txt_ids ++ img_ids), float64 angles cast to float32 as diffusers does.
   RopeTables rope_tables(const Tensor& ids) const;

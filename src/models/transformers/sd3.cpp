@@ -12,12 +12,11 @@
 #include <cstdio>
 
 #include "core/torch_rng.h"
-#include "io/single_file.h"
-#include "models/registry.h"
-
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "io/single_file.h"
 #include "layers/sequence_shard.h"
+#include "models/registry.h"
 
 namespace meshdit {
 
@@ -141,7 +140,6 @@ Result<Tensor> SD3Transformer::forward(const Tensor& hidden_states, const Tensor
   return ops::unpatchify(shard.gather(proj_out_(x)), h, w, int(p), cfg_.out_channels);
 }
 
-
 // ---------------------------------------------------------------------------------------------------------
 // What SD3 is to the registry (models/registry.h): its configs, single-file layout, loader, sizes and costs.
 
@@ -253,12 +251,11 @@ Result<KeyRules> sd3_stability_keys(const LayoutNames& n) {
   return m;
 }
 
-
 class SD3Model final : public Transformer {
  public:
   explicit SD3Model(SD3Transformer m) : m_(std::move(m)) {}
   Result<Tensor> forward(const TensorMap& in, const Hooks* hooks) const override {
-    auto get = [&](const char* n) { auto it = in.find(n); return it == in.end() ? Tensor() : it->second; };
+    auto get = [&](const char* n) { return input_of(in, n); };
     return m_.forward(get("hidden_states"), get("encoder_hidden_states"), get("pooled_projections"), get("timestep"),
                       hooks);
   }
@@ -314,14 +311,14 @@ void register_sd3() {
     return std::any(c);
   };
   // Stability's sd3.5_large.safetensors.
-  a.layouts = {SingleFileLayout{"sd3-stability",
-                                {"joint_blocks.", "x_embedder.proj."},
-                                {"x_embedder", "t_embedder", "y_embedder", "context_embedder", "joint_blocks",
-                                 "final_layer", "pos_embed"},
-                                sd3_stability_keys}};
+  a.layouts = {SingleFileLayout{
+      "sd3-stability",
+      {"joint_blocks.", "x_embedder.proj."},
+      {"x_embedder", "t_embedder", "y_embedder", "context_embedder", "joint_blocks", "final_layer", "pos_embed"},
+      sd3_stability_keys}};
   a.diffusers_detect = {"pos_embed.proj."};
-  a.diffusers_modules = {"pos_embed", "context_embedder", "time_text_embed", "transformer_blocks", "norm_out",
-                         "proj_out"};
+  a.diffusers_modules = {"pos_embed",          "context_embedder", "time_text_embed",
+                         "transformer_blocks", "norm_out",         "proj_out"};
   a.load = [](const Checkpoint& ck, const std::any& c,
               const ParallelContext* par) -> Result<std::shared_ptr<Transformer>> {
     MD_TRY(SD3Transformer m, SD3Transformer::load(ck, cfg_of(c), par));
@@ -381,8 +378,14 @@ void register_sd3() {
   a.cost = [](const std::any& c, const RankShape& r) {
     const SD3Config& s = cfg_of(c);
     const int64_t p = s.patch_size;
-    const MmditShape m{s.inner_dim(), 4 * s.inner_dim(), s.attention_head_dim, s.in_channels * p * p,
-                       s.joint_attention_dim, s.num_layers, 0, /*rope=*/false};
+    const MmditShape m{s.inner_dim(),
+                       4 * s.inner_dim(),
+                       s.attention_head_dim,
+                       s.in_channels * p * p,
+                       s.joint_attention_dim,
+                       s.num_layers,
+                       0,
+                       /*rope=*/false};
     ForwardCost k = mmdit_cost(m, r);
     // The last block is context_pre_only: no text out-projection or feed-forward, and its text modulation has
     // 2 chunks instead of 6.
