@@ -2,6 +2,8 @@
 
 #include <numeric>
 
+#include "backend/ops.h"
+
 namespace meshdit::ops {
 namespace {
 
@@ -51,14 +53,15 @@ void blend_(const Tensor& a, Tensor& b, int64_t extent, int64_t dim) {
            "blend_: tiles " + shape_str(a.shape()) + " and " + shape_str(b.shape()) + " do not share an edge");
   MD_CHECK(b.dtype() == DType::F32 && b.is_contiguous() && !b.read_only(), "blend_: b must be contiguous float32");
   MD_CHECK(extent >= 0, "blend_: negative extent");
-  backend_for(b.device()).blend(f32c(a), b, extent, int(dim));
+  backend_for(common_device("blend", {&a, &b})).blend(f32c(a), b, extent, int(dim));
 }
 
 Tensor gather_bias(const Tensor& table, const Tensor& buckets) {
   MD_CHECK(table.dim() == 2 && buckets.dim() == 2, "gather_bias: table " + shape_str(table.shape()) + " / buckets " +
                                                        shape_str(buckets.shape()) + " must be [buckets, H] / [Lq, Lk]");
   Tensor out = Tensor::empty({1, table.size(1), buckets.size(0), buckets.size(1)}, DType::F32, table.device());
-  backend_for(table.device()).gather_bias(f32c(table), i64c(buckets, "gather_bias"), out);
+  backend_for(common_device("gather_bias", {&table, &buckets}))
+      .gather_bias(f32c(table), i64c(buckets, "gather_bias"), out);
   return out;
 }
 
@@ -86,7 +89,7 @@ Tensor gather_rows(const Tensor& x, const Tensor& idx) {
   MD_CHECK(x.dim() == 3 && idx.shape() == Shape{x.size(0)},
            "gather_rows: x " + shape_str(x.shape()) + " / idx " + shape_str(idx.shape()) + " must be [B, L, D] / [B]");
   Tensor out = Tensor::empty({x.size(0), x.size(2)}, DType::F32, x.device());
-  backend_for(x.device()).gather_rows(f32c(x), i64c(idx, "gather_rows"), out);
+  backend_for(common_device("gather_rows", {&x, &idx})).gather_rows(f32c(x), i64c(idx, "gather_rows"), out);
   return out;
 }
 
@@ -94,7 +97,7 @@ Tensor axpby(float a, const Tensor& x, float b, const Tensor& y) {
   MD_CHECK(x.shape() == y.shape(), "axpby: shapes " + shape_str(x.shape()) + " vs " + shape_str(y.shape()));
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
   const Tensor yc = f32c(y);
-  backend_for(x.device()).axpby(a, f32c(x), b, &yc, out);
+  backend_for(common_device("axpby", {&x, &y})).axpby(a, f32c(x), b, &yc, out);
   return out;
 }
 
@@ -122,7 +125,8 @@ Tensor scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den
   MD_CHECK(num.shape() == Shape{x.size(0)} && den.shape() == Shape{x.size(0)},
            "scale_rows_by_ratio: num/den must be [" + std::to_string(x.size(0)) + "]");
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  backend_for(x.device()).scale_rows_by_ratio(f32c(x), f32c(num), f32c(den), y);
+  backend_for(common_device("scale_rows_by_ratio", {&x, &num, &den}))
+      .scale_rows_by_ratio(f32c(x), f32c(num), f32c(den), y);
   return y;
 }
 

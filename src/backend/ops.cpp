@@ -22,19 +22,6 @@ const char* act_name(Act a) {
 }  // namespace meshdit
 
 namespace meshdit::ops {
-namespace {
-
-// Views [.., C] as a 2-D [rows, C] tensor with the last dimension contiguous.
-Tensor as_rows(const Tensor& x) {
-  Tensor c = x.stride(-1) == 1 && x.is_contiguous() ? x : x.contiguous();
-  return c.reshape({c.numel() / c.size(-1), c.size(-1)});
-}
-
-Shape with_last(const Shape& s, int64_t last) {
-  Shape r = s;
-  r.back() = last;
-  return r;
-}
 
 // The device of op's tensor inputs (absent optional ones, null or undefined, are skipped). Inputs on two
 // devices are a caller's bug: weights reach a device through place(), activations through to_device().
@@ -51,6 +38,20 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> inputs
                                                  " (ops::place / ops::to_device move tensors)");
   }
   return first ? first->device() : Device::CPU;
+}
+
+namespace {
+
+// Views [.., C] as a 2-D [rows, C] tensor with the last dimension contiguous.
+Tensor as_rows(const Tensor& x) {
+  Tensor c = x.stride(-1) == 1 && x.is_contiguous() ? x : x.contiguous();
+  return c.reshape({c.numel() / c.size(-1), c.size(-1)});
+}
+
+Shape with_last(const Shape& s, int64_t last) {
+  Shape r = s;
+  r.back() = last;
+  return r;
 }
 
 // A contiguous float32 view or copy of x, on x's device (what the element-wise kernels take).

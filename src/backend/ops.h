@@ -1,6 +1,7 @@
 // The operations layers are written in. Each allocates its output on its inputs' device (all inputs of
 // one call on one device) and dispatches to that device's backend; none knows which model calls it.
 #pragma once
+#include <initializer_list>
 #include "backend/backend.h"
 #include "core/tensor.h"
 
@@ -13,6 +14,9 @@ Tensor to_device(const Tensor& t, Device dev);
 // the CPU it is the weight itself: the memory-mapped view stays, no copy; on a device, a copy in the
 // checkpoint's dtype.
 Tensor place(const Tensor& weight, Device dev);
+// The device of op's tensor inputs (null or undefined ones skipped); inputs on two devices abort with the
+// op's name (a caller's bug: weights reach a device through place(), activations through to_device()).
+Device common_device(const char* op, std::initializer_list<const Tensor*> inputs);
 
 // x [..., K] . w[N, K]^T + b -> [..., N], optionally followed by an activation.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias = nullptr, Act act = Act::None);

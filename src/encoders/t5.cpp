@@ -96,7 +96,7 @@ Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
     for (int64_t j = 0; j < L; ++j)
       buckets[size_t(i * L + j)] =
           t5_relative_position_bucket(j - i, cfg_.relative_attention_num_buckets, cfg_.relative_attention_max_distance);
-  return ops::gather_bias(table, Tensor::from_i64({L, L}, buckets));  // table: [buckets, this rank's heads]
+  return ops::gather_bias(table, ops::to_device(Tensor::from_i64({L, L}, buckets), table.device()));  // table: [buckets, this rank's heads]
 }
 
 Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,

@@ -38,7 +38,7 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
 
   // A block in flight is [K; V] of one image shard: [2, B, n, H, D].
   auto pack = [&](const Tensor& kk, const Tensor& vv) {
-    Tensor buf = Tensor::empty({2, B, kk.size(1), H, D});
+    Tensor buf = Tensor::empty({2, B, kk.size(1), H, D}, DType::F32, kk.device());
     Tensor k0 = buf.select(0, 0), v0 = buf.select(0, 1);
     copy_into(kk, k0);
     copy_into(vv, v0);
@@ -49,7 +49,7 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
   const int right = (r + 1) % P, left = (r + P - 1) % P;
   for (int s = 1; s < P; ++s) {
     const int origin = (r - s + P) % P;  // whose shard arrives at this step
-    Tensor next = Tensor::empty({2, B, seq.img_sizes[size_t(origin)], H, D});
+    Tensor next = Tensor::empty({2, B, seq.img_sizes[size_t(origin)], H, D}, DType::F32, k.device());
     send_recv_start(cur, right, next, left, sp);
     // Overlap: fold in the block we hold while the next one travels.
     if (s == 1)
@@ -73,6 +73,7 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
   const int64_t B = q.size(0), Hl = q.size(2), D = q.size(3);
   MD_CHECK(Hl % P == 0, "ulysses_attention: heads must divide by sp (validated by the parallel config)");
   const int64_t Hh = Hl / P;
+  const Device dev = q.device();
   const Parts p = parts_of(seq, seq.img_sizes[size_t(r)]);
   auto img = [&](const Tensor& t) { return t.slice(1, p.img_begin, p.img_begin + p.n_img); };
   auto txt = [&](const Tensor& t) { return t.slice(1, p.txt_begin, p.txt_begin + p.n_txt); };
@@ -83,18 +84,18 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
   const int64_t mine = 3 * B * p.n_img * Hh * D;
   std::vector<int64_t> send_counts(size_t(P), mine), recv_counts(static_cast<size_t>(P));
   for (int s = 0; s < P; ++s) recv_counts[size_t(s)] = 3 * B * seq.img_sizes[size_t(s)] * Hh * D;
-  Tensor send = Tensor::empty({int64_t(P), 3, B, p.n_img, Hh, D});
+  Tensor send = Tensor::empty({int64_t(P), 3, B, p.n_img, Hh, D}, DType::F32, dev);
   const Tensor* qkv[3] = {&q, &k, &v};
   for (int d = 0; d < P; ++d)
     for (int t = 0; t < 3; ++t) {
       Tensor dst = send.select(0, d).select(0, t);
       copy_into(img(*qkv[t]).slice(2, d * Hh, (d + 1) * Hh), dst);
     }
-  Tensor recv = Tensor::empty({3 * B * n_all * Hh * D});
+  Tensor recv = Tensor::empty({3 * B * n_all * Hh * D}, DType::F32, dev);
   all_to_all_v(send, send_counts, recv, recv_counts, sp);
   // Source s sent [3, B, n_s, Hh, D]: stitch the full image sequence of my heads together, in rank order.
   Tensor full[3];
-  for (int t = 0; t < 3; ++t) full[t] = Tensor::empty({B, n_all, Hh, D});
+  for (int t = 0; t < 3; ++t) full[t] = Tensor::empty({B, n_all, Hh, D}, DType::F32, dev);
   int64_t off = 0, at = 0;
   for (int s = 0; s < P; ++s) {
     const int64_t n = seq.img_sizes[size_t(s)];
@@ -117,7 +118,7 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
 
   // all-to-all #2: image tokens of rank d (my heads) go back to d; I get my tokens for every head chunk.
   std::vector<int64_t> back_send(static_cast<size_t>(P)), back_recv(size_t(P), B * p.n_img * Hh * D);
-  Tensor send2 = Tensor::empty({B * n_all * Hh * D});
+  Tensor send2 = Tensor::empty({B * n_all * Hh * D}, DType::F32, dev);
   at = 0;
   off = 0;
   for (int d = 0; d < P; ++d) {
@@ -128,9 +129,9 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
     off += B * n * Hh * D;
     at += n;
   }
-  Tensor recv2 = Tensor::empty({int64_t(P), B, p.n_img, Hh, D});
+  Tensor recv2 = Tensor::empty({int64_t(P), B, p.n_img, Hh, D}, DType::F32, dev);
   all_to_all_v(send2, back_send, recv2, back_recv, sp);
-  Tensor o_img = Tensor::empty({B, p.n_img, Hl, D});
+  Tensor o_img = Tensor::empty({B, p.n_img, Hl, D}, DType::F32, dev);
   for (int s = 0; s < P; ++s) {
     Tensor dst = o_img.slice(2, s * Hh, (s + 1) * Hh);
     copy_into(recv2.select(0, s), dst);

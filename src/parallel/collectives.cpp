@@ -94,7 +94,7 @@ Tensor all_gather_v(const Tensor& x, int64_t dim, Communicator& c, const std::ve
   Shape padded = send.shape();
   padded[0] = max_n;
   // Equal blocks (padded to the largest shard) keep this one all-gather; the padding is dropped below.
-  Tensor block = send.size(0) == max_n ? send : Tensor::zeros(padded);
+  Tensor block = send.size(0) == max_n ? send : Tensor::zeros(padded, send.dtype(), send.device());
   if (send.size(0) != max_n) {
     Tensor head = block.slice(0, 0, send.size(0));
     copy_into(send, head);
@@ -102,7 +102,7 @@ Tensor all_gather_v(const Tensor& x, int64_t dim, Communicator& c, const std::ve
   const Tensor all = all_gather_stacked(block, c);  // [P, max_n, ...]
   Shape out_shape = padded;
   out_shape[0] = total;
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::empty(out_shape, send.dtype(), send.device());
   int64_t at = 0;
   for (int r = 0; r < c.size(); ++r) {
     Tensor dst = out.slice(0, at, at + sizes[size_t(r)]);

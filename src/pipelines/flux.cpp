@@ -128,7 +128,7 @@ Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector
     Span s3("stage", "text_encoder_2 (T5)");
     MD_TRY(e.sequence, text_encoder_2_->forward(t5_ids.input_ids, Tensor()));
   }
-  e.text_ids = Tensor::zeros({e.sequence.size(1), 3});
+  e.text_ids = Tensor::zeros({e.sequence.size(1), 3}, DType::F32, e.sequence.device());
   return e;
 }
 

@@ -295,7 +295,7 @@ Result<Tensor> tiled_decode(const Tensor& z, int64_t tile, int64_t overlap, int6
         return make_error("tiled decode: a latent tile " + shape_str({z.size(0), z.size(1), th, tw}) + " decoded to " +
                           shape_str(d.shape()) + ", not " + std::to_string(scale) + "x larger");
       d = d.to(DType::F32).contiguous();
-      if (!out.defined()) out = Tensor::empty({z.size(0), d.size(1), H * scale, W * scale});
+      if (!out.defined()) out = Tensor::empty({z.size(0), d.size(1), H * scale, W * scale}, DType::F32, z.device());
       if (i > 0) ops::blend_(above[size_t(col)], d, blend, 2);
       if (j > 0) ops::blend_(row.back(), d, blend, 3);
       const int64_t oh = std::min(limit, d.size(2)), ow = std::min(limit, d.size(3));
