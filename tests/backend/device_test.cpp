@@ -135,6 +135,7 @@ TEST(OpsDevice, EveryOpAllocatesOnItsInputsDevice) {
     same("full", ops::full({3, 2}, 1.5f, kDev), ops::full({3, 2}, 1.5f));
     same("affine", ops::affine(xd, 0.5f, 2.0f), ops::affine(x, 0.5f, 2.0f));
     same("lerp", ops::lerp(xd, yd, 4.0f), ops::lerp(x, y, 4.0f));
+    same("div_add", ops::div_add(xd, 0.3611f, 0.1159f), ops::div_add(x, 0.3611f, 0.1159f));
     Tensor c1 = xd.clone(), c2 = x.clone();
     ops::clamp_(c1, -0.5f, 0.5f);
     ops::clamp_(c2, -0.5f, 0.5f);
