@@ -82,6 +82,9 @@ struct Backend {
   void (*lerp)(const Tensor& a, const Tensor& b, float w, Tensor& y);  // y = a + w * (b - a)
   void (*clamp)(Tensor& x, float lo, float hi);                        // in place
   void (*mul)(const Tensor& a, const Tensor& b, Tensor& y);            // y = a * b
+  // y = x / d + b with a true division, each step rounded to float32: diffusers' `latents / scaling_factor
+  // + shift_factor`, which x * (1 / d) + b does not reproduce bit for bit.
+  void (*div_add)(const Tensor& x, float d, float b, Tensor& y);
 
   // ---- memory, data movement, and the small ops that were host loops in ops.cpp (issue #7: "the
   // backend owns memory"). Kept together so that other blocks of new kernels merge beside it. ----

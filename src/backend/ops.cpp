@@ -173,6 +173,12 @@ Tensor affine(const Tensor& x, float a, float b) {
   return y;
 }
 
+Tensor div_add(const Tensor& x, float d, float b) {
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  backend_for(x.device()).div_add(f32c(x), d, b, y);
+  return y;
+}
+
 Tensor lerp(const Tensor& a, const Tensor& b, float w) {
   MD_CHECK(a.shape() == b.shape(), "lerp: shapes " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
   const Device dev = common_device("lerp", {&a, &b});

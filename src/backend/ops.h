@@ -36,6 +36,9 @@ Tensor mul(const Tensor& a, const Tensor& b);
 Tensor full(const Shape& shape, float value, Device dev = Device::CPU);
 // x * a + b, element-wise (latent scaling, [-1, 1] -> [0, 1]).
 Tensor affine(const Tensor& x, float a, float b);
+// x / d + b, element-wise, with a true division: the VAE input `latents / scaling_factor + shift_factor` as
+// diffusers rounds it (affine(x, 1 / d, b) can differ in the last bit).
+Tensor div_add(const Tensor& x, float d, float b);
 // a + w * (b - a) in that order of operations (diffusers' CFG: neg + scale * (pos - neg)); same shapes.
 Tensor lerp(const Tensor& a, const Tensor& b, float w);
 // Clamps x into [lo, hi] in place.

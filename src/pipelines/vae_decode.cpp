@@ -8,7 +8,7 @@ namespace meshdit {
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling) {
   Span span("stage", "vae decode");
   const AutoencoderKLConfig& cfg = vae.config();
-  const Tensor z = ops::affine(latents, 1.0f / cfg.scaling_factor, cfg.shift_factor);
+  const Tensor z = ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor);
   Tensor image;
   if (tiling) {
     const int64_t tile = vae.default_tile();

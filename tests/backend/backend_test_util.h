@@ -81,6 +81,14 @@ class BackendTest : public ::testing::TestWithParam<const Backend*> {
   Tensor on(const Tensor& host) const { return ops::to_device(host, device()); }
   Tensor empty(const Shape& shape, DType dtype = DType::F32) const { return Tensor::empty(shape, dtype, device()); }
 
+  // The values of a result of this backend, which must be on its device; int64 results are read by value
+  // (through float32: exact below 2^24, enough for the indices tests compare).
+  std::vector<float> values(const Tensor& got) const {
+    EXPECT_EQ(got.device(), device()) << "result on " << device_name(got.device()) << ", inputs on "
+                                      << device_name(device());
+    return host_values(got.dtype() == DType::I64 ? got.to(DType::F32) : got);
+  }
+
   // all_close on a result of this backend, which must be on its device.
   ::testing::AssertionResult close(const Tensor& got, const Vec& ref, const Vec& tol) const {
     if (got.device() != device())

@@ -297,6 +297,47 @@ TEST_P(OpsElementwise, OutputMayAliasAnInput) {
   EXPECT_TRUE(close(x, want, Vec(want.size(), 4 * kEps32 * 8)));
 }
 
+// float32 x / d + b, each step rounded once: the double quotient and sum of floats round to float32 exactly
+// as float32 arithmetic would (53 >= 2 * 24 + 2 bits), whatever the compiler does with float expressions.
+float div_add_ref(float x, float d, float b) { return float(double(float(double(x) / double(d))) + double(b)); }
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
+
+// The VAE input as diffusers computes it (Flux's scaling and shift factors), bit for bit: a kernel that
+// multiplies by 1 / d, or fuses the add, fails here.
+TEST_P(OpsElementwise, DivAddIsATrueDivisionThenTheAdd) {
+  const float d = 0.3611f, b = 0.1159f;
+  // Several pool tasks, and values where a reciprocal or a fused add shows.
+  std::vector<float> v = random_tensor({3 * (1 << 15) + 11}, 3600, 3.0f).to_vector();
+  const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, 1e-40f, -1e-40f, 3.4e38f, -b * d, 1.0f};
+  std::copy(std::begin(specials), std::end(specials), v.begin());
+  const Tensor x = on(Tensor::from_f32({int64_t(v.size())}, v));
+  std::vector<float> want(v.size());
+  for (size_t i = 0; i < v.size(); ++i) want[i] = div_add_ref(v[i], d, b);
+  int64_t reciprocal_differs = 0;
+  for (size_t i = 0; i < v.size(); ++i) reciprocal_differs += !same_bits(want[i], float(double(v[i]) * (1.0f / d)) + b);
+  ASSERT_GT(reciprocal_differs, 0) << "the inputs do not tell a division from a multiplication by 1 / d";
+  for_thread_counts([&] {
+    const std::vector<float> got = values(ops::div_add(x, d, b));
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_TRUE(same_bits(got[i], want[i]))
+          << i << ": " << v[i] << " / " << d << " + " << b << " gave " << got[i] << ", want " << want[i];
+  });
+
+  // Strided and bf16 inputs are read as float32; the kernel may write over its input; a negative divisor.
+  const Tensor xs = on(random_tensor({33, 80}, 3601, 2.0f)).permute({1, 0}).slice(0, 10, 50);
+  const Tensor xb = on(random_tensor({40, 33}, 3602, 2.0f)).to(DType::BF16);
+  for (const Tensor* t : {&xs, &xb}) {
+    const std::vector<float> tv = values(*t), got = values(ops::div_add(*t, -1.7f, 0.25f));
+    ASSERT_EQ(got.size(), tv.size());
+    for (size_t i = 0; i < tv.size(); ++i) ASSERT_TRUE(same_bits(got[i], div_add_ref(tv[i], -1.7f, 0.25f))) << i;
+  }
+  Tensor inplace = x.clone();
+  backend().div_add(inplace, d, b, inplace);
+  EXPECT_TRUE(close(inplace, Vec(want.begin(), want.end()), exact(want.size())));
+}
+
 // ---- add_broadcast ---------------------------------------------------------------------------------------
 
 TEST_P(OpsAddBroadcast, SizeOneDimensionsOfEither) {
@@ -422,6 +463,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
       MESHDIT_ENTRY(lerp),
       MESHDIT_ENTRY(clamp),
       MESHDIT_ENTRY(mul),
+      MESHDIT_ENTRY(div_add),
       MESHDIT_ENTRY(allocator),
       MESHDIT_ENTRY(copy),
       MESHDIT_ENTRY(copy_to_host),

@@ -14,6 +14,7 @@
 
 #include "../test_util.h"
 #include "backend/backend.h"
+#include "backend/model_ops.h"
 #include "backend/ops.h"
 #include "backend_test_util.h"
 #include "core/allocator.h"
@@ -23,7 +24,6 @@ using namespace meshdit;
 
 namespace {
 
-using test::host_values;
 using test::random_tensor;
 
 std::atomic<int64_t> g_uploads{0}, g_downloads{0};
@@ -93,9 +93,10 @@ void same(const std::string& op, const Tensor& got, const Tensor& want) {
   EXPECT_EQ(want.device(), Device::CPU);
   EXPECT_EQ(got.shape(), want.shape());
   EXPECT_EQ(got.dtype(), want.dtype());
-  const std::vector<float> g = host_values(got), w = host_values(want);
-  ASSERT_EQ(g.size(), w.size());
-  EXPECT_EQ(std::memcmp(g.data(), w.data(), g.size() * sizeof(float)), 0) << op << ": values differ";
+  // Bytes, not float values: int64 results compare too, and -0.0 / NaN payloads count as differences.
+  const Tensor g = ops::to_device(got, Device::CPU).contiguous(), w = want.contiguous();
+  ASSERT_EQ(g.nbytes(), w.nbytes());
+  EXPECT_EQ(std::memcmp(g.raw(), w.raw(), g.nbytes()), 0) << op << ": values differ";
 }
 
 TEST(OpsDevice, EveryOpAllocatesOnItsInputsDevice) {
@@ -134,6 +135,7 @@ TEST(OpsDevice, EveryOpAllocatesOnItsInputsDevice) {
     same("full", ops::full({3, 2}, 1.5f, kDev), ops::full({3, 2}, 1.5f));
     same("affine", ops::affine(xd, 0.5f, 2.0f), ops::affine(x, 0.5f, 2.0f));
     same("lerp", ops::lerp(xd, yd, 4.0f), ops::lerp(x, y, 4.0f));
+    same("div_add", ops::div_add(xd, 0.3611f, 0.1159f), ops::div_add(x, 0.3611f, 0.1159f));
     Tensor c1 = xd.clone(), c2 = x.clone();
     ops::clamp_(c1, -0.5f, 0.5f);
     ops::clamp_(c2, -0.5f, 0.5f);
@@ -185,6 +187,45 @@ TEST(OpsDevice, EveryOpAllocatesOnItsInputsDevice) {
     same("group_norm_apply", ops::group_norm_apply(imgd, 2, mean_d, rstd_d, &gwd, &gbd, Act::SiLU),
          ops::group_norm_apply(img, 2, mean, rstd, &gw, &gb, Act::SiLU));
     same("upsample_nearest2x", ops::upsample_nearest2x(imgd), ops::upsample_nearest2x(img));
+
+    // The kernels for model code (backend/model_ops.h).
+    const Tensor pos = random_tensor({L, 3}, 4021, 20.0f);
+    const std::vector<int> axes{4, 2, 2};
+    auto [rc_d, rs_d] = ops::rope_tables(dev(pos), axes, 10000.0);
+    auto [rc, rs] = ops::rope_tables(pos, axes, 10000.0);
+    same("rope_tables.cos", rc_d, rc);
+    same("rope_tables.sin", rs_d, rs);
+    same("rope_tables(bf16)", ops::rope_tables(dev(pos).to(DType::BF16), axes, 10000.0).first,
+         ops::rope_tables(pos.to(DType::BF16), axes, 10000.0).first);
+    same("mean_from_sums", ops::mean_from_sums(sums_d, 24.0), ops::mean_from_sums(sums, 24.0));
+    const Tensor ssd = ops::group_sums(img, 2, &mean);
+    same("rstd_from_sums", ops::rstd_from_sums(dev(ssd), 24.0, 1e-6), ops::rstd_from_sums(ssd, 24.0, 1e-6));
+    const Tensor above = random_tensor({1, 4, 5, 8}, 4022), left = random_tensor({1, 4, 6, 3}, 4023);
+    Tensor bl1 = imgd.clone(), bl2 = img.clone();
+    ops::blend_(dev(above), bl1, 3, 2);
+    ops::blend_(above, bl2, 3, 2);
+    ops::blend_(dev(left), bl1, 2, 3);
+    ops::blend_(left, bl2, 2, 3);
+    same("blend_", bl1, bl2);
+    const Tensor bias_table = random_tensor({5, 4}, 4024).to(DType::BF16);
+    const Tensor buckets = Tensor::from_i64({3, 4}, {0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1});
+    same("gather_bias", ops::gather_bias(ops::place(bias_table, kDev).slice(1, 1, 3), dev(buckets)),
+         ops::gather_bias(bias_table.slice(1, 1, 3), buckets));
+    const Tensor keep = Tensor::from_i64({2, 3}, {1, 1, 0, 1, 0, 0});
+    same("mask_to_bias", ops::mask_to_bias(dev(keep)), ops::mask_to_bias(keep));
+    same("mask_to_bias(f32)", ops::mask_to_bias(dev(col)), ops::mask_to_bias(col));
+    const Tensor tokens = Tensor::from_i64({2, 5}, {4, 9, 2, 9, 0, 7, 7, 1, 7, 3});
+    const Tensor am_d = ops::argmax_rows(dev(tokens)), am = ops::argmax_rows(tokens);
+    same("argmax_rows", am_d, am);
+    same("find_rows", ops::find_rows(dev(tokens), 7, -1), ops::find_rows(tokens, 7, -1));
+    same("gather_rows", ops::gather_rows(xd, am_d), ops::gather_rows(x, am));
+    same("axpby", ops::axpby(0.8537f, xd, -0.0412f, yd), ops::axpby(0.8537f, x, -0.0412f, y));
+    same("axpby(bf16)", ops::axpby(0.5f, xd.to(DType::BF16), 2.0f, yd), ops::axpby(0.5f, x.to(DType::BF16), 2.0f, y));
+    same("scale", ops::scale(xd, -0.0412f), ops::scale(x, -0.0412f));
+    const Tensor sd_d = ops::row_std(xd), sd = ops::row_std(x), l2_d = ops::row_l2(yd), l2 = ops::row_l2(y);
+    same("row_std", sd_d, sd);
+    same("row_l2", l2_d, l2);
+    same("scale_rows_by_ratio", ops::scale_rows_by_ratio(xd, l2_d, sd_d), ops::scale_rows_by_ratio(x, l2, sd));
 
     // Core's copies stay on the device too.
     same("contiguous", xd.permute({0, 2, 1}).contiguous(), x.permute({0, 2, 1}).contiguous());

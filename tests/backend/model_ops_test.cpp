@@ -1,6 +1,7 @@
-// The kernels for model code (backend/model_ops.h) against plain double-precision loops written here. The
-// ones that replace host loops whose float32 rounding the fixtures pin down (RoPE tables, GroupNorm
-// moments, the Euler step's axpby) are checked bit for bit against that rounding.
+// The kernels for model code (backend/model_ops.h) on every compiled backend (backend_test_util.h), against
+// plain double-precision loops written here. The ones that replace host loops whose float32 rounding the
+// fixtures pin down (RoPE tables, GroupNorm moments, the Euler step's axpby) are checked bit for bit against
+// that rounding, so a device backend must reproduce it, not merely come close.
 #include "backend/model_ops.h"
 
 #include <gtest/gtest.h>
@@ -12,15 +13,24 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "backend_test_util.h"
 #include "core/tensor.h"
 
 using namespace meshdit;
 
 namespace {
 
+using test::kEps32;
 using test::random_tensor;
 
-constexpr double kEps32 = 1.1920928955078125e-07;  // float32 machine epsilon
+MESHDIT_BACKEND_SUITE(ModelOpsRope);
+MESHDIT_BACKEND_SUITE(ModelOpsMoments);
+MESHDIT_BACKEND_SUITE(ModelOpsBlend);
+MESHDIT_BACKEND_SUITE(ModelOpsGatherBias);
+MESHDIT_BACKEND_SUITE(ModelOpsMaskToBias);
+MESHDIT_BACKEND_SUITE(ModelOpsRows);
+MESHDIT_BACKEND_SUITE(ModelOpsAxpby);
+MESHDIT_BACKEND_SUITE(ModelOpsRowStats);
 
 // a * b rounded once to float32: the product of two floats is exact in double.
 float mul32(float a, float b) { return float(double(a) * double(b)); }
@@ -32,17 +42,17 @@ float add32(float a, float b) {
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
 
-TEST(ModelOpsRope, TablesMatchFloat64Frequencies) {
+TEST_P(ModelOpsRope, TablesMatchFloat64Frequencies) {
   const std::vector<int> axes{4, 6, 2};
   const double theta = 10000.0;
   const int64_t L = 7, D = 12;
   std::vector<float> pos;
   for (int64_t l = 0; l < L; ++l)
     for (size_t a = 0; a < axes.size(); ++a) pos.push_back(float(l * 3 + int64_t(a)) - 4.5f + 0.25f * float(l));
-  auto [cos, sin] = ops::rope_tables(Tensor::from_f32({L, 3}, pos), axes, theta);
+  auto [cos, sin] = ops::rope_tables(on(Tensor::from_f32({L, 3}, pos)), axes, theta);
   ASSERT_EQ(cos.shape(), (Shape{L, D}));
   ASSERT_EQ(sin.shape(), (Shape{L, D}));
-  const std::vector<float> c = cos.to_vector(), s = sin.to_vector();
+  const std::vector<float> c = values(cos), s = values(sin);
   for (int64_t l = 0; l < L; ++l) {
     int64_t col = 0;
     for (size_t a = 0; a < axes.size(); ++a)
@@ -56,23 +66,22 @@ TEST(ModelOpsRope, TablesMatchFloat64Frequencies) {
   }
 }
 
-TEST(ModelOpsRope, PositionsInAnyFloatDtype) {
-  const Tensor pos = Tensor::from_f32({2, 1}, {3.0f, -1.0f});
+TEST_P(ModelOpsRope, PositionsInAnyFloatDtype) {
+  const Tensor pos = on(Tensor::from_f32({2, 1}, {3.0f, -1.0f}));
   auto [c32, s32] = ops::rope_tables(pos, {4}, 256.0);
   auto [c16, s16] = ops::rope_tables(pos.to(DType::BF16), {4}, 256.0);
-  EXPECT_EQ(c32.to_vector(), c16.to_vector());
-  EXPECT_EQ(s32.to_vector(), s16.to_vector());
+  EXPECT_EQ(values(c32), values(c16));
+  EXPECT_EQ(values(s32), values(s16));
 }
 
-TEST(ModelOpsMoments, MeanAndRstdInFloat64) {
+TEST_P(ModelOpsMoments, MeanAndRstdInFloat64) {
   const Tensor sums = random_tensor({3, 4}, 5, 100.0f);
-  Tensor ssd = random_tensor({3, 4}, 6, 50.0f);
-  std::vector<float> sv = ssd.to_vector();
+  std::vector<float> sv = random_tensor({3, 4}, 6, 50.0f).to_vector();
   for (auto& v : sv) v = std::fabs(v);
-  ssd = Tensor::from_f32({3, 4}, sv);
+  const Tensor ssd = Tensor::from_f32({3, 4}, sv);
   const double count = 4.0 * 37.0 * 19.0, eps = 1e-6;
-  const std::vector<float> mean = ops::mean_from_sums(sums, count).to_vector();
-  const std::vector<float> rstd = ops::rstd_from_sums(ssd, count, eps).to_vector();
+  const std::vector<float> mean = values(ops::mean_from_sums(on(sums), count));
+  const std::vector<float> rstd = values(ops::rstd_from_sums(on(ssd), count, eps));
   const std::vector<float> s = sums.to_vector();
   for (size_t i = 0; i < s.size(); ++i) {
     EXPECT_TRUE(same_bits(mean[i], float(double(s[i]) / count))) << i;
@@ -99,7 +108,7 @@ std::vector<double> blend_ref(const Tensor& a, const Tensor& b, int64_t extent, 
   return out;
 }
 
-TEST(ModelOpsBlend, RowsAndColumnsAgainstDiffusersFormula) {
+TEST_P(ModelOpsBlend, RowsAndColumnsAgainstDiffusersFormula) {
   struct Case {
     Shape a, b;
     int64_t extent;
@@ -112,71 +121,76 @@ TEST(ModelOpsBlend, RowsAndColumnsAgainstDiffusersFormula) {
   unsigned seed = 10;
   for (const Case& c : cases) {
     const Tensor a = random_tensor(c.a, seed++);
-    Tensor b = random_tensor(c.b, seed++);
+    const Tensor b = random_tensor(c.b, seed++);
     const std::vector<double> ref = blend_ref(a, b, c.extent, c.dim);
-    ops::blend_(a, b, c.extent, c.dim);
-    const std::vector<float> got = b.to_vector();
+    // A copy: on the host backend on() is a view of b, which the reference was read from.
+    Tensor bd = on(b).clone();
+    ops::blend_(on(a), bd, c.extent, c.dim);
+    const std::vector<float> got = values(bd);
     for (size_t i = 0; i < ref.size(); ++i)
       ASSERT_NEAR(got[i], ref[i], 4 * kEps32 * (1 + std::fabs(ref[i])))
           << shape_str(c.b) << " dim " << c.dim << " at " << i;
   }
 }
 
-TEST(ModelOpsGatherBias, StridedBf16TableByBuckets) {
+TEST_P(ModelOpsGatherBias, StridedBf16TableByBuckets) {
   // A column slice of a bf16 table, as T5 keeps this rank's heads of relative_attention_bias.
   const Tensor full = random_tensor({5, 4}, 20).to(DType::BF16);
-  const Tensor table = full.slice(1, 1, 3);
+  const Tensor table = on(full).slice(1, 1, 3);
+  ASSERT_FALSE(table.is_contiguous());
   const int64_t Lq = 3, Lk = 4;
   std::vector<int64_t> ids;
   for (int64_t i = 0; i < Lq * Lk; ++i) ids.push_back((i * 7) % 5);
-  const Tensor out = ops::gather_bias(table, Tensor::from_i64({Lq, Lk}, ids));
+  const Tensor out = ops::gather_bias(table, on(Tensor::from_i64({Lq, Lk}, ids)));
   ASSERT_EQ(out.shape(), (Shape{1, 2, Lq, Lk}));
-  const std::vector<float> f = full.to_vector(), got = out.to_vector();
+  const std::vector<float> f = full.to_vector(), got = values(out);
   for (int64_t h = 0; h < 2; ++h)
     for (int64_t i = 0; i < Lq * Lk; ++i)
       EXPECT_EQ(got[size_t(h * Lq * Lk + i)], f[size_t(ids[size_t(i)] * 4 + 1 + h)]);
 }
 
-TEST(ModelOpsMaskToBias, IntAndFloatMasks) {
-  const Tensor mi = Tensor::from_i64({2, 3}, {1, 1, 0, 1, 0, 0});
-  const std::vector<float> bi = ops::mask_to_bias(mi).to_vector();
+TEST_P(ModelOpsMaskToBias, IntAndFloatMasks) {
+  const Tensor mi = on(Tensor::from_i64({2, 3}, {1, 1, 0, 1, 0, 0}));
+  const std::vector<float> bi = values(ops::mask_to_bias(mi));
   const float inf = std::numeric_limits<float>::infinity();
   EXPECT_EQ(bi, (std::vector<float>{0, 0, -inf, 0, -inf, -inf}));
-  const std::vector<float> bf = ops::mask_to_bias(Tensor::from_f32({4}, {0.5f, 0.0f, -1.0f, 2.0f})).to_vector();
+  const std::vector<float> bf = values(ops::mask_to_bias(on(Tensor::from_f32({4}, {0.5f, 0.0f, -1.0f, 2.0f}))));
   EXPECT_EQ(bf, (std::vector<float>{0, -inf, -inf, 0}));
 }
 
-TEST(ModelOpsRows, ArgmaxFindAndGather) {
-  const Tensor ids = Tensor::from_i64({3, 5}, {4, 9, 2, 9, 0,  //
-                                               7, 7, 7, 7, 7,  //
-                                               1, 2, 3, 4, 5});
-  EXPECT_EQ(ops::argmax_rows(ids).shape(), Shape{3});
+TEST_P(ModelOpsRows, ArgmaxFindAndGather) {
+  const Tensor ids = on(Tensor::from_i64({3, 5}, {4, 9, 2, 9, 0,  //
+                                                  7, 7, 7, 7, 7,  //
+                                                  1, 2, 3, 4, 5}));
   const Tensor am = ops::argmax_rows(ids);
+  EXPECT_EQ(am.shape(), Shape{3});
+  EXPECT_EQ(am.dtype(), DType::I64);
   const Tensor fr = ops::find_rows(ids, 7, -1), fr9 = ops::find_rows(ids, 9, 4);
-  const std::vector<float> amv = am.to(DType::F32).to_vector(), frv = fr.to(DType::F32).to_vector(),
-                           fr9v = fr9.to(DType::F32).to_vector();
-  EXPECT_EQ(amv, (std::vector<float>{1, 0, 4}));    // the first maximum, as torch.argmax
-  EXPECT_EQ(frv, (std::vector<float>{-1, 0, -1}));  // missing where the value is absent
-  EXPECT_EQ(fr9v, (std::vector<float>{1, 4, 4}));
+  EXPECT_EQ(values(am), (std::vector<float>{1, 0, 4}));    // the first maximum, as torch.argmax
+  EXPECT_EQ(values(fr), (std::vector<float>{-1, 0, -1}));  // missing where the value is absent
+  EXPECT_EQ(values(fr9), (std::vector<float>{1, 4, 4}));
 
+  // Gathered at the device's own argmax result, as CLIP pools at its end-of-text token.
   const Tensor x = random_tensor({3, 5, 4}, 30);
-  const Tensor rows = ops::gather_rows(x, am);
+  const Tensor rows = ops::gather_rows(on(x), am);
   ASSERT_EQ(rows.shape(), (Shape{3, 4}));
-  const std::vector<float> xv = x.to_vector(), rv = rows.to_vector();
+  const std::vector<float> xv = x.to_vector(), rv = values(rows);
   const int64_t at[3] = {1, 0, 4};
   for (int64_t b = 0; b < 3; ++b)
     for (int64_t d = 0; d < 4; ++d) EXPECT_EQ(rv[size_t(b * 4 + d)], xv[size_t((b * 5 + at[b]) * 4 + d)]);
 }
 
-TEST(ModelOpsAxpby, EachProductRoundedThenTheSum) {
+TEST_P(ModelOpsAxpby, EachProductRoundedThenTheSum) {
   // Big enough to take several pool tasks.
   const int64_t n = (1 << 16) + 37;
   const Tensor x = random_tensor({n}, 40, 3.0f), y = random_tensor({n}, 41, 0.5f);
+  const Tensor xd = on(x), yd = on(y);
   const float a = 0.8537f, b = -0.0412f;
   const std::vector<float> xv = x.to_vector(), yv = y.to_vector();
-  const std::vector<float> got = ops::axpby(a, x, b, y).to_vector();
-  const std::vector<float> sc = ops::scale(y, b).to_vector();
-  const std::vector<float> euler = ops::axpby(1.0f, x, b, y).to_vector();  // sample + dt * model_output
+  const std::vector<float> got = values(ops::axpby(a, xd, b, yd));
+  const std::vector<float> sc = values(ops::scale(yd, b));
+  const std::vector<float> euler = values(ops::axpby(1.0f, xd, b, yd));  // sample + dt * model_output
+  ASSERT_EQ(got.size(), size_t(n));
   for (int64_t i = 0; i < n; ++i) {
     const size_t k = size_t(i);
     ASSERT_TRUE(same_bits(got[k], add32(mul32(a, xv[k]), mul32(b, yv[k])))) << i;
@@ -185,17 +199,19 @@ TEST(ModelOpsAxpby, EachProductRoundedThenTheSum) {
   }
 }
 
-TEST(ModelOpsAxpby, ReadsOtherFloatDtypesAsFloat32) {
-  const Tensor x = random_tensor({33}, 50).to(DType::BF16), y = random_tensor({33}, 51).to(DType::F16);
-  const std::vector<float> ref = ops::axpby(0.5f, x.to(DType::F32), 2.0f, y.to(DType::F32)).to_vector();
-  EXPECT_EQ(ops::axpby(0.5f, x, 2.0f, y).to_vector(), ref);
+TEST_P(ModelOpsAxpby, ReadsOtherFloatDtypesAsFloat32) {
+  const Tensor x = on(random_tensor({33}, 50)).to(DType::BF16), y = on(random_tensor({33}, 51)).to(DType::F16);
+  const std::vector<float> ref = values(ops::axpby(0.5f, x.to(DType::F32), 2.0f, y.to(DType::F32)));
+  EXPECT_EQ(values(ops::axpby(0.5f, x, 2.0f, y)), ref);
 }
 
-TEST(ModelOpsRowStats, StdNormAndRatioScaling) {
+TEST_P(ModelOpsRowStats, StdNormAndRatioScaling) {
   const Tensor x = random_tensor({3, 2, 5}, 11, 2.0f), y = random_tensor({3, 2, 5}, 12);
+  const Tensor xd = on(x);
   const std::vector<float> xv = x.to_vector(), yv = y.to_vector();
-  const std::vector<float> sd = ops::row_std(x).to_vector(), l2 = ops::row_l2(y).to_vector();
+  const std::vector<float> sd = values(ops::row_std(xd)), l2 = values(ops::row_l2(on(y)));
   ASSERT_EQ(sd.size(), 3u);
+  ASSERT_EQ(l2.size(), 3u);
   const int64_t n = 10;
   for (int64_t r = 0; r < 3; ++r) {
     double mean = 0, ssd = 0, ss = 0;
@@ -205,8 +221,10 @@ TEST(ModelOpsRowStats, StdNormAndRatioScaling) {
     EXPECT_NEAR(sd[size_t(r)], std::sqrt(ssd / double(n - 1)), 1e-6 * std::sqrt(ssd)) << r;  // torch.std: n - 1
     EXPECT_NEAR(l2[size_t(r)], std::sqrt(ss), 1e-6 * std::sqrt(ss)) << r;
   }
-  const Tensor num = Tensor::from_f32({3}, {1.0f, 2.0f, -3.0f}), den = Tensor::from_f32({3}, {4.0f, 0.5f, 3.0f});
-  const std::vector<float> z = ops::scale_rows_by_ratio(x, num, den).to_vector();
+  const Tensor num = on(Tensor::from_f32({3}, {1.0f, 2.0f, -3.0f})),
+               den = on(Tensor::from_f32({3}, {4.0f, 0.5f, 3.0f}));
+  const std::vector<float> z = values(ops::scale_rows_by_ratio(xd, num, den));
+  ASSERT_EQ(z.size(), xv.size());
   const float ratio[3] = {0.25f, 4.0f, -1.0f};
   for (int64_t r = 0; r < 3; ++r)
     for (int64_t i = 0; i < n; ++i) EXPECT_EQ(z[size_t(r * n + i)], xv[size_t(r * n + i)] * ratio[r]);

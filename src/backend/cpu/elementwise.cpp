@@ -49,6 +49,14 @@ void mul(const Tensor& a, const Tensor& b, Tensor& y) {
   }, kGrain);
 }
 
+void div_add(const Tensor& x, float d, float b, Tensor& y) {
+  const float* s = x.f32();
+  float* o = y.f32();
+  parallel_for(x.numel(), [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) o[i] = s[i] / d + b;
+  }, kGrain);
+}
+
 // a and b are read through their strides (0 along the broadcast dimensions), a run of the last
 // dimension at a time.
 void add_broadcast(const Tensor& a, const Tensor& b, Tensor& y) {

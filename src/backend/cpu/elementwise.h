@@ -11,6 +11,7 @@ void affine(const Tensor& x, float a, float b, Tensor& y);
 void lerp(const Tensor& a, const Tensor& b, float w, Tensor& y);
 void clamp(Tensor& x, float lo, float hi);
 void mul(const Tensor& a, const Tensor& b, Tensor& y);
+void div_add(const Tensor& x, float d, float b, Tensor& y);
 void add_broadcast(const Tensor& a, const Tensor& b, Tensor& y);
 
 }  // namespace meshdit::cpu

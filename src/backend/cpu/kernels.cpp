@@ -469,6 +469,7 @@ const Backend& cpu_backend() {
       .lerp = cpu::lerp,
       .clamp = cpu::clamp,
       .mul = cpu::mul,
+      .div_add = cpu::div_add,
 
       // ---- memory, data movement, small ops (see backend.h) ----
       .device = Device::CPU,
