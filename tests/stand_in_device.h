@@ -4,12 +4,24 @@
 // tensors, or reads them without the registered copies, is caught exactly as on a real device.
 #pragma once
 #include <atomic>
+#include <cstring>
 
 #include "backend/backend.h"
 #include "core/allocator.h"
 #include "core/tensor.h"
 
 namespace meshdit::test {
+
+// Host<->device copies through the stand-in, counted (tests check that data did cross, and only there).
+inline std::atomic<int64_t> g_uploads{0}, g_downloads{0};
+inline void counted_to_host(void* dst, const void* src, size_t bytes) {
+  ++g_downloads;
+  std::memcpy(dst, src, bytes);
+}
+inline void counted_from_host(void* dst, const void* src, size_t bytes) {
+  ++g_uploads;
+  std::memcpy(dst, src, bytes);
+}
 
 class StandInDevice {
  public:
@@ -18,6 +30,8 @@ class StandInDevice {
     table_.name = "cpu-as-cuda";
     table_.device = Device::CUDA;
     table_.allocator = &alloc_;
+    table_.copy_to_host = counted_to_host;
+    table_.copy_from_host = counted_from_host;
     copies_ = DeviceCopy{table_.copy, table_.copy_to_host, table_.copy_from_host, table_.zero};
     prev_alloc_ = set_allocator(Device::CUDA, &alloc_);
     prev_copy_ = set_device_copy(Device::CUDA, &copies_);

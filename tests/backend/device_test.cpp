@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "backend/model_ops.h"
 #include "backend/ops.h"
+#include "../stand_in_device.h"
 #include "backend_test_util.h"
 #include "core/allocator.h"
 #include "core/tensor.h"
@@ -26,61 +27,9 @@ namespace {
 
 using test::random_tensor;
 
-std::atomic<int64_t> g_uploads{0}, g_downloads{0};
-
-void counted_to_host(void* dst, const void* src, size_t bytes) {
-  ++g_downloads;
-  std::memcpy(dst, src, bytes);
-}
-void counted_from_host(void* dst, const void* src, size_t bytes) {
-  ++g_uploads;
-  std::memcpy(dst, src, bytes);
-}
-
-class CountingAllocator final : public Allocator {
- public:
-  void* allocate(size_t bytes) override {
-    ++live;
-    return host_allocator().allocate(bytes);
-  }
-  void deallocate(void* p, size_t bytes) override {
-    --live;
-    host_allocator().deallocate(p, bytes);
-  }
-  const char* name() const override { return "stand-in"; }
-  std::atomic<int64_t> live{0};
-};
-
-// The CPU backend under the CUDA tag, registered for as long as it lives.
-class StandInDevice {
- public:
-  StandInDevice() {
-    table_ = cpu_backend();
-    table_.name = "cpu-as-cuda";
-    table_.device = Device::CUDA;
-    table_.allocator = &alloc_;
-    table_.copy_to_host = counted_to_host;
-    table_.copy_from_host = counted_from_host;
-    copies_ = DeviceCopy{table_.copy, table_.copy_to_host, table_.copy_from_host, table_.zero};
-    prev_alloc_ = set_allocator(Device::CUDA, &alloc_);
-    prev_copy_ = set_device_copy(Device::CUDA, &copies_);
-    prev_backend_ = set_backend_for_testing(Device::CUDA, &table_);
-  }
-  ~StandInDevice() {
-    set_backend_for_testing(Device::CUDA, prev_backend_);
-    set_device_copy(Device::CUDA, prev_copy_);
-    set_allocator(Device::CUDA, prev_alloc_);
-  }
-  int64_t live() const { return alloc_.live.load(); }
-
- private:
-  Backend table_{};
-  CountingAllocator alloc_;
-  DeviceCopy copies_{};
-  Allocator* prev_alloc_ = nullptr;
-  const DeviceCopy* prev_copy_ = nullptr;
-  const Backend* prev_backend_ = nullptr;
-};
+using test::g_downloads;
+using test::g_uploads;
+using test::StandInDevice;
 
 constexpr Device kDev = Device::CUDA;
 
