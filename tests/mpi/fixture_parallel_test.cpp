@@ -76,6 +76,21 @@ TEST(PipelineOnMesh, FluxDevReference) {
   if (world_size() == 4) expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
 }
 
+// The float64 SD3.5 pipeline case (CFG as a batch of two): the guidance halves over ranks, TP (transformer
+// and T5) and SP.
+TEST(PipelineOnMesh, SD3Reference) {
+  const std::string dir = test::shared_fixtures_dir() + "/pipe_sd3";
+  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+  if (world_size() == 4) {
+    expect_pass(dir, "cfg=2,tp=2");
+    expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
+  } else {
+    expect_pass(dir, "cfg=2");
+    expect_pass(dir, "tp=2");
+    expect_pass(dir, "sp=2,sp_mode=ulysses");
+  }
+}
+
 // T5 (3 heads in the fixture) with its heads and feed-forward split over the ranks, unevenly on 2.
 TEST(TextEncoderOnMesh, T5TensorParallel) {
   const std::string dir = test::fixtures_dir() + "/text_t5";
