@@ -13,6 +13,7 @@
 #include "app/runners.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
+#include "pipelines/pipeline.h"
 
 namespace {
 
@@ -107,16 +108,23 @@ int run(int argc, char** argv) {
       "On a mesh: mpirun -np 4 meshdit check --mesh 2x2 CASE (intermediate hooks of a sharded model are skipped).");
 
   auto* gen = app.add_subcommand("generate", "Generate images from text prompts (PNG files)");
+  std::string pipelines;  // the model_index.json classes generate serves, from the pipeline registry
+  for (const auto& c : meshdit::pipeline_classes()) pipelines += (pipelines.empty() ? "" : ", ") + c;
   meshdit::GenerateCommand g;
   gen->add_option("--model", g.model,
-                  "diffusers pipeline folder (model_index.json + subfolders), e.g. FLUX.1-dev as downloaded; "
-                  "default: the built-in tiny-shapes model (128x128, 20 steps)");
+                  "diffusers pipeline folder (model_index.json + subfolders) as downloaded: " + pipelines +
+                      "; default: the built-in tiny-shapes model (128x128, 20 steps)");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
-  gen->add_option("--negative-prompt", g.negative_prompts, "one per prompt; used with --true-cfg > 1");
-  gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux)")
+  gen->add_option("--negative-prompt", g.negative_prompts,
+                  "one per prompt: the unconditional branch of classifier-free guidance (SD3.5: with --guidance > 1; "
+                  "Flux: with --true-cfg > 1)");
+  gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux and SD3.5)")
       ->check(CLI::PositiveNumber);
-  gen->add_option("--guidance", g.guidance, "guidance scale for guidance-distilled models (FLUX.1-dev: 3.5)");
-  gen->add_option("--true-cfg", g.true_cfg, "true classifier-free guidance scale with --negative-prompt (1 = off)");
+  gen->add_option("--guidance", g.guidance,
+                  "guidance scale (default: the model's): classifier-free guidance for SD3.5 (7.0), the distilled "
+                  "guidance embedding for FLUX.1-dev (3.5)");
+  gen->add_option("--true-cfg", g.true_cfg,
+                  "Flux: true classifier-free guidance scale with --negative-prompt (1 = off)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
   gen->add_option("--width", g.width, "image width in pixels, a multiple of 16 (default: the model's)");
   gen->add_option("--height", g.height, "image height in pixels, a multiple of 16 (default: the model's)");
