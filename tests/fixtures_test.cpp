@@ -28,7 +28,6 @@ constexpr PendingCase kPending[] = {
     // #9: SD3.5 Large and Qwen-Image end to end.
     {"qwenimage_transformer", 9},
     {"text_qwen25vl", 9},
-    {"tok_qwen2_bpe", 9},
     {"vae_qwenimage", 9},
     {"pipe_qwenimage", 9},
     // #10: Wan2.2-T2V-A14B end to end.

@@ -1,6 +1,7 @@
 // Tokenizer cases (tok_*): ids.json holds the strings; every output "<variant>.input_ids" /
 // "<variant>.attention_mask" is the batch tokenised as the pipelines call it (padding="max_length",
-// truncation=True), the variant's pad token taken from meta.json "class"."<variant>".pad_token.
+// truncation=True), the variant's pad token taken from meta.json "class"."<variant>".pad_token. Qwen2 cases differ:
+// see run_qwen2_tokenizer.
 #include <algorithm>
 #include <filesystem>
 #include <map>
@@ -9,6 +10,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "encoders/tokenizers/clip_tokenizer.h"
+#include "encoders/tokenizers/qwen2_tokenizer.h"
 #include "encoders/tokenizers/t5_tokenizer.h"
 
 namespace meshdit {
@@ -104,19 +106,112 @@ Result<TensorMap> run_t5_tokenizer(const CaseContext& c) {
   return out;
 }
 
+std::string ids_str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+std::vector<int64_t> tensor_row(const Tensor& t, int64_t r) {
+  const int64_t n = t.size(1);
+  return std::vector<int64_t>(t.data<int64_t>() + r * n, t.data<int64_t>() + (r + 1) * n);
+}
+
+// Qwen2 cases (tok_qwen2_bpe): outputs "<variant>.template_input_ids" / ".template_attention_mask" are
+// QwenImagePipeline's chat template around each prompt, padded to the longest (padding=True). ids.json's
+// results are checked here too, since outputs.safetensors holds only the template batch: every variant's
+// unpadded ids of the strings, its template batch and the template prefix length the pipeline drops.
+Result<TensorMap> run_qwen2_tokenizer(const CaseContext& c) {
+  if (!has_file(c, "vocab.json") || !has_file(c, "merges.txt"))
+    return make_error(c.dir + ": a Qwen2 tokenizer case needs vocab.json and merges.txt");
+  MD_TRY(std::vector<std::string> strings, case_strings(c));
+  const std::string meta = c.dir + "/meta.json", ids_path = c.dir + "/ids.json";
+  const Json& args = c.meta.contains("non_tensor_args") ? c.meta["non_tensor_args"] : Json::object();
+  if (!args.is_object() || !args.contains("template") || !args["template"].is_string() ||
+      !args.contains("template_prompts") || !args["template_prompts"].is_array())
+    return make_error(meta + ": non_tensor_args needs \"template\" and \"template_prompts\"");
+  const std::string tmpl = args["template"].get<std::string>();
+  const size_t slot = tmpl.find("{}");
+  if (slot == std::string::npos) return make_error(meta + ": the template has no {} for the prompt");
+  std::vector<std::string> texts;
+  for (const auto& p : args["template_prompts"]) {
+    if (!p.is_string()) return make_error(meta + ": template_prompts holds a non-string: " + p.dump());
+    texts.push_back(tmpl.substr(0, slot) + p.get<std::string>() + tmpl.substr(slot + 2));
+  }
+  // QwenImagePipeline tokenises with max_length = tokenizer_max_length (1024) + drop_idx.
+  int max_length = 1024 + 34;
+  if (args.contains("max_length") && args["max_length"].is_number_integer())
+    max_length = args["max_length"].get<int>();
+  else if (args.contains("pipeline_drop_idx") && args["pipeline_drop_idx"].is_number_integer())
+    max_length = 1024 + args["pipeline_drop_idx"].get<int>();
+
+  MD_TRY(Qwen2Tokenizer tok, Qwen2Tokenizer::load(c.dir));
+  MD_TRY(TokenizedBatch batch, tok.encode(texts, max_length, /*pad=*/false));
+  TensorMap out;
+  for (const auto& variant : case_variants(c)) {
+    const auto pad = variant_pad_token(c, variant);
+    if (pad && tok.token_id(*pad) != tok.pad_id())
+      return make_error(meta + ": " + variant + " pads with '" + *pad + "', the folder's pad token is '" +
+                        tok.token(tok.pad_id()) + "'");
+    out[variant + ".template_input_ids"] = batch.input_ids;
+    out[variant + ".template_attention_mask"] = batch.attention_mask;
+  }
+
+  MD_TRY(Json ids, load_json(ids_path));
+  if (!ids.contains("results") || !ids["results"].is_object()) return make_error(ids_path + ": no \"results\" object");
+  const int64_t prefix_len = int64_t(tok.encode(tmpl.substr(0, slot)).size());
+  for (auto it = ids["results"].begin(); it != ids["results"].end(); ++it) {
+    const std::string where = ids_path + ": results." + it.key();
+    const Json& r = it.value();
+    try {
+      if (r.contains("unpadded")) {
+        const Json& u = r["unpadded"];
+        if (!u.is_array() || u.size() != strings.size())
+          return make_error(where + ".unpadded should hold one list per string");
+        for (size_t i = 0; i < strings.size(); ++i) {
+          const auto got = tok.encode(strings[i]), want = u[i].get<std::vector<int64_t>>();
+          if (got != want)
+            return make_error(where + ".unpadded[" + std::to_string(i) + "]: got " + ids_str(got) + ", expected " +
+                              ids_str(want));
+        }
+      }
+      for (const char* key : {"template_input_ids", "template_attention_mask"}) {
+        if (!r.contains(key)) continue;
+        const Tensor& t = std::string(key) == "template_input_ids" ? batch.input_ids : batch.attention_mask;
+        const Json& rows = r[key];
+        if (!rows.is_array() || int64_t(rows.size()) != t.size(0))
+          return make_error(where + "." + key + " should hold " + std::to_string(t.size(0)) + " rows");
+        for (int64_t i = 0; i < t.size(0); ++i) {
+          const auto got = tensor_row(t, i), want = rows[size_t(i)].get<std::vector<int64_t>>();
+          if (got != want)
+            return make_error(where + "." + key + "[" + std::to_string(i) + "]: got " + ids_str(got) + ", expected " +
+                              ids_str(want));
+        }
+      }
+      if (r.contains("template_prefix_len") && r["template_prefix_len"].get<int64_t>() != prefix_len)
+        return make_error(where + ".template_prefix_len: got " + std::to_string(prefix_len) + ", expected " +
+                          r["template_prefix_len"].dump());
+    } catch (const nlohmann::json::exception& e) {
+      return make_error(where + ": " + e.what());
+    }
+  }
+  return out;
+}
+
 // A tokenizer case whose meta.json names no tokenizer family: decided by its files.
 Result<TensorMap> run_tokenizer_by_files(const CaseContext& c) {
   if (has_file(c, "spiece.model")) return run_t5_tokenizer(c);
   if (has_file(c, "vocab.json") && has_file(c, "merges.txt")) {
-    // Qwen2 (and GPT-2 style) BPE folders hold the same files; only CLIP's is implemented.
+    // CLIP and Qwen2 BPE folders hold the same files: tokenizer_config.json tells them apart.
     std::string cls = "CLIPTokenizer";
     if (has_file(c, "tokenizer_config.json")) {
       MD_TRY(Json cfg, load_json(c.dir + "/tokenizer_config.json"));
       if (cfg.contains("tokenizer_class") && cfg["tokenizer_class"].is_string())
         cls = cfg["tokenizer_class"].get<std::string>();
     }
+    if (cls.rfind("Qwen2Tokenizer", 0) == 0) return run_qwen2_tokenizer(c);
     if (cls.rfind("CLIPTokenizer", 0) != 0)
-      return make_error(c.dir + ": tokenizer class '" + cls + "' is not implemented yet (only CLIP and T5 are)");
+      return make_error(c.dir + ": tokenizer class '" + cls + "' is not implemented yet (only CLIP, T5, Qwen2 are)");
     return run_clip_tokenizer(c);
   }
   return make_error(c.dir + ": no tokenizer files (vocab.json + merges.txt, or spiece.model)");
@@ -125,9 +220,9 @@ Result<TensorMap> run_tokenizer_by_files(const CaseContext& c) {
 }  // namespace
 
 void register_tokenizer_runners() {
-  // Qwen2's byte-level BPE ("tokenizer.qwen2") is deliberately not registered: not implemented yet.
   register_case_runner("tokenizer.clip", run_clip_tokenizer);
   register_case_runner("tokenizer.t5", run_t5_tokenizer);
+  register_case_runner("tokenizer.qwen2", run_qwen2_tokenizer);
   register_case_runner("tokenizer", run_tokenizer_by_files);
 }
 

@@ -1,8 +1,10 @@
-// CLIP BPE and T5 SentencePiece tokenizers: hand-checked ids with the fixtures' real CLIP vocabulary and
-// tiny SentencePiece model, BPE merge order on a hand-made vocabulary, truncation/padding edge cases,
-// error messages, and the unpadded ids of every fixture string (the fixture check covers the padded ones).
+// CLIP BPE, T5 SentencePiece and Qwen2 BPE tokenizers: hand-checked ids with the fixtures' real CLIP
+// vocabulary and tiny SentencePiece model, BPE merge order on a hand-made vocabulary, Qwen2's regex split,
+// truncation/padding edge cases, error messages, and the unpadded ids of every fixture string (the fixture
+// check covers the padded ones).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "encoders/tokenizers/clip_tokenizer.h"
+#include "encoders/tokenizers/qwen2_tokenizer.h"
 #include "encoders/tokenizers/t5_tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -22,6 +25,16 @@ using test::TempDir;
 
 std::string clip_dir() { return test::fixtures_dir() + "/tok_clip"; }
 std::string t5_dir() { return test::fixtures_dir() + "/tok_t5_spiece"; }
+std::string qwen_dir() { return test::fixtures_dir() + "/tok_qwen2_bpe"; }
+
+const Qwen2Tokenizer& qwen() {
+  static const Qwen2Tokenizer tok = [] {
+    auto t = Qwen2Tokenizer::load(qwen_dir());
+    if (!t.ok()) ADD_FAILURE() << t.error().message;
+    return t.ok() ? t.value() : Qwen2Tokenizer();
+  }();
+  return tok;
+}
 
 const ClipTokenizer& clip() {
   static const ClipTokenizer tok = [] {
@@ -307,6 +320,131 @@ TEST(T5Tokenizer, ErrorsNameTheFile) {
   }
 }
 
+// ---- Qwen2 ---------------------------------------------------------------------------------------------
+
+// Expected pieces from Python's `regex` module with Qwen2's pattern.
+TEST(Qwen2Tokenizer, PreTokenizerSplitsLikeTheRegex) {
+  using V = std::vector<std::string>;
+  const std::vector<std::pair<std::string, V>> cases = {
+      {"don't I'M we'LL y'all 'sun", {"don", "'t", " I", "'M", " we", "'LL", " y", "'all", " '", "sun"}},
+      {"1234 3.14 x\u00b2 \u2460", {"1", "2", "3", "4", " ", "3", ".", "1", "4", " x", "\u00b2", " ", "\u2460"}},
+      {"\u4e00\u53ea\u53ef\u7231\u7684\u732b\u5750\u5728\u7a97\u53f0\u4e0a\uff0c\u9633\u5149\u660e\u5a9a\u3002",
+       {"\u4e00\u53ea\u53ef\u7231\u7684\u732b\u5750\u5728\u7a97\u53f0\u4e0a", "\uff0c\u9633\u5149\u660e\u5a9a",
+        "\u3002"}},
+      {"mixed \u4e2d\u6587 and", {"mixed", " \u4e2d\u6587", " and"}},
+      {"emoji \U0001F600\U0001F389 test \u2764\ufe0f", {"emoji", " \U0001F600\U0001F389", " test", " \u2764\ufe0f"}},
+      {"a   b", {"a", "  ", " b"}},
+      {"a \n\n b", {"a", " \n\n", " b"}},
+      {"a  ", {"a", "  "}},
+      {"\t\tx", {"\t", "\tx"}},
+      {"hello!!!\n\nworld", {"hello", "!!!\n\n", "world"}},
+      {"  leading", {" ", " leading"}},
+      {"x\r\n\r\ny", {"x", "\r\n\r\n", "y"}},
+      {"", {}},
+  };
+  for (const auto& [text, pieces] : cases) EXPECT_EQ(Qwen2Tokenizer::pre_tokenize(text), pieces) << text;
+}
+
+TEST(Qwen2Tokenizer, AddedTokensInsideTextAreNeverSplit) {
+  const Qwen2Tokenizer& t = qwen();
+  EXPECT_EQ(t.token_id("<|endoftext|>"), 800);
+  EXPECT_EQ(t.token_id("<|im_start|>"), 801);
+  EXPECT_EQ(t.token_id("<|im_end|>"), 802);
+  EXPECT_EQ(t.token(802), "<|im_end|>");
+  EXPECT_EQ(t.vocab_size(), 803);
+  EXPECT_EQ(t.pad_id(), 800);
+  EXPECT_TRUE(t.prefix_ids().empty());
+  EXPECT_TRUE(t.suffix_ids().empty());
+  auto cat = [](std::vector<std::vector<int64_t>> parts) {
+    std::vector<int64_t> v;
+    for (const auto& p : parts) v.insert(v.end(), p.begin(), p.end());
+    return v;
+  };
+  EXPECT_EQ(t.encode("a cat<|im_start|>user\n<|im_end|><|endoftext|>"),
+            cat({t.encode("a cat"), {801}, t.encode("user\n"), {802, 800}}));
+  // A partial special token is ordinary text.
+  const auto partial = t.encode("<|im_start");
+  EXPECT_EQ(std::count(partial.begin(), partial.end(), int64_t(801)), 0);
+  EXPECT_GT(partial.size(), 1u);
+}
+
+TEST(Qwen2Tokenizer, NfcBeforeSplittingAndPadToLongest) {
+  const Qwen2Tokenizer& t = qwen();
+  EXPECT_EQ(t.encode("cafe\u0301 r\u00e9sume\u0301"), t.encode("caf\u00e9 r\u00e9sum\u00e9"));
+  auto b = t.encode({"a photo of a cat", ""}, 1058, /*pad=*/false);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  const int64_t n = int64_t(t.encode("a photo of a cat").size());
+  ASSERT_EQ(b->input_ids.size(1), n);
+  EXPECT_EQ(row(b->input_ids, 1), std::vector<int64_t>(size_t(n), 800));
+  EXPECT_EQ(row(b->attention_mask, 1), std::vector<int64_t>(size_t(n), 0));
+  EXPECT_EQ(row(b->attention_mask, 0), std::vector<int64_t>(size_t(n), 1));
+}
+
+TEST(Qwen2Tokenizer, ErrorsNameTheFile) {
+  const std::string vocab = R"({"a": 0, "b": 1, "ab": 2})";
+  auto expect_error = [](const TempDir& dir, const std::string& needle) {
+    auto t = Qwen2Tokenizer::load(dir.str());
+    ASSERT_FALSE(t.ok()) << needle;
+    EXPECT_NE(t.error().message.find(needle), std::string::npos) << t.error().message;
+  };
+  {
+    TempDir dir("qwen_missing_vocab");
+    dir.write("merges.txt", "a b\n");
+    expect_error(dir, "vocab.json: cannot open");
+  }
+  {
+    TempDir dir("qwen_missing_merges");
+    dir.write("vocab.json", vocab);
+    expect_error(dir, "merges.txt: cannot open");
+  }
+  {
+    TempDir dir("qwen_bad_merges");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "#version: 0.2\nb a\n");
+    expect_error(dir, "merges.txt:2: bad merges line 'b a': 'ba' is not in");
+  }
+  {
+    TempDir dir("qwen_bad_tokenizer_json");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "a b\n");
+    dir.write("tokenizer.json", "{not json");
+    expect_error(dir, "tokenizer.json: invalid JSON");
+  }
+  {
+    TempDir dir("qwen_bad_added_token");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "a b\n");
+    dir.write("tokenizer.json", R"({"added_tokens": [{"id": -3, "content": "<|endoftext|>"}]})");
+    expect_error(dir, "tokenizer.json: added token '<|endoftext|>' has id -3");
+  }
+  {
+    TempDir dir("qwen_bad_decoder_key");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "a b\n");
+    dir.write("tokenizer_config.json", R"({"added_tokens_decoder": {"x1": {"content": "<|endoftext|>"}}})");
+    expect_error(dir, "tokenizer_config.json: added_tokens_decoder key 'x1' is not a token id");
+  }
+  {
+    TempDir dir("qwen_no_pad");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "a b\n");
+    dir.write("tokenizer_config.json", R"({"pad_token": "<pad>"})");
+    expect_error(dir, "tokenizer_config.json: pad_token '<pad>' is neither in");
+  }
+  {
+    // The added tokens may come from tokenizer_config.json alone (as in Qwen's own folders).
+    TempDir dir("qwen_config_added");
+    dir.write("vocab.json", vocab);
+    dir.write("merges.txt", "a b\n");
+    dir.write("tokenizer_config.json",
+              R"({"pad_token": "<|endoftext|>", "added_tokens_decoder": {"3": {"content": "<|endoftext|>"}}})");
+    auto t = Qwen2Tokenizer::load(dir.str());
+    ASSERT_TRUE(t.ok()) << t.error().message;
+    EXPECT_EQ(t->pad_id(), 3);
+    EXPECT_EQ(t->encode("ab<|endoftext|>ba"), (std::vector<int64_t>{2, 3, 1, 0}));
+  }
+}
+
 // ---- fixtures ------------------------------------------------------------------------------------------
 
 // The unpadded ids of every string (outputs.safetensors holds only the padded batches).
@@ -322,7 +460,10 @@ TEST(TokenizerFixtures, UnpaddedIdsMatchEveryString) {
                                          {"tok_clip", "CLIPTokenizer_pad_bang", &clip_bang()},
                                          {"tok_t5_spiece", "T5Tokenizer", &t5.value()},
                                          {"tok_t5_spiece", "T5TokenizerFast", &t5.value()},
-                                         {"tok_t5_spiece", "sentencepiece+eos", &t5.value()}};
+                                         {"tok_t5_spiece", "sentencepiece+eos", &t5.value()},
+                                         {"tok_qwen2_bpe", "Qwen2Tokenizer", &qwen()},
+                                         {"tok_qwen2_bpe", "Qwen2TokenizerFast", &qwen()},
+                                         {"tok_qwen2_bpe", "tokenizers.Tokenizer(tokenizer.json)", &qwen()}};
   for (const auto& v : variants) {
     std::ifstream f(test::fixtures_dir() + "/" + v.case_name + "/ids.json");
     ASSERT_TRUE(f) << v.case_name;
@@ -336,18 +477,39 @@ TEST(TokenizerFixtures, UnpaddedIdsMatchEveryString) {
   }
 }
 
-TEST(TokenizerFixtures, CaseClassesAndQwenIsNotClaimed) {
+TEST(TokenizerFixtures, CaseClasses) {
   register_builtin_runners();
   const std::string dir = test::fixtures_dir();
   EXPECT_EQ(case_class(dir + "/tok_clip").value(), "tokenizer.clip");
   EXPECT_EQ(case_class(dir + "/tok_t5_spiece").value(), "tokenizer.t5");
   EXPECT_EQ(case_class(dir + "/tok_qwen2_bpe").value(), "tokenizer.qwen2");
-  EXPECT_TRUE(is_case_supported(dir + "/tok_clip"));
-  EXPECT_TRUE(is_case_supported(dir + "/tok_t5_spiece"));
-  EXPECT_FALSE(is_case_supported(dir + "/tok_qwen2_bpe"));
-  auto rep = run_check(dir + "/tok_qwen2_bpe");
+  for (const char* c : {"tok_clip", "tok_t5_spiece", "tok_qwen2_bpe"}) EXPECT_TRUE(is_case_supported(dir + "/" + c));
+}
+
+// outputs.safetensors holds only the template batch: the runner checks ids.json's other results itself.
+TEST(TokenizerFixtures, Qwen2RunnerChecksIdsJson) {
+  register_builtin_runners();
+  TempDir dir("qwen_case");
+  for (const auto& e : fs::directory_iterator(qwen_dir())) fs::copy_file(e.path(), dir.path() / e.path().filename());
+  auto rep = run_check(dir.str());
+  ASSERT_TRUE(rep.ok()) << rep.error().message;
+  EXPECT_TRUE(rep->pass()) << rep->format();
+  std::ifstream f(dir.path() / "ids.json");
+  nlohmann::json ids = nlohmann::json::parse(f);
+  f.close();
+  ids["results"]["Qwen2TokenizerFast"]["unpadded"][15][0] = 7;
+  dir.write("ids.json", ids.dump());
+  rep = run_check(dir.str());
   ASSERT_FALSE(rep.ok());
-  EXPECT_NE(rep.error().message.find("not implemented yet"), std::string::npos) << rep.error().message;
+  EXPECT_NE(rep.error().message.find("results.Qwen2TokenizerFast.unpadded[15]: got ["), std::string::npos)
+      << rep.error().message;
+  ids["results"]["Qwen2TokenizerFast"]["unpadded"][15][0] = ids["results"]["Qwen2Tokenizer"]["unpadded"][15][0];
+  ids["results"]["Qwen2Tokenizer"]["template_prefix_len"] = 33;
+  dir.write("ids.json", ids.dump());
+  rep = run_check(dir.str());
+  ASSERT_FALSE(rep.ok());
+  EXPECT_NE(rep.error().message.find("template_prefix_len: got 34, expected 33"), std::string::npos)
+      << rep.error().message;
 }
 
 }  // namespace

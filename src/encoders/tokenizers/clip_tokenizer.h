@@ -9,13 +9,11 @@
 //      character carrying "</w>";
 //   5. <|startoftext|> ... <|endoftext|> around the text; truncation keeps bos + (max_length - 2) + eos.
 #pragma once
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "encoders/tokenizers/byte_bpe.h"
 #include "encoders/tokenizers/tokenizer.h"
 
 namespace meshdit {
@@ -39,7 +37,7 @@ class ClipTokenizer : public Tokenizer {
 
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }
-  int64_t vocab_size() const { return int64_t(id_to_token_.size()); }
+  int64_t vocab_size() const { return bpe_.size(); }
   // The token string of an id (byte characters as in vocab.json), "" when out of range.
   std::string token(int64_t id) const;
   // The id of a vocab.json token, -1 when absent.
@@ -48,25 +46,11 @@ class ClipTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const;
 
  private:
-  struct Merge {
-    int32_t rank;
-    int32_t id;
-  };
-  struct Cache {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<int64_t>> words;
-  };
-  void bpe(const std::string& piece, std::vector<int64_t>& out) const;
   void encode_segment(const std::string& segment, std::vector<int64_t>& out) const;
 
-  std::unordered_map<std::string, int32_t> vocab_;
-  std::vector<std::string> id_to_token_;
-  std::unordered_map<uint64_t, Merge> merges_;             // (left id << 32 | right id) -> rank, merged id
-  int32_t byte_id_[256] = {};                              // id of each byte's character, -1 when missing
-  int32_t byte_eow_id_[256] = {};                          // id of that character + "</w>"
+  BpeModel bpe_;
   std::vector<std::pair<std::string, int64_t>> specials_;  // matched in the raw text
   int64_t bos_id_ = 0, eos_id_ = 0, unk_id_ = -1;
-  std::shared_ptr<Cache> cache_ = std::make_shared<Cache>();
 };
 
 }  // namespace meshdit
