@@ -598,9 +598,9 @@ std::map<std::string, Shape> inverted_spec(const std::string& preset, NamedShape
   EXPECT_TRUE(spec.ok()) << spec.error().message;
   NamedShapes diffusers;
   for (const auto& w : *spec) diffusers.emplace_back(w.name, w.shape);
-  for (const auto& [name, shape] : drop_or_add) {  // an empty shape drops the tensor
-    std::erase_if(diffusers, [&](const auto& kv) { return kv.first == name; });
-    if (!shape.empty()) diffusers.emplace_back(name, shape);
+  for (const auto& change : drop_or_add) {  // an empty shape drops the tensor
+    std::erase_if(diffusers, [&](const auto& kv) { return kv.first == change.first; });
+    if (!change.second.empty()) diffusers.emplace_back(change.first, change.second);
   }
   auto stored = single_file_shapes(a->layouts[0], diffusers);
   if (error) *error = stored.ok() ? "" : stored.error().message;
