@@ -279,7 +279,8 @@ void register_qwenimage() {
     }
     return std::any(q);
   };
-  a.diffusers_detect = {"img_in.weight", "txt_norm.weight"};
+  // img_in / txt_in are names of Flux's BFL layout too: only txt_norm says Qwen-Image.
+  a.diffusers_detect = {"txt_norm."};
   a.diffusers_modules = {"img_in", "txt_norm", "txt_in", "time_text_embed", "transformer_blocks", "norm_out",
                          "proj_out"};
   a.load = [](const Checkpoint& ck, const std::any& c,
