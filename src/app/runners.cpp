@@ -50,6 +50,9 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& na
 CaseRunner transformer_runner(const TransformerArch& arch) {
   return [&arch](const CaseContext& c) -> Result<TensorMap> {
     MD_TRY(std::any cfg, arch.parse_config(c.dir + "/config.json"));
+    if (arch.call_config && c.meta.contains("non_tensor_args")) {
+      MD_TRY(cfg, arch.call_config(cfg, c.meta["non_tensor_args"]));
+    }
     TensorMap in;
     for (const auto& i : arch.inputs) {
       if (i.optional && !c.inputs.count(i.name)) continue;

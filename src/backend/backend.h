@@ -36,8 +36,8 @@ struct Conv2dParams {
   int64_t out_w(int64_t w, int64_t kw) const { return (w + pad_left + pad_right - kw) / stride_w + 1; }
 };
 
-// What a query may not see: an additive bias broadcast over batch and heads ([B or 1, H or 1, Lq, Lk],
-// float32, -inf where masked: T5's relative positions, key padding) and/or causal order (key j > query i).
+// What a query may not see: an additive bias broadcast over batch, heads and queries ([B or 1, H or 1, Lq or 1,
+// Lk], float32, -inf where masked: T5's relative positions, key padding) and/or causal order (key j > query i).
 struct AttentionMask {
   Tensor bias;
   bool causal = false;

@@ -242,7 +242,8 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   if (mask && mask->bias.defined()) {
     const Tensor& b = mask->bias;
     MD_CHECK(b.dim() == 4 && b.dtype() == DType::F32 && b.is_contiguous() && (b.size(0) == 1 || b.size(0) == q.size(0)) &&
-                 (b.size(1) == 1 || b.size(1) == q.size(2)) && b.size(2) == q.size(1) && b.size(3) == k.size(1),
+                 (b.size(1) == 1 || b.size(1) == q.size(2)) && (b.size(2) == 1 || b.size(2) == q.size(1)) &&
+                 b.size(3) == k.size(1),
              "attention: mask bias " + shape_str(b.shape()) + " does not broadcast to [B, H, Lq, Lk]");
   }
   MD_CHECK(!(mask && mask->causal) || q.size(1) == k.size(1), "attention: causal mask needs Lq == Lk");

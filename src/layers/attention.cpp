@@ -55,7 +55,8 @@ Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::str
 }
 
 std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
-                                                     const RopeTables* rope, const SeqLayout* seq) const {
+                                                     const RopeTables* rope, const SeqLayout* seq,
+                                                     const Tensor* txt_bias) const {
   QKV::Heads i = img(img_x, heads), t = txt(txt_x, heads);
   const bool img_first = order == Order::ImageFirst;
   auto cat = [&](const Tensor& a, const Tensor& b) { return img_first ? concat({a, b}, 1) : concat({b, a}, 1); };
@@ -65,8 +66,9 @@ std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const 
     ops::rope_(k, rope->cos, rope->sin);
   }
   const float scale = 1.0f / std::sqrt(float(head_dim));
-  Tensor o = merge_heads(seq ? joint_attention(q, k, v, scale, *seq, &par) : ops::attention(q, k, v, scale));
   const int64_t Li = img_x.size(1), Lt = txt_x.size(1);
+  const SeqLayout whole{Lt, !img_first, {Li}};
+  Tensor o = merge_heads(joint_attention(q, k, v, scale, seq ? *seq : whole, seq ? &par : nullptr, txt_bias));
   Tensor o_img = img_first ? o.slice(1, 0, Li) : o.slice(1, Lt, Lt + Li);
   Tensor o_txt = img_first ? o.slice(1, Li, Li + Lt) : o.slice(1, 0, Lt);
   return {to_out(o_img), to_add_out ? (*to_add_out)(o_txt) : Tensor()};

@@ -47,9 +47,10 @@ struct JointAttention {
                                      const ParallelContext* par = nullptr);
   // -> (image output, text output); the text output is undefined when context_pre_only. img_x is this rank's
   // image shard under SP (seq says how the sequence is split; nullptr: not split); rope covers the local
-  // joint sequence.
+  // joint sequence. txt_bias: the text key mask as joint_attention takes it (nullptr: every key visible).
   std::pair<Tensor, Tensor> operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
-                                       const RopeTables* rope = nullptr, const SeqLayout* seq = nullptr) const;
+                                       const RopeTables* rope = nullptr, const SeqLayout* seq = nullptr,
+                                       const Tensor* txt_bias = nullptr) const;
 };
 
 // [B, L, H, D] -> [B, L, H*D]

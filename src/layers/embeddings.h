@@ -24,9 +24,10 @@ struct TimestepEmbedder {
   int channels = 256;
   bool flip_sin_to_cos = true;
   float downscale_freq_shift = 0;
+  float scale = 1;  // Timesteps(scale=1000) when the model is given sigma in [0, 1] (Qwen-Image)
   Mlp2 mlp;
   Tensor operator()(const Tensor& t) const {
-    return mlp(ops::timestep_embedding(t, channels, flip_sin_to_cos, downscale_freq_shift));
+    return mlp(ops::timestep_embedding(t, channels, flip_sin_to_cos, downscale_freq_shift, scale));
   }
 };
 

@@ -21,15 +21,28 @@ Tensor joint_concat(const Tensor& txt, const Tensor& img, bool txt_first) {
 
 }  // namespace
 
+AttentionMask joint_key_mask(const Tensor& txt_bias, int64_t n_img, bool txt_first) {
+  const int64_t B = txt_bias.size(0), L = txt_bias.size(1) + n_img;
+  const Tensor img = ops::full({B, n_img}, 0.0f, txt_bias.device());
+  const Tensor txt = txt_bias.to(DType::F32);
+  AttentionMask m;
+  m.bias = (txt_first ? concat({txt, img}, 1) : concat({img, txt}, 1)).reshape({B, 1, 1, L});
+  return m;
+}
+
 Tensor joint_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                       const ParallelContext* par) {
-  if (!par || par->sp_size() == 1) return ops::attention(q, k, v, scale);
-  return par->sp_mode == SpMode::Ring ? ring_attention(q, k, v, scale, seq, *par->sp)
-                                      : ulysses_attention(q, k, v, scale, seq, *par->sp);
+                       const ParallelContext* par, const Tensor* txt_bias) {
+  if (!par || par->sp_size() == 1) {
+    if (!txt_bias) return ops::attention(q, k, v, scale);
+    const AttentionMask m = joint_key_mask(*txt_bias, k.size(1) - seq.n_txt, seq.txt_first);
+    return ops::attention(q, k, v, scale, &m);
+  }
+  return par->sp_mode == SpMode::Ring ? ring_attention(q, k, v, scale, seq, *par->sp, txt_bias)
+                                      : ulysses_attention(q, k, v, scale, seq, *par->sp, txt_bias);
 }
 
 Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                      Communicator& sp) {
+                      Communicator& sp, const Tensor* txt_bias) {
   const int P = sp.size(), r = sp.rank();
   MD_CHECK(int(seq.img_sizes.size()) == P, "ring_attention: one image size per SP rank");
   const int64_t B = k.size(0), H = k.size(2), D = k.size(3);
@@ -44,6 +57,10 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
     copy_into(vv, v0);
     return buf;
   };
+  // Only the local block holds text keys; the image blocks that travel are never masked.
+  AttentionMask local_mask;
+  if (txt_bias) local_mask = joint_key_mask(*txt_bias, p.n_img, seq.txt_first);
+  const AttentionMask* own = txt_bias ? &local_mask : nullptr;
   AttentionState st = ops::attention_begin(q);
   Tensor cur = pack(k.slice(1, p.img_begin, p.img_begin + p.n_img), v.slice(1, p.img_begin, p.img_begin + p.n_img));
   const int right = (r + 1) % P, left = (r + P - 1) % P;
@@ -53,21 +70,21 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
     send_recv_start(cur, right, next, left, sp);
     // Overlap: fold in the block we hold while the next one travels.
     if (s == 1)
-      ops::attention_accumulate(q, k, v, scale, st);  // text + my own shard
+      ops::attention_accumulate(q, k, v, scale, st, own);  // text + my own shard
     else
       ops::attention_accumulate(q, cur.select(0, 0), cur.select(0, 1), scale, st);
     send_recv_wait(sp);
     cur = next;
   }
   if (P == 1)
-    ops::attention_accumulate(q, k, v, scale, st);
+    ops::attention_accumulate(q, k, v, scale, st, own);
   else
     ops::attention_accumulate(q, cur.select(0, 0), cur.select(0, 1), scale, st);
   return ops::attention_end(st);
 }
 
 Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                         Communicator& sp) {
+                         Communicator& sp, const Tensor* txt_bias) {
   const int P = sp.size(), r = sp.rank();
   MD_CHECK(int(seq.img_sizes.size()) == P, "ulysses_attention: one image size per SP rank");
   const int64_t B = q.size(0), Hl = q.size(2), D = q.size(3);
@@ -108,9 +125,11 @@ Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, floa
     at += n;
   }
   auto my_heads = [&](const Tensor& t) { return txt(t).slice(2, r * Hh, (r + 1) * Hh); };
+  AttentionMask mask;
+  if (txt_bias) mask = joint_key_mask(*txt_bias, n_all, seq.txt_first);
   Tensor o = ops::attention(joint_concat(my_heads(q), full[0], seq.txt_first),
                             joint_concat(my_heads(k), full[1], seq.txt_first),
-                            joint_concat(my_heads(v), full[2], seq.txt_first), scale);
+                            joint_concat(my_heads(v), full[2], seq.txt_first), scale, txt_bias ? &mask : nullptr);
   const int64_t ot = seq.txt_first ? 0 : n_all, oi = seq.txt_first ? p.n_txt : 0;
 
   // Text output: every rank needs all heads (text stays replicated).

@@ -11,6 +11,7 @@
 #pragma once
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "parallel/mesh.h"
 
@@ -23,13 +24,19 @@ struct SeqLayout {
 };
 
 // q, k, v [B, L_local, H, D] in the local joint order -> [B, L_local, H, D]. par == nullptr or sp of size 1:
-// plain attention.
+// plain attention. txt_bias (optional): [B, n_txt] float32, 0 for a text key that may be seen and -inf for
+// padding (Qwen-Image's text mask); image keys are never masked, so the bias of any mix of text and image
+// keys is known on every rank.
 Tensor joint_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                       const ParallelContext* par);
+                       const ParallelContext* par, const Tensor* txt_bias = nullptr);
 
 Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                      Communicator& sp);
+                      Communicator& sp, const Tensor* txt_bias = nullptr);
 Tensor ulysses_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const SeqLayout& seq,
-                         Communicator& sp);
+                         Communicator& sp, const Tensor* txt_bias = nullptr);
+
+// The key mask [B, 1, 1, n_txt + n_img] of a joint sequence whose text keys carry txt_bias [B, n_txt] and whose
+// n_img image keys are all visible.
+AttentionMask joint_key_mask(const Tensor& txt_bias, int64_t n_img, bool txt_first);
 
 }  // namespace meshdit

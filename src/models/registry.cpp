@@ -55,12 +55,14 @@ void register_transformer(TransformerArch arch) { archs().push_back(std::move(ar
 // One line per model file (each defines its register function at its bottom).
 void register_flux();
 void register_sd3();
+void register_qwenimage();
 void register_wan();
 
 const std::vector<TransformerArch>& transformer_archs() {
   static const bool once = [] {
     register_flux();
     register_sd3();
+    register_qwenimage();
     register_wan();
     return true;
   }();

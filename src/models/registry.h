@@ -15,6 +15,7 @@
 
 #include "core/hooks.h"
 #include "io/checkpoint.h"
+#include "io/json_config.h"
 #include "io/single_file.h"
 #include "parallel/mesh.h"
 
@@ -102,6 +103,9 @@ struct TransformerArch {
   // Config from a config.json; from the tensors of a diffusers-named checkpoint (empty: not inferable).
   std::function<Result<std::any>(const std::string& json_path)> parse_config;
   std::function<Result<std::any>(const Checkpoint& ck)> infer_config;
+  // The config for one reference call whose meta.json gives non-tensor arguments the forward needs (Qwen-Image's
+  // img_shapes); empty: the model takes none.
+  std::function<Result<std::any>(const std::any& config, const Json& non_tensor_args)> call_config;
   // Single-file layouts, and the top-level modules of its diffusers names (the first list identifies it).
   std::vector<SingleFileLayout> layouts;
   std::vector<std::string> diffusers_detect, diffusers_modules;

@@ -540,7 +540,7 @@ struct AttnRef {
   double bound() const { return 2 * f32_err + 4 * kEps32 * vmax; }
 };
 
-// mask (optional): an additive bias [B or 1, H or 1, Lq, Lk] and/or causal order, as AttentionMask.
+// mask (optional): an additive bias [B or 1, H or 1, Lq or 1, Lk] and/or causal order, as AttentionMask.
 AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                       const AttentionMask* mask = nullptr) {
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
@@ -548,6 +548,7 @@ AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
   const bool has_bias = mask && mask->bias.defined(), causal = mask && mask->causal;
   const std::vector<float> bv = has_bias ? host_values(mask->bias) : std::vector<float>();
   const int64_t bias_b = has_bias ? mask->bias.size(0) : 0, bias_h = has_bias ? mask->bias.size(1) : 0;
+  const int64_t bias_q = has_bias ? mask->bias.size(2) : 0;
   AttnRef r;
   r.out.assign(size_t(B * Lq * H * D), 0.0);
   for (float f : vv) r.vmax = std::max(r.vmax, double(std::fabs(f)));
@@ -567,7 +568,8 @@ AttnRef ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
           s[size_t(j)] = d * scale;
           sf[size_t(j)] = df * scale;
           if (has_bias) {
-            const float bj = bv[size_t((((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * Lq + i) * Lk + j)];
+            const float bj = bv[size_t(
+                (((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * bias_q + (bias_q > 1 ? i : 0)) * Lk + j)];
             s[size_t(j)] += bj;
             sf[size_t(j)] += bj;
           }
@@ -659,9 +661,9 @@ TEST_P(OpsAttention, PeakedScoresAndOtherScales) {
   }
 }
 
-// An additive bias broadcast over batch and/or heads (T5's relative positions, key padding as -inf), causal
-// order, both together, and a query row whose every key is masked (zeros, as the kernel promises); with
-// Lk > 256 the bias is read across key blocks.
+// An additive bias broadcast over batch, heads and/or queries (T5's relative positions, key padding as -inf,
+// Qwen-Image's text key mask), causal order, both together, and a query row whose every key is masked (zeros,
+// as the kernel promises); with Lk > 256 the bias is read across key blocks.
 TEST_P(OpsAttention, MaskBiasAndCausal) {
   struct Case {
     AttnShape s;
@@ -672,7 +674,8 @@ TEST_P(OpsAttention, MaskBiasAndCausal) {
       {{2, 70, 70, 3, 8}, {1, 1, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 1, 70, 70}, true},
       {{2, 70, 70, 3, 8}, {1, 3, 70, 70}, false}, {{2, 70, 70, 3, 8}, {2, 3, 70, 70}, true},
       {{2, 70, 70, 3, 8}, {}, true},              {{1, 40, 300, 2, 16}, {1, 1, 40, 300}, false},
-      {{2, 300, 300, 1, 8}, {}, true},
+      {{2, 300, 300, 1, 8}, {}, true},           {{2, 70, 70, 3, 8}, {2, 1, 1, 70}, false},
+      {{2, 300, 300, 2, 8}, {2, 2, 1, 300}, true},
   };
   unsigned seed = 1350;
   for (const Case& c : cases) {
@@ -688,7 +691,8 @@ TEST_P(OpsAttention, MaskBiasAndCausal) {
       // Key padding: the last 9 keys of the last bias slice; and query row 5 of it sees no key at all.
       for (int64_t i = 0; i < Lq; ++i)
         for (int64_t j = Lk - 9; j < Lk; ++j) p[((rows - 1) * Lq + i) * Lk + j] = -INFINITY;
-      for (int64_t j = 0; j < Lk; ++j) p[((rows - 1) * Lq + 5) * Lk + j] = -INFINITY;
+      if (Lq > 5)
+        for (int64_t j = 0; j < Lk; ++j) p[((rows - 1) * Lq + 5) * Lk + j] = -INFINITY;
       mask.bias = on(bias);
     }
     const AttnRef r = ref_attention(t.q, t.k, t.v, scale, &mask);

@@ -31,6 +31,12 @@ std::string fixture_of(const std::string& cls) {
 
 Result<Tensor> run(const TransformerArch& arch, const std::string& dir, Device dev) {
   MD_TRY(std::any cfg, arch.parse_config(dir + "/config.json"));
+  if (arch.call_config) {
+    MD_TRY(Json meta, load_json(dir + "/meta.json"));
+    if (meta.contains("non_tensor_args")) {
+      MD_TRY(cfg, arch.call_config(cfg, meta["non_tensor_args"]));
+    }
+  }
   MD_TRY(Checkpoint ck, Checkpoint::open(dir + "/diffusion_pytorch_model.safetensors"));
   ck.place_on(dev);
   MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, nullptr));

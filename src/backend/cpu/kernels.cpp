@@ -338,6 +338,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   const int64_t ld_acc = H * D;
   const float* bias = mask && mask->bias.defined() ? mask->bias.f32() : nullptr;
   const int64_t bias_b = bias ? mask->bias.size(0) : 0, bias_h = bias ? mask->bias.size(1) : 0;
+  const int64_t bias_q = bias ? mask->bias.size(2) : 0;  // 1: a key mask, the same row for every query
   const bool causal = mask && mask->causal;
   parallel_tasks(B * H * q_blocks, [&](int64_t task, int) {
     auto& sbuf = scratch(1);
@@ -356,9 +357,11 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(nq), int(nk), int(D), scale, qp, int(q.stride(1)), kp,
                   int(k.stride(1)), 0.0f, S, int(nk));
       if (bias) {
-        const float* bp = bias + (((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * Lq + i0) * Lk + j0;
+        const int64_t row = bias_q > 1 ? Lk : 0;
+        const float* bp =
+            bias + (((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * bias_q + (bias_q > 1 ? i0 : 0)) * Lk + j0;
         for (int64_t r = 0; r < nq; ++r)
-          for (int64_t c = 0; c < nk; ++c) S[r * nk + c] += bp[r * Lk + c];
+          for (int64_t c = 0; c < nk; ++c) S[r * nk + c] += bp[r * row + c];
       }
       if (causal)
         for (int64_t r = 0; r < nq; ++r)
