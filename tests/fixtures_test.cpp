@@ -27,7 +27,6 @@ struct PendingCase {
 constexpr PendingCase kPending[] = {
     // #9: SD3.5 Large and Qwen-Image end to end.
     {"qwenimage_transformer", 9},
-    {"text_qwen25vl", 9},
     {"tok_qwen2_bpe", 9},
     {"vae_qwenimage", 9},
     {"pipe_qwenimage", 9},
