@@ -111,10 +111,12 @@ Result<Tensor> Qwen25VLTextEncoder::forward(const Tensor& input_ids, const Tenso
   MD_TRY(Tensor x, ops::embedding(embed_tokens_, input_ids));
   if (hidden_states) hidden_states->push_back(x.clone());
 
+  // transformers numbers text tokens 0..L-1 whatever the mask (padding included), and so must we: the
+  // padded rows are compared too.
   std::vector<float> pos(static_cast<size_t>(L));
   std::iota(pos.begin(), pos.end(), 0.0f);
-  auto [cos, sin] = ops::rope_tables(ops::to_device(Tensor::from_f32({L, 1}, pos), x.device()),
-                                     {int(Dh)}, cfg_.rope_theta);
+  auto [cos, sin] =
+      ops::rope_tables(ops::to_device(Tensor::from_f32({L, 1}, pos), x.device()), {int(Dh)}, cfg_.rope_theta);
   AttentionMask mask;
   mask.causal = true;
   // Key padding on top of causal order; a padded query still sees the valid keys before it, as in transformers.
