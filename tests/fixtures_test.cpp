@@ -26,7 +26,6 @@ struct PendingCase {
 // (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
     // #9: SD3.5 Large and Qwen-Image end to end.
-    {"text_qwen25vl", 9},
     {"vae_qwenimage", 9},
     {"pipe_qwenimage", 9},
     // #10: Wan2.2-T2V-A14B end to end.

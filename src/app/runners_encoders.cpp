@@ -2,6 +2,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "encoders/clip_text.h"
+#include "encoders/qwen25vl.h"
 #include "encoders/t5.h"
 #include "io/checkpoint.h"
 
@@ -43,6 +44,25 @@ Result<TensorMap> run_t5(const CaseContext& c) {
   return out;
 }
 
+Result<TensorMap> run_qwen25vl_text(const CaseContext& c) {
+  MD_TRY(Qwen25VLTextConfig cfg, Qwen25VLTextConfig::from_json(c.dir + "/config.json"));
+  ModelTraits traits{"Qwen2.5-VL text encoder", cfg.num_attention_heads, /*cfg_batch=*/false, /*image_tokens=*/0,
+                     /*uneven_heads_ok=*/true};
+  MD_TRY(const Mesh* mesh, c.mesh(traits));
+  if (mesh->config().sp > 1 || mesh->config().cfg > 1)
+    return make_error("the Qwen2.5-VL text encoder runs with tensor parallelism only (--parallel tp=N)");
+  const ParallelContext par = mesh->context();
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(Qwen25VLTextEncoder model, Qwen25VLTextEncoder::load(ck, cfg, &par));
+  MD_TRY(Tensor ids, c.input("input_ids"));
+  MD_TRY(Tensor mask, c.input("attention_mask"));
+  TensorMap out;
+  std::vector<Tensor> hs;
+  MD_TRY(out["hidden_states_last"], model.forward(ids, mask, &hs));
+  for (size_t i = 0; i < hs.size(); ++i) out["hidden_states." + std::to_string(i)] = hs[i];
+  return out;
+}
+
 }  // namespace
 
 void register_encoder_runners() {
@@ -50,6 +70,7 @@ void register_encoder_runners() {
   register_case_runner("transformers.CLIPTextModelWithProjection (+ transformers.CLIPTextModel for pooler_output)",
                        run_clip_text);
   register_case_runner("transformers.T5EncoderModel", run_t5);
+  register_case_runner("transformers.Qwen2_5_VLForConditionalGeneration", run_qwen25vl_text);
 }
 
 }  // namespace meshdit

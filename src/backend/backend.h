@@ -146,6 +146,10 @@ struct Backend {
   void (*row_std)(const Tensor& x, Tensor& out);
   void (*row_l2)(const Tensor& x, Tensor& out);
   void (*scale_rows_by_ratio)(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y);
+  // x [B, L, H, D] in place, rotated in halves (transformers' rotate_half: dimension i pairs with i + D/2,
+  // as Llama / Qwen) by frequency i of cos, sin [L, D] laid out as rope_tables makes them (frequency i in
+  // columns 2i and 2i + 1), so one table serves both layouts.
+  void (*rope_half)(Tensor& x, const Tensor& cos, const Tensor& sin);
 };
 
 const Backend& cpu_backend();

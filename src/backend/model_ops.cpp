@@ -33,6 +33,13 @@ std::pair<Tensor, Tensor> rope_tables(const Tensor& pos, const std::vector<int>&
   return {cos, sin};
 }
 
+void rope_half_(Tensor& x, const Tensor& cos, const Tensor& sin) {
+  MD_CHECK(x.dim() == 4 && x.dtype() == DType::F32 && x.is_contiguous() && !x.read_only() && x.size(3) % 2 == 0 &&
+               cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) && cos.shape() == sin.shape(),
+           "rope_half_: x " + shape_str(x.shape()) + " cos " + shape_str(cos.shape()));
+  backend_for(common_device("rope_half", {&x, &cos, &sin})).rope_half(x, f32c(cos), f32c(sin));
+}
+
 namespace {
 Tensor moments(const Tensor& sums, double count, double eps, bool rstd) {
   MD_CHECK(count > 0, "moments_from_sums: count must be positive");

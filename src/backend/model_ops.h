@@ -14,6 +14,9 @@ namespace meshdit::ops {
 // Rotary tables for positions pos [L, axes] (any float dtype): {cos, sin}, each [L, sum(axes_dims)] float32,
 // axis a owning axes_dims[a] interleaved columns; angles in float64 as diffusers' get_1d_rotary_pos_embed.
 std::pair<Tensor, Tensor> rope_tables(const Tensor& pos, const std::vector<int>& axes_dims, double theta);
+// x [B, L, H, D] contiguous float32, in place: rotary embedding in halves (transformers' rotate_half, as
+// Llama / Qwen; ops::rope_ rotates interleaved pairs as Flux) with cos, sin [L, D] from rope_tables.
+void rope_half_(Tensor& x, const Tensor& cos, const Tensor& sin);
 
 // GroupNorm moments from sums over `count` elements (sums reduced across ranks): float64 arithmetic, then
 // float32. mean = sums / count; rstd = 1 / sqrt(ssd / count + eps) from the sums of squared deviations.

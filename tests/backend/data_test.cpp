@@ -484,6 +484,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
       MESHDIT_ENTRY(row_std),
       MESHDIT_ENTRY(row_l2),
       MESHDIT_ENTRY(scale_rows_by_ratio),
+      MESHDIT_ENTRY(rope_half),
   };
 #undef MESHDIT_ENTRY
   // Every member but `name` and `device` is a pointer listed above: a kernel added to the table without a

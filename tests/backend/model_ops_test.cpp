@@ -74,6 +74,29 @@ TEST_P(ModelOpsRope, PositionsInAnyFloatDtype) {
   EXPECT_EQ(values(s32), values(s16));
 }
 
+TEST_P(ModelOpsRope, HalvesRotatedAgainstRotateHalf) {
+  // Llama / Qwen: x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]), frequency i in
+  // both dimension i and i + D/2.
+  const int64_t B = 2, L = 5, H = 3, D = 8;
+  std::vector<float> pos;
+  for (int64_t l = 0; l < L; ++l) pos.push_back(float(l) * 1.5f - 2.0f);
+  auto [cos, sin] = ops::rope_tables(on(Tensor::from_f32({L, 1}, pos)), {int(D)}, 1000.0);
+  const Tensor x0 = random_tensor({B, L, H, D}, 11);
+  Tensor x = on(x0).clone();
+  ops::rope_half_(x, cos, sin);
+  const std::vector<float> in = x0.to_vector(), got = values(x);
+  for (int64_t r = 0; r < B * L; ++r)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t i = d % (D / 2);
+        const double angle = double(pos[size_t(r % L)]) * std::pow(1000.0, -double(2 * i) / double(D));
+        const size_t at = size_t((r * H + h) * D);
+        const double rot = d < D / 2 ? -double(in[at + size_t(d + D / 2)]) : double(in[at + size_t(d - D / 2)]);
+        EXPECT_NEAR(got[at + size_t(d)], double(in[at + size_t(d)]) * std::cos(angle) + rot * std::sin(angle), 1e-5)
+            << "row " << r << " head " << h << " dim " << d;
+      }
+}
+
 TEST_P(ModelOpsMoments, MeanAndRstdInFloat64) {
   const Tensor sums = random_tensor({3, 4}, 5, 100.0f);
   std::vector<float> sv = random_tensor({3, 4}, 6, 50.0f).to_vector();

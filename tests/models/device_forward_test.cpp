@@ -12,6 +12,7 @@
 #include "io/json_config.h"
 #include "io/safetensors.h"
 #include "encoders/clip_text.h"
+#include "encoders/qwen25vl.h"
 #include "encoders/t5.h"
 #include "models/registry.h"
 #include "models/vae/autoencoder_kl.h"
@@ -92,7 +93,7 @@ Result<Tensor> input(const std::string& dir, const std::string& name, Device dev
 TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
   if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA backend is compiled in";
   const std::string vae = test::fixtures_dir() + "/vae_kl16", t5 = test::fixtures_dir() + "/text_t5",
-                    clip = test::fixtures_dir() + "/text_clip_l";
+                    clip = test::fixtures_dir() + "/text_clip_l", qwen = test::fixtures_dir() + "/text_qwen25vl";
   auto run = [&](Device dev) -> Result<std::vector<Tensor>> {
     std::vector<Tensor> out;
     {
@@ -127,6 +128,16 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
       MD_TRY(CLIPTextOutput o, m.forward(ids));
       out.insert(out.end(), {o.last_hidden_state, o.pooler_output});
     }
+    {
+      MD_TRY(Qwen25VLTextConfig cfg, Qwen25VLTextConfig::from_json(qwen + "/config.json"));
+      MD_TRY(Checkpoint ck, Checkpoint::open(qwen + "/model.safetensors"));
+      ck.place_on(dev);
+      MD_TRY(Qwen25VLTextEncoder m, Qwen25VLTextEncoder::load(ck, cfg));
+      MD_TRY(Tensor ids, input(qwen, "input_ids", dev));
+      MD_TRY(Tensor mask, input(qwen, "attention_mask", dev));
+      MD_TRY(Tensor h, m.forward(ids, mask));
+      out.push_back(h);
+    }
     return out;
   };
   auto host = run(Device::CPU);
@@ -136,7 +147,7 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
     auto on_dev = run(Device::CUDA);
     ASSERT_TRUE(on_dev.ok()) << on_dev.error().message;
     const char* names[] = {"vae decode", "vae tiled decode", "vae posterior mean", "vae posterior logvar",
-                           "t5", "t5 masked", "clip hidden", "clip pooled"};
+                           "t5", "t5 masked", "clip hidden", "clip pooled", "qwen2.5-vl masked"};
     ASSERT_EQ(on_dev->size(), host->size());
     for (size_t i = 0; i < host->size(); ++i) expect_same((*on_dev)[i], (*host)[i], names[i]);
   }

@@ -106,6 +106,22 @@ TEST(TextEncoderOnMesh, T5TensorParallel) {
   EXPECT_NE(rep.error().message.find("3 attention heads cannot cover tp=4"), std::string::npos) << rep.error().message;
 }
 
+// Qwen2.5-VL's text model (2 query heads sharing 1 KV head in the fixture): each rank holds one query head
+// and a copy of the KV head it reads.
+TEST(TextEncoderOnMesh, Qwen25VLTensorParallel) {
+  const std::string dir = test::fixtures_dir() + "/text_qwen25vl";
+  if (world_size() <= 2) {
+    expect_pass(dir, "");  // the automatic config: tp over every rank
+    return;
+  }
+  register_builtin_runners();
+  CheckOptions opts;
+  opts.mesh = mesh_shape();
+  auto rep = run_check(dir, opts);
+  ASSERT_FALSE(rep.ok());
+  EXPECT_NE(rep.error().message.find("2 attention heads cannot cover tp=4"), std::string::npos) << rep.error().message;
+}
+
 TEST(MeshErrors, HeadsNotDivisibleAndWrongRankCount) {
   register_builtin_runners();
   CheckOptions opts;

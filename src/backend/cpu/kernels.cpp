@@ -500,6 +500,7 @@ const Backend& cpu_backend() {
       .row_std = cpu::row_std,
       .row_l2 = cpu::row_l2,
       .scale_rows_by_ratio = cpu::scale_rows_by_ratio,
+      .rope_half = cpu::rope_half,
   };
   return b;
 }

@@ -167,4 +167,28 @@ void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, 
   }
 }
 
+void rope_half(Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3), half = D / 2;
+  float* xp = x.f32();
+  const float* c = cos.f32();
+  const float* s = sin.f32();
+  parallel_for(
+      B * L,
+      [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* cl = c + (r % L) * D;
+          const float* sl = s + (r % L) * D;
+          for (int64_t h = 0; h < H; ++h) {
+            float* v = xp + (r * H + h) * D;
+            for (int64_t i = 0; i < half; ++i) {
+              const float x0 = v[i], x1 = v[i + half], ci = cl[2 * i], si = sl[2 * i];
+              v[i] = x0 * ci - x1 * si;
+              v[i + half] = x1 * ci + x0 * si;
+            }
+          }
+        }
+      },
+      16);
+}
+
 }  // namespace meshdit::cpu

@@ -19,5 +19,6 @@ void axpby(float a, const Tensor& x, float b, const Tensor* y, Tensor& out);
 void row_std(const Tensor& x, Tensor& out);
 void row_l2(const Tensor& x, Tensor& out);
 void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y);
+void rope_half(Tensor& x, const Tensor& cos, const Tensor& sin);
 
 }  // namespace meshdit::cpu
