@@ -120,6 +120,11 @@ Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector
     // CLIP takes model_max_length (77) tokens; T5 max_sequence_length, both padded to length.
     MD_TRY(TokenizedBatch clip_ids, tokenizer_->encode(prompts, int(text_encoder_->config().max_position_embeddings)));
     MD_TRY(TokenizedBatch t5_ids, tokenizer_2_->encode(prompts, int(max_sequence_length)));
+    // Truncation is what diffusers does too; it warns with the cut text, we with the count.
+    warn_truncated(clip_ids, "CLIP (text_encoder) can only handle sequences up to " +
+                                 std::to_string(text_encoder_->config().max_position_embeddings) + " tokens");
+    warn_truncated(t5_ids,
+                   "T5 (text_encoder_2) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
     {
       Span s2("stage", "text_encoder (CLIP)");
       MD_TRY(CLIPTextOutput o, text_encoder_->forward(clip_ids.input_ids));

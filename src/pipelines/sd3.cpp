@@ -124,8 +124,13 @@ Result<StableDiffusion3Pipeline::PromptEmbeds> StableDiffusion3Pipeline::encode_
   PromptEmbeds e;
   Span s("stage", "encode prompt");
   // clip_skip unset: hidden_states[-2], the second-to-last layer's output without the final LayerNorm.
-  auto clip = [&](const ClipTokenizer& tok, const CLIPTextModel& enc, Tensor& penultimate, Tensor& pooled) -> Status {
-    MD_TRY(TokenizedBatch ids, tok.encode(prompts, int(enc.config().max_position_embeddings)));
+  // Over-long prompts are truncated, as diffusers does; it warns with the cut text, we with the count.
+  auto clip = [&](const ClipTokenizer& tok, const CLIPTextModel& enc, const char* name, Tensor& penultimate,
+                  Tensor& pooled) -> Status {
+    const int64_t max_len = enc.config().max_position_embeddings;
+    MD_TRY(TokenizedBatch ids, tok.encode(prompts, int(max_len)));
+    warn_truncated(
+        ids, std::string("CLIP (") + name + ") can only handle sequences up to " + std::to_string(max_len) + " tokens");
     MD_TRY(CLIPTextOutput o, enc.forward(ids.input_ids));
     if (o.hidden_states.size() < 2) return make_error("CLIP text encoder: no penultimate hidden state");
     penultimate = o.hidden_states[o.hidden_states.size() - 2];
@@ -133,10 +138,12 @@ Result<StableDiffusion3Pipeline::PromptEmbeds> StableDiffusion3Pipeline::encode_
     return ok_status();
   };
   Tensor l_seq, l_pooled, g_seq, g_pooled;
-  MD_RETURN_IF_ERROR(clip(*tokenizer_, *text_encoder_, l_seq, l_pooled));
-  MD_RETURN_IF_ERROR(clip(*tokenizer_2_, *text_encoder_2_, g_seq, g_pooled));
+  MD_RETURN_IF_ERROR(clip(*tokenizer_, *text_encoder_, "text_encoder", l_seq, l_pooled));
+  MD_RETURN_IF_ERROR(clip(*tokenizer_2_, *text_encoder_2_, "text_encoder_2", g_seq, g_pooled));
   // T5 without an attention mask, as diffusers calls it: the padding tokens are attended to.
   MD_TRY(TokenizedBatch t5_ids, tokenizer_3_->encode(prompts, int(max_sequence_length)));
+  warn_truncated(t5_ids,
+                 "T5 (text_encoder_3) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
   MD_TRY(Tensor t5_seq, text_encoder_3_->forward(t5_ids.input_ids, Tensor()));
 
   Tensor clip_seq = concat({l_seq, g_seq}, -1);

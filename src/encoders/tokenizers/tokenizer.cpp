@@ -3,6 +3,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace meshdit {
@@ -45,8 +46,10 @@ Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, 
   std::vector<std::vector<int64_t>> rows;
   rows.reserve(texts.size());
   int64_t longest = 0;
+  TokenizedBatch b;
   for (const auto& t : texts) {
     std::vector<int64_t> body = encode_text(t);
+    b.dropped.push_back(std::max<int64_t>(0, int64_t(body.size()) - keep));
     if (int64_t(body.size()) > keep) body.resize(size_t(keep));
     std::vector<int64_t> ids(prefix_);
     ids.insert(ids.end(), body.begin(), body.end());
@@ -55,7 +58,6 @@ Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, 
     rows.push_back(std::move(ids));
   }
   const int64_t n = int64_t(texts.size()), len = pad ? int64_t(max_length) : longest;
-  TokenizedBatch b;
   std::vector<int64_t> ids(size_t(n * len)), mask(size_t(n * len));
   for (int64_t r = 0; r < n; ++r) {
     const auto& row = rows[size_t(r)];
@@ -68,6 +70,13 @@ Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, 
   b.input_ids = Tensor::from_i64({n, len}, ids);
   b.attention_mask = Tensor::from_i64({n, len}, mask);
   return b;
+}
+
+void warn_truncated(const TokenizedBatch& b, const std::string& why) {
+  for (size_t r = 0; r < b.dropped.size(); ++r)
+    if (b.dropped[r] > 0)
+      std::fprintf(stderr, "warning: prompt %zu was truncated because %s: %lld token%s dropped\n", r + 1, why.c_str(),
+                   static_cast<long long>(b.dropped[r]), b.dropped[r] == 1 ? "" : "s");
 }
 
 }  // namespace meshdit

@@ -14,7 +14,14 @@ namespace meshdit {
 struct TokenizedBatch {
   Tensor input_ids;       // int64 [N, L]
   Tensor attention_mask;  // int64 [N, L]: 1 for real tokens (specials included), 0 for padding
+  // Per row, how many text tokens truncation cut off (0 when the string fit): the ids do not show it, and
+  // a silently shortened prompt is a surprise, so callers warn with it as diffusers does.
+  std::vector<int64_t> dropped;
 };
+
+// Writes one warning line to stderr for each row of `b` that lost tokens to truncation, saying how many:
+// "warning: prompt 2 was truncated because <why>: 12 tokens dropped". Nothing when no row was cut.
+void warn_truncated(const TokenizedBatch& b, const std::string& why);
 
 class Tokenizer {
  public:
