@@ -132,6 +132,8 @@ TEST(ClipTokenizer, TruncationAndPadding) {
   EXPECT_EQ(r0.back(), 49407);
   for (int j = 1; j < 76; ++j) EXPECT_EQ(r0[size_t(j)], cat) << j;
   EXPECT_EQ(row(b->attention_mask, 0), std::vector<int64_t>(77, 1));
+  // The count the pipelines' truncation warning reports: 200 words, 75 kept; nothing for rows that fit.
+  EXPECT_EQ(b->dropped, (std::vector<int64_t>{125, 0, 0}));
   std::vector<int64_t> r1 = row(b->input_ids, 1), m1 = row(b->attention_mask, 1);
   EXPECT_EQ(r1[0], 49406);
   EXPECT_EQ(r1[1], 49407);
@@ -145,6 +147,7 @@ TEST(ClipTokenizer, TruncationAndPadding) {
   auto c = tok.encode({s75, s76}, 77, true);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(row(c->input_ids, 0), row(c->input_ids, 1));
+  EXPECT_EQ(c->dropped, (std::vector<int64_t>{0, 1}));
   // The smallest length that holds the specials, and one too small.
   auto d = tok.encode({"a photo"}, 2, true);
   ASSERT_TRUE(d.ok());
