@@ -146,7 +146,9 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto tokens = arch.image_tokens(opened->config, cmd.width, cmd.height, 1);
   if (!tokens.ok()) return fail(tokens.error().message);
   const int64_t N = *tokens, L = cmd.text_tokens;
-  auto mesh = make_mesh(shape, cmd.parallel, ModelTraits{"transformer", arch.dims(opened->config).heads, false, N});
+  ModelTraits traits{"transformer", arch.dims(opened->config).heads, false, N};
+  traits.pad_heads = arch.pad_heads;
+  auto mesh = make_mesh(shape, cmd.parallel, traits);
   if (!mesh.ok()) return fail(mesh.error().message);
   if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh->config().str().c_str());
   const ParallelContext par = mesh->context();

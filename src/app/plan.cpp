@@ -293,6 +293,7 @@ Result<Plan> make_plan(const PlanRequest& req) {
 
   // The same traits a run builds, so the same errors.
   ModelTraits traits{m.name, dims.heads, d.cfg_batch, p.image_tokens};
+  traits.pad_heads = m.arch->pad_heads;
   MD_TRY(ParallelConfig pc, resolve_parallel_config(mesh, req.parallel, traits));
   if (dims.dim % pc.tp != 0)
     return make_error("parallel config " + pc.str() + ": dim " + std::to_string(dims.dim) + " not divisible by tp");

@@ -28,10 +28,11 @@ struct BatchSplit {
 
 // Mesh for a transformer case; the intermediate hooks are compared only where every rank holds them whole
 // (pure TP), and skipped under SP or CFG splits.
-Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& name, int64_t heads, int64_t batch,
-                                     int64_t image_tokens, BatchSplit* split) {
+Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& name, int64_t heads, bool pad_heads,
+                                     int64_t batch, int64_t image_tokens, BatchSplit* split) {
   // A batch of two or more can be split like a guidance batch; validate() refuses cfg=2 otherwise.
   ModelTraits traits{name, heads, /*cfg_batch=*/batch >= 2, image_tokens};
+  traits.pad_heads = pad_heads;
   MD_TRY(const Mesh* mesh, c.mesh(traits));
   if (mesh->config().cfg > 1) {
     split->cfg = &mesh->cfg();
@@ -60,8 +61,8 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     }
     const Tensor& x = in.at(arch.inputs.at(0).name);
     BatchSplit split;
-    MD_TRY(const Mesh* mesh, transformer_mesh(c, arch.name + " transformer", arch.dims(cfg).heads, x.size(0),
-                                              arch.tokens_of_inputs(cfg, in), &split));
+    MD_TRY(const Mesh* mesh, transformer_mesh(c, arch.name + " transformer", arch.dims(cfg).heads, arch.pad_heads,
+                                              x.size(0), arch.tokens_of_inputs(cfg, in), &split));
     const ParallelContext par = mesh->context();
     MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
     MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, &par));

@@ -248,15 +248,21 @@ void release_mapped_pages(const Tensor& w) {
 }  // namespace
 
 Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& expect, Shard shard,
-                                       const std::vector<std::pair<int64_t, int64_t>>& ranges) const {
+                                       const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                       int64_t padded_extent) const {
   const int64_t dim = shard == Shard::Cols ? 1 : 0;
-  if (shard == Shard::Replicated || int64_t(expect.size()) <= dim || ranges.empty())
+  if (shard == Shard::Replicated || int64_t(expect.size()) <= dim || ranges.empty() ||
+      (padded_extent > 0 && padded_extent < expect[size_t(dim)]))
     return make_error(origin_ + ": tensor '" + name + "': bad shard request (" + shard_name(shard) + " of " +
                       shape_str(expect) + ")");
+  const int64_t stored = expect[size_t(dim)];
+  const int64_t limit = padded_extent > 0 ? padded_extent : stored;
   Shape local = expect;
   local[size_t(dim)] = 0;
+  bool pads = false;
   for (const auto& [b, e] : ranges) {
-    if (b < 0 || b > e || e > expect[size_t(dim)])
+    pads = pads || e > stored;
+    if (b < 0 || b > e || e > limit)
       return make_error(origin_ + ": tensor '" + name + "': shard [" + std::to_string(b) + ", " + std::to_string(e) +
                         ") outside dim " + std::to_string(dim) + " of " + shape_str(expect));
     local[size_t(dim)] += e - b;
@@ -266,11 +272,20 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
   Tensor part;
   if (meta_) {
     part = Tensor::wrap(nullptr, local, meta_dtype_, nullptr, /*read_only=*/true);
-  } else if (ranges.size() == 1 && (dim == 0 || (ranges[0].first == 0 && ranges[0].second == expect[1]))) {
+  } else if (!pads && ranges.size() == 1 && (dim == 0 || (ranges[0].first == 0 && ranges[0].second == expect[1]))) {
     part = w.slice(dim, ranges[0].first, ranges[0].second);  // a view into the map
   } else {
     std::vector<Tensor> parts;
-    for (const auto& [b, e] : ranges) parts.push_back(w.slice(dim, b, e));
+    for (const auto& [b, e] : ranges) {
+      const int64_t real_end = std::min(e, stored);
+      if (b < real_end) parts.push_back(w.slice(dim, b, real_end));
+      if (e > std::max(b, stored)) {  // the padded part: zeros of the weight's dtype
+        Shape z = expect;
+        z[size_t(dim)] = e - std::max(b, stored);
+        parts.push_back(Tensor::zeros(z, w.dtype()));
+      }
+    }
+    if (parts.empty()) parts.push_back(w.slice(dim, 0, 0));  // only empty ranges
     part = concat(parts, dim);
     release_mapped_pages(w);
   }

@@ -69,8 +69,12 @@ class Checkpoint {
   // This rank's part of a weight of shape `expect`: rows (dim 0) or columns (dim 1) in `ranges`, in order.
   // One row range is a view into the mapping; anything else is a copy of just that part, after which the
   // whole tensor's mapped pages are dropped, so a rank's resident memory stays at its shard.
+  // padded_extent > 0 (at least the stored extent of the sharded dim): ranges may reach up to it, and the
+  // rows/columns past the stored extent are zeros (attention heads padded up to a multiple of tp: a zero head
+  // contributes nothing). Only an explicit padded_extent allows a range past the stored extent; the record
+  // keeps the stored shape and the padded local part, so a plan counts the zeros a rank holds.
   Result<Tensor> get_sharded(const std::string& name, const Shape& expect, Shard shard,
-                             const std::vector<std::pair<int64_t, int64_t>>& ranges) const;
+                             const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t padded_extent = 0) const;
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }

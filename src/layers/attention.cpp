@@ -10,15 +10,20 @@ Range head_shard(int64_t heads, const ParallelContext* par) {
   return par ? shard_range(heads, par->tp_size(), par->tp_rank()) : Range{0, heads};
 }
 
+int64_t padded_head_count(int64_t heads, int tp) { return tp > 1 ? (heads + tp - 1) / tp * tp : heads; }
+
 Result<QKV> QKV::load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
-                      int64_t heads, int64_t head_dim, bool qk_norm, float eps, const ParallelContext* par) {
+                      int64_t heads, int64_t head_dim, bool qk_norm, float eps, const ParallelContext* par,
+                      int64_t padded_heads) {
   QKV p;
   const int64_t inner = heads * head_dim;
-  const Range h = head_shard(heads, par);
+  const bool pad = padded_heads > heads;
+  const Range h = head_shard(pad ? padded_heads : heads, par);
   const std::vector<Range> rows{{h.begin * head_dim, h.end * head_dim}};
-  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows));
-  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows));
-  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows));
+  const int64_t padded = pad ? padded_heads * head_dim : 0;  // 0: no padding, ranges stay within the weight
+  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows, true, padded));
+  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows, true, padded));
+  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows, true, padded));
   if (qk_norm) {
     MD_TRY(p.norm_q, RMSNorm::load(ck, prefix + names[3], head_dim, eps));
     MD_TRY(p.norm_k, RMSNorm::load(ck, prefix + names[4], head_dim, eps));
@@ -36,20 +41,23 @@ QKV::Heads QKV::operator()(const Tensor& x, int64_t heads) const {
 
 Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
                                             int64_t heads, int64_t head_dim, bool qk_norm, bool context_pre_only,
-                                            float eps, const ParallelContext* par) {
+                                            float eps, const ParallelContext* par, int64_t padded_heads) {
   static const char* const kImg[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
   static const char* const kTxt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
   JointAttention a;
-  const Range h = head_shard(heads, par);
+  const bool pad = padded_heads > heads;
+  const Range h = head_shard(pad ? padded_heads : heads, par);
   a.heads = h.size();
   a.head_dim = head_dim;
   if (par) a.par = *par;
-  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps, par));
-  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps, par));
+  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps, par, padded_heads));
+  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps, par, padded_heads));
   const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}};
-  MD_TRY(a.to_out, Linear::load_cols(ck, prefix + ".to_out.0", heads * head_dim, dim, cols, a.par.tp));
+  const int64_t padded = pad ? padded_heads * head_dim : 0;
+  MD_TRY(a.to_out, Linear::load_cols(ck, prefix + ".to_out.0", heads * head_dim, dim, cols, a.par.tp, true, padded));
   if (!context_pre_only) {
-    MD_TRY(a.to_add_out, Linear::load_cols(ck, prefix + ".to_add_out", heads * head_dim, dim, cols, a.par.tp));
+    MD_TRY(a.to_add_out,
+           Linear::load_cols(ck, prefix + ".to_add_out", heads * head_dim, dim, cols, a.par.tp, true, padded));
   }
   return a;
 }

@@ -19,9 +19,11 @@ struct QKV {
   std::optional<RMSNorm> norm_q, norm_k;
   // names: (to_q, to_k, to_v, norm_q, norm_k) or (add_q_proj, ..., norm_added_q, norm_added_k).
   // Under TP a rank projects only its heads (head_shard: column-parallel rows of q, k, v).
+  // padded_heads > heads: the heads are split as if there were padded_heads, the ones past `heads` having
+  // zero q/k/v rows and biases (a zero head: zero scores, uniform weights over zero values, zero output).
   static Result<QKV> load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
                           int64_t heads, int64_t head_dim, bool qk_norm, float eps,
-                          const ParallelContext* par = nullptr);
+                          const ParallelContext* par = nullptr, int64_t padded_heads = 0);
   // -> q, k, v as [B, L, H, D]
   struct Heads {
     Tensor q, k, v;
@@ -31,6 +33,8 @@ struct QKV {
 
 // The heads rank `par->tp_rank()` computes (all of them without TP).
 Range head_shard(int64_t heads, const ParallelContext* par);
+// `heads` rounded up to a multiple of the TP degree: the head count a model that pads its heads shards.
+int64_t padded_head_count(int64_t heads, int tp);
 
 // Joint attention of two token streams (MM-DiT): each stream projects its own q/k/v, attention runs over
 // the concatenated sequence, and each stream projects its slice of the result back.
@@ -42,9 +46,11 @@ struct JointAttention {
   Linear to_out;
   std::optional<Linear> to_add_out;  // absent in a context_pre_only block
   // Under TP: q/k/v column-parallel by heads, to_out / to_add_out row-parallel (one all-reduce each).
+  // padded_heads > heads (see QKV::load): the padded heads' columns of to_out / to_add_out are zero too, so
+  // they add nothing to the output; this lets tp not divide the model's heads while every rank has as many.
   static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
                                      int64_t head_dim, bool qk_norm, bool context_pre_only, float eps = 1e-6f,
-                                     const ParallelContext* par = nullptr);
+                                     const ParallelContext* par = nullptr, int64_t padded_heads = 0);
   // -> (image output, text output); the text output is undefined when context_pre_only. img_x is this rank's
   // image shard under SP (seq says how the sequence is split; nullptr: not split); rope covers the local
   // joint sequence. txt_bias: the text key mask as joint_attention takes it (nullptr: every key visible).

@@ -5,7 +5,7 @@ namespace meshdit {
 Result<JointTransformerBlock> JointTransformerBlock::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
                                                           int64_t heads, int64_t head_dim, bool qk_norm,
                                                           bool context_pre_only, JointAttention::Order order,
-                                                          const ParallelContext* par) {
+                                                          const ParallelContext* par, int64_t padded_heads) {
   const float eps = 1e-6f;
   JointTransformerBlock b;
   b.order = order;
@@ -16,7 +16,8 @@ Result<JointTransformerBlock> JointTransformerBlock::load(const Checkpoint& ck, 
     MD_TRY(b.norm1_context, AdaLayerNormZero::load(ck, prefix + ".norm1_context", dim, eps, par));
     MD_TRY(b.ff_context, FeedForward::load(ck, prefix + ".ff_context", dim, 4 * dim, dim, Act::GeluTanh, par));
   }
-  MD_TRY(b.attn, JointAttention::load(ck, prefix + ".attn", dim, heads, head_dim, qk_norm, context_pre_only, eps, par));
+  MD_TRY(b.attn, JointAttention::load(ck, prefix + ".attn", dim, heads, head_dim, qk_norm, context_pre_only, eps, par,
+                                      padded_heads));
   b.norm2 = LayerNorm::plain(eps);
   b.norm2_context = LayerNorm::plain(eps);
   MD_TRY(b.ff, FeedForward::load(ck, prefix + ".ff", dim, 4 * dim, dim, Act::GeluTanh, par));

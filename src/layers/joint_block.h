@@ -21,7 +21,8 @@ struct JointTransformerBlock {
 
   static Result<JointTransformerBlock> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
                                             int64_t head_dim, bool qk_norm, bool context_pre_only,
-                                            JointAttention::Order order, const ParallelContext* par = nullptr);
+                                            JointAttention::Order order, const ParallelContext* par = nullptr,
+                                            int64_t padded_heads = 0);  // see JointAttention::load
   // hidden [B, N, dim] (this rank's shard under SP, as `seq` says), context [B, L, dim], silu_temb =
   // SiLU(temb) [B, dim]. Updates both in place (context becomes undefined after a context_pre_only block).
   void operator()(Tensor& hidden, Tensor& context, const Tensor& silu_temb, const RopeTables* rope = nullptr,

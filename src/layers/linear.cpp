@@ -19,19 +19,20 @@ std::vector<std::pair<int64_t, int64_t>> pairs(const std::vector<Range>& r) {
 }  // namespace
 
 Result<Linear> Linear::load_rows(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                 const std::vector<Range>& rows, bool has_bias) {
+                                 const std::vector<Range>& rows, bool has_bias, int64_t padded) {
   Linear l;
-  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Rows, pairs(rows)));
+  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Rows, pairs(rows), padded));
   if (has_bias) {
-    MD_TRY(l.bias, ck.get_sharded(prefix + ".bias", {out}, Shard::Rows, pairs(rows)));
+    MD_TRY(l.bias, ck.get_sharded(prefix + ".bias", {out}, Shard::Rows, pairs(rows), padded));
   }
   return l;
 }
 
 Result<Linear> Linear::load_cols(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                 const std::vector<Range>& cols, Communicator* reduce, bool has_bias) {
+                                 const std::vector<Range>& cols, Communicator* reduce, bool has_bias,
+                                 int64_t padded) {
   Linear l;
-  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Cols, pairs(cols)));
+  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Cols, pairs(cols), padded));
   if (has_bias) {  // added once, after the partial sums are reduced: whole on every rank
     MD_TRY(l.bias, ck.get(prefix + ".bias", {out}));
   }

@@ -15,6 +15,8 @@ namespace meshdit {
 //    mapped file, several (the chunks of a modulation linear) a copy of 1/tp of the weight.
 //  - row-parallel (load_cols): columns of W, i.e. a slice of the inputs (a copy of 1/tp of the weight).
 //    Its partial products are summed over `reduce` before the bias and the activation.
+// padded (> 0): the outputs (load_rows) or inputs (load_cols) are zero-padded up to that many, and the ranges may
+// reach into the padding (attention heads padded to a multiple of tp: zero rows, zero bias, zero columns).
 struct Linear {
   Tensor weight;
   Tensor bias;                     // undefined when the layer has none
@@ -23,9 +25,10 @@ struct Linear {
   static Result<Linear> load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                              bool has_bias = true);
   static Result<Linear> load_rows(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                  const std::vector<Range>& rows, bool has_bias = true);
+                                  const std::vector<Range>& rows, bool has_bias = true, int64_t padded = 0);
   static Result<Linear> load_cols(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                  const std::vector<Range>& cols, Communicator* reduce, bool has_bias = true);
+                                  const std::vector<Range>& cols, Communicator* reduce, bool has_bias = true,
+                                  int64_t padded = 0);
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
   Tensor operator()(const Tensor& x, Act act = Act::None) const;

@@ -99,6 +99,8 @@ struct TransformerArch {
   // --double and --single; a model with one stack of blocks takes the first count).
   std::function<std::any(const std::any&, int64_t blocks, int64_t single_blocks)> with_blocks;
   PlanDefaults defaults;
+  // Its loader pads the attention heads with zero heads up to a multiple of tp (ModelTraits::pad_heads).
+  bool pad_heads = false;
 
   // Config from a config.json; from the tensors of a diffusers-named checkpoint (empty: not inferable).
   std::function<Result<std::any>(const std::string& json_path)> parse_config;

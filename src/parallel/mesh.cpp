@@ -138,11 +138,11 @@ Status validate(const ParallelConfig& pc, const MeshShape& mesh, const ModelTrai
   if (model.uneven_heads_ok && model.heads < pc.tp)
     return make_error(where + ": the model's " + std::to_string(model.heads) +
                       " attention heads cannot cover tp=" + std::to_string(pc.tp) + " ranks");
-  if (!model.uneven_heads_ok && model.heads % pc.tp != 0)
+  if (!model.uneven_heads_ok && !model.pad_heads && model.heads % pc.tp != 0)
     return make_error(where + ": the model's " + std::to_string(model.heads) +
                       " attention heads are not divisible by tp=" + std::to_string(pc.tp));
-  if (pc.sp_mode == SpMode::Ulysses && (model.heads / pc.tp) % pc.sp != 0)
-    return make_error(where + ": Ulysses needs the " + std::to_string(model.heads / pc.tp) +
+  if (pc.sp_mode == SpMode::Ulysses && (model.heads_for(pc.tp) / pc.tp) % pc.sp != 0)
+    return make_error(where + ": Ulysses needs the " + std::to_string(model.heads_for(pc.tp) / pc.tp) +
                       " heads per TP rank divisible by sp=" + std::to_string(pc.sp) + " (use sp_mode=ring)");
   if (model.image_tokens > 0 && model.image_tokens < pc.sp)
     return make_error(where + ": " + std::to_string(model.image_tokens) +

@@ -39,6 +39,10 @@ struct ModelTraits {
   // Text encoders run once per prompt: an uneven head split only costs balance, so heads need not divide
   // by tp (each rank still needs one head).
   bool uneven_heads_ok = false;
+  // The transformer pads its heads with zero heads up to a multiple of tp (SD3: 38 heads would allow only
+  // tp=2), so tp need not divide the heads; Ulysses then splits the padded heads.
+  bool pad_heads = false;
+  int64_t heads_for(int tp) const { return pad_heads && tp > 1 ? (heads + tp - 1) / tp * tp : heads; }
 };
 
 struct ParallelConfig {

@@ -46,6 +46,7 @@ Result<ModelTraits> StableDiffusion3Pipeline::traits(const std::string& dir, con
   ModelTraits t;
   t.name = "StableDiffusion3Pipeline " + dir;
   t.heads = tc.num_attention_heads;
+  t.pad_heads = true;  // SD3Transformer::load pads the heads to a multiple of tp
   t.cfg_batch = options.guidance_scale.value_or(7.0f) > 1.0f;
   // The VAE's 8x and the transformer's 2x2 patches; the default size is sample_size latents.
   const int64_t px = tc.sample_size * 8;

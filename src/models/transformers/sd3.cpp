@@ -71,9 +71,9 @@ Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Confi
   SD3Transformer m;
   m.cfg_ = cfg;
   if (par) m.par_ = *par;
-  if (cfg.num_attention_heads % m.par_.tp_size() != 0)
-    return make_error("SD3 transformer: " + std::to_string(cfg.num_attention_heads) +
-                      " attention heads are not divisible by tp=" + std::to_string(m.par_.tp_size()));
+  // SD3.5-Large has 38 heads: rather than limit TP to 2, the heads are padded with zero heads up to a
+  // multiple of tp (40 for tp=4 or 8, as TT-DiT does); a zero head adds exactly nothing to the output.
+  const int64_t padded_heads = padded_head_count(cfg.num_attention_heads, m.par_.tp_size());
   const int64_t dim = cfg.inner_dim();
   MD_TRY(m.pos_embed_, PatchEmbed::load(ck, "pos_embed", cfg.in_channels, dim, cfg.patch_size, cfg.pos_embed_max_size));
   m.timestep_embedder_.channels = 256;
@@ -89,7 +89,7 @@ Result<SD3Transformer> SD3Transformer::load(const Checkpoint& ck, const SD3Confi
     MD_TRY(auto block,
            JointTransformerBlock::load(ck, "transformer_blocks." + std::to_string(i), dim, cfg.num_attention_heads,
                                        cfg.attention_head_dim, cfg.qk_norm == "rms_norm", last,
-                                       JointAttention::Order::ImageFirst, par));
+                                       JointAttention::Order::ImageFirst, par, padded_heads));
     m.transformer_blocks_.push_back(std::move(block));
   }
   MD_TRY(m.norm_out_, AdaLayerNormContinuous::load(ck, "norm_out", dim, dim));
@@ -294,6 +294,7 @@ SD3Config sd35_large() {
 void register_sd3() {
   TransformerArch a;
   a.name = "sd3";
+  a.pad_heads = true;  // 38 heads (SD3.5-Large): SD3Transformer::load pads them to a multiple of tp
   a.classes = {"SD3Transformer2DModel"};
   a.presets = {{"sd35-large", [] { return std::any(sd35_large()); }}};
   a.with_blocks = [](const std::any& c, int64_t blocks, int64_t) {
