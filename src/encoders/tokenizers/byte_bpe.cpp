@@ -97,6 +97,30 @@ Result<Json> read_json(const std::string& path) {
   }
 }
 
+void encode_with_specials(const std::string& text, const std::vector<std::pair<std::string, int64_t>>& specials,
+                          const std::function<void(const std::string&, std::vector<int64_t>&)>& encode_segment,
+                          std::vector<int64_t>& out) {
+  size_t start = 0, i = 0;
+  while (i < text.size()) {
+    size_t best = 0;
+    int64_t best_id = -1;
+    for (const auto& [tok, id] : specials)
+      if (tok.size() > best && text.compare(i, tok.size(), tok) == 0) {
+        best = tok.size();
+        best_id = id;
+      }
+    if (best == 0) {
+      ++i;
+      continue;
+    }
+    if (i > start) encode_segment(text.substr(start, i - start), out);
+    out.push_back(best_id);
+    i += best;
+    start = i;
+  }
+  if (start < text.size()) encode_segment(text.substr(start), out);
+}
+
 }  // namespace bytelevel
 
 namespace {

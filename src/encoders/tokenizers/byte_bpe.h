@@ -3,6 +3,7 @@
 // merges.txt, merged by rank as the tokenizers library does).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +31,12 @@ bool is_number(int32_t c);  // \p{N}
 
 Result<std::string> read_file(const std::string& path);
 Result<Json> read_json(const std::string& path);
+
+// Special tokens are cut out of the raw text first (leftmost, then longest) and appended as their ids; the
+// text between them goes through `encode_segment`.
+void encode_with_specials(const std::string& text, const std::vector<std::pair<std::string, int64_t>>& specials,
+                          const std::function<void(const std::string&, std::vector<int64_t>&)>& encode_segment,
+                          std::vector<int64_t>& out);
 
 }  // namespace bytelevel
 

@@ -191,27 +191,10 @@ void Qwen2Tokenizer::encode_segment(const std::string& segment, std::vector<int6
 }
 
 std::vector<int64_t> Qwen2Tokenizer::encode_text(const std::string& raw) const {
-  const std::string text = sanitize_utf8(raw);
   std::vector<int64_t> out;
-  size_t start = 0, i = 0;
-  while (i < text.size()) {
-    size_t best = 0;
-    int64_t best_id = -1;
-    for (const auto& [tok, id] : added_)
-      if (tok.size() > best && text.compare(i, tok.size(), tok) == 0) {
-        best = tok.size();
-        best_id = id;
-      }
-    if (best == 0) {
-      ++i;
-      continue;
-    }
-    if (i > start) encode_segment(text.substr(start, i - start), out);
-    out.push_back(best_id);
-    i += best;
-    start = i;
-  }
-  if (start < text.size()) encode_segment(text.substr(start), out);
+  bytelevel::encode_with_specials(
+      sanitize_utf8(raw), added_,
+      [this](const std::string& segment, std::vector<int64_t>& ids) { encode_segment(segment, ids); }, out);
   return out;
 }
 
