@@ -11,6 +11,7 @@
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
+#include "pipelines/components.h"
 #include "pipelines/denoise.h"
 #include "pipelines/vae_decode.h"
 
@@ -33,19 +34,6 @@ Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w) {
       .contiguous()
       .reshape({B, C, h, w});
 }
-
-namespace {
-
-// A diffusers component folder: config.json and the (possibly sharded) weights beside it.
-template <class Model, class Config, class... Extra>
-Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... extra) {
-  MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
-  MD_TRY(Model m, Model::load(ck, cfg, extra...));
-  return std::make_shared<Model>(std::move(m));
-}
-
-}  // namespace
 
 Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateOptions& options) {
   MD_TRY(FluxConfig tc, FluxConfig::from_json(dir + "/transformer/config.json"));
@@ -94,22 +82,7 @@ GenerateOptions FluxPipeline::with_defaults(GenerateOptions o) const {
 }
 
 Status FluxPipeline::validate(const GenerateOptions& o) const {
-  const int64_t m = vae_scale_factor() * 2;
-  if (o.prompt.empty()) return make_error("no prompt given");
-  if (o.height <= 0 || o.width <= 0 || o.height % m || o.width % m)
-    return make_error("width and height must be positive multiples of " + std::to_string(m) + " (got " +
-                      std::to_string(o.width) + "x" + std::to_string(o.height) + ")");
-  if (o.steps < 1) return make_error("steps must be at least 1");
-  if (o.num_images_per_prompt < 1) return make_error("batch must be at least 1");
-  if (o.max_sequence_length < 1 || o.max_sequence_length > 512)
-    return make_error("max_sequence_length must be in [1, 512]");
-  if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
-    return make_error("give one negative prompt per prompt");
-  // Options of other pipelines that FluxPipeline.__call__ does not take: refused rather than ignored.
-  if (o.num_frames) return make_error("FluxPipeline makes images: num_frames is not an option");
-  if (o.guidance_scale_2) return make_error("FluxPipeline has one transformer: guidance_scale_2 is not an option");
-  if (o.guidance_rescale != 0.0f) return make_error("FluxPipeline has no guidance_rescale");
-  return ok_status();
+  return validate_image_options(o, "FluxPipeline", vae_scale_factor() * 2, 512);
 }
 
 Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector<std::string>& prompts,
@@ -136,19 +109,6 @@ Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector
   e.text_ids = Tensor::zeros({e.sequence.size(1), 3}, DType::F32, e.sequence.device());
   return e;
 }
-
-namespace {
-
-// Repeats each row n times (num_images_per_prompt): [P, ...] -> [P * n, ...].
-Tensor repeat_rows(const Tensor& t, int64_t n) {
-  if (n == 1) return t;
-  std::vector<Tensor> parts;
-  for (int64_t i = 0; i < t.size(0); ++i)
-    for (int64_t r = 0; r < n; ++r) parts.push_back(t.slice(0, i, i + 1));
-  return concat(parts, 0);
-}
-
-}  // namespace
 
 Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap* record,
                                       const StepCallback& on_step) const {

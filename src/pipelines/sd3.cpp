@@ -14,32 +14,11 @@
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
+#include "pipelines/components.h"
 #include "pipelines/denoise.h"
 #include "pipelines/vae_decode.h"
 
 namespace meshdit {
-
-namespace {
-
-// A diffusers component folder: config.json and the (possibly sharded) weights beside it.
-template <class Model, class Config, class... Extra>
-Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... extra) {
-  MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
-  MD_TRY(Model m, Model::load(ck, cfg, extra...));
-  return std::make_shared<Model>(std::move(m));
-}
-
-// Repeats each row n times (num_images_per_prompt): [P, ...] -> [P * n, ...].
-Tensor repeat_rows(const Tensor& t, int64_t n) {
-  if (n == 1) return t;
-  std::vector<Tensor> parts;
-  for (int64_t i = 0; i < t.size(0); ++i)
-    for (int64_t r = 0; r < n; ++r) parts.push_back(t.slice(0, i, i + 1));
-  return concat(parts, 0);
-}
-
-}  // namespace
 
 Result<ModelTraits> StableDiffusion3Pipeline::traits(const std::string& dir, const GenerateOptions& options) {
   MD_TRY(SD3Config tc, SD3Config::from_json(dir + "/transformer/config.json"));
@@ -99,22 +78,8 @@ GenerateOptions StableDiffusion3Pipeline::with_defaults(GenerateOptions o) const
 }
 
 Status StableDiffusion3Pipeline::validate(const GenerateOptions& o) const {
-  const int64_t m = vae_scale_factor() * transformer_->config().patch_size;
-  if (o.prompt.empty()) return make_error("no prompt given");
-  if (o.height <= 0 || o.width <= 0 || o.height % m || o.width % m)
-    return make_error("width and height must be positive multiples of " + std::to_string(m) + " (got " +
-                      std::to_string(o.width) + "x" + std::to_string(o.height) + ")");
-  if (o.steps < 1) return make_error("steps must be at least 1");
-  if (o.num_images_per_prompt < 1) return make_error("batch must be at least 1");
-  if (o.max_sequence_length < 1 || o.max_sequence_length > 512)
-    return make_error("max_sequence_length must be in [1, 512]");
-  if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
-    return make_error("give one negative prompt per prompt");
-  // Options of other pipelines that StableDiffusion3Pipeline.__call__ does not take: refused, not ignored.
-  if (o.num_frames) return make_error("StableDiffusion3Pipeline makes images: num_frames is not an option");
-  if (o.guidance_scale_2)
-    return make_error("StableDiffusion3Pipeline has one transformer: guidance_scale_2 is not an option");
-  if (o.guidance_rescale != 0.0f) return make_error("StableDiffusion3Pipeline has no guidance_rescale");
+  MD_RETURN_IF_ERROR(validate_image_options(o, "StableDiffusion3Pipeline",
+                                            vae_scale_factor() * transformer_->config().patch_size, 512));
   if (o.true_cfg_scale != 1.0f)
     return make_error("StableDiffusion3Pipeline guides with guidance_scale: true_cfg_scale is not an option");
   return ok_status();
