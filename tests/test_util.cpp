@@ -38,41 +38,7 @@ std::vector<std::string> case_names(const std::string& dir) {
   return v;
 }
 
-namespace {
-
-class GeometryComm final : public Communicator {
- public:
-  GeometryComm(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const char* backend() const override { return "geometry"; }
-  void all_reduce_sum(float*, int64_t) override { fail("all_reduce_sum"); }
-  void all_gather(const float*, int64_t, float*) override { fail("all_gather"); }
-  void reduce_scatter_sum(const float*, float*, int64_t) override { fail("reduce_scatter_sum"); }
-  void all_to_all(const float*, float*, int64_t) override { fail("all_to_all"); }
-  void all_to_all_v(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override {
-    fail("all_to_all_v");
-  }
-  void send_recv(const float*, int64_t, int, float*, int64_t, int) override { fail("send_recv"); }
-  void broadcast(float*, int64_t, int) override { fail("broadcast"); }
-  void barrier() override { fail("barrier"); }
-  std::unique_ptr<Communicator> split(int, int) override {
-    fail("split");
-    return std::make_unique<LocalComm>();
-  }
-  std::vector<std::string> gather_strings(const std::string& s, int) override {
-    fail("gather_strings");
-    return {s};
-  }
-
- private:
-  static void fail(const char* op) { ADD_FAILURE() << "a geometry-only communicator was asked for " << op; }
-  int rank_, size_;
-};
-
-}  // namespace
-
-std::unique_ptr<Communicator> geometry_comm(int rank, int size) { return std::make_unique<GeometryComm>(rank, size); }
+std::unique_ptr<Communicator> geometry_comm(int rank, int size) { return std::make_unique<ShapeOnlyComm>(size, rank); }
 
 std::string write_header_only(const fs::path& p, const std::vector<std::pair<std::string, Shape>>& shapes) {
   nlohmann::json h = nlohmann::json::object();

@@ -15,7 +15,7 @@ std::string repo_dir();
 std::vector<std::string> case_names(const std::string& dir);
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
 // Rank `rank` of a group of `size` that answers only rank() and size(): for the geometry of a split on one
-// process. Any collective on it fails the test.
+// process (a ShapeOnlyComm): any collective on it aborts.
 std::unique_ptr<Communicator> geometry_comm(int rank, int size);
 
 // A safetensors file with the given BF16 shapes whose data section is a hole: the header is real, the file has its

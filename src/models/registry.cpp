@@ -10,39 +10,6 @@ std::vector<TransformerArch>& archs() {
   return a;
 }
 
-// A TP group of `size` ranks seen from rank `rank`, for running a loader to learn its shard: a loader only
-// asks size() and rank(); any collective on it is a bug.
-class PlanningComm final : public Communicator {
- public:
-  PlanningComm(int size, int rank) : size_(size), rank_(rank) { set_name("tp"); }
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const char* backend() const override { return "planning"; }
-  void all_reduce_sum(float*, int64_t) override { no(); }
-  void all_gather(const float*, int64_t, float*) override { no(); }
-  void reduce_scatter_sum(const float*, float*, int64_t) override { no(); }
-  void all_to_all(const float*, float*, int64_t) override { no(); }
-  void all_to_all_v(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override { no(); }
-  void send_recv(const float*, int64_t, int, float*, int64_t, int) override { no(); }
-  void broadcast(float*, int64_t, int) override { no(); }
-  void barrier() override { no(); }
-  std::unique_ptr<Communicator> split(int, int) override {
-    no();
-    return nullptr;
-  }
-  std::vector<std::string> gather_strings(const std::string&, int) override {
-    no();
-    return {};
-  }
-
- private:
-  [[noreturn]] static void no() {
-    MD_CHECK(false, "a planning communicator carries no data");
-    __builtin_unreachable();
-  }
-  int size_, rank_;
-};
-
 }  // namespace
 
 Tensor input_of(const TensorMap& inputs, const std::string& name) {
@@ -81,7 +48,7 @@ Result<WeightLog> loaded_weights(const TransformerArch& arch, const Checkpoint& 
   Checkpoint ck = checkpoint;
   auto log = std::make_shared<WeightLog>();
   ck.record_into(log);
-  PlanningComm comm(tp, tp_rank);
+  ShapeOnlyComm comm(tp, tp_rank);  // a loader only asks its place in the TP group
   LocalComm sp;
   const ParallelContext par{&comm, &sp, SpMode::Ring};
   if (arch.load) {

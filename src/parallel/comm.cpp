@@ -1,5 +1,8 @@
 #include "parallel/comm.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <algorithm>
 #include <cstring>
 
@@ -37,6 +40,11 @@ Range shard_range(int64_t n, int parts, int part) {
   const int64_t base = n / parts, extra = n % parts;
   const int64_t begin = part * base + std::min<int64_t>(part, extra);
   return Range{begin, begin + base + (part < extra ? 1 : 0)};
+}
+
+void ShapeOnlyComm::no(const char* op) {
+  std::fprintf(stderr, "meshdit internal error: %s on a shape-only communicator, which carries no data\n", op);
+  std::abort();
 }
 
 }  // namespace meshdit

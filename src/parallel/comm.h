@@ -80,6 +80,33 @@ class LocalComm final : public Communicator {
   std::vector<std::string> gather_strings(const std::string& s, int) override { return {s}; }
 };
 
+// A group of `size` seen from rank `rank` that carries no data: it answers rank() and size() only, and any
+// collective aborts. For running code that needs only its place in a group on one process: a loader
+// learning its TP shard (weight specs, `plan`), geometry tests.
+class ShapeOnlyComm final : public Communicator {
+ public:
+  ShapeOnlyComm(int size, int rank) : size_(size), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const char* backend() const override { return "shape-only"; }
+  void all_reduce_sum(float*, int64_t) override { no("all_reduce_sum"); }
+  void all_gather(const float*, int64_t, float*) override { no("all_gather"); }
+  void reduce_scatter_sum(const float*, float*, int64_t) override { no("reduce_scatter_sum"); }
+  void all_to_all(const float*, float*, int64_t) override { no("all_to_all"); }
+  void all_to_all_v(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override {
+    no("all_to_all_v");
+  }
+  void send_recv(const float*, int64_t, int, float*, int64_t, int) override { no("send_recv"); }
+  void broadcast(float*, int64_t, int) override { no("broadcast"); }
+  void barrier() override { no("barrier"); }
+  std::unique_ptr<Communicator> split(int, int) override { no("split"); }
+  std::vector<std::string> gather_strings(const std::string&, int) override { no("gather_strings"); }
+
+ private:
+  [[noreturn]] static void no(const char* op);
+  int size_, rank_;
+};
+
 // Balanced split of n items over `parts`: the first n % parts parts get one more. -> [begin, end) of `part`.
 struct Range {
   int64_t begin = 0, end = 0;

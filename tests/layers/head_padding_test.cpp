@@ -11,35 +11,6 @@ using namespace meshdit;
 
 namespace {
 
-// A TP group seen from one rank, for loading its shard in one process (a loader only asks size and rank).
-class RankOnly final : public Communicator {
- public:
-  RankOnly(int size, int rank) : size_(size), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const char* backend() const override { return "rank-only"; }
-  void all_reduce_sum(float*, int64_t) override { no(); }
-  void all_gather(const float*, int64_t, float*) override { no(); }
-  void reduce_scatter_sum(const float*, float*, int64_t) override { no(); }
-  void all_to_all(const float*, float*, int64_t) override { no(); }
-  void all_to_all_v(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override { no(); }
-  void send_recv(const float*, int64_t, int, float*, int64_t, int) override { no(); }
-  void broadcast(float*, int64_t, int) override { no(); }
-  void barrier() override { no(); }
-  std::unique_ptr<Communicator> split(int, int) override {
-    no();
-    return nullptr;
-  }
-  std::vector<std::string> gather_strings(const std::string&, int) override {
-    no();
-    return {};
-  }
-
- private:
-  [[noreturn]] static void no() { MD_CHECK(false, "no collectives while loading"); }
-  int size_, rank_;
-};
-
 // `got` (dim `d` holds [b, e) of a padded extent) against `whole`: equal where the extent is stored, else 0.
 void expect_padded_slice(const Tensor& got, const Tensor& whole, int d, int64_t b, int64_t e, const char* what) {
   SCOPED_TRACE(what);
@@ -76,7 +47,7 @@ TEST(HeadPadding, RanksHoldRealHeadsAndZeroHeads) {
   ASSERT_EQ(q->size(0), dim);
   for (int r = 0; r < tp; ++r) {
     SCOPED_TRACE("rank " + std::to_string(r));
-    RankOnly comm(int(tp), r);
+    ShapeOnlyComm comm(int(tp), r);
     LocalComm sp;
     const ParallelContext par{&comm, &sp, SpMode::Ring};
     auto a = JointAttention::load(*ck, pre, dim, heads, head_dim, /*qk_norm=*/true, /*context_pre_only=*/false,
