@@ -65,25 +65,30 @@ Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, i
         r.config = p.config();
       }
   if (!r.arch) return make_error("unknown --arch '" + preset + "' (" + random_checkpoint_presets() + ")");
-  if (r.arch->layouts.empty() || !r.arch->with_blocks)
+  if (!r.arch->with_blocks || (r.arch->layouts.empty() && !r.arch->infer_config))
     return make_error("--arch " + preset + ": the " + r.arch->name + " model has no single-file layout to write (" +
                       random_checkpoint_presets() + ")");
-  r.layout = &r.arch->layouts[0];
   r.config = r.arch->with_blocks(r.config, blocks, single_blocks);
   MD_TRY(WeightLog spec, weight_spec(*r.arch, r.config, /*tp=*/1, /*tp_rank=*/0, DType::BF16));
   NamedShapes diffusers;
   for (const auto& w : spec) diffusers.emplace_back(w.name, w.shape);
-  MD_TRY(r.tensors, single_file_shapes(*r.layout, diffusers));
+  if (r.arch->layouts.empty()) {
+    r.tensors = std::move(diffusers);  // loaded back by diffusers_detect and infer_config
+  } else {
+    r.layout = &r.arch->layouts[0];
+    MD_TRY(r.tensors, single_file_shapes(*r.layout, diffusers));
+  }
   return r;
 }
 
 std::string random_checkpoint_presets() {
   std::string s;
   for (const auto& a : transformer_archs()) {
-    if (a.layouts.empty() || !a.with_blocks) continue;
+    if (!a.with_blocks || (a.layouts.empty() && !a.infer_config)) continue;
     std::string names;
     for (const auto& p : a.presets) names += (names.empty() ? "" : ", ") + p.name;
-    if (!names.empty()) s += (s.empty() ? "" : "; ") + names + " (" + a.layouts[0].name + " layout)";
+    const std::string layout = a.layouts.empty() ? "diffusers" : a.layouts[0].name;
+    if (!names.empty()) s += (s.empty() ? "" : "; ") + names + " (" + layout + " layout)";
   }
   return s;
 }
@@ -99,7 +104,7 @@ int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_
     tensors.push_back({name, random_bf16(shape, seed++, norm)});
   }
   if (auto st = save_safetensors(out, tensors); !st.ok()) return fail(st.error().message);
-  std::fprintf(stderr, "wrote %s (%zu tensors, %s layout)\n", out.c_str(), tensors.size(), spec->layout->name.c_str());
+  std::fprintf(stderr, "wrote %s (%zu tensors, %s layout)\n", out.c_str(), tensors.size(), spec->layout_name().c_str());
   return 0;
 }
 

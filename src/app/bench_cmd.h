@@ -19,11 +19,13 @@ struct BenchTransformerCommand {
 // after the steps.
 int run_bench_transformer(const BenchTransformerCommand& cmd);
 // A random checkpoint's model and tensors: a preset's config with other block counts, as its weight spec names
-// it, in its model's first single-file layout (the names and shapes real files of that layout have).
+// it, in its model's first single-file layout (the names and shapes real files of that layout have), or with
+// diffusers' names when the model has no other layout (ComfyUI's Qwen-Image files are named so).
 struct RandomCheckpointSpec {
   const TransformerArch* arch = nullptr;
   std::any config;
-  const SingleFileLayout* layout = nullptr;
+  const SingleFileLayout* layout = nullptr;  // null: diffusers names
+  std::string layout_name() const { return layout ? layout->name : "diffusers"; }
   NamedShapes tensors;
 };
 Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks);

@@ -111,7 +111,7 @@ int run_generate(const GenerateCommand& cmd) {
   o.width = cmd.width;
   o.steps = cmd.steps;
   if (cmd.guidance >= 0) o.guidance_scale = cmd.guidance;
-  o.true_cfg_scale = cmd.true_cfg;
+  if (cmd.true_cfg >= 0) o.true_cfg_scale = cmd.true_cfg;
   o.seed = cmd.seed;
   o.max_sequence_length = cmd.max_sequence_length;
   o.vae_tiling = cmd.vae_tiling;

@@ -9,7 +9,7 @@ struct GenerateCommand {
   std::string model;  // "" = built-in model
   std::vector<std::string> prompts, negative_prompts;
   int64_t steps = 0, width = 0, height = 0, batch = 1, max_sequence_length = 0;
-  float guidance = -1, true_cfg = 1.0f;
+  float guidance = -1, true_cfg = -1;  // < 0: the model's default
   uint64_t seed = 0;
   std::string output = "out.png";
   std::string timings_path, trace_path;

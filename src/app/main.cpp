@@ -124,7 +124,8 @@ int run(int argc, char** argv) {
                   "guidance scale (default: the model's): classifier-free guidance for SD3.5 (7.0), the distilled "
                   "guidance embedding for FLUX.1-dev (3.5)");
   gen->add_option("--true-cfg", g.true_cfg,
-                  "Flux: true classifier-free guidance scale with --negative-prompt (1 = off)");
+                  "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
+                  "4 for Qwen-Image)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
   gen->add_option("--width", g.width, "image width in pixels, a multiple of 16 (default: the model's)");
   gen->add_option("--height", g.height, "image height in pixels, a multiple of 16 (default: the model's)");

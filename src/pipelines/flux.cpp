@@ -40,7 +40,7 @@ Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateO
   ModelTraits t;
   t.name = "FluxPipeline " + dir;
   t.heads = tc.num_attention_heads;
-  t.cfg_batch = options.true_cfg_scale > 1.0f && !options.negative_prompt.empty();
+  t.cfg_batch = options.true_cfg_scale.value_or(1.0f) > 1.0f && !options.negative_prompt.empty();
   const int64_t h = options.height ? options.height : 1024, w = options.width ? options.width : 1024;
   t.image_tokens = (h / 16) * (w / 16);
   return t;
@@ -78,6 +78,7 @@ GenerateOptions FluxPipeline::with_defaults(GenerateOptions o) const {
   if (o.steps == 0) o.steps = 28;
   if (!o.guidance_scale) o.guidance_scale = 3.5f;
   if (o.max_sequence_length == 0) o.max_sequence_length = 512;
+  if (!o.true_cfg_scale) o.true_cfg_scale = 1.0f;
   return o;
 }
 
@@ -125,7 +126,7 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     return e;
   };
   MD_TRY(const PromptEmbeds pos, encode(o.prompt));
-  const bool true_cfg = o.true_cfg_scale > 1.0f && !o.negative_prompt.empty();
+  const bool true_cfg = *o.true_cfg_scale > 1.0f && !o.negative_prompt.empty();
   PromptEmbeds neg;
   if (true_cfg) {
     MD_TRY(neg, encode(o.negative_prompt));
@@ -174,7 +175,7 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     return transformer_->forward(x, e.sequence, e.pooled, timestep, img_ids, e.text_ids, guidance);
   };
   DenoiseSetup setup;
-  setup.experts = {Expert{"transformer", predict, o.true_cfg_scale}};
+  setup.experts = {Expert{"transformer", predict, *o.true_cfg_scale}};
   setup.guidance.mode = true_cfg ? CfgMode::TwoCalls : CfgMode::None;
   SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));

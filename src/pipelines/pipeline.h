@@ -29,7 +29,7 @@ struct GenerateOptions {
   std::optional<float> guidance_scale;
   std::optional<float> guidance_scale_2;  // Wan2.2: the low-noise expert's scale
   float guidance_rescale = 0.0f;          // phi of rescale_noise_cfg; 0: off
-  float true_cfg_scale = 1.0f;
+  std::optional<float> true_cfg_scale;   // Flux: 1 (off), Qwen-Image: 4; needs negative prompts
   uint64_t seed = 0;
   int64_t max_sequence_length = 0;
   Tensor latents;           // initial noise, packed as the pipeline packs it; undefined: torch.randn from seed

@@ -80,7 +80,7 @@ GenerateOptions StableDiffusion3Pipeline::with_defaults(GenerateOptions o) const
 Status StableDiffusion3Pipeline::validate(const GenerateOptions& o) const {
   MD_RETURN_IF_ERROR(validate_image_options(o, "StableDiffusion3Pipeline",
                                             vae_scale_factor() * transformer_->config().patch_size, 512));
-  if (o.true_cfg_scale != 1.0f)
+  if (o.true_cfg_scale && *o.true_cfg_scale != 1.0f)
     return make_error("StableDiffusion3Pipeline guides with guidance_scale: true_cfg_scale is not an option");
   return ok_status();
 }

@@ -55,6 +55,7 @@ Result<TokenizedBatch> Tokenizer::encode(const std::vector<std::string>& texts, 
     ids.insert(ids.end(), body.begin(), body.end());
     ids.insert(ids.end(), suffix_.begin(), suffix_.end());
     longest = std::max(longest, int64_t(ids.size()));
+    b.lengths.push_back(int64_t(ids.size()));
     rows.push_back(std::move(ids));
   }
   const int64_t n = int64_t(texts.size()), len = pad ? int64_t(max_length) : longest;

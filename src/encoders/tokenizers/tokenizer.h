@@ -17,6 +17,9 @@ struct TokenizedBatch {
   // Per row, how many text tokens truncation cut off (0 when the string fit): the ids do not show it, and
   // a silently shortened prompt is a surprise, so callers warn with it as diffusers does.
   std::vector<int64_t> dropped;
+  // Per row, its real tokens (the ones of attention_mask), so that callers slicing per row need not read the
+  // mask back.
+  std::vector<int64_t> lengths;
 };
 
 // Writes one warning line to stderr for each row of `b` that lost tokens to truncation, saying how many:

@@ -359,7 +359,7 @@ void register_flux() {
   // Black Forest Labs' flux1-dev / flux1-schnell.safetensors.
   a.layouts = {SingleFileLayout{
       "flux-bfl",
-      {"double_blocks.", "single_blocks.", "img_in."},
+      {"double_blocks.", "single_blocks."},
       {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks", "single_blocks", "final_layer"},
       flux_bfl_keys}};
   a.diffusers_detect = {"x_embedder.weight", "single_transformer_blocks."};

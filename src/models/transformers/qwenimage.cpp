@@ -155,7 +155,7 @@ Result<QwenImageTransformer> QwenImageTransformer::load(const Checkpoint& ck, co
 
 Result<Tensor> QwenImageTransformer::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                                              const Tensor& encoder_hidden_states_mask, const Tensor& timestep,
-                                             const Hooks* hooks) const {
+                                             const Hooks* hooks, std::array<int64_t, 3> img_shape) const {
   if (hidden_states.dim() != 3 || hidden_states.size(2) != cfg_.in_channels)
     return make_error("Qwen-Image transformer: hidden_states " + shape_str(hidden_states.shape()) + " must be [B, N, " +
                       std::to_string(cfg_.in_channels) + "]");
@@ -171,14 +171,15 @@ Result<Tensor> QwenImageTransformer::forward(const Tensor& hidden_states, const 
   if (encoder_hidden_states_mask.defined() && encoder_hidden_states_mask.shape() != Shape{B, L})
     return make_error("Qwen-Image transformer: encoder_hidden_states_mask " +
                       shape_str(encoder_hidden_states_mask.shape()) + " must be [B, L] = " + shape_str({B, L}));
-  int64_t frames = cfg_.img_shape[0], h = cfg_.img_shape[1], w = cfg_.img_shape[2];
+  if (img_shape[0] == 0) img_shape = cfg_.img_shape;
+  int64_t frames = img_shape[0], h = img_shape[1], w = img_shape[2];
   if (frames == 0) {
     frames = 1;
     h = w = int64_t(std::llround(std::sqrt(double(N))));
   }
   if (frames * h * w != N)
     return make_error("Qwen-Image transformer: " + std::to_string(N) + " image tokens are not a " +
-                      (cfg_.img_shape[0] ? std::to_string(frames) + "x" + std::to_string(h) + "x" + std::to_string(w)
+                      (img_shape[0] ? std::to_string(frames) + "x" + std::to_string(h) + "x" + std::to_string(w)
                                          : std::string("square")) +
                       " grid (img_shapes)");
 
@@ -243,6 +244,33 @@ double qwenimage_flops(const QwenImageConfig& c, int64_t N, int64_t L) {
 
 QwenImageConfig qwen_image() { return QwenImageConfig{}; }  // Qwen/Qwen-Image's config.json = the defaults
 
+// A config from the tensors of a file without config.json (ComfyUI's qwen_image_*.safetensors keep diffusers'
+// names). The RoPE axes are not in the weights: the released model's (16, 56, 56) when they fit the heads.
+Result<QwenImageConfig> infer_qwenimage_config(const Checkpoint& ck) {
+  QwenImageConfig c;
+  c.num_layers = block_count(ck.names(), "transformer_blocks.");
+  if (c.num_layers < 1) return make_error(ck.origin() + ": no transformer_blocks");
+  MD_TRY(Shape img_in, matrix_shape(ck, "img_in.weight"));
+  const int64_t hidden = img_in[0];
+  c.in_channels = img_in[1];
+  const std::string qn = "transformer_blocks.0.attn.norm_q.weight";
+  MD_TRY(c.attention_head_dim, vector_size(ck, qn));
+  MD_TRY(c.num_attention_heads, head_count(ck, hidden, c.attention_head_dim, "the size of '" + qn + "'"));
+  MD_TRY(Shape txt_in, matrix_shape(ck, "txt_in.weight"));
+  c.joint_attention_dim = txt_in[1];
+  MD_TRY(Shape out, matrix_shape(ck, "proj_out.weight"));
+  if (out[0] % (c.patch_size * c.patch_size) != 0)
+    return make_error(ck.origin() + ": tensor 'proj_out.weight' has " + std::to_string(out[0]) +
+                      " rows, not a whole number of 2x2 patches");
+  c.out_channels = out[0] / (c.patch_size * c.patch_size);
+  int64_t axes = 0;
+  for (int a : c.axes_dims_rope) axes += a;
+  if (axes != c.attention_head_dim)
+    return make_error(ck.origin() + ": head_dim " + std::to_string(c.attention_head_dim) +
+                      " is not Qwen-Image's RoPE axes (16, 56, 56); give a config.json beside the file");
+  return c;
+}
+
 }  // namespace
 
 void register_qwenimage() {
@@ -260,6 +288,10 @@ void register_qwenimage() {
   a.defaults = PlanDefaults{1024, 1024, 1, 1024, /*cfg_batch=*/true};
   a.parse_config = [](const std::string& path) -> Result<std::any> {
     MD_TRY(QwenImageConfig c, QwenImageConfig::from_json(path));
+    return std::any(c);
+  };
+  a.infer_config = [](const Checkpoint& ck) -> Result<std::any> {
+    MD_TRY(QwenImageConfig c, infer_qwenimage_config(ck));
     return std::any(c);
   };
   a.call_config = [](const std::any& c, const Json& args) -> Result<std::any> {

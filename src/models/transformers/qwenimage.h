@@ -45,10 +45,12 @@ class QwenImageTransformer {
                                            const ParallelContext* par = nullptr);
   // hidden_states [B, N, in_channels] packed latents, encoder_hidden_states [B, L, joint_attention_dim],
   // encoder_hidden_states_mask [B, L] (1 valid, 0 padding; undefined: all valid), timestep [B] in [0, 1]
-  // -> [B, N, p p out_channels].
+  // -> [B, N, p p out_channels]. img_shape (frames, rows, columns of the packed grid) overrides the config's
+  // when set: a pipeline knows it per call.
   Result<Tensor> forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                          const Tensor& encoder_hidden_states_mask, const Tensor& timestep,
-                         const Hooks* hooks = nullptr) const;
+                         const Hooks* hooks = nullptr, std::array<int64_t, 3> img_shape = {0, 0, 0}) const;
+  const QwenImageConfig& config() const { return cfg_; }
 
  private:
   QwenImageConfig cfg_;
