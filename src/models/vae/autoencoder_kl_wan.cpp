@@ -198,10 +198,29 @@ Tensor CausalConv3d::operator()(const Tensor& x, const Tensor& past, const BandS
   }
   const int64_t K = kt(), Tp = zeros + seq.size(0);
   MD_CHECK(Tp >= K, "CausalConv3d: " + std::to_string(seq.size(0)) + " frames for " + std::to_string(K) + " taps");
-  const int64_t Tout = (Tp - K) / stride_t + 1;
+  const int64_t Tout = (Tp - K) / stride_t + 1, B = seq.size(1);
+  // On a row split every tap reads the same frames' rows: one halo exchange of the whole sequence serves
+  // them all, the neighbours' rows standing in for the zero padding inside the image.
+  Tensor images = as_images(seq);
+  int64_t halo_before = 0, halo_after = 0;
+  if (rows) {
+    const Conv2dParams& p = taps[0].params;
+    const Halo halo = conv_halo(taps[0].weight.size(2), p.stride_h, p.pad_top, p.pad_bottom);
+    if (halo.before > 0 || halo.after > 0) {
+      HaloBand ext = exchange_halo(images, halo, *rows);
+      images = std::move(ext.x);
+      halo_before = ext.before;
+      halo_after = ext.after;
+    }
+  }
   // Frames [first, first + n) of seq through one tap.
   auto tap = [&](int64_t j, int64_t first, int64_t n) {
-    return as_frames(conv_images(taps[size_t(j)], as_images(seq.slice(0, first, first + n)), rows), n);
+    const Conv2d& c = taps[size_t(j)];
+    Conv2dParams p = c.params;
+    p.pad_top -= int(halo_before);
+    p.pad_bottom -= int(halo_after);
+    const Tensor in = images.slice(0, first * B, (first + n) * B);
+    return as_frames(ops::conv2d(in, c.weight, c.bias.defined() ? &c.bias : nullptr, p), n);
   };
   if (stride_t == 1) {
     // Output t reads padded frame t + j, i.e. seq frame t + j - zeros; the last tap always reads a real one
