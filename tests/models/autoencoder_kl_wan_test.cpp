@@ -242,6 +242,8 @@ TEST(AutoencoderKLWanConfig, DefaultsAreTheRealModel) {
   EXPECT_EQ(c->base_dim, 96);
   EXPECT_EQ(c->z_dim, 16);
   EXPECT_EQ(c->latents_std.size(), 16u);
+  // Odd channels are fine where no upsampler halves them (the last up block's).
+  EXPECT_TRUE(AutoencoderKLWanConfig::from_json_text(R"({"base_dim": 3})", "cfg").ok());
 }
 
 TEST(AutoencoderKLWanConfig, UnsupportedOptionsAreClearErrors) {
@@ -254,6 +256,7 @@ TEST(AutoencoderKLWanConfig, UnsupportedOptionsAreClearErrors) {
       {R"({"z_dim": 4})", "latents_mean"},
       {R"({"dim_mult": []})", "dim_mult"},
       {R"({"latents_std": ["a"]})", "latents_std"},
+      {R"({"base_dim": 3, "dim_mult": [1, 1, 2, 2]})", "odd"},
   };
   for (const auto& [text, key] : cases) {
     auto c = AutoencoderKLWanConfig::from_json_text(text, "cfg.json");

@@ -128,11 +128,11 @@ Result<AutoencoderKLWanConfig> AutoencoderKLWanConfig::from_json_text(const std:
       r.fail(kv.first, "must be between 1 and " + std::to_string(kMaxSize) + ", got " + std::to_string(kv.second));
   if (c.decoder_base_dim < 0 || c.decoder_base_dim > kMaxSize)
     r.fail("decoder_base_dim", "must be null or between 1 and " + std::to_string(kMaxSize));
-  // Every upsampler halves the channels of its block: the next block's input.
-  for (int m : c.dim_mult)
-    if ((c.decoder_dim() * m) % 2 != 0 && levels > 1)
-      r.fail("dim_mult", "decoder channels " + std::to_string(c.decoder_dim() * m) +
-                             " are odd; the upsamplers halve them");
+  // Every up block but the last (the one of dim_mult[0]) ends in an upsampler halving its channels.
+  for (int64_t i = 1; i < levels; ++i)
+    if ((c.decoder_dim() * c.dim_mult[size_t(i)]) % 2 != 0)
+      r.fail("dim_mult", "decoder channels " + std::to_string(c.decoder_dim() * c.dim_mult[size_t(i)]) +
+                             " are odd; the upsampler after them halves them");
   if (int64_t(c.latents_mean.size()) != c.z_dim)
     r.fail("latents_mean", "has " + std::to_string(c.latents_mean.size()) + " entries for z_dim " +
                                std::to_string(c.z_dim));
