@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <map>
 #include <string>
 #include <vector>
@@ -215,6 +217,31 @@ TEST(AutoencoderKLWan, InputErrors) {
   auto odd = vae.encode(Tensor::zeros({1, 3, 1, 20, 16}));
   ASSERT_FALSE(odd.ok());
   EXPECT_NE(odd.error().message.find("multiples of 8"), std::string::npos) << odd.error().message;
+}
+
+// The loader takes every stored tensor once, and nothing else, touching no memory: run on a meta
+// checkpoint it is the weight spec.
+TEST(AutoencoderKLWan, LoaderIsTheWeightSpecOfTheFixture) {
+  const std::string dir = test::fixtures_dir() + "/vae_wan21";
+  auto cfg = AutoencoderKLWanConfig::from_json(dir + "/config.json");
+  ASSERT_TRUE(cfg.ok()) << cfg.error().message;
+  Checkpoint meta = Checkpoint::meta(DType::F32);
+  auto log = std::make_shared<WeightLog>();
+  meta.record_into(log);
+  auto m = AutoencoderKLWan::load(meta, *cfg);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  auto file = Checkpoint::open(dir + "/diffusion_pytorch_model.safetensors");
+  ASSERT_TRUE(file.ok());
+  std::vector<std::string> taken, stored = file->stored_names();
+  for (const auto& w : *log) {
+    taken.push_back(w.name);
+    auto t = file->get(w.name);
+    ASSERT_TRUE(t.ok()) << w.name;
+    EXPECT_EQ(t->shape(), w.shape) << w.name;
+  }
+  std::sort(taken.begin(), taken.end());
+  std::sort(stored.begin(), stored.end());
+  EXPECT_EQ(taken, stored);
 }
 
 // ---- config ------------------------------------------------------------------------------------------

@@ -179,7 +179,10 @@ Result<CausalConv3d> CausalConv3d::load(const Checkpoint& ck, const std::string&
   c.stride_t = stride_t;
   for (int64_t j = 0; j < kt; ++j) {
     Conv2d tap;
-    tap.weight = kt == 1 ? w.reshape({out, in, k, k}) : w.select(2, j).contiguous();
+    // A strided view, not a copy: the weights stay in the mapped file (and the loader touches no memory,
+    // so it runs on Checkpoint::meta() too); conv2d packs the slice per call, a cost of one weight read
+    // against a conv's H W multiply-adds per weight.
+    tap.weight = w.select(2, j);
     if (j == kt - 1) tap.bias = b;
     tap.params.pad_top = tap.params.pad_left = tap.params.pad_bottom = tap.params.pad_right = pad_s;
     c.taps.push_back(std::move(tap));
