@@ -26,12 +26,10 @@ struct PendingCase {
 // (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
     // #9: SD3.5 Large and Qwen-Image end to end.
-    {"vae_qwenimage", 9},
     {"pipe_qwenimage", 9},
     // #10: Wan2.2-T2V-A14B end to end.
     {"wan22_t2v_transformer", 10},
     {"text_umt5", 10},
-    {"vae_wan21", 10},
     {"sched_unipc_wan22", 10},
     {"pipe_wan22", 10},
     // #11: Mochi-1 end to end.

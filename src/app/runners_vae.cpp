@@ -3,6 +3,7 @@
 #include "app/runners.h"
 #include "io/checkpoint.h"
 #include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl_wan.h"
 
 namespace meshdit {
 namespace {
@@ -41,8 +42,42 @@ Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
   return out;
 }
 
+// AutoencoderKLWan and AutoencoderKLQwenImage (one model): decoded = model.decode(z).sample,
+// post = model.encode(video or image).latent_dist. On a mesh the VAE group decodes by bands of latent rows;
+// encode runs whole on every rank.
+Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
+  MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKLWan", 1}));
+  MD_TRY(AutoencoderKLWanConfig cfg, AutoencoderKLWanConfig::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(AutoencoderKLWan vae, AutoencoderKLWan::load(ck, cfg));
+  const char* pixels = c.inputs.count("video") ? "video" : "image";
+  const bool has_z = c.inputs.count("z") != 0, has_pixels = c.inputs.count(pixels) != 0;
+  if (!has_z && !has_pixels) return make_error(c.dir + "/inputs.safetensors: neither 'z' nor 'video'/'image' to run");
+  TensorMap out;
+  Hooks hooks = collect_into(out);
+  if (has_z) {
+    MD_TRY(Tensor z, c.input("z"));
+    if (mesh->vae().size() > 1) {
+      MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae(), &hooks));
+    } else {
+      MD_TRY(out["decoded"], vae.decode(z, &hooks));
+    }
+  }
+  if (has_pixels) {
+    MD_TRY(Tensor video, c.input(pixels));
+    MD_TRY(DiagonalGaussian post, vae.encode(video));
+    out["posterior_mean"] = post.mean;
+    out["posterior_logvar"] = post.logvar;
+  }
+  return out;
+}
+
 }  // namespace
 
-void register_vae_runners() { register_case_runner("diffusers.AutoencoderKL", run_autoencoder_kl); }
+void register_vae_runners() {
+  register_case_runner("diffusers.AutoencoderKL", run_autoencoder_kl);
+  register_case_runner("diffusers.AutoencoderKLWan", run_autoencoder_kl_wan);
+  register_case_runner("diffusers.AutoencoderKLQwenImage", run_autoencoder_kl_wan);
+}
 
 }  // namespace meshdit
