@@ -25,8 +25,6 @@ struct PendingCase {
 // The cases no runner handles yet. An entry leaves with the commit that registers its runner
 // (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
-    // #9: SD3.5 Large and Qwen-Image end to end.
-    {"pipe_qwenimage", 9},
     // #10: Wan2.2-T2V-A14B end to end.
     {"wan22_t2v_transformer", 10},
     {"text_umt5", 10},

@@ -18,9 +18,36 @@ Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Co
   } else {
     MD_TRY(image, vae.decode(z));
   }
-  Tensor out = ops::affine(image.permute({0, 2, 3, 1}), 0.5f, 0.5f);
+  return postprocess_images(image);
+}
+
+Tensor postprocess_images(const Tensor& decoded) {
+  Tensor out = ops::affine(decoded.permute({0, 2, 3, 1}), 0.5f, 0.5f);
   ops::clamp_(out, 0.0f, 1.0f);
   return out;
+}
+
+Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
+  Span span("stage", "vae decode");
+  const AutoencoderKLWanConfig& cfg = vae.config();
+  const int64_t C = latents.size(1);
+  if (latents.dim() != 5 || C != cfg.z_dim || int64_t(cfg.latents_mean.size()) != C ||
+      int64_t(cfg.latents_std.size()) != C)
+    return make_error("VAE decode: latents " + shape_str(latents.shape()) + " must be [B, " +
+                      std::to_string(cfg.z_dim) + ", F, h, w] with latents_mean and latents_std of that many channels");
+  // diffusers divides by 1 / std (both float32) rather than multiplying by std: the same rounding here.
+  std::vector<Tensor> channels;
+  for (int64_t c = 0; c < C; ++c)
+    channels.push_back(ops::div_add(latents.slice(1, c, c + 1), 1.0f / cfg.latents_std[size_t(c)],
+                                    cfg.latents_mean[size_t(c)]));
+  const Tensor z = concat(channels, 1);
+  Tensor video;
+  if (vae_group.size() > 1) {
+    MD_TRY(video, vae.decode_parallel(z, vae_group));
+  } else {
+    MD_TRY(video, vae.decode(z));
+  }
+  return postprocess_images(video.slice(2, 0, 1).reshape({video.size(0), video.size(1), video.size(3), video.size(4)}));
 }
 
 }  // namespace meshdit

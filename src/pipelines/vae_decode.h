@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl_wan.h"
 #include "parallel/comm.h"
 
 namespace meshdit {
@@ -14,5 +15,14 @@ namespace meshdit {
 // without tiling on a `vae_group` of several ranks, by bands of latent rows across them. Every rank of the
 // group returns the whole images.
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling);
+
+// The same for the Wan-style causal 3-D VAE (Qwen-Image) on one frame: latents [B, z_dim, 1, h, w] ->
+// z = latents / (1 / latents_std) + latents_mean per channel (the VAE config's, rounded as diffusers rounds
+// them) -> decode -> frame 0 -> images [B, H, W, 3] in [0, 1]. On a `vae_group` of several ranks the decode
+// is split by bands of latent rows; every rank returns the whole images.
+Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group);
+
+// [-1, 1] images [B, 3, H, W] -> [B, H, W, 3] in [0, 1] (VaeImageProcessor.postprocess, output_type="np").
+Tensor postprocess_images(const Tensor& decoded);
 
 }  // namespace meshdit

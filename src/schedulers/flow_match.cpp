@@ -106,7 +106,7 @@ namespace {
 // The shifting steps of set_timesteps on a numpy array of T (float for custom sigmas/timesteps, whose
 // float32 dtype Python scalars do not promote; double for the default linspace).
 template <class T>
-void shift_sigmas(std::vector<T>& s, const FlowMatchConfig& cfg, double shift, std::optional<double> mu) {
+Status shift_sigmas(std::vector<T>& s, const FlowMatchConfig& cfg, double shift, std::optional<double> mu) {
   if (cfg.use_dynamic_shifting) {
     // time_shift(mu, 1.0, t): (1 / t - 1) ** 1.0 is (1 / t - 1) exactly.
     const T a = cfg.time_shift_type == "exponential" ? T(std::exp(*mu)) : T(*mu);
@@ -126,9 +126,15 @@ void shift_sigmas(std::vector<T>& s, const FlowMatchConfig& cfg, double shift, s
   if (cfg.shift_terminal && *cfg.shift_terminal != 0.0) {  // `if self.config.shift_terminal:`
     std::vector<T> one_minus(s.size());
     for (size_t i = 0; i < s.size(); ++i) one_minus[i] = T(1) - s[i];
+    // A schedule ending at sigma 1 (a single step) has nothing to stretch: diffusers divides 0 by 0 there and
+    // steps with NaN.
+    if (one_minus.back() == T(0))
+      return make_error("FlowMatchEulerDiscreteScheduler: shift_terminal stretches the schedule to its last sigma, "
+                        "which is 1 here (one step?): use at least 2 steps");
     const T scale = one_minus.back() / T(1.0 - *cfg.shift_terminal);
     for (size_t i = 0; i < s.size(); ++i) s[i] = T(1) - one_minus[i] / scale;
   }
+  return ok_status();
 }
 
 template <class T>
@@ -197,7 +203,7 @@ Status FlowMatchEulerScheduler::set_timesteps(std::optional<int64_t> num_inferen
     // float64: np.linspace(sigma_max * N, sigma_min * N, n) / N.
     std::vector<double> s = np_linspace(sigma_max_ * double(n_train), sigma_min_ * double(n_train), n);
     for (double& x : s) x = x / double(n_train);
-    shift_sigmas(s, cfg_, shift_, mu);
+    MD_RETURN_IF_ERROR(shift_sigmas(s, cfg_, shift_, mu));
     shifted = std::move(s);
   } else {
     std::vector<float> s(static_cast<size_t>(n));
@@ -206,7 +212,7 @@ Status FlowMatchEulerScheduler::set_timesteps(std::optional<int64_t> num_inferen
     } else {
       for (int64_t i = 0; i < n; ++i) s[size_t(i)] = float((*timesteps)[size_t(i)]) / float(n_train);
     }
-    shift_sigmas(s, cfg_, shift_, mu);
+    MD_RETURN_IF_ERROR(shift_sigmas(s, cfg_, shift_, mu));
     shifted = to_double(s);
   }
 

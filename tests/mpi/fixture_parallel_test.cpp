@@ -99,6 +99,21 @@ TEST(PipelineOnMesh, SD3Reference) {
   }
 }
 
+// The float64 Qwen-Image pipeline case (true CFG with the norm rescale, masked text): the two branches over
+// ranks, TP (transformer and Qwen2.5-VL), SP with masked text keys, and the VAE decode split by bands.
+TEST(PipelineOnMesh, QwenImageReference) {
+  const std::string dir = test::shared_fixtures_dir() + "/pipe_qwenimage";
+  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+  if (world_size() == 4) {
+    expect_pass(dir, "cfg=2,tp=2");
+    expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
+  } else {
+    expect_pass(dir, "cfg=2");
+    expect_pass(dir, "tp=2");
+    expect_pass(dir, "sp=2,sp_mode=ulysses");
+  }
+}
+
 // A text encoder with `heads` attention heads split over every rank by TP (unevenly where they do not
 // divide); a world larger than its heads is one clear error.
 void expect_encoder_tp(const std::string& dir, int heads) {

@@ -166,6 +166,10 @@ TEST(FlowMatch, SetTimestepsVariantsAndErrors) {
   ASSERT_TRUE(term.set_timesteps(10, std::nullopt, std::nullopt).ok());
   EXPECT_NEAR(term.sigmas()[9], 0.02, 1e-7);
   EXPECT_EQ(term.sigmas()[0], 1.0f);
+  // One step ends at sigma 1, which the stretch cannot move (diffusers computes 0 / 0): an error, not NaN.
+  const Status one = term.set_timesteps(1, std::nullopt, std::nullopt);
+  ASSERT_FALSE(one.ok());
+  EXPECT_NE(one.error().message.find("at least 2 steps"), std::string::npos) << one.error().message;
 }
 
 TEST(FlowMatch, KarrasAndExponentialSigmasKeepTheEndpoints) {
