@@ -16,6 +16,7 @@
 #include "encoders/t5.h"
 #include "models/registry.h"
 #include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl_wan.h"
 
 using namespace meshdit;
 
@@ -93,7 +94,8 @@ Result<Tensor> input(const std::string& dir, const std::string& name, Device dev
 TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
   if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA backend is compiled in";
   const std::string vae = test::fixtures_dir() + "/vae_kl16", t5 = test::fixtures_dir() + "/text_t5",
-                    clip = test::fixtures_dir() + "/text_clip_l", qwen = test::fixtures_dir() + "/text_qwen25vl";
+                    clip = test::fixtures_dir() + "/text_clip_l", qwen = test::fixtures_dir() + "/text_qwen25vl",
+                    wan = test::fixtures_dir() + "/vae_wan21";
   auto run = [&](Device dev) -> Result<std::vector<Tensor>> {
     std::vector<Tensor> out;
     {
@@ -107,6 +109,18 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
       MD_TRY(Tensor tiled, m.decode_tiled(z, 16, 4));
       MD_TRY(DiagonalGaussian post, m.encode(image));
       out.insert(out.end(), {decoded, tiled, post.mean, post.logvar});
+    }
+    {
+      // Several latent frames: the causal conv caches carried between chunks live on the device too.
+      MD_TRY(AutoencoderKLWanConfig cfg, AutoencoderKLWanConfig::from_json(wan + "/config.json"));
+      MD_TRY(Checkpoint ck, Checkpoint::open(wan + "/diffusion_pytorch_model.safetensors"));
+      ck.place_on(dev);
+      MD_TRY(AutoencoderKLWan m, AutoencoderKLWan::load(ck, cfg));
+      MD_TRY(Tensor z, input(wan, "z", dev));
+      MD_TRY(Tensor video, input(wan, "video", dev));
+      MD_TRY(Tensor decoded, m.decode(z));
+      MD_TRY(DiagonalGaussian post, m.encode(video));
+      out.insert(out.end(), {decoded, post.mean, post.logvar});
     }
     {
       MD_TRY(T5Config cfg, T5Config::from_json(t5 + "/config.json"));
@@ -147,7 +161,7 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
     auto on_dev = run(Device::CUDA);
     ASSERT_TRUE(on_dev.ok()) << on_dev.error().message;
     const char* names[] = {"vae decode", "vae tiled decode", "vae posterior mean", "vae posterior logvar",
-                           "t5", "t5 masked", "clip hidden", "clip pooled", "qwen2.5-vl masked"};
+                           "wan vae decode", "wan vae posterior mean", "wan vae posterior logvar", "t5", "t5 masked", "clip hidden", "clip pooled", "qwen2.5-vl masked"};
     ASSERT_EQ(on_dev->size(), host->size());
     for (size_t i = 0; i < host->size(); ++i) expect_same((*on_dev)[i], (*host)[i], names[i]);
   }
