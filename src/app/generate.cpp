@@ -120,11 +120,11 @@ int run_generate(const GenerateCommand& cmd) {
     if (o.width == 0) o.width = 128;
     if (o.steps == 0) o.steps = 20;
   }
-  auto traits = (*entry)->traits(model, o);
+  auto traits = (*entry)->traits(model, o, {});
   if (!traits.ok()) return fail(traits.error().message);
   auto mesh = make_mesh(shape, cmd.parallel, *traits);
   if (!mesh.ok()) return fail(mesh.error().message);
-  auto loaded = (*entry)->load(model, *mesh);
+  auto loaded = (*entry)->load(model, *mesh, {});
   if (!loaded.ok()) return fail(loaded.error().message);
   const Pipeline& pipe = **loaded;
   o = pipe.with_defaults(o);
