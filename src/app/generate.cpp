@@ -137,6 +137,9 @@ int run_generate(const GenerateCommand& cmd) {
     latents = *t;
   }
 
+  if (!cmd.transformer.empty() && !path_exists(cmd.transformer))
+    return fail("--transformer " + cmd.transformer + ": no such file or folder");
+
   auto entry = pipeline_for_folder(model);
   if (!entry.ok()) return fail(entry.error().message);
   LoadOptions from;

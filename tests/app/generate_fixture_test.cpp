@@ -102,7 +102,7 @@ class GenerateFixture : public ::testing::TestWithParam<PipelineFixture> {
     ASSERT_TRUE(ref.ok()) << ref.error().message;
     auto image = (*ref)->get("image");
     ASSERT_TRUE(image.ok()) << image.error().message;
-    ref_ = *image;
+    ref_ = image->clone();  // owned: the file is closed when SetUp returns
     ASSERT_EQ(ref_.dim(), 4);
   }
 
@@ -295,7 +295,7 @@ TEST(GenerateTransformer, MissingFileIsNamed) {
   const test::TempDir dir;
   std::string out;
   const int rc = generate_builtin(dir.path(), "--transformer /nonexistent/flux1-dev.safetensors", &out);
-  expect_error(rc, out, {"/nonexistent/flux1-dev.safetensors"});
+  expect_error(rc, out, {"--transformer /nonexistent/flux1-dev.safetensors"});
 }
 
 TEST(GenerateTransformer, FileOfNoTransformerIsRefused) {
