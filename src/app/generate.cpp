@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "io/png.h"
+#include "io/safetensors.h"
 #include "parallel/mpi_comm.h"
 #include "pipelines/pipeline.h"
 
@@ -74,6 +75,32 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
   return f ? ok_status() : Status(make_error(path + ": write failed"));
 }
 
+// --latents FILE or FILE:NAME. A path that exists as given is the file, so a file name with ':' still works.
+struct LatentsSource {
+  std::string file, tensor = "latents";
+  std::string str() const { return file + ":" + tensor; }
+};
+
+LatentsSource parse_latents(const std::string& arg) {
+  const auto colon = arg.rfind(':');
+  if (path_exists(arg) || colon == std::string::npos || colon == 0 || colon + 1 == arg.size()) return {arg};
+  return {arg.substr(0, colon), arg.substr(colon + 1)};
+}
+
+Result<Tensor> load_latents(const LatentsSource& src) {
+  MD_TRY(std::shared_ptr<SafetensorsFile> f, SafetensorsFile::open(src.file));
+  if (!f->has(src.tensor)) {
+    std::string names;
+    for (const auto& n : f->names()) names += (names.empty() ? "" : ", ") + n;
+    return make_error(src.file + ": no tensor '" + src.tensor + "' (it has: " + (names.empty() ? "none" : names) +
+                      "); name another with --latents FILE:NAME");
+  }
+  MD_TRY(Tensor t, f->get(src.tensor));
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F16 && t.dtype() != DType::BF16 && t.dtype() != DType::F64)
+    return make_error(src.str() + ": latents must be floating point, not " + dtype_name(t.dtype()));
+  return t.to(DType::F32);
+}
+
 }  // namespace
 
 int run_generate(const GenerateCommand& cmd) {
@@ -101,8 +128,22 @@ int run_generate(const GenerateCommand& cmd) {
     if (!existed) fs::remove(out);
   }
 
+  // A missing latents file or tensor is found before the model loads; its shape needs the loaded pipeline.
+  const LatentsSource latents_src = parse_latents(cmd.latents);
+  Tensor latents;
+  if (!cmd.latents.empty()) {
+    auto t = load_latents(latents_src);
+    if (!t.ok()) return fail(t.error().context("--latents").message);
+    latents = *t;
+  }
+
+  if (!cmd.transformer.empty() && !path_exists(cmd.transformer))
+    return fail("--transformer " + cmd.transformer + ": no such file or folder");
+
   auto entry = pipeline_for_folder(model);
   if (!entry.ok()) return fail(entry.error().message);
+  LoadOptions from;
+  from.transformer_file = cmd.transformer;
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;
@@ -120,20 +161,24 @@ int run_generate(const GenerateCommand& cmd) {
     if (o.width == 0) o.width = 128;
     if (o.steps == 0) o.steps = 20;
   }
-  auto traits = (*entry)->traits(model, o);
+  auto traits = (*entry)->traits(model, o, from);
   if (!traits.ok()) return fail(traits.error().message);
   auto mesh = make_mesh(shape, cmd.parallel, *traits);
   if (!mesh.ok()) return fail(mesh.error().message);
-  auto loaded = (*entry)->load(model, *mesh);
+  auto loaded = (*entry)->load(model, *mesh, from);
   if (!loaded.ok()) return fail(loaded.error().message);
   const Pipeline& pipe = **loaded;
   o = pipe.with_defaults(o);
   if (auto st = pipe.validate(o); !st.ok()) return fail(st.error().message);
+  // Checked apart from the other options so that a shape that does not fit names the file it came from.
+  o.latents = latents;
+  if (auto st = pipe.validate(o); !st.ok()) return fail(st.error().context("--latents " + latents_src.str()).message);
 
   if (lead) {
-    std::fprintf(stderr, "meshdit: %s, %lld image(s) %lldx%lld, %lld steps, seed %llu, %d threads", model.c_str(),
-                 (long long)n_images, (long long)o.width, (long long)o.height, (long long)o.steps,
-                 (unsigned long long)o.seed, num_threads());
+    const std::string noise = cmd.latents.empty() ? "seed " + std::to_string(o.seed) : "latents " + latents_src.str();
+    std::fprintf(stderr, "meshdit: %s%s, %lld image(s) %lldx%lld, %lld steps, %s, %d threads", model.c_str(),
+                 cmd.transformer.empty() ? "" : (" with transformer " + cmd.transformer).c_str(), (long long)n_images,
+                 (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(), num_threads());
     if (shape.size() > 1)
       std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
     std::fputc('\n', stderr);
@@ -157,6 +202,8 @@ int run_generate(const GenerateCommand& cmd) {
       text.push_back({"width", std::to_string(o.width)});
       text.push_back({"height", std::to_string(o.height)});
       if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});
+      if (!cmd.transformer.empty()) text.push_back({"transformer", cmd.transformer});
+      if (!cmd.latents.empty()) text.push_back({"latents", latents_src.str()});
       std::vector<uint8_t> rgb = to_rgb8(im.select(0, b));
       if (auto st = write_png(out, rgb.data(), int(o.width), int(o.height), text); !st.ok())
         return fail(st.error().message);

@@ -6,7 +6,9 @@
 namespace meshdit {
 
 struct GenerateCommand {
-  std::string model;  // "" = built-in model
+  std::string model;        // "" = built-in model
+  std::string transformer;  // a transformer checkpoint used instead of <model>/transformer; "" = the folder's
+  std::string latents;      // initial noise: FILE (its tensor "latents") or FILE:NAME; "" = from the seed
   std::vector<std::string> prompts, negative_prompts;
   int64_t steps = 0, width = 0, height = 0, batch = 1, max_sequence_length = 0;
   float guidance = -1, true_cfg = -1;  // < 0: the model's default

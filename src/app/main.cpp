@@ -114,6 +114,12 @@ int run(int argc, char** argv) {
   gen->add_option("--model", g.model,
                   "diffusers pipeline folder (model_index.json + subfolders) as downloaded: " + pipelines +
                       "; default: the built-in tiny-shapes model (128x128, 20 steps)");
+  gen->add_option("--transformer", g.transformer,
+                  "transformer checkpoint to use instead of the folder's transformer/: a single file as released "
+                  "(Stability's sd3.5_large.safetensors, BFL's flux1-dev.safetensors, a ComfyUI all-in-one) or "
+                  "diffusers-named; tokenizers, text encoders, VAE and scheduler still come from --model. Its "
+                  "config: a config.json beside the file, else --model's transformer/config.json, else inferred "
+                  "from its tensors. It must be the architecture --model's pipeline uses");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
   gen->add_option("--negative-prompt", g.negative_prompts,
                   "one per prompt: the unconditional branch of classifier-free guidance (SD3.5: with --guidance > 1; "
@@ -127,6 +133,10 @@ int run(int argc, char** argv) {
                   "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
                   "4 for Qwen-Image)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
+  gen->add_option("--latents", g.latents,
+                  "initial noise instead of --seed's: a safetensors FILE holding a tensor named 'latents', or "
+                  "FILE:NAME for another name; packed as diffusers' pipeline takes its latents= argument "
+                  "(Flux: [prompts x batch, (H/16)*(W/16), 64]; SD3: [prompts x batch, 16, H/8, W/8])");
   gen->add_option("--width", g.width, "image width in pixels, a multiple of 16 (default: the model's)");
   gen->add_option("--height", g.height, "image height in pixels, a multiple of 16 (default: the model's)");
   gen->add_option("--batch", g.batch, "images per prompt")->check(CLI::PositiveNumber);

@@ -83,9 +83,9 @@ Result<GenerateOptions> options_from_args(const CaseContext& c) {
 Result<TensorMap> run_pipeline_case(const CaseContext& c, const std::string& class_name) {
   MD_TRY(const PipelineEntry* entry, find_pipeline(class_name));
   MD_TRY(GenerateOptions o, options_from_args(c));
-  MD_TRY(ModelTraits traits, entry->traits(c.dir, o));
+  MD_TRY(ModelTraits traits, entry->traits(c.dir, o, {}));
   MD_TRY(const Mesh* mesh, c.mesh(traits));
-  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(c.dir, *mesh));
+  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(c.dir, *mesh, {}));
   // The reference names its final output after what the pipeline makes.
   const std::string result = c.meta["outputs"].contains("video") ? "video" : "image";
   TensorMap out;
@@ -113,9 +113,9 @@ Result<TensorMap> run_builtin_case(const CaseContext& c) {
   o.guidance_scale = c.meta["guidance_scale"].get<float>();
   o.max_sequence_length = c.meta["max_sequence_length"].get<int64_t>();
   MD_TRY(const PipelineEntry* entry, pipeline_for_folder(builtin_model_dir()));
-  MD_TRY(ModelTraits traits, entry->traits(builtin_model_dir(), o));
+  MD_TRY(ModelTraits traits, entry->traits(builtin_model_dir(), o, {}));
   MD_TRY(const Mesh* mesh, c.mesh(traits));
-  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(builtin_model_dir(), *mesh));
+  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(builtin_model_dir(), *mesh, {}));
   TensorMap out;
   out["latents"] = torch_randn(ref_latents.shape(), 42);
   // The built-in model is a Flux model: the case gives its noise unpacked.

@@ -111,19 +111,23 @@ Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, s
   return open_single_file(path_or_dir, layouts, detect, modules, detected_layout);
 }
 
+const TransformerArch* transformer_arch_of(const Checkpoint& ck, const std::string& layout) {
+  for (const auto& a : transformer_archs())
+    for (const auto& l : a.layouts)
+      if (l.name == layout) return &a;
+  if (layout != "diffusers") return nullptr;
+  const std::vector<std::string> names = ck.names();
+  for (const auto& a : transformer_archs())
+    for (const auto& head : a.diffusers_detect)
+      for (const auto& n : names)
+        if (starts_with(n, head)) return &a;
+  return nullptr;
+}
+
 Result<OpenedTransformer> open_transformer(const std::string& path_or_dir) {
   OpenedTransformer o;
   MD_TRY(o.ck, open_transformer_checkpoint(path_or_dir, &o.layout));
-  // The entry: the one whose layout matched, else the diffusers names it claims.
-  for (const auto& a : transformer_archs()) {
-    for (const auto& l : a.layouts)
-      if (l.name == o.layout) o.arch = &a;
-    if (!o.arch && o.layout == "diffusers")
-      for (const auto& head : a.diffusers_detect)
-        for (const auto& n : o.ck.names())
-          if (!o.arch && starts_with(n, head)) o.arch = &a;
-    if (o.arch) break;
-  }
+  o.arch = transformer_arch_of(o.ck, o.layout);
   if (!o.arch) return make_error(o.ck.origin() + ": no registered transformer matches its tensors");
   const std::string cfg = config_json_beside(path_or_dir);
   if (path_exists(cfg)) {

@@ -157,6 +157,9 @@ struct OpenedTransformer {
   std::string layout;
 };
 Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, std::string* detected_layout);
+// The entry a checkpoint opened in `layout` belongs to: the one whose layout it is, else (diffusers names) the one
+// whose diffusers_detect names it has; nullptr when none.
+const TransformerArch* transformer_arch_of(const Checkpoint& ck, const std::string& layout);
 Result<OpenedTransformer> open_transformer(const std::string& path_or_dir);
 
 // Adds an entry. Each model file defines `void register_<model>()` calling this; models/registry.cpp lists

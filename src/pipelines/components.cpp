@@ -2,7 +2,48 @@
 
 #include <vector>
 
+#include "models/registry.h"
+
 namespace meshdit {
+
+Result<TransformerSource> open_transformer_file(const std::string& dir, const std::string& file) {
+  MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
+  const auto comp = folder.components.find("transformer");
+  if (comp == folder.components.end())
+    return make_error(dir + "/model_index.json: " + folder.class_name +
+                      " has no transformer component to replace with " + file);
+  const std::string& wanted_class = comp->second.second;
+  const TransformerArch* wanted = find_transformer_arch(wanted_class);
+  if (!wanted)
+    return make_error(dir + "/model_index.json: transformer class '" + wanted_class +
+                      "' is not a registered transformer, so " + file + " cannot stand in for it");
+  TransformerSource t;
+  t.file = file;
+  std::string layout;
+  MD_TRY(t.ck, open_transformer_checkpoint(file, &layout));
+  const TransformerArch* arch = transformer_arch_of(t.ck, layout);
+  if (!arch) return make_error(file + ": no registered transformer matches its tensors");
+  if (arch != wanted)
+    return make_error(file + ": a " + arch->name + " transformer (" + layout + " layout), but " + dir + " is a " +
+                      folder.class_name + " whose transformer is " + wanted_class + " (" + wanted->name + ")");
+  // A single file rarely has a config beside it; the folder's is the one made for its pipeline (inference cannot
+  // recover every field, e.g. sample_size).
+  const std::string beside = config_json_beside(file), folder_cfg = folder.path("transformer") + "/config.json";
+  if (path_exists(beside)) {
+    MD_TRY(t.config, arch->parse_config(beside));
+  } else if (path_exists(folder_cfg)) {
+    MD_TRY(t.config, arch->parse_config(folder_cfg));
+  } else if (arch->infer_config) {
+    auto inferred = arch->infer_config(t.ck);
+    if (!inferred.ok())
+      return inferred.error().context(file + ": no config.json beside it or in " + dir + "/transformer");
+    t.config = std::move(*inferred);
+  } else {
+    return make_error(file + ": no config.json beside it or in " + dir + "/transformer, and a " + arch->name +
+                      " config cannot be inferred from its tensors");
+  }
+  return t;
+}
 
 Tensor repeat_rows(const Tensor& t, int64_t n) {
   if (n == 1) return t;
@@ -28,6 +69,14 @@ Status validate_image_options(const GenerateOptions& o, const std::string& name,
   if (o.guidance_scale_2) return make_error(name + " has one transformer: guidance_scale_2 is not an option");
   if (o.guidance_rescale != 0.0f) return make_error(name + " has no guidance_rescale");
   return ok_status();
+}
+
+Status validate_latents(const GenerateOptions& o, const Shape& expect, const std::string& layout) {
+  if (!o.latents.defined() || o.latents.shape() == expect) return ok_status();
+  return make_error("latents " + shape_str(o.latents.shape()) + " do not fit " + std::to_string(o.prompt.size()) +
+                    " prompt(s) x " + std::to_string(o.num_images_per_prompt) + " image(s) per prompt at " +
+                    std::to_string(o.width) + "x" + std::to_string(o.height) + ": expected " + shape_str(expect) +
+                    " (" + layout + ")");
 }
 
 }  // namespace meshdit

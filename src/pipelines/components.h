@@ -1,6 +1,8 @@
-// What every pipeline file needs around its model-specific code: loading a diffusers component folder,
-// repeating prompt embeddings per image, and the option checks all text-to-image pipelines share.
+// What every pipeline file needs around its model-specific code: loading a diffusers component folder (and the
+// transformer, which may come from a single file instead), repeating prompt embeddings per image, and the option
+// checks all text-to-image pipelines share.
 #pragma once
+#include <any>
 #include <memory>
 #include <string>
 
@@ -20,6 +22,43 @@ Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... e
   return std::make_shared<Model>(std::move(m));
 }
 
+// A transformer given apart from its pipeline folder (LoadOptions::transformer_file), opened in whichever
+// registered layout it has. It must be the architecture that dir/model_index.json's transformer class names;
+// otherwise the error names the file's architecture and the folder's pipeline. Its config: the config.json
+// beside it, else dir/transformer/config.json, else inferred from its tensors.
+struct TransformerSource {
+  Checkpoint ck;
+  std::any config;  // the model's own config type (FluxConfig, SD3Config, ...)
+  std::string file;
+};
+Result<TransformerSource> open_transformer_file(const std::string& dir, const std::string& file);
+
+template <class Config>
+Result<Config> transformer_config_of(const TransformerSource& t) {
+  if (const Config* c = std::any_cast<Config>(&t.config)) return *c;
+  return make_error(t.file + ": its transformer config is not the kind this pipeline's transformer takes");
+}
+
+// The transformer's config for a pipeline's traits(): dir/transformer/config.json, or the config of
+// `from.transformer_file` as load_transformer will load it.
+template <class Config>
+Result<Config> load_transformer_config(const std::string& dir, const LoadOptions& from) {
+  if (from.transformer_file.empty()) return Config::from_json(dir + "/transformer/config.json");
+  MD_TRY(TransformerSource t, open_transformer_file(dir, from.transformer_file));
+  return transformer_config_of<Config>(t);
+}
+
+// The pipeline's transformer: the component folder dir/transformer, or `from.transformer_file`. Every pipeline
+// loads its transformer through this, so --transformer works for each without code of its own.
+template <class Model, class Config, class... Extra>
+Result<std::shared_ptr<Model>> load_transformer(const std::string& dir, const LoadOptions& from, Extra... extra) {
+  if (from.transformer_file.empty()) return load_component<Model, Config>(dir + "/transformer", extra...);
+  MD_TRY(TransformerSource t, open_transformer_file(dir, from.transformer_file));
+  MD_TRY(Config cfg, transformer_config_of<Config>(t));
+  MD_TRY(Model m, Model::load(t.ck, cfg, extra...));
+  return std::make_shared<Model>(std::move(m));
+}
+
 // Repeats each row n times (num_images_per_prompt): [P, ...] -> [P * n, ...].
 Tensor repeat_rows(const Tensor& t, int64_t n);
 
@@ -28,5 +67,10 @@ Tensor repeat_rows(const Tensor& t, int64_t n);
 // prompt per prompt, and no option of a video or two-expert pipeline. `name` names the pipeline in messages.
 Status validate_image_options(const GenerateOptions& o, const std::string& name, int64_t size_multiple,
                               int64_t max_sequence);
+
+// GenerateOptions::latents, when given, must have shape `expect` (`layout` spells it out, e.g.
+// "[B, 16, H/8, W/8]"); the error gives both shapes and what B, H and W are, so a user with a latents file
+// sees which of prompts, batch or size it does not fit.
+Status validate_latents(const GenerateOptions& o, const Shape& expect, const std::string& layout);
 
 }  // namespace meshdit

@@ -35,8 +35,9 @@ Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w) {
       .reshape({B, C, h, w});
 }
 
-Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateOptions& options) {
-  MD_TRY(FluxConfig tc, FluxConfig::from_json(dir + "/transformer/config.json"));
+Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateOptions& options,
+                                         const LoadOptions& from) {
+  MD_TRY(FluxConfig tc, load_transformer_config<FluxConfig>(dir, from));
   ModelTraits t;
   t.name = "FluxPipeline " + dir;
   t.heads = tc.num_attention_heads;
@@ -46,7 +47,7 @@ Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateO
   return t;
 }
 
-Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh) {
+Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh, const LoadOptions& from) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   if (folder.class_name != "FluxPipeline")
@@ -65,7 +66,7 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh
   }
   MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
   MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"), &par)));
-  MD_TRY(p.transformer_, (load_component<FluxTransformer, FluxConfig>(folder.path("transformer"), &par)));
+  MD_TRY(p.transformer_, (load_transformer<FluxTransformer, FluxConfig>(dir, from, &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
@@ -83,7 +84,12 @@ GenerateOptions FluxPipeline::with_defaults(GenerateOptions o) const {
 }
 
 Status FluxPipeline::validate(const GenerateOptions& o) const {
-  return validate_image_options(o, "FluxPipeline", vae_scale_factor() * 2, 512);
+  MD_RETURN_IF_ERROR(validate_image_options(o, "FluxPipeline", vae_scale_factor() * 2, 512));
+  const int64_t patch = vae_scale_factor() * 2, C = transformer_->config().in_channels;
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const std::string p = std::to_string(patch);
+  return validate_latents(o, {B, (o.height / patch) * (o.width / patch), C},
+                          "packed [B, (H/" + p + ")*(W/" + p + "), " + std::to_string(C) + "]");
 }
 
 Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector<std::string>& prompts,
@@ -137,10 +143,7 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
   Tensor latents;
-  if (o.latents.defined()) {
-    if (o.latents.shape() != Shape{B, (h / 2) * (w / 2), tc.in_channels})
-      return make_error("latents " + shape_str(o.latents.shape()) + " must be [" + std::to_string(B) + ", " +
-                        std::to_string((h / 2) * (w / 2)) + ", " + std::to_string(tc.in_channels) + "]");
+  if (o.latents.defined()) {  // its shape: validate()
     latents = o.latents.to(DType::F32).clone();
   } else {
     latents = flux_pack_latents(torch_randn({B, C, h, w}, o.seed));
@@ -186,8 +189,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
 
 PipelineEntry flux_pipeline_entry() {
   return {"FluxPipeline", FluxPipeline::traits,
-          [](const std::string& dir, const Mesh& mesh) -> Result<std::unique_ptr<Pipeline>> {
-            MD_TRY(FluxPipeline p, FluxPipeline::load(dir, mesh));
+          [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
+            MD_TRY(FluxPipeline p, FluxPipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<FluxPipeline>(std::move(p)));
           }};
 }

@@ -23,9 +23,11 @@ class FluxPipeline final : public Pipeline {
   // On a mesh each rank loads its shard of the transformer (TP) and works on its part of each step: its
   // image-token shard (SP), its half of the true-CFG batch (CFG), its band of the VAE decode. Every rank
   // returns the whole image.
-  static Result<FluxPipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single());
-  // What the mesh's automatic configuration needs, read from the folder's transformer/config.json.
-  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options);
+  static Result<FluxPipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single(),
+                                   const LoadOptions& from = {});
+  // What the mesh's automatic configuration needs, read from the transformer's config.
+  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options,
+                                    const LoadOptions& from = {});
   const FluxConfig& transformer_config() const { return transformer_->config(); }
   int64_t vae_scale_factor() const { return vae_->config().spatial_scale(); }
   std::string name() const override { return "FluxPipeline"; }

@@ -36,6 +36,14 @@ struct GenerateOptions {
   bool vae_tiling = false;  // decode in overlapping tiles (bounded memory for large images)
 };
 
+// Where a pipeline's components come from besides its folder; empty fields: the folder's own.
+struct LoadOptions {
+  // A transformer checkpoint used instead of <dir>/transformer: a single file in a registered layout (Stability's
+  // sd3.5_large.safetensors, BFL's flux1-dev.safetensors, a ComfyUI all-in-one) or diffusers names. Its config is
+  // the config.json beside it, else the folder's transformer/config.json, else inferred from its tensors.
+  std::string transformer_file;
+};
+
 // Called after every denoising step: (step index from 0, number of steps, seconds the step took).
 using StepCallback = std::function<void(int64_t, int64_t, double)>;
 
@@ -58,11 +66,14 @@ class Pipeline {
 // One registered pipeline class.
 struct PipelineEntry {
   std::string class_name;  // model_index.json "_class_name"
-  // What the mesh's automatic configuration needs for a generation with `options`, read from the folder's
-  // configs alone (before the weights are loaded, since the mesh decides which shards to load).
-  std::function<Result<ModelTraits>(const std::string& dir, const GenerateOptions& options)> traits;
-  // Loads the folder's components, each rank its shards of `mesh`.
-  std::function<Result<std::unique_ptr<Pipeline>>(const std::string& dir, const Mesh& mesh)> load;
+  // What the mesh's automatic configuration needs for a generation with `options`, read from the configs alone
+  // (before the weights are loaded, since the mesh decides which shards to load).
+  std::function<Result<ModelTraits>(const std::string& dir, const GenerateOptions& options, const LoadOptions& from)>
+      traits;
+  // Loads the folder's components (the transformer from `from.transformer_file` when given), each rank its
+  // shards of `mesh`.
+  std::function<Result<std::unique_ptr<Pipeline>>(const std::string& dir, const Mesh& mesh, const LoadOptions& from)>
+      load;
 };
 
 // Adds (or replaces) a class. The built-in pipelines are registered before the first lookup.

@@ -20,8 +20,9 @@
 
 namespace meshdit {
 
-Result<ModelTraits> StableDiffusion3Pipeline::traits(const std::string& dir, const GenerateOptions& options) {
-  MD_TRY(SD3Config tc, SD3Config::from_json(dir + "/transformer/config.json"));
+Result<ModelTraits> StableDiffusion3Pipeline::traits(const std::string& dir, const GenerateOptions& options,
+                                                     const LoadOptions& from) {
+  MD_TRY(SD3Config tc, load_transformer_config<SD3Config>(dir, from));
   ModelTraits t;
   t.name = "StableDiffusion3Pipeline " + dir;
   t.heads = tc.num_attention_heads;
@@ -34,7 +35,8 @@ Result<ModelTraits> StableDiffusion3Pipeline::traits(const std::string& dir, con
   return t;
 }
 
-Result<StableDiffusion3Pipeline> StableDiffusion3Pipeline::load(const std::string& dir, const Mesh& mesh) {
+Result<StableDiffusion3Pipeline> StableDiffusion3Pipeline::load(const std::string& dir, const Mesh& mesh,
+                                                                const LoadOptions& from) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   if (folder.class_name != "StableDiffusion3Pipeline")
@@ -61,7 +63,7 @@ Result<StableDiffusion3Pipeline> StableDiffusion3Pipeline::load(const std::strin
   if (!p.text_encoder_->has_projection() || !p.text_encoder_2_->has_projection())
     return make_error(dir + ": text_encoder and text_encoder_2 must be CLIPTextModelWithProjection");
   MD_TRY(p.text_encoder_3_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_3"), &par)));
-  MD_TRY(p.transformer_, (load_component<SD3Transformer, SD3Config>(folder.path("transformer"), &par)));
+  MD_TRY(p.transformer_, (load_transformer<SD3Transformer, SD3Config>(dir, from, &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
@@ -82,7 +84,11 @@ Status StableDiffusion3Pipeline::validate(const GenerateOptions& o) const {
                                             vae_scale_factor() * transformer_->config().patch_size, 512));
   if (o.true_cfg_scale && *o.true_cfg_scale != 1.0f)
     return make_error("StableDiffusion3Pipeline guides with guidance_scale: true_cfg_scale is not an option");
-  return ok_status();
+  const int64_t vs = vae_scale_factor(), C = transformer_->config().in_channels;
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const std::string v = std::to_string(vs);
+  return validate_latents(o, {B, C, o.height / vs, o.width / vs},
+                          "[B, " + std::to_string(C) + ", H/" + v + ", W/" + v + "]");
 }
 
 Result<StableDiffusion3Pipeline::PromptEmbeds> StableDiffusion3Pipeline::encode_prompt(
@@ -156,10 +162,7 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
   const int64_t vs = vae_scale_factor();
   const int64_t h = o.height / vs, w = o.width / vs;
   Tensor latents;
-  if (o.latents.defined()) {
-    if (o.latents.shape() != Shape{B, tc.in_channels, h, w})
-      return make_error("latents " + shape_str(o.latents.shape()) + " must be [" + std::to_string(B) + ", " +
-                        std::to_string(tc.in_channels) + ", " + std::to_string(h) + ", " + std::to_string(w) + "]");
+  if (o.latents.defined()) {  // its shape: validate()
     latents = o.latents.to(DType::F32).clone();
   } else {
     latents = torch_randn({B, tc.in_channels, h, w}, o.seed);
@@ -199,8 +202,8 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
 
 PipelineEntry sd3_pipeline_entry() {
   return {"StableDiffusion3Pipeline", StableDiffusion3Pipeline::traits,
-          [](const std::string& dir, const Mesh& mesh) -> Result<std::unique_ptr<Pipeline>> {
-            MD_TRY(StableDiffusion3Pipeline p, StableDiffusion3Pipeline::load(dir, mesh));
+          [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
+            MD_TRY(StableDiffusion3Pipeline p, StableDiffusion3Pipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<StableDiffusion3Pipeline>(std::move(p)));
           }};
 }

@@ -23,9 +23,11 @@ class StableDiffusion3Pipeline final : public Pipeline {
   // On a mesh each rank loads its shard of the transformer and of T5 (TP) and works on its part of each
   // step: its image-token shard (SP), its half of the guidance batch (CFG), its band of the VAE decode.
   // Every rank returns the whole image.
-  static Result<StableDiffusion3Pipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single());
-  // What the mesh's automatic configuration needs, read from the folder's transformer/config.json.
-  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options);
+  static Result<StableDiffusion3Pipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single(),
+                                               const LoadOptions& from = {});
+  // What the mesh's automatic configuration needs, read from the transformer's config.
+  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options,
+                                    const LoadOptions& from = {});
   const SD3Config& transformer_config() const { return transformer_->config(); }
   int64_t vae_scale_factor() const { return vae_->config().spatial_scale(); }
   std::string name() const override { return "StableDiffusion3Pipeline"; }

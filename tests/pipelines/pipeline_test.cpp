@@ -45,8 +45,10 @@ TEST(PipelineRegistry, FolderIsLookedUpByItsClassName) {
 TEST(PipelineRegistry, RegisteredClassIsFound) {
   PipelineEntry fake;
   fake.class_name = "TestOnlyPipeline";
-  fake.traits = [](const std::string&, const GenerateOptions&) -> Result<ModelTraits> { return ModelTraits{}; };
-  fake.load = [](const std::string&, const Mesh&) -> Result<std::unique_ptr<Pipeline>> {
+  fake.traits = [](const std::string&, const GenerateOptions&, const LoadOptions&) -> Result<ModelTraits> {
+    return ModelTraits{};
+  };
+  fake.load = [](const std::string&, const Mesh&, const LoadOptions&) -> Result<std::unique_ptr<Pipeline>> {
     return make_error("not loadable");
   };
   register_pipeline(fake);
