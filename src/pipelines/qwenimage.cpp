@@ -26,8 +26,9 @@
 
 namespace meshdit {
 
-Result<ModelTraits> QwenImagePipeline::traits(const std::string& dir, const GenerateOptions& options) {
-  MD_TRY(QwenImageConfig tc, QwenImageConfig::from_json(dir + "/transformer/config.json"));
+Result<ModelTraits> QwenImagePipeline::traits(const std::string& dir, const GenerateOptions& options,
+                                              const LoadOptions& from) {
+  MD_TRY(QwenImageConfig tc, load_transformer_config<QwenImageConfig>(dir, from));
   ModelTraits t;
   t.name = "QwenImagePipeline " + dir;
   t.heads = tc.num_attention_heads;
@@ -37,7 +38,8 @@ Result<ModelTraits> QwenImagePipeline::traits(const std::string& dir, const Gene
   return t;
 }
 
-Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const Mesh& mesh) {
+Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const Mesh& mesh,
+                                                  const LoadOptions& from) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   if (folder.class_name != "QwenImagePipeline")
@@ -51,7 +53,7 @@ Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const 
   }
   MD_TRY(p.text_encoder_,
          (load_component<Qwen25VLTextEncoder, Qwen25VLTextConfig>(folder.path("text_encoder"), &par)));
-  MD_TRY(p.transformer_, (load_component<QwenImageTransformer, QwenImageConfig>(folder.path("transformer"), &par)));
+  MD_TRY(p.transformer_, (load_transformer<QwenImageTransformer, QwenImageConfig>(dir, from, &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
@@ -74,7 +76,11 @@ Status QwenImagePipeline::validate(const GenerateOptions& o) const {
   if (o.guidance_scale)
     return make_error("QwenImagePipeline guides with true_cfg_scale and a negative prompt: guidance_scale is not "
                       "an option of this model");
-  return ok_status();
+  const int64_t patch = vae_scale_factor() * 2, C = transformer_->config().in_channels;
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const std::string p = std::to_string(patch);
+  return validate_latents(o, {B, (o.height / patch) * (o.width / patch), C},
+                          "packed [B, (H/" + p + ")*(W/" + p + "), " + std::to_string(C) + "]");
 }
 
 Result<QwenImagePipeline::PromptEmbeds> QwenImagePipeline::encode_prompt(const std::vector<std::string>& prompts,
@@ -150,10 +156,7 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
   Tensor latents;
-  if (o.latents.defined()) {
-    if (o.latents.shape() != Shape{B, (h / 2) * (w / 2), tc.in_channels})
-      return make_error("latents " + shape_str(o.latents.shape()) + " must be [" + std::to_string(B) + ", " +
-                        std::to_string((h / 2) * (w / 2)) + ", " + std::to_string(tc.in_channels) + "]");
+  if (o.latents.defined()) {  // its shape: validate()
     latents = o.latents.to(DType::F32).clone();
   } else {
     // diffusers draws [B, 1, C, h, w]: the same numbers as [B, C, h, w].
@@ -193,8 +196,8 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
 
 PipelineEntry qwenimage_pipeline_entry() {
   return {"QwenImagePipeline", QwenImagePipeline::traits,
-          [](const std::string& dir, const Mesh& mesh) -> Result<std::unique_ptr<Pipeline>> {
-            MD_TRY(QwenImagePipeline p, QwenImagePipeline::load(dir, mesh));
+          [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
+            MD_TRY(QwenImagePipeline p, QwenImagePipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<QwenImagePipeline>(std::move(p)));
           }};
 }

@@ -22,9 +22,12 @@ class QwenImagePipeline final : public Pipeline {
   // On a mesh each rank loads its shard of the transformer and of the text encoder (TP) and works on its
   // part of each step: its image-token shard (SP), its branch of true CFG (CFG), its band of the VAE decode.
   // Every rank returns the whole image.
-  static Result<QwenImagePipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single());
-  // What the mesh's automatic configuration needs, read from the folder's transformer/config.json.
-  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options);
+  // `from` may name a transformer file apart from the folder (diffusers names, as ComfyUI's files have them).
+  static Result<QwenImagePipeline> load(const std::string& dir, const Mesh& mesh = Mesh::single(),
+                                        const LoadOptions& from = {});
+  // What the mesh's automatic configuration needs, read from the transformer's config.
+  static Result<ModelTraits> traits(const std::string& dir, const GenerateOptions& options,
+                                    const LoadOptions& from = {});
   // 2 ** len(temperal_downsample): 8 for the released VAE.
   int64_t vae_scale_factor() const { return int64_t(1) << vae_->config().temperal_downsample.size(); }
   std::string name() const override { return "QwenImagePipeline"; }

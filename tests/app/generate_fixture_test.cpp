@@ -25,14 +25,14 @@ namespace {
 std::string cli() { return MESHDIT_CLI; }
 
 // A pipeline fixture generate serves, and the single-file layout its transformer is released in ("": the
-// diffusers names in one file). One line per pipeline; pipe_qwenimage joins once QwenImagePipeline is registered:
-//   {"pipe_qwenimage", ""},
+// diffusers names in one file). One line per pipeline.
 struct PipelineFixture {
   std::string name, layout;
 };
 const PipelineFixture kFixtures[] = {
     {"pipe_flux1_dev", "flux-bfl"},
     {"pipe_sd3", "sd3-stability"},
+    {"pipe_qwenimage", ""},  // ComfyUI's Qwen-Image files keep diffusers' names
 };
 
 // Every differing value is at most this far off (one uint8 level: a float32 image within the fixture's 1e-4
