@@ -1,6 +1,7 @@
 // T5 / UMT5 encoder as transformers' T5EncoderModel / UMT5EncoderModel compute it.
 #include "encoders/t5.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/model_ops.h"
@@ -31,6 +32,32 @@ Result<T5Config> T5Config::from_json(const std::string& path) {
   return c;
 }
 
+Result<Tensor> trim_prompt_embeds(const Tensor& last_hidden_state, const std::vector<int64_t>& seq_lens,
+                                  int64_t max_sequence_length) {
+  const std::string who = "trim_prompt_embeds: ";
+  if (last_hidden_state.dim() != 3)
+    return make_error(who + "last_hidden_state must be [B, L, D], got " + shape_str(last_hidden_state.shape()));
+  const int64_t B = last_hidden_state.size(0), L = last_hidden_state.size(1), D = last_hidden_state.size(2);
+  if (int64_t(seq_lens.size()) != B)
+    return make_error(who + std::to_string(seq_lens.size()) + " sequence lengths for a batch of " + std::to_string(B));
+  if (max_sequence_length < 1)
+    return make_error(who + "max_sequence_length must be positive, got " + std::to_string(max_sequence_length));
+  std::vector<Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = seq_lens[size_t(b)];
+    if (n < 0 || n > L || n > max_sequence_length)
+      return make_error(who + "row " + std::to_string(b) + " has length " + std::to_string(n) + ", outside [0, " +
+                        std::to_string(std::min(L, max_sequence_length)) + "]");
+    std::vector<Tensor> parts;
+    if (n > 0) parts.push_back(last_hidden_state.slice(0, b, b + 1).slice(1, 0, n));
+    if (n < max_sequence_length)
+      parts.push_back(
+          Tensor::zeros({1, max_sequence_length - n, D}, last_hidden_state.dtype(), last_hidden_state.device()));
+    rows.push_back(parts.size() == 1 ? parts[0].contiguous() : concat(parts, 1));
+  }
+  return B == 1 ? rows[0] : concat(rows, 0);
+}
+
 int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_buckets, int64_t max_distance) {
   int64_t bucket = 0;
   num_buckets /= 2;
@@ -45,13 +72,17 @@ int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_bucke
   return bucket + large;
 }
 
+namespace {
+std::string family(const T5Config& c) { return c.bias_per_layer ? "UMT5 encoder" : "T5 encoder"; }
+}  // namespace
+
 Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg, const ParallelContext* par) {
   T5Encoder m;
   m.cfg_ = cfg;
   const int tp = par ? par->tp_size() : 1, r = par ? par->tp_rank() : 0;
   Communicator* reduce = par ? par->tp : nullptr;
   if (cfg.num_heads < tp)
-    return make_error("T5 encoder: " + std::to_string(cfg.num_heads) +
+    return make_error(family(cfg) + ": " + std::to_string(cfg.num_heads) +
                       " heads cannot be split over tp=" + std::to_string(tp));
   m.heads_ = shard_range(cfg.num_heads, tp, r);
   const std::vector<Range> head_rows{{m.heads_.begin * cfg.d_kv, m.heads_.end * cfg.d_kv}};
@@ -102,10 +133,10 @@ Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
 Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,
                                   std::vector<Tensor>* hidden_states) const {
   if (input_ids.dim() != 2)
-    return make_error("T5 encoder: input_ids must be [B, L], got " + shape_str(input_ids.shape()));
+    return make_error(family(cfg_) + ": input_ids must be [B, L], got " + shape_str(input_ids.shape()));
   const int64_t B = input_ids.size(0), L = input_ids.size(1), H = heads_.size(), Dk = cfg_.d_kv;
   if (attention_mask.defined() && attention_mask.shape() != input_ids.shape())
-    return make_error("T5 encoder: attention_mask " + shape_str(attention_mask.shape()) + " must match input_ids");
+    return make_error(family(cfg_) + ": attention_mask " + shape_str(attention_mask.shape()) + " must match input_ids");
   MD_TRY(Tensor x, ops::embedding(shared_, input_ids));
   if (hidden_states) hidden_states->push_back(x.clone());
 

@@ -54,6 +54,13 @@ class T5Encoder {
   Act act_ = Act::GeluTanh;
 };
 
+// WanPipeline._get_t5_prompt_embeds after the encoder: row b of last_hidden_state [B, L, D] cut to its first
+// seq_lens[b] positions (attention_mask.gt(0).sum(1), the tokenizer's lengths) and zero-padded again to
+// max_sequence_length -> [B, max_sequence_length, D]. The encoder's outputs at padding positions are not zero
+// (they attend to the valid tokens), which is why the pipeline replaces them.
+Result<Tensor> trim_prompt_embeds(const Tensor& last_hidden_state, const std::vector<int64_t>& seq_lens,
+                                  int64_t max_sequence_length);
+
 // transformers' _relative_position_bucket for a bidirectional encoder (float32 log as transformers).
 int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_buckets, int64_t max_distance);
 

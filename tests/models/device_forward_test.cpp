@@ -95,7 +95,7 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
   if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA backend is compiled in";
   const std::string vae = test::fixtures_dir() + "/vae_kl16", t5 = test::fixtures_dir() + "/text_t5",
                     clip = test::fixtures_dir() + "/text_clip_l", qwen = test::fixtures_dir() + "/text_qwen25vl",
-                    wan = test::fixtures_dir() + "/vae_wan21";
+                    wan = test::fixtures_dir() + "/vae_wan21", umt5 = test::fixtures_dir() + "/text_umt5";
   auto run = [&](Device dev) -> Result<std::vector<Tensor>> {
     std::vector<Tensor> out;
     {
@@ -152,6 +152,18 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
       MD_TRY(Tensor h, m.forward(ids, mask));
       out.push_back(h);
     }
+    {
+      // A position-bias table per layer, and WanPipeline's trimming of the padded rows on the device.
+      MD_TRY(T5Config cfg, T5Config::from_json(umt5 + "/config.json"));
+      MD_TRY(Checkpoint ck, Checkpoint::open(umt5 + "/model.safetensors"));
+      ck.place_on(dev);
+      MD_TRY(T5Encoder m, T5Encoder::load(ck, cfg));
+      MD_TRY(Tensor ids, input(umt5, "input_ids", dev));
+      MD_TRY(Tensor mask, input(umt5, "attention_mask", dev));
+      MD_TRY(Tensor h, m.forward(ids, mask));
+      MD_TRY(Tensor trimmed, trim_prompt_embeds(h, {5, 16}, 20));
+      out.insert(out.end(), {h, trimmed});
+    }
     return out;
   };
   auto host = run(Device::CPU);
@@ -160,8 +172,20 @@ TEST(DeviceForward, VaeAndTextEncodersRunOnAnotherDeviceBitForBit) {
   {
     auto on_dev = run(Device::CUDA);
     ASSERT_TRUE(on_dev.ok()) << on_dev.error().message;
-    const char* names[] = {"vae decode", "vae tiled decode", "vae posterior mean", "vae posterior logvar",
-                           "wan vae decode", "wan vae posterior mean", "wan vae posterior logvar", "t5", "t5 masked", "clip hidden", "clip pooled", "qwen2.5-vl masked"};
+    const char* names[] = {"vae decode",
+                           "vae tiled decode",
+                           "vae posterior mean",
+                           "vae posterior logvar",
+                           "wan vae decode",
+                           "wan vae posterior mean",
+                           "wan vae posterior logvar",
+                           "t5",
+                           "t5 masked",
+                           "clip hidden",
+                           "clip pooled",
+                           "qwen2.5-vl masked",
+                           "umt5 masked",
+                           "umt5 trimmed"};
     ASSERT_EQ(on_dev->size(), host->size());
     for (size_t i = 0; i < host->size(); ++i) expect_same((*on_dev)[i], (*host)[i], names[i]);
   }

@@ -133,6 +133,10 @@ void expect_encoder_tp(const std::string& dir, int heads) {
 // T5 (3 heads in the fixture) with its heads and feed-forward split over the ranks, unevenly on 2.
 TEST(TextEncoderOnMesh, T5TensorParallel) { expect_encoder_tp(test::fixtures_dir() + "/text_t5", 3); }
 
+// UMT5 (Wan's text encoder, 3 heads in the fixture, a position-bias table per layer): each rank holds its
+// heads' columns of every layer's table, with the same split as T5.
+TEST(TextEncoderOnMesh, UMT5TensorParallel) { expect_encoder_tp(test::fixtures_dir() + "/text_umt5", 3); }
+
 // Qwen2.5-VL's text model (2 query heads sharing 1 KV head in the fixture): each rank holds one query head
 // and a copy of the KV head it reads.
 TEST(TextEncoderOnMesh, Qwen25VLTensorParallel) { expect_encoder_tp(test::fixtures_dir() + "/text_qwen25vl", 2); }
