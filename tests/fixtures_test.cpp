@@ -27,7 +27,6 @@ struct PendingCase {
 constexpr PendingCase kPending[] = {
     // #10: Wan2.2-T2V-A14B end to end.
     {"wan22_t2v_transformer", 10},
-    {"sched_unipc_wan22", 10},
     {"pipe_wan22", 10},
     // #11: Mochi-1 end to end.
     {"mochi_transformer", 11},

@@ -9,6 +9,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "schedulers/flow_match.h"
+#include "schedulers/unipc.h"
 
 namespace meshdit {
 namespace {
@@ -95,8 +96,81 @@ Result<TensorMap> run_flow_match(const CaseContext& c) {
   return out;
 }
 
+// UniPC as WanPipeline sets it up: each named run is (steps, flow_shift), with the expert the pipeline picks
+// per step at boundary_ratio; the run named by run_schedule steps through the fixed model outputs
+// (inputs "model_outputs" [steps, ...]) from "sample0".
+Result<TensorMap> run_unipc(const CaseContext& c) {
+  MD_TRY(UniPCConfig cfg, UniPCConfig::load(c.dir + "/scheduler_config.json"));
+  const std::string where = c.dir + "/meta.json";
+  if (!c.meta.contains("non_tensor_args") || !c.meta["non_tensor_args"].is_object())
+    return make_error(where + ": no non_tensor_args");
+  const Json& args = c.meta["non_tensor_args"];
+  if (!args.contains("runs") || !args["runs"].is_object()) return make_error(where + ": no non_tensor_args.runs");
+  std::optional<double> boundary_ratio;
+  if (args.contains("boundary_ratio") && args["boundary_ratio"].is_number())
+    boundary_ratio = args["boundary_ratio"].get<double>();
+  auto setup = [&](const Json& run, const std::string& name) -> Result<UniPCMultistepScheduler> {
+    const std::string at = where + ": run '" + name + "'";
+    MD_TRY(int64_t steps, json_int(run, "num_inference_steps", at));
+    UniPCConfig rc = cfg;
+    if (run.contains("flow_shift")) {
+      if (!run["flow_shift"].is_number()) return make_error(at + ": 'flow_shift' should be a number");
+      rc.flow_shift = run["flow_shift"].get<double>();
+    }
+    MD_TRY(UniPCMultistepScheduler sched, UniPCMultistepScheduler::create(rc));
+    MD_RETURN_IF_ERROR(sched.set_timesteps(steps));
+    return sched;
+  };
+  TensorMap out;
+  for (const auto& [name, run] : args["runs"].items()) {
+    MD_TRY(UniPCMultistepScheduler sched, setup(run, name));
+    out[name + ".timesteps"] = sched.timesteps_tensor();
+    out[name + ".sigmas"] = sched.sigmas_tensor();
+    // WanPipeline: transformer (high noise) for t >= boundary_ratio * num_train_timesteps, else transformer_2.
+    if (boundary_ratio && run.contains("expert_per_step") && run["expert_per_step"].is_array()) {
+      const Json& want = run["expert_per_step"];
+      const double boundary = *boundary_ratio * double(cfg.num_train_timesteps);
+      const auto& ts = sched.timesteps_i64();
+      if (want.size() != ts.size())
+        return make_error(where + ": run '" + name + "' records " + std::to_string(want.size()) + " experts for " +
+                          std::to_string(ts.size()) + " steps");
+      for (size_t i = 0; i < ts.size(); ++i) {
+        const std::string got = double(ts[i]) >= boundary ? "transformer" : "transformer_2";
+        if (!want[i].is_string() || want[i].get<std::string>() != got)
+          return make_error(where + ": run '" + name + "' step " + std::to_string(i) + " (t = " +
+                            std::to_string(ts[i]) + ") picks " + got + ", the reference " + json_brief(want[i]));
+      }
+    }
+  }
+  if (args.contains("run_schedule") && args["run_schedule"].is_string()) {
+    const std::string name = args["run_schedule"].get<std::string>();
+    if (!args["runs"].contains(name)) return make_error(where + ": run_schedule '" + name + "' is not a run");
+    MD_TRY(UniPCMultistepScheduler sched, setup(args["runs"][name], name));
+    MD_TRY(Tensor sample, c.input("sample0"));
+    MD_TRY(Tensor outputs, c.input("model_outputs"));
+    const int64_t steps = sched.num_inference_steps();
+    if (outputs.dim() < 1 || outputs.size(0) != steps)
+      return make_error(where + ": model_outputs " + shape_str(outputs.shape()) + " should hold " +
+                        std::to_string(steps) + " steps");
+    std::vector<Tensor> samples;
+    Shape row{1};
+    row.insert(row.end(), sample.shape().begin(), sample.shape().end());
+    const std::vector<float> ts = sched.timesteps();
+    for (int64_t i = 0; i < steps; ++i) {
+      Tensor mo = outputs.slice(0, i, i + 1).reshape(sample.shape());
+      MD_TRY(sample, sched.step(mo, ts[size_t(i)], sample));
+      samples.push_back(sample.reshape(row));
+    }
+    out["run.prev_samples"] = concat(samples, 0);
+  }
+  return out;
+}
+
 }  // namespace
 
-void register_scheduler_runners() { register_case_runner("diffusers.FlowMatchEulerDiscreteScheduler", run_flow_match); }
+void register_scheduler_runners() {
+  register_case_runner("diffusers.FlowMatchEulerDiscreteScheduler", run_flow_match);
+  register_case_runner("diffusers.UniPCMultistepScheduler", run_unipc);
+}
 
 }  // namespace meshdit
