@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "backend/model_ops.h"
+#include "schedulers/dtype_rules.h"
 
 namespace meshdit {
 
@@ -264,18 +265,12 @@ Result<int64_t> FlowMatchEulerScheduler::index_for_timestep(float timestep) cons
 
 namespace {
 
-// torch's result dtype for (0-dim float32 tensor) * (tensor of dtype `dt`): `dt`. Rounds a float32 product
-// to it (and back to float32, where the rest of the step computes).
-Tensor round_to(const Tensor& v, DType dt) { return dt == DType::F32 ? v : v.to(dt).to(DType::F32); }
-
 Status check_same_shape(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
   if (a.shape() != b.shape())
     return make_error(std::string("FlowMatchEulerDiscreteScheduler: ") + an + " " + shape_str(a.shape()) + " and " +
                       bn + " " + shape_str(b.shape()) + " differ in shape");
   return ok_status();
 }
-
-bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
 }  // namespace
 
@@ -284,7 +279,7 @@ Result<Tensor> FlowMatchEulerScheduler::step(const Tensor& model_output, float t
   const std::string who = "FlowMatchEulerDiscreteScheduler.step: ";
   if (num_inference_steps_ == 0) return make_error(who + "set_timesteps() has not been called");
   MD_RETURN_IF_ERROR(check_same_shape(model_output, "model_output", sample, "sample"));
-  if (!is_float(model_output.dtype()) || !is_float(sample.dtype()))
+  if (!is_float_dtype(model_output.dtype()) || !is_float_dtype(sample.dtype()))
     return make_error(who + "model_output and sample must be floating-point tensors");
   if (cfg_.stochastic_sampling && generator == nullptr)
     return make_error(who + "stochastic_sampling needs a generator for its noise");
@@ -306,14 +301,14 @@ Result<Tensor> FlowMatchEulerScheduler::step(const Tensor& model_output, float t
   // axpby(1, x, c, y) is x + c * y and axpby(1, x, -1, p) is x - p, each rounded as torch rounds them.
   Tensor result;
   if (cfg_.stochastic_sampling) {
-    const Tensor p = round_to(ops::scale(model_output, sigma), out_dt);
+    const Tensor p = round_product_to(ops::scale(model_output, sigma), out_dt);
     const Tensor noise = generator->randn(sample.shape());
     const float keep = 1.0f - sigma_next;
     const Tensor x0 = ops::axpby(1.0f, sample, -1.0f, p);
     result = ops::axpby(keep, x0, sigma_next, noise);
   } else {
     const float dt = sigma_next - sigma;
-    const Tensor p = round_to(ops::scale(model_output, dt), out_dt);
+    const Tensor p = round_product_to(ops::scale(model_output, dt), out_dt);
     result = ops::axpby(1.0f, sample, 1.0f, p);
   }
   step_index_ = idx + 1;
@@ -322,7 +317,7 @@ Result<Tensor> FlowMatchEulerScheduler::step(const Tensor& model_output, float t
 
 Result<Tensor> FlowMatchEulerScheduler::scale_noise(const Tensor& sample, float timestep, const Tensor& noise) const {
   MD_RETURN_IF_ERROR(check_same_shape(sample, "sample", noise, "noise"));
-  if (!is_float(sample.dtype()) || !is_float(noise.dtype()))
+  if (!is_float_dtype(sample.dtype()) || !is_float_dtype(noise.dtype()))
     return make_error("FlowMatchEulerDiscreteScheduler.scale_noise: sample and noise must be floating-point");
   int64_t idx = 0;
   if (!begin_index_) {

@@ -7,6 +7,7 @@
 
 #include "backend/model_ops.h"
 #include "backend/ops.h"
+#include "schedulers/dtype_rules.h"
 #include "schedulers/flow_match.h"
 
 namespace meshdit {
@@ -282,14 +283,6 @@ Tensor weighted_sum(const std::vector<float>& w, const std::vector<Tensor>& d) {
   return acc;
 }
 
-// torch's result dtype for (0-dim float32 tensor) * (tensor of dtype `dt`): `dt`. Rounds a float32 product
-// to it (and back to float32, where the rest of the step computes).
-Tensor round_to(const Tensor& v, DType dt) {
-  return dt == DType::F32 || dt == DType::F64 ? v : v.to(dt).to(DType::F32);
-}
-
-bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
-
 }  // namespace
 
 Tensor UniPCMultistepScheduler::convert_model_output(const Tensor& model_output, const Tensor& sample) const {
@@ -299,7 +292,7 @@ Tensor UniPCMultistepScheduler::convert_model_output(const Tensor& model_output,
   if (cfg_.predict_x0) {
     if (p == "flow_prediction" || p == "epsilon") {
       // flow: sample - sigma * v; epsilon: (sample - sigma_t * eps) / alpha_t.
-      const Tensor prod = round_to(ops::scale(model_output, as.sigma), model_output.dtype());
+      const Tensor prod = round_product_to(ops::scale(model_output, as.sigma), model_output.dtype());
       const Tensor x0 = ops::axpby(1.0f, sample, -1.0f, prod);
       return p == "epsilon" ? ops::div_add(x0, as.alpha, 0.0f) : x0;
     }
@@ -345,10 +338,10 @@ Tensor UniPCMultistepScheduler::predictor(const Tensor& x, int64_t order) const 
   return x_t;
 }
 
-// multistep_uni_c_bh_update: corrects the sample the last predictor gave (this_sample, at sigmas[i]) with the
-// model's output there, from the sample before it (last_sample, at sigmas[i - 1]).
-Tensor UniPCMultistepScheduler::corrector(const Tensor& model_t, const Tensor& x, const Tensor& /*this_sample*/,
-                                          int64_t order) const {
+// multistep_uni_c_bh_update: the corrected sample at sigmas[i], recomputed from the sample the last predictor
+// started from (x, at sigmas[i - 1]) with the model's output at sigmas[i] (model_t) added to the history; the
+// predicted sample itself enters only through model_t.
+Tensor UniPCMultistepScheduler::corrector(const Tensor& model_t, const Tensor& x, int64_t order) const {
   const int64_t idx = *step_index_;
   const size_t last = model_outputs_.size() - 1;
   const Tensor& m0 = model_outputs_[last];
@@ -383,7 +376,7 @@ Result<Tensor> UniPCMultistepScheduler::step(const Tensor& model_output, float t
   if (model_output.shape() != sample.shape())
     return make_error(who + "model_output " + shape_str(model_output.shape()) + " and sample " +
                       shape_str(sample.shape()) + " differ in shape");
-  if (!is_float(model_output.dtype()) || !is_float(sample.dtype()))
+  if (!is_float_dtype(model_output.dtype()) || !is_float_dtype(sample.dtype()))
     return make_error(who + "model_output and sample must be floating-point tensors");
   if (!step_index_) step_index_ = begin_index_ ? *begin_index_ : index_for_timestep(timestep);
   const int64_t idx = *step_index_;
@@ -397,7 +390,7 @@ Result<Tensor> UniPCMultistepScheduler::step(const Tensor& model_output, float t
 
   const Tensor converted = convert_model_output(model_output, sample);
   Tensor x = sample.dtype() == DType::F32 ? sample : sample.to(DType::F32);
-  if (use_corrector) x = corrector(converted, last_sample_, x, this_order_);
+  if (use_corrector) x = corrector(converted, last_sample_, this_order_);
 
   std::rotate(model_outputs_.begin(), model_outputs_.begin() + 1, model_outputs_.end());
   model_outputs_.back() = converted;

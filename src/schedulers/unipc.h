@@ -97,8 +97,7 @@ class UniPCMultistepScheduler {
  private:
   Tensor convert_model_output(const Tensor& model_output, const Tensor& sample) const;
   Tensor predictor(const Tensor& sample, int64_t order) const;
-  Tensor corrector(const Tensor& this_model_output, const Tensor& last_sample, const Tensor& this_sample,
-                   int64_t order) const;
+  Tensor corrector(const Tensor& this_model_output, const Tensor& last_sample, int64_t order) const;
 
   UniPCConfig cfg_;
   std::vector<int64_t> timesteps_;
