@@ -147,6 +147,27 @@ TEST(UniPC, StraightFlowPathEndsAtItsData) {
   }
 }
 
+// solver_order 3 (the fixture covers 2): after four third-order predictor / corrector steps and the second-order
+// one lower_order_final gives the next-to-last step, against a float64 transcription of diffusers' update
+// (Python floats, linalg.solve by elimination) on the same inputs.
+TEST(UniPC, ThirdOrderMatchesAFloat64Transcription) {
+  Json j = wan22();
+  j["solver_order"] = 3;
+  UniPCMultistepScheduler s = make(j, 8);
+  Tensor x = filled({1, 2, 3}, 0.5f, -0.1f);
+  const std::vector<std::vector<double>> want = {
+      {0.315303454, 0.200333454, 0.0853634537, -0.0296065463, -0.144576546, -0.259546546},
+      {0.179681067, 0.0587314263, -0.0622182142, -0.183167855, -0.304117495, -0.425067136}};
+  for (int64_t i = 0; i < 7; ++i) {
+    auto r = s.step(filled({1, 2, 3}, 0.1f * float(i), 0.03f), s.timesteps()[size_t(i)], x);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    x = r.value();
+    if (i < 5) continue;
+    const std::vector<float> got = x.to_vector();
+    for (size_t k = 0; k < got.size(); ++k) EXPECT_NEAR(got[k], want[size_t(i - 5)][k], 2e-6) << "step " << i;
+  }
+}
+
 TEST(UniPC, StepIndexFromTheTimestep) {
   UniPCMultistepScheduler s = make(wan22(), 10);
   EXPECT_EQ(s.index_for_timestep(s.timesteps()[3]), 3);
