@@ -27,7 +27,7 @@ Result<TensorMap> run_clip_text(const CaseContext& c) {
 
 // T5 v1.1 and UMT5 share one encoder; the config's model_type says which (UMT5: a bias table per layer).
 Result<T5Encoder> load_t5_family(const CaseContext& c, const T5Config& cfg) {
-  const char* name = cfg.bias_per_layer ? "UMT5 encoder" : "T5 encoder";
+  const char* name = cfg.name();
   ModelTraits traits{name, cfg.num_heads, /*cfg_batch=*/false, /*image_tokens=*/0, /*uneven_heads_ok=*/true};
   MD_TRY(const Mesh* mesh, c.mesh(traits));
   if (mesh->config().sp > 1 || mesh->config().cfg > 1)

@@ -72,17 +72,13 @@ int64_t t5_relative_position_bucket(int64_t relative_position, int64_t num_bucke
   return bucket + large;
 }
 
-namespace {
-std::string family(const T5Config& c) { return c.bias_per_layer ? "UMT5 encoder" : "T5 encoder"; }
-}  // namespace
-
 Result<T5Encoder> T5Encoder::load(const Checkpoint& ck, const T5Config& cfg, const ParallelContext* par) {
   T5Encoder m;
   m.cfg_ = cfg;
   const int tp = par ? par->tp_size() : 1, r = par ? par->tp_rank() : 0;
   Communicator* reduce = par ? par->tp : nullptr;
   if (cfg.num_heads < tp)
-    return make_error(family(cfg) + ": " + std::to_string(cfg.num_heads) +
+    return make_error(std::string(cfg.name()) + ": " + std::to_string(cfg.num_heads) +
                       " heads cannot be split over tp=" + std::to_string(tp));
   m.heads_ = shard_range(cfg.num_heads, tp, r);
   const std::vector<Range> head_rows{{m.heads_.begin * cfg.d_kv, m.heads_.end * cfg.d_kv}};
@@ -133,10 +129,11 @@ Tensor T5Encoder::position_bias(const Tensor& table, int64_t L) const {
 Result<Tensor> T5Encoder::forward(const Tensor& input_ids, const Tensor& attention_mask,
                                   std::vector<Tensor>* hidden_states) const {
   if (input_ids.dim() != 2)
-    return make_error(family(cfg_) + ": input_ids must be [B, L], got " + shape_str(input_ids.shape()));
+    return make_error(std::string(cfg_.name()) + ": input_ids must be [B, L], got " + shape_str(input_ids.shape()));
   const int64_t B = input_ids.size(0), L = input_ids.size(1), H = heads_.size(), Dk = cfg_.d_kv;
   if (attention_mask.defined() && attention_mask.shape() != input_ids.shape())
-    return make_error(family(cfg_) + ": attention_mask " + shape_str(attention_mask.shape()) + " must match input_ids");
+    return make_error(std::string(cfg_.name()) + ": attention_mask " + shape_str(attention_mask.shape()) +
+                      " must match input_ids");
   MD_TRY(Tensor x, ops::embedding(shared_, input_ids));
   if (hidden_states) hidden_states->push_back(x.clone());
 

@@ -20,6 +20,8 @@ struct T5Config {
   std::string feed_forward_proj = "gated-gelu";
   // T5 computes the position bias in layer 0 and shares it; UMT5 has one table per layer.
   bool bias_per_layer = false;
+  // For messages and mesh traits.
+  const char* name() const { return bias_per_layer ? "UMT5 encoder" : "T5 encoder"; }
   static Result<T5Config> from_json(const std::string& path);
 };
 
