@@ -102,15 +102,12 @@ std::vector<double> linear_quadratic_schedule(int64_t num_steps, double threshol
 
 // ---- scheduler ------------------------------------------------------------------------------------------------
 
-namespace {
-
-// The shifting steps of set_timesteps on a numpy array of T (float for custom sigmas/timesteps, whose
-// float32 dtype Python scalars do not promote; double for the default linspace).
 template <class T>
-Status shift_sigmas(std::vector<T>& s, const FlowMatchConfig& cfg, double shift, std::optional<double> mu) {
-  if (cfg.use_dynamic_shifting) {
+Status shift_flow_sigmas(std::vector<T>& s, double shift, std::optional<double> mu, bool exponential,
+                         std::optional<double> shift_terminal, const std::string& who) {
+  if (mu) {
     // time_shift(mu, 1.0, t): (1 / t - 1) ** 1.0 is (1 / t - 1) exactly.
-    const T a = cfg.time_shift_type == "exponential" ? T(std::exp(*mu)) : T(*mu);
+    const T a = exponential ? T(std::exp(*mu)) : T(*mu);
     for (T& x : s) {
       T r = T(1) / x;
       r = r - T(1);
@@ -124,19 +121,26 @@ Status shift_sigmas(std::vector<T>& s, const FlowMatchConfig& cfg, double shift,
       x = num / den;
     }
   }
-  if (cfg.shift_terminal && *cfg.shift_terminal != 0.0) {  // `if self.config.shift_terminal:`
+  if (shift_terminal && *shift_terminal != 0.0) {  // `if self.config.shift_terminal:`
     std::vector<T> one_minus(s.size());
     for (size_t i = 0; i < s.size(); ++i) one_minus[i] = T(1) - s[i];
     // A schedule ending at sigma 1 (a single step) has nothing to stretch: diffusers divides 0 by 0 there and
     // steps with NaN.
     if (one_minus.back() == T(0))
-      return make_error("FlowMatchEulerDiscreteScheduler: shift_terminal stretches the schedule to its last sigma, "
-                        "which is 1 here (one step?): use at least 2 steps");
-    const T scale = one_minus.back() / T(1.0 - *cfg.shift_terminal);
+      return make_error(who +
+                        ": shift_terminal stretches the schedule to its last sigma, which is 1 here (one "
+                        "step?): use at least 2 steps");
+    const T scale = one_minus.back() / T(1.0 - *shift_terminal);
     for (size_t i = 0; i < s.size(); ++i) s[i] = T(1) - one_minus[i] / scale;
   }
   return ok_status();
 }
+template Status shift_flow_sigmas(std::vector<float>&, double, std::optional<double>, bool, std::optional<double>,
+                                  const std::string&);
+template Status shift_flow_sigmas(std::vector<double>&, double, std::optional<double>, bool, std::optional<double>,
+                                  const std::string&);
+
+namespace {
 
 template <class T>
 std::vector<double> to_double(const std::vector<T>& v) {
@@ -204,7 +208,9 @@ Status FlowMatchEulerScheduler::set_timesteps(std::optional<int64_t> num_inferen
     // float64: np.linspace(sigma_max * N, sigma_min * N, n) / N.
     std::vector<double> s = np_linspace(sigma_max_ * double(n_train), sigma_min_ * double(n_train), n);
     for (double& x : s) x = x / double(n_train);
-    MD_RETURN_IF_ERROR(shift_sigmas(s, cfg_, shift_, mu));
+    MD_RETURN_IF_ERROR(shift_flow_sigmas(s, shift_, cfg_.use_dynamic_shifting ? mu : std::nullopt,
+                                         cfg_.time_shift_type == "exponential", cfg_.shift_terminal,
+                                         "FlowMatchEulerDiscreteScheduler"));
     shifted = std::move(s);
   } else {
     std::vector<float> s(static_cast<size_t>(n));
@@ -213,7 +219,9 @@ Status FlowMatchEulerScheduler::set_timesteps(std::optional<int64_t> num_inferen
     } else {
       for (int64_t i = 0; i < n; ++i) s[size_t(i)] = float((*timesteps)[size_t(i)]) / float(n_train);
     }
-    MD_RETURN_IF_ERROR(shift_sigmas(s, cfg_, shift_, mu));
+    MD_RETURN_IF_ERROR(shift_flow_sigmas(s, shift_, cfg_.use_dynamic_shifting ? mu : std::nullopt,
+                                         cfg_.time_shift_type == "exponential", cfg_.shift_terminal,
+                                         "FlowMatchEulerDiscreteScheduler"));
     shifted = to_double(s);
   }
 

@@ -57,6 +57,15 @@ std::vector<double> flux_pipeline_sigmas(int64_t num_inference_steps);
 // diffusers.pipelines.mochi.pipeline_mochi.linear_quadratic_schedule (linear_steps < 0: num_steps // 2).
 std::vector<double> linear_quadratic_schedule(int64_t num_steps, double threshold_noise, int64_t linear_steps = -1);
 
+// The sigma shifts of diffusers' flow schedulers (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler with
+// flow sigmas), in place on a numpy array of T (float for a float32 array, whose dtype Python scalars do not
+// promote; double for a float64 one): with mu (dynamic shifting), time_shift(mu, 1, s), exponential
+// (e^mu / (e^mu + 1 / s - 1)) or linear (mu for e^mu); else shift * s / (1 + (shift - 1) s). Then a non-zero
+// shift_terminal stretches the schedule to end there. `who` names the scheduler in the error.
+template <class T>
+Status shift_flow_sigmas(std::vector<T>& s, double shift, std::optional<double> mu, bool exponential,
+                         std::optional<double> shift_terminal, const std::string& who);
+
 class FlowMatchEulerScheduler {
  public:
   FlowMatchEulerScheduler() = default;

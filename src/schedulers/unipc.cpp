@@ -149,23 +149,8 @@ Status UniPCMultistepScheduler::set_timesteps(std::optional<int64_t> num_inferen
     s = np_linspace(1.0, 1.0 / N, n + 1);
     s.pop_back();
   }
-  if (cfg_.use_dynamic_shifting) {
-    // time_shift(mu, 1.0, t): (1 / t - 1) ** 1.0 is (1 / t - 1) exactly.
-    const double a = cfg_.time_shift_type == "exponential" ? std::exp(*mu) : *mu;
-    for (double& x : s) x = a / (a + (1.0 / x - 1.0));
-  } else {
-    const double k = cfg_.flow_shift, k1 = cfg_.flow_shift - 1.0;
-    for (double& x : s) x = k * x / (1.0 + k1 * x);
-  }
-  if (cfg_.shift_terminal && *cfg_.shift_terminal != 0.0) {  // `if self.config.shift_terminal:`
-    const double last = 1.0 - s.back();
-    if (last == 0.0)
-      return make_error(who +
-                        "shift_terminal stretches the schedule to its last sigma, which is 1 here: use at least "
-                        "2 steps");
-    const double scale = last / (1.0 - *cfg_.shift_terminal);
-    for (double& x : s) x = 1.0 - (1.0 - x) / scale;
-  }
+  MD_RETURN_IF_ERROR(shift_flow_sigmas(s, cfg_.flow_shift, cfg_.use_dynamic_shifting ? mu : std::nullopt,
+                                       cfg_.time_shift_type == "exponential", cfg_.shift_terminal, kName));
   // A first sigma of 1 is alpha 0, whose log the first steps would take.
   const double eps = 1e-6;
   if (std::fabs(s[0] - 1.0) < eps) s[0] -= eps;
