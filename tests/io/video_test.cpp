@@ -104,6 +104,8 @@ struct VideoBadCase {
   std::string expect;
 };
 
+void PrintTo(const VideoBadCase& c, std::ostream* os) { *os << c.name; }
+
 class VideoBadInput : public ::testing::TestWithParam<VideoBadCase> {};
 
 TEST_P(VideoBadInput, ErrorNamesTheFileAndLeavesNoFile) {
