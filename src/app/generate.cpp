@@ -189,7 +189,8 @@ int run_generate(const GenerateCommand& cmd) {
     const std::string what = video ? " video(s) of " + std::to_string(o.num_frames) + " frames" : " image(s)";
     std::fprintf(stderr, "meshdit: %s%s, %lld%s %lldx%lld, %lld steps, %s, %d threads", model.c_str(),
                  cmd.transformer.empty() ? "" : (" with transformer " + cmd.transformer).c_str(), (long long)n_images,
-                 what.c_str(), (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(), num_threads());
+                 what.c_str(), (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(),
+                 num_threads());
     if (shape.size() > 1)
       std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
     std::fputc('\n', stderr);

@@ -107,7 +107,8 @@ int run(int argc, char** argv) {
       "Exit status 0 only if every output of every case is within tolerance.\n"
       "On a mesh: mpirun -np 4 meshdit check --mesh 2x2 CASE (intermediate hooks of a sharded model are skipped).");
 
-  auto* gen = app.add_subcommand("generate", "Generate images (PNG files) or videos (MP4, PNG frames) from text prompts");
+  auto* gen =
+      app.add_subcommand("generate", "Generate images (PNG files) or videos (MP4, PNG frames) from text prompts");
   std::string pipelines;  // the model_index.json classes generate serves, from the pipeline registry
   for (const auto& c : meshdit::pipeline_classes()) pipelines += (pipelines.empty() ? "" : ", ") + c;
   meshdit::GenerateCommand g;

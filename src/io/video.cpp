@@ -83,8 +83,8 @@ Status check_frames(const std::string& path, const Tensor& frames) {
     return make_error(path + ": frames must be floating point in [0, 1], not " + dtype_name(t));
   if (frames.size(0) == 0) return make_error(path + ": no frames (shape " + shape_str(frames.shape()) + ")");
   if (frames.size(1) <= 0 || frames.size(2) <= 0 || frames.size(1) > 16384 || frames.size(2) > 16384)
-    return make_error(path + ": frame size " + std::to_string(frames.size(2)) + "x" +
-                      std::to_string(frames.size(1)) + " is not a video size");
+    return make_error(path + ": frame size " + std::to_string(frames.size(2)) + "x" + std::to_string(frames.size(1)) +
+                      " is not a video size");
   return ok_status();
 }
 
@@ -160,7 +160,8 @@ Status write_mp4_impl(const std::string& path, const Tensor& frames, double fps,
   if (int r = avcodec_parameters_from_context(st->codecpar, c.get()); r < 0)
     return av_error(path, "setting the stream parameters", r);
 
-  if (int r = avio_open(&fmt->pb, path.c_str(), AVIO_FLAG_WRITE); r < 0) return av_error(path, "cannot open for writing", r);
+  if (int r = avio_open(&fmt->pb, path.c_str(), AVIO_FLAG_WRITE); r < 0)
+    return av_error(path, "cannot open for writing", r);
   *created = true;
   AVDictionary* raw_mux = nullptr;
   av_dict_set(&raw_mux, "movflags", "+faststart", 0);
@@ -206,11 +207,13 @@ Status write_mp4(const std::string& path, const Tensor& frames, double fps, cons
   quiet_libav_once();
   MD_RETURN_IF_ERROR(check_frames(path, frames));
   if (frames.size(1) % 2 != 0 || frames.size(2) % 2 != 0)
-    return make_error(path + ": H.264 in yuv420p needs an even width and height, not " + std::to_string(frames.size(2)) +
-                      "x" + std::to_string(frames.size(1)) + " (write PNG frames for odd sizes)");
+    return make_error(path + ": H.264 in yuv420p needs an even width and height, not " +
+                      std::to_string(frames.size(2)) + "x" + std::to_string(frames.size(1)) +
+                      " (write PNG frames for odd sizes)");
   if (!(fps > 0) || !std::isfinite(fps) || fps > 1000)
     return make_error(path + ": frame rate " + std::to_string(fps) + " is not in (0, 1000] fps");
-  if (options.crf < 0 || options.crf > 51) return make_error(path + ": crf " + std::to_string(options.crf) + " is not in 0..51");
+  if (options.crf < 0 || options.crf > 51)
+    return make_error(path + ": crf " + std::to_string(options.crf) + " is not in 0..51");
   bool created = false;
   Status st = write_mp4_impl(path, frames, fps, options, &created);
   if (!st.ok() && created) {
@@ -242,7 +245,7 @@ Result<std::vector<std::string>> write_png_frames(const std::string& dir, const 
 namespace {
 
 // Converts decoded frames to RGB24 with the matrix and range they are tagged with.
-Status append_rgb(const std::string& path, const AVFrame* fr, SwsContext** sws, VideoFrames* out) {
+Status append_rgb(const std::string& path, const AVFrame* fr, SwsPtr* sws, VideoFrames* out) {
   if (out->rgb.empty()) {
     out->width = fr->width;
     out->height = fr->height;
@@ -250,25 +253,26 @@ Status append_rgb(const std::string& path, const AVFrame* fr, SwsContext** sws, 
     return make_error(path + ": frame " + std::to_string(out->rgb.size()) + " changes size to " +
                       std::to_string(fr->width) + "x" + std::to_string(fr->height));
   }
-  *sws = sws_getCachedContext(*sws, fr->width, fr->height, AVPixelFormat(fr->format), fr->width, fr->height,
-                              AV_PIX_FMT_RGB24, SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT, nullptr,
-                              nullptr, nullptr);
+  // Reuses the context while the frames keep their format; frees it (and returns null) when a new one fails.
+  sws->reset(sws_getCachedContext(sws->release(), fr->width, fr->height, AVPixelFormat(fr->format), fr->width,
+                                  fr->height, AV_PIX_FMT_RGB24, SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT,
+                                  nullptr, nullptr, nullptr));
   if (!*sws) {
     const char* name = av_get_pix_fmt_name(AVPixelFormat(fr->format));
     return make_error(path + ": cannot convert pixel format " + (name ? name : "?") + " to RGB");
   }
   const int cs = fr->colorspace == AVCOL_SPC_UNSPECIFIED ? SWS_CS_DEFAULT : int(fr->colorspace);
-  sws_setColorspaceDetails(*sws, sws_getCoefficients(cs), fr->color_range == AVCOL_RANGE_JPEG ? 1 : 0,
+  sws_setColorspaceDetails(sws->get(), sws_getCoefficients(cs), fr->color_range == AVCOL_RANGE_JPEG ? 1 : 0,
                            sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
   std::vector<uint8_t> rgb(size_t(fr->width) * size_t(fr->height) * 3);
   uint8_t* dst[1] = {rgb.data()};
   const int dst_stride[1] = {3 * fr->width};
-  sws_scale(*sws, fr->data, fr->linesize, 0, fr->height, dst, dst_stride);
+  sws_scale(sws->get(), fr->data, fr->linesize, 0, fr->height, dst, dst_stride);
   out->rgb.push_back(std::move(rgb));
   return ok_status();
 }
 
-Status decode(const std::string& path, AVCodecContext* c, const AVPacket* pkt, AVFrame* fr, SwsContext** sws,
+Status decode(const std::string& path, AVCodecContext* c, const AVPacket* pkt, AVFrame* fr, SwsPtr* sws,
               VideoFrames* out) {
   if (int r = avcodec_send_packet(c, pkt); r < 0) return av_error(path, "decoding", r);
   for (;;) {
@@ -287,7 +291,8 @@ Result<VideoFrames> read_video(const std::string& path) {
   quiet_libav_once();
   AVFormatContext* raw_in = nullptr;
   // On failure avformat_open_input frees what it allocated.
-  if (int r = avformat_open_input(&raw_in, path.c_str(), nullptr, nullptr); r < 0) return av_error(path, "cannot open", r);
+  if (int r = avformat_open_input(&raw_in, path.c_str(), nullptr, nullptr); r < 0)
+    return av_error(path, "cannot open", r);
   InputPtr in(raw_in);
   if (int r = avformat_find_stream_info(in.get(), nullptr); r < 0) return av_error(path, "reading the streams", r);
   const AVCodec* dec = nullptr;
@@ -298,7 +303,8 @@ Result<VideoFrames> read_video(const std::string& path) {
   if (!c) return make_error(path + ": cannot allocate the " + dec->name + " decoder");
   if (int r = avcodec_parameters_to_context(c.get(), st->codecpar); r < 0)
     return av_error(path, "setting the decoder parameters", r);
-  if (int r = avcodec_open2(c.get(), dec, nullptr); r < 0) return av_error(path, std::string("opening the ") + dec->name + " decoder", r);
+  if (int r = avcodec_open2(c.get(), dec, nullptr); r < 0)
+    return av_error(path, std::string("opening the ") + dec->name + " decoder", r);
 
   VideoFrames out;
   out.codec = dec->name;
@@ -307,20 +313,16 @@ Result<VideoFrames> read_video(const std::string& path) {
   PacketPtr pkt(av_packet_alloc());
   FramePtr fr(av_frame_alloc());
   if (!pkt || !fr) return make_error(path + ": out of memory for a frame");
-  SwsContext* raw_sws = nullptr;
-  struct SwsHolder {
-    SwsContext** s;
-    ~SwsHolder() { sws_freeContext(*s); }
-  } sws_holder{&raw_sws};
+  SwsPtr sws;
   for (;;) {
     const int r = av_read_frame(in.get(), pkt.get());
     if (r == AVERROR_EOF) break;
     if (r < 0) return av_error(path, "reading a packet", r);
-    Status s = pkt->stream_index == idx ? decode(path, c.get(), pkt.get(), fr.get(), &raw_sws, &out) : ok_status();
+    Status s = pkt->stream_index == idx ? decode(path, c.get(), pkt.get(), fr.get(), &sws, &out) : ok_status();
     av_packet_unref(pkt.get());
     MD_RETURN_IF_ERROR(s);
   }
-  MD_RETURN_IF_ERROR(decode(path, c.get(), nullptr, fr.get(), &raw_sws, &out));
+  MD_RETURN_IF_ERROR(decode(path, c.get(), nullptr, fr.get(), &sws, &out));
   if (out.rgb.empty()) return make_error(path + ": the video stream has no frames");
   return out;
 }

@@ -1,7 +1,9 @@
 // Video output and input through FFmpeg's libraries (libavformat / libavcodec / libswscale), as linked from
 // Debian's packages: no ffmpeg binary is run. Frames are what a video pipeline returns, [F, H, W, 3] float in
-// [0, 1], quantised as the PNG path does (to_rgb8: round(x * 255), clamped), so an .mp4 and --frames-dir
-// PNGs start from the same bytes.
+// [0, 1], quantised as the PNG path does (to_rgb8: round(x * 255), clamped, as diffusers' numpy_to_pil), so
+// an .mp4 and --frames-dir PNGs start from the same bytes. diffusers' export_to_video truncates instead
+// ((frame * 255).astype(uint8)), a bias of half a level that rounding does not have; the two differ by at
+// most 1 of 255 before the codec, far below its own error.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,7 +35,7 @@ Result<std::vector<std::string>> write_png_frames(const std::string& dir, const 
 // A decoded video: every frame as 8-bit RGB, height x width x 3 bytes row-major.
 struct VideoFrames {
   int width = 0, height = 0;
-  double fps = 0;  // the stream's average frame rate
+  double fps = 0;     // the stream's average frame rate
   std::string codec;  // the decoder's name, e.g. "h264"
   std::vector<std::vector<uint8_t>> rgb;
   int64_t count() const { return int64_t(rgb.size()); }

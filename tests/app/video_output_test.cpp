@@ -33,7 +33,8 @@ std::string error_of(const Status& st) { return st.ok() ? "(ok)" : st.error().me
 
 TEST(VideoOutput, ImagePipelinesRefuseVideoOutputsByName) {
   EXPECT_EQ(error_of(check_generate_output("FluxPipeline", "x.mp4", "", 0)), "FluxPipeline makes images: write a .png");
-  EXPECT_EQ(error_of(check_generate_output("FluxPipeline", "dir/X.MP4", "", 0)), "FluxPipeline makes images: write a .png");
+  EXPECT_EQ(error_of(check_generate_output("FluxPipeline", "dir/X.MP4", "", 0)),
+            "FluxPipeline makes images: write a .png");
   EXPECT_NE(error_of(check_generate_output("FluxPipeline", "", "frames", 0)).find("--frames-dir"), std::string::npos);
   EXPECT_NE(error_of(check_generate_output("SD3Pipeline", "x.png", "", 17)).find("--frames is for video"),
             std::string::npos);
@@ -52,8 +53,9 @@ TEST(VideoOutput, VideoPipelinesTakeMp4AndFrameCountsTheVaeMakes) {
   EXPECT_EQ(error_of(check_generate_output("WanPipeline", "", "", 20)),
             "--frames 20: WanPipeline makes 1 + 4k frames (its VAE's temporal compression), e.g. 17 or 21");
   EXPECT_NE(error_of(check_generate_output("MochiPipeline", "", "", 20)).find("1 + 6k frames"), std::string::npos);
-  EXPECT_NE(error_of(check_generate_output("WanPipeline", "a.png", "", 0)).find("WanPipeline makes video: write a .mp4"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(check_generate_output("WanPipeline", "a.png", "", 0)).find("WanPipeline makes video: write a .mp4"),
+      std::string::npos);
 }
 
 TEST(VideoOutput, OneVideoToMp4AndFrames) {

@@ -1,5 +1,7 @@
 // MP4 output through libavcodec / libavformat: a synthetic clip written, decoded back with libavformat and
 // compared with the bytes it was made from; and each kind of bad input as an error value naming the file.
+#include "io/video.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 
 #include "../test_util.h"
 #include "io/png.h"
-#include "io/video.h"
 
 namespace fs = std::filesystem;
 using namespace meshdit;
