@@ -11,8 +11,10 @@
 
 namespace meshdit {
 
-// A pipeline class that returns frames [B, F, H, W, 3] rather than images. The Pipeline interface does not
-// say which kind it makes, so the app keeps this table (WanPipeline: 16 fps, MochiPipeline: 30 fps).
+// A pipeline class that returns frames [B, F, H, W, 3] rather than images. Neither Pipeline nor PipelineEntry
+// says which kind a class makes (nor its frame rate, which no diffusers config holds), so until one of them
+// does the app keeps this table: WanPipeline 16 fps, MochiPipeline 30 fps, as their reference pipelines'
+// examples export them.
 struct VideoPipelineInfo {
   std::string class_name;
   double fps = 16;
