@@ -1,4 +1,5 @@
-// `meshdit generate`: prompt(s) in, PNG(s) out, with a progress bar, per-stage timings and a trace.
+// `meshdit generate`: prompt(s) in, PNG(s) out (a video pipeline: MP4s and/or PNG frame folders), with a
+// progress bar, per-stage timings and a trace.
 #include "app/generate.h"
 
 #include <sys/resource.h>
@@ -9,6 +10,7 @@
 #include <map>
 
 #include "app/runners.h"
+#include "app/video_output.h"
 #include "core/thread_pool.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
@@ -34,13 +36,6 @@ double peak_rss_mb() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) / 1024.0;
-}
-
-// out.png -> out-3.png for the fourth image of a batch.
-std::string numbered(const std::string& path, size_t i, size_t n) {
-  if (n == 1) return path;
-  fs::path p(path);
-  return (p.parent_path() / (p.stem().string() + "-" + std::to_string(i) + p.extension().string())).string();
 }
 
 void progress_bar(int64_t step, int64_t total, double step_s, double elapsed_s) {
@@ -117,17 +112,6 @@ int run_generate(const GenerateCommand& cmd) {
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
   if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) Trace::instance().enable(true);
 
-  // Refuse an unwritable output before minutes of work, not after.
-  const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
-  for (size_t i = 0; i < n_images && lead; ++i) {
-    const std::string out = numbered(cmd.output, i, n_images);
-    const bool existed = path_exists(out);
-    std::ofstream probe(out, std::ios::app);
-    if (!probe) return fail(out + ": output path is not writable");
-    probe.close();
-    if (!existed) fs::remove(out);
-  }
-
   // A missing latents file or tensor is found before the model loads; its shape needs the loaded pipeline.
   const LatentsSource latents_src = parse_latents(cmd.latents);
   Tensor latents;
@@ -142,12 +126,38 @@ int run_generate(const GenerateCommand& cmd) {
 
   auto entry = pipeline_for_folder(model);
   if (!entry.ok()) return fail(entry.error().message);
+  const VideoPipelineInfo* video = video_pipeline_info((*entry)->class_name);
+  if (auto st = check_generate_output((*entry)->class_name, cmd.output, cmd.frames_dir, cmd.num_frames); !st.ok())
+    return fail(st.error().message);
+  // A video pipeline given only --frames-dir writes no .mp4.
+  const std::string output =
+      !cmd.output.empty() ? cmd.output : !video ? "out.png" : cmd.frames_dir.empty() ? "out.mp4" : "";
+
+  // Refuse an unwritable output before minutes of work, not after.
+  const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
+  for (size_t i = 0; i < n_images && lead; ++i) {
+    const std::string out = numbered_path(output, i, n_images);
+    if (out.empty()) break;
+    const bool existed = path_exists(out);
+    std::ofstream probe(out, std::ios::app);
+    if (!probe) return fail(out + ": output path is not writable");
+    probe.close();
+    if (!existed) fs::remove(out);
+  }
+  for (size_t i = 0; i < n_images && lead && !cmd.frames_dir.empty(); ++i) {
+    const std::string dir = numbered_path(cmd.frames_dir, i, n_images);
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return fail("--frames-dir " + dir + ": cannot create the folder: " + ec.message());
+  }
+
   LoadOptions from;
   from.transformer_file = cmd.transformer;
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;
   o.num_images_per_prompt = cmd.batch;
+  o.num_frames = cmd.num_frames;
   o.height = cmd.height;
   o.width = cmd.width;
   o.steps = cmd.steps;
@@ -176,9 +186,11 @@ int run_generate(const GenerateCommand& cmd) {
 
   if (lead) {
     const std::string noise = cmd.latents.empty() ? "seed " + std::to_string(o.seed) : "latents " + latents_src.str();
-    std::fprintf(stderr, "meshdit: %s%s, %lld image(s) %lldx%lld, %lld steps, %s, %d threads", model.c_str(),
+    const std::string what = video ? " video(s) of " + std::to_string(o.num_frames) + " frames" : " image(s)";
+    std::fprintf(stderr, "meshdit: %s%s, %lld%s %lldx%lld, %lld steps, %s, %d threads", model.c_str(),
                  cmd.transformer.empty() ? "" : (" with transformer " + cmd.transformer).c_str(), (long long)n_images,
-                 (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(), num_threads());
+                 what.c_str(), (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(),
+                 num_threads());
     if (shape.size() > 1)
       std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
     std::fputc('\n', stderr);
@@ -189,11 +201,16 @@ int run_generate(const GenerateCommand& cmd) {
   auto images = pipe.generate(o, nullptr, cb);
   if (!images.ok()) return fail(images.error().message);
 
-  if (lead) {
+  if (lead && video) {
+    Span save("stage", "save video");
+    auto written = write_video_output(output, images.value(), video->fps, cmd.frames_dir);
+    if (!written.ok()) return fail(written.error().message);
+    for (const auto& w : *written) std::fprintf(stderr, "wrote %s\n", w.c_str());
+  } else if (lead) {
     Span save("stage", "save png");
     const Tensor& im = images.value();
     for (int64_t b = 0; b < im.size(0); ++b) {
-      const std::string out = numbered(cmd.output, size_t(b), n_images);
+      const std::string out = numbered_path(output, size_t(b), n_images);
       const size_t prompt_index = size_t(b / std::max<int64_t>(1, o.num_images_per_prompt));
       PngText text = {
           {"Software", "meshdit"},          {"prompt", o.prompt[prompt_index]}, {"model", model},

@@ -13,7 +13,9 @@ struct GenerateCommand {
   int64_t steps = 0, width = 0, height = 0, batch = 1, max_sequence_length = 0;
   float guidance = -1, true_cfg = -1;  // < 0: the model's default
   uint64_t seed = 0;
-  std::string output = "out.png";
+  std::string output;      // "" = out.png, or out.mp4 for a video pipeline
+  std::string frames_dir;  // video pipelines: PNG frames into this folder as well as (or, without -o, instead of) an .mp4
+  int64_t num_frames = 0;  // video pipelines; 0 = the model's
   std::string timings_path, trace_path;
   bool progress = true;
   bool vae_tiling = false;
@@ -22,7 +24,7 @@ struct GenerateCommand {
 };
 
 // Runs `meshdit generate`; prints its own messages; returns the process exit status. Under mpirun every
-// rank runs it; rank 0 shows progress and writes the images, timings and the merged trace.
+// rank runs it; rank 0 shows progress and writes the images (or videos), timings and the merged trace.
 int run_generate(const GenerateCommand& cmd);
 
 }  // namespace meshdit

@@ -107,7 +107,8 @@ int run(int argc, char** argv) {
       "Exit status 0 only if every output of every case is within tolerance.\n"
       "On a mesh: mpirun -np 4 meshdit check --mesh 2x2 CASE (intermediate hooks of a sharded model are skipped).");
 
-  auto* gen = app.add_subcommand("generate", "Generate images from text prompts (PNG files)");
+  auto* gen =
+      app.add_subcommand("generate", "Generate images (PNG files) or videos (MP4, PNG frames) from text prompts");
   std::string pipelines;  // the model_index.json classes generate serves, from the pipeline registry
   for (const auto& c : meshdit::pipeline_classes()) pipelines += (pipelines.empty() ? "" : ", ") + c;
   meshdit::GenerateCommand g;
@@ -141,7 +142,14 @@ int run(int argc, char** argv) {
   gen->add_option("--height", g.height, "image height in pixels, a multiple of 16 (default: the model's)");
   gen->add_option("--batch", g.batch, "images per prompt")->check(CLI::PositiveNumber);
   gen->add_option("--max-sequence-length", g.max_sequence_length, "T5 tokens (default 512)");
-  gen->add_option("-o,--output", g.output, "output PNG; several images become NAME-0.png, NAME-1.png, ...");
+  gen->add_option("-o,--output", g.output,
+                  "output PNG (default out.png), or MP4 for a video pipeline (H.264, default out.mp4); several "
+                  "images or videos become NAME-0.png, NAME-1.png, ...");
+  gen->add_option("--frames", g.num_frames,
+                  "video pipelines: frames to generate, 1 + 4k for Wan2.2 (default: the model's)")
+      ->check(CLI::PositiveNumber);
+  gen->add_option("--frames-dir", g.frames_dir,
+                  "video pipelines: also write every frame as DIR/frame-0000.png, ... (without -o: no MP4)");
   gen->add_option("--timings", g.timings_path, "write per-stage and per-step times and peak memory as JSON");
   gen->add_option("--trace", g.trace_path, "write a Chrome trace (open in Perfetto) of stages, steps and kernels");
   gen->add_flag("!--no-progress", g.progress, "no progress bar");

@@ -105,6 +105,11 @@ INSTANTIATE_TEST_SUITE_P(
                       BadCase{"UnknownPipeline", "--model {unknown_pipeline} -p x -o /tmp/x.png", "NoSuchPipeline"},
                       BadCase{"WidthNotMultipleOf16", "-p x --width 100 -o /tmp/x.png", "multiples of 16"},
                       BadCase{"UnwritableOutput", "-p x -o /nonexistent/dir/x.png", "not writable"},
+                      BadCase{"Mp4FromImagePipeline", "-p x -o /tmp/x.mp4", "FluxPipeline makes images: write a .png"},
+                      BadCase{"FramesFromImagePipeline", "-p x --frames 17 -o /tmp/x.png",
+                              "FluxPipeline makes images: --frames is for video pipelines"},
+                      BadCase{"FramesDirFromImagePipeline", "-p x --frames-dir /tmp/frames -o /tmp/x.png",
+                              "FluxPipeline makes images: --frames-dir is for video pipelines"},
                       BadCase{"NegativePromptCount", "-p x -p y --negative-prompt n --true-cfg 2 -o /tmp/x.png",
                               "one negative prompt per prompt"}),
     [](const auto& info) { return info.param.name; });
