@@ -11,6 +11,7 @@
 #include <memory>
 #include <random>
 
+#include "app/info_cmd.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
 #include "io/safetensors.h"
@@ -163,6 +164,8 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   std::vector<double> times;
   auto forward = [&]() { return m->forward(inputs); };
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
+  std::printf("gemm %s\n", gemm_kernel_summary().c_str());
+  warn_if_gemm_below_cpu();
   print_rss_per_rank(*world, "after load");
   for (int64_t i = 0; i < cmd.steps; ++i) {
     world->barrier();

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 
+#include "app/info_cmd.h"
 #include "app/runners.h"
 #include "core/thread_pool.h"
 #include "core/trace.h"
@@ -64,6 +65,8 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
   }
   Json j = {{"model", cmd.model.empty() ? builtin_model_dir() : cmd.model},
             {"threads", num_threads()},
+            {"cpu", cpu_kernel_summary()},
+            {"gemm", gemm_kernel_summary()},
             {"stages_s", stages},
             {"steps_s", steps},
             {"total_s", total_s},
@@ -88,7 +91,13 @@ int run_generate(const GenerateCommand& cmd) {
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
-  if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) Trace::instance().enable(true);
+  if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) {
+    Trace::instance().enable(true);
+    Trace::instance().set_metadata("gemm", gemm_kernel_summary());
+    Trace::instance().set_metadata("cpu", cpu_kernel_summary());
+    Trace::instance().set_metadata("threads", std::to_string(num_threads()));
+  }
+  warn_if_gemm_below_cpu();
 
   // Refuse an unwritable output before minutes of work, not after.
   const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
