@@ -23,8 +23,10 @@ namespace {
 using dnnl::memory;
 using dt = memory::data_type;
 
+// Never destroyed: the pool's threads release their cached primitives when they are joined, during
+// static destruction, possibly after a static engine would be gone.
 dnnl::engine& engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine& eng = *new dnnl::engine(dnnl::engine::kind::cpu, 0);
   return eng;
 }
 
