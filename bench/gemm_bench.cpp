@@ -6,8 +6,11 @@
 //   BM_onednn/plain     oneDNN matmul primitive on its OpenMP threads, f32 weights used as stored
 //   BM_onednn/packed    the same with the weights reordered once to oneDNN's preferred layout
 //   BM_onednn_sgemm     oneDNN's BLAS-like dnnl_sgemm
-//   BM_linear/kernel_*  our CPU backend's linear kernel (our pool, single-threaded OpenBLAS per tile),
-//                       f32 or bf16 weights, into a preallocated output like the libraries above
+//   BM_linear/kernel_*  our CPU backend's linear kernel (our pool, single-threaded oneDNN matmul per
+//                       tile through backend/cpu/gemm.h), f32 or bf16 weights (widened per tile), into a
+//                       preallocated output like the libraries above
+//   BM_linear/kernel_bf16_precision  the same in bf16 precision: bf16 weights as stored, x rounded to
+//                       bf16, f32 accumulation (skipped where the CPU has no bf16 GEMM)
 //   BM_linear/ops_bf16  ops::linear with bf16 weights: the kernel plus the output allocation
 //
 // Every library is told to use MESHDIT_BENCH_THREADS threads (default 2). GFLOPs is 2 M N K / wall time;
@@ -24,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backend/cpu/gemm.h"
 #include "backend/ops.h"
 #include "core/thread_pool.h"
 
@@ -145,15 +149,19 @@ void BM_onednn_sgemm(benchmark::State& st) {
 }
 
 // Our path: the CPU backend's linear kernel, the pool splits the problem into tiles, each task calls
-// single-threaded OpenBLAS (bf16 weights widened per tile by the thread that uses it). `kernel` writes
-// into a preallocated y like the library benchmarks above; `ops` goes through ops::linear, which also
-// allocates the output on every call (on a VM where first-touch page faults are slow this shows).
-void BM_linear(benchmark::State& st, DType wdt, bool via_ops) {
+// single-threaded oneDNN (bf16 weights widened per tile by the thread that uses it, or used as stored in
+// bf16 precision). `kernel` writes into a preallocated y like the library benchmarks above; `ops` goes
+// through ops::linear, which also allocates the output on every call (on a VM where first-touch page
+// faults are slow this shows).
+void BM_linear(benchmark::State& st, DType wdt, bool via_ops, meshdit::cpu::GemmPrecision prec) {
   const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  if (auto s = meshdit::cpu::set_linear_precision(prec); !s.ok()) {
+    st.SkipWithError(s.error().message.c_str());
+    return;
+  }
   const Tensor& x = input(M, K);
   const Tensor& w = weight(N, K, wdt);
-  Tensor y = meshdit::ops::linear(x, w);  // initialises the backend (OpenBLAS single-threaded per call)
-  openblas_set_num_threads(1);            // undo an earlier OpenBLAS benchmark's setting
+  Tensor y = meshdit::ops::linear(x, w);
   const meshdit::Backend& be = meshdit::cpu_backend();
   for (auto _ : st) {
     if (via_ops)
@@ -163,7 +171,9 @@ void BM_linear(benchmark::State& st, DType wdt, bool via_ops) {
     benchmark::DoNotOptimize(y.raw());
     benchmark::ClobberMemory();
   }
-  st.SetLabel(openblas_get_corename());
+  (void)meshdit::cpu::set_linear_precision(meshdit::cpu::GemmPrecision::F32);
+  const auto& k = meshdit::cpu::gemm_kernel_info();
+  st.SetLabel(prec == meshdit::cpu::GemmPrecision::BF16 ? k.bf16_impl : k.f32_impl);
   set_flops(st, M, N, K);
 }
 
@@ -178,9 +188,11 @@ BENCHMARK(BM_openblas)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, plain, false)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, packed, true)->Apply(shapes);
 BENCHMARK(BM_onednn_sgemm)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_linear, kernel_f32, DType::F32, false)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_linear, kernel_bf16, DType::BF16, false)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_linear, ops_bf16, DType::BF16, true)->Apply(shapes);
+using meshdit::cpu::GemmPrecision;
+BENCHMARK_CAPTURE(BM_linear, kernel_f32, DType::F32, false, GemmPrecision::F32)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_linear, kernel_bf16, DType::BF16, false, GemmPrecision::F32)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_linear, ops_bf16, DType::BF16, true, GemmPrecision::F32)->Apply(shapes);
 
 }  // namespace
 
@@ -190,7 +202,8 @@ int main(int argc, char** argv) {
   // Sized once, before any kernel runs (older thread_pool.cpp crashed when a used pool was resized).
   if (meshdit::num_threads() != bench_threads()) meshdit::set_num_threads(bench_threads());
   benchmark::AddCustomContext("threads", std::to_string(meshdit::num_threads()));
-  benchmark::AddCustomContext("openblas", openblas_get_config());
+  benchmark::AddCustomContext("openblas", std::string(openblas_get_config()) + ", core " + openblas_get_corename());
+  benchmark::AddCustomContext("meshdit gemm", meshdit::cpu::gemm_kernel_line());
   const dnnl_version_t* v = dnnl_version();
   benchmark::AddCustomContext("onednn", std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
                                             std::to_string(v->patch) + " (OpenMP)");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what meshdit builds and tests with, from Debian 12's own packages.
-# (ocl-icd-opencl-dev: the CMake config of libdnnl-dev, used by bench/, requires OpenCL and fails configure
-# without it, even under find_package(... QUIET).)
+# libdnnl-dev (oneDNN) is the CPU backend's GEMM; ocl-icd-opencl-dev because its CMake config requires
+# OpenCL (Debian builds it with an OpenCL GPU runtime) and fails configure without it. libopenblas-dev is
+# only bench/gemm_bench's point of comparison.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
       libopenblas-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev

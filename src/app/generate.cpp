@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 
+#include "app/info_cmd.h"
 #include "app/runners.h"
 #include "app/video_output.h"
 #include "core/thread_pool.h"
@@ -60,6 +61,8 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
   }
   Json j = {{"model", cmd.model.empty() ? builtin_model_dir() : cmd.model},
             {"threads", num_threads()},
+            {"cpu", cpu_kernel_summary()},
+            {"gemm", gemm_kernel_summary()},
             {"stages_s", stages},
             {"steps_s", steps},
             {"total_s", total_s},
@@ -110,7 +113,13 @@ int run_generate(const GenerateCommand& cmd) {
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
-  if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) Trace::instance().enable(true);
+  if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) {
+    Trace::instance().enable(true);
+    Trace::instance().set_metadata("gemm", gemm_kernel_summary());
+    Trace::instance().set_metadata("cpu", cpu_kernel_summary());
+    Trace::instance().set_metadata("threads", std::to_string(num_threads()));
+  }
+  warn_if_gemm_below_cpu();
 
   // A missing latents file or tensor is found before the model loads; its shape needs the loaded pipeline.
   const LatentsSource latents_src = parse_latents(cmd.latents);

@@ -9,6 +9,7 @@
 #include "app/bench_cmd.h"
 #include "app/check.h"
 #include "app/generate.h"
+#include "app/info_cmd.h"
 #include "app/plan_cmd.h"
 #include "app/runners.h"
 #include "core/thread_pool.h"
@@ -183,6 +184,9 @@ int run(int argc, char** argv) {
   meshdit::add_plan_command(app);  // runs from its callback
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
+  auto* info = app.add_subcommand(
+      "info", "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
+              "exit 1 when the GEMM runs below what the CPU supports");
 
   try {
     app.parse(argc, argv);
@@ -194,6 +198,7 @@ int run(int argc, char** argv) {
   if (*gen) return meshdit::run_generate(g);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
   if (*bench_rand) return meshdit::run_make_random_checkpoint(arch, doubles, singles, rand_out);
+  if (*info) return meshdit::run_info();
   if (*classes) {
     meshdit::register_builtin_runners();
     for (const auto& c : meshdit::supported_case_classes()) std::printf("%s\n", c.c_str());

@@ -20,6 +20,11 @@ std::vector<TraceEvent>& all_events() {
   return v;
 }
 
+std::map<std::string, std::string>& all_metadata() {
+  static std::map<std::string, std::string> m;
+  return m;
+}
+
 int thread_index() {
   static std::atomic<int> next{0};
   thread_local int id = next.fetch_add(1);
@@ -54,6 +59,16 @@ void Trace::clear() {
   all_events().clear();
 }
 
+void Trace::set_metadata(const std::string& key, const std::string& value) {
+  std::lock_guard<std::mutex> lk(events_mutex());
+  all_metadata()[key] = value;
+}
+
+std::map<std::string, std::string> Trace::metadata() const {
+  std::lock_guard<std::mutex> lk(events_mutex());
+  return all_metadata();
+}
+
 std::string Trace::chrome_events(int rank) const {
   const int64_t origin = std::chrono::duration_cast<std::chrono::microseconds>(origin_.time_since_epoch()).count();
   nlohmann::json evs = nlohmann::json::array();
@@ -66,6 +81,12 @@ std::string Trace::chrome_events(int rank) const {
   evs.push_back(
       {{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}});
   evs.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", rank}, {"args", {{"sort_index", rank}}}});
+  const auto meta = metadata();
+  if (!meta.empty()) {
+    std::string labels;
+    for (const auto& [k, v] : meta) labels += (labels.empty() ? "" : "; ") + k + ": " + v;
+    evs.push_back({{"name", "process_labels"}, {"ph", "M"}, {"pid", rank}, {"args", {{"labels", labels}}}});
+  }
   return evs.dump();
 }
 

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ class Trace {
   void record(TraceEvent e);
   std::vector<TraceEvent> events() const;
   void clear();
+  // Facts about the run (the GEMM kernel, the CPU) that go into every rank's track of the Chrome trace
+  // as process labels, so a trace says what it measured.
+  void set_metadata(const std::string& key, const std::string& value);
+  std::map<std::string, std::string> metadata() const;
   // Chrome trace JSON ("traceEvents", complete events); `rank` becomes the process id, one track per rank.
   Status write_chrome(const std::string& path, int rank = 0) const;
   // This process's events as a JSON array with timestamps on the machine's monotonic clock, so the

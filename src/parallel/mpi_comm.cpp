@@ -1,5 +1,6 @@
 #include "parallel/mpi_comm.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -171,6 +172,17 @@ Status init(int* argc, char*** argv) {
     return make_error("MPI_Init_thread failed (started by mpirun, but MPI could not start)");
   g_started = true;
   return ok_status();
+}
+
+std::string library_version() {
+  char buf[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int len = 0;
+  if (MPI_Get_library_version(buf, &len) != MPI_SUCCESS) return "unknown";
+  std::string s(buf, size_t(std::max(0, len)));
+  const size_t nl = std::min(s.find_first_of("\r\n"), s.find(", package"));
+  if (nl != std::string::npos) s.resize(nl);
+  while (!s.empty() && (s.back() == ',' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
 }
 
 bool initialized() {

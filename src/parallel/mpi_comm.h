@@ -2,6 +2,8 @@
 // MPI is initialised only when the process was started by a launcher (mpirun/srun set PMI/OMPI variables):
 // a plain `meshdit generate` never touches MPI and runs as the 1x1 mesh.
 #pragma once
+#include <string>
+
 #include "core/error.h"
 #include "parallel/comm.h"
 
@@ -13,6 +15,8 @@ bool launched();
 // MPI_Init_thread(FUNNELED) once; a no-op when not launched. Errors name what failed.
 Status init(int* argc, char*** argv);
 bool initialized();
+// The MPI library's own description (MPI_Get_library_version, valid before init), first line only.
+std::string library_version();
 // MPI_Finalize when init() started MPI.
 void finalize();
 // Aborts every rank of the job (after one rank hit an error the others cannot know about).

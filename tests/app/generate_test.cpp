@@ -47,17 +47,23 @@ TEST(Generate, BatchWritesPngsWithParametersTimingsAndTrace) {
   EXPECT_EQ(t.value()["steps_s"].size(), 2u);
   EXPECT_TRUE(t.value()["stages_s"].contains("vae decode"));
   EXPECT_GT(t.value()["peak_rss_mb"].get<double>(), 1.0);
+  // Which GEMM kernel produced these timings (issue 8: no silent fallback).
+  EXPECT_NE(t.value().value("gemm", "").find("oneDNN"), std::string::npos) << t.value().dump();
+  EXPECT_NE(t.value().value("cpu", ""), "");
 
   auto tr = load_json((d / "trace.json").string());
   ASSERT_TRUE(tr.ok()) << tr.error().message;
-  bool kernel = false, block = false, step = false;
+  bool kernel = false, block = false, step = false, gemm_label = false;
   for (const auto& e : tr.value()["traceEvents"]) {
+    if (e.value("name", "") == "process_labels")
+      gemm_label |= e["args"].value("labels", "").find("gemm: oneDNN") != std::string::npos;
     const std::string cat = e.value("cat", "");
     kernel |= cat == "kernel";
     block |= cat == "block";
     step |= cat == "step";
   }
   EXPECT_TRUE(kernel && block && step) << "trace lacks kernel, block or step spans";
+  EXPECT_TRUE(gemm_label) << "trace lacks the GEMM kernel in its process labels";
 }
 
 TEST(Generate, SameSeedSameImage) {

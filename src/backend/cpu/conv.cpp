@@ -3,19 +3,17 @@
 // where column p of col holds the K input values output pixel p sees through the kernel. col is never
 // built whole: a task expands one tile of output pixels (at most kColFloats floats, so memory stays bounded
 // for any image size) into a per-thread buffer and multiplies it by the weight (or a block of its rows)
-// with one single-threaded sgemm; our pool runs the tasks, as in linear(). A 1x1, stride-1, unpadded conv
+// with one single-threaded gemm() (backend/cpu/gemm.h); our pool runs the tasks, as in linear(). A 1x1, stride-1, unpadded conv
 // needs no expansion: the input image already is col.
 #include "backend/cpu/conv.h"
 
-#include <cblas.h>
-
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstring>
 #include <utility>
 #include <vector>
 
+#include "backend/cpu/gemm.h"
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
@@ -117,7 +115,6 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t O = w.size(0), kh = w.size(2), kw = w.size(3);
   const int64_t Ho = y.size(2), Wo = y.size(3), P = Ho * Wo, K = C * kh * kw;
-  MD_CHECK(O <= INT_MAX && K <= INT_MAX && P <= INT_MAX, "conv2d: matrix sizes exceed the BLAS int range");
   std::vector<float> wbuf;
   const float* wp = weight_f32(w, wbuf);
   std::vector<float> bias_f;
@@ -167,8 +164,7 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
             ldb = np;
           }
           float* yb = yp + (b * O + o0) * P + p0;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(o1 - o0), int(np), int(K), 1.0f, wp + o0 * K,
-                      int(K), cp, int(ldb), 0.0f, yb, int(P));
+          gemm(o1 - o0, np, K, 1.0f, {wp + o0 * K, DType::F32, K, false}, {cp, DType::F32, ldb, false}, 0.0f, yb, P);
           if (bias) {
             for (int64_t o = o0; o < o1; ++o) {
               float* row = yb + (o - o0) * P;

@@ -1,9 +1,7 @@
-// The CPU backend: GEMM through OpenBLAS (single-threaded calls, our pool hands out output tiles and a
-// bf16/f16 weight chunk is widened by the thread that uses it, just before use), everything else in plain
-// loops the compiler vectorises for the machine it is built on (-march=native). bench/README.md has the
-// measurements behind the tile sizes.
-#include <cblas.h>
-
+// The CPU backend: every matrix product through gemm() (backend/cpu/gemm.h: oneDNN, single-threaded
+// calls; our pool hands out output tiles and a bf16/f16 weight chunk is widened by the thread that uses
+// it, just before use), everything else in plain loops the compiler vectorises for the machine it is
+// built on (-march=native). bench/README.md has the measurements behind the tile sizes.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -16,6 +14,7 @@
 #include "backend/cpu/conv.h"
 #include "backend/cpu/data.h"
 #include "backend/cpu/elementwise.h"
+#include "backend/cpu/gemm.h"
 #include "backend/cpu/model_kernels.h"
 #include "backend/cpu/vec_math.h"
 #include "core/thread_pool.h"
@@ -129,11 +128,13 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
 }
 
 // y = act(x w^T + b) as a grid of output tiles [mb x nb] handed out dynamically to the pool's threads;
-// each tile runs its K range in chunks of kc through single-threaded OpenBLAS. A bf16/f16 weight chunk
-// [nb x kc] is widened into a per-thread buffer just before use (it stays in cache for OpenBLAS to pack),
+// each tile runs its K range in chunks of kc through single-threaded gemm(). A bf16/f16 weight chunk
+// [nb x kc] is widened into a per-thread buffer just before use (it stays in cache for the GEMM to pack),
 // and the bias and activation are applied to the tile right after its last chunk, while it is hot.
-// Tile sizes: big enough that OpenBLAS's own packing of x (once per call) and of the weight chunk
-// (once per call) are small next to the arithmetic, small enough that two threads get a few tiles each.
+// Tile sizes: big enough that the GEMM's own packing of x and of the weight chunk are small next to the
+// arithmetic, small enough that two threads get a few tiles each.
+// In bf16 precision (linear_precision()) a bf16 weight is used as stored, with no widening and no K
+// chunks, and x is rounded to bf16 once per call; other weight dtypes keep the f32 path.
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   const int64_t ldx = x.stride(0);
@@ -146,9 +147,21 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     linear_small_m(x, w, bias ? bias_f.data() : nullptr, act, y);
     return;
   }
-  // Tile sizes measured on the SD3.5 shapes (bench/README.md): 512..1024 all within noise of each other;
-  // below 512 OpenBLAS's per-call packing starts to show.
-  constexpr int64_t kMb = 768, kNb = 768, kKc = 1024;
+  const bool bf16 = w.dtype() == DType::BF16 && linear_precision() == GemmPrecision::BF16;
+  std::vector<uint16_t> xb;
+  if (bf16) {
+    xb.resize(size_t(M * K));
+    parallel_for(
+        M, [&](int64_t r0, int64_t r1, int) {
+          for (int64_t r = r0; r < r1; ++r) to_bf16(xp + r * ldx, K, xb.data() + r * K);
+        },
+        16);
+  }
+  // Tile sizes measured on the SD3.5 shapes with oneDNN (bench/README.md, 2026-12-01): narrow weight
+  // tiles with long K chunks (256 x 2432: the widened chunk, 2.4 MB, is copied once into oneDNN's blocked
+  // layout per call) took 10-15 % less CPU time on bf16 weights than 768 x 1024 chunks, which also pass
+  // over each output tile once per chunk; f32 weights were the same either way.
+  constexpr int64_t kMb = 768, kNb = 256, kKc = 2432;
 
   const int64_t T = num_threads();
   int64_t m_tiles = std::max<int64_t>(1, (M + kMb - 1) / kMb);
@@ -163,14 +176,18 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
       m_tiles *= 2;
   }
   if (M * N * K < 64 * 64 * 64) m_tiles = n_tiles = 1;  // tiny: threading costs more than it saves
-  const int64_t k_chunks = f32w ? 1 : std::max<int64_t>(1, (K + kKc - 1) / kKc);
+  const int64_t k_chunks = f32w || bf16 ? 1 : std::max<int64_t>(1, (K + kKc - 1) / kKc);
 
   parallel_tasks(m_tiles * n_tiles, [&](int64_t tile, int) {
     const int64_t ni = tile % n_tiles, mi = tile / n_tiles;
     const int64_t n0 = N * ni / n_tiles, n1 = N * (ni + 1) / n_tiles, nb = n1 - n0;
     const int64_t m0 = M * mi / m_tiles, m1 = M * (mi + 1) / m_tiles, mb = m1 - m0;
     if (nb == 0 || mb == 0) return;
-    for (int64_t kc_i = 0; kc_i < k_chunks; ++kc_i) {
+    if (bf16) {
+      gemm(mb, nb, K, 1.0f, {xb.data() + m0 * K, DType::BF16, K, false},
+           {w.data<uint16_t>() + n0 * K, DType::BF16, K, true}, 0.0f, yp + m0 * N + n0, N);
+    }
+    for (int64_t kc_i = 0; kc_i < (bf16 ? 0 : k_chunks); ++kc_i) {
       const int64_t k0 = K * kc_i / k_chunks, k1 = K * (kc_i + 1) / k_chunks, kc = k1 - k0;
       const float* wp;
       int64_t ldw;
@@ -184,8 +201,8 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
         wp = buf.data();
         ldw = kc;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(mb), int(nb), int(kc), 1.0f, xp + m0 * ldx + k0,
-                  int(ldx), wp, int(ldw), kc_i == 0 ? 0.0f : 1.0f, yp + m0 * N + n0, int(N));
+      gemm(mb, nb, kc, 1.0f, {xp + m0 * ldx + k0, DType::F32, ldx, false}, {wp, DType::F32, ldw, true},
+           kc_i == 0 ? 0.0f : 1.0f, yp + m0 * N + n0, N);
     }
     if (!bias && act == Act::None) return;
     for (int64_t m = m0; m < m1; ++m) {
@@ -354,8 +371,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
       const int64_t nk = std::min(kBk, Lk - j0);
       const float* kp = k.f32() + b * k.stride(0) + j0 * k.stride(1) + h * k.stride(2);
       const float* vp = v.f32() + b * v.stride(0) + j0 * v.stride(1) + h * v.stride(2);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(nq), int(nk), int(D), scale, qp, int(q.stride(1)), kp,
-                  int(k.stride(1)), 0.0f, S, int(nk));
+      gemm(nq, nk, D, scale, {qp, DType::F32, q.stride(1), false}, {kp, DType::F32, k.stride(1), true}, 0.0f, S, nk);
       if (bias) {
         const int64_t row = bias_q > 1 ? Lk : 0;
         const float* bp =
@@ -382,8 +398,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
           for (int64_t d = 0; d < D; ++d) arow[d] *= corr;
         }
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nq), int(D), int(nk), 1.0f, S, int(nk), vp,
-                  int(v.stride(1)), 1.0f, ap, int(ld_acc));
+      gemm(nq, D, nk, 1.0f, {S, DType::F32, nk, false}, {vp, DType::F32, v.stride(1), false}, 1.0f, ap, ld_acc);
     }
   });
 }
@@ -436,20 +451,12 @@ void rope(Tensor& x, const Tensor& cos, const Tensor& sin) {
       16);
 }
 
-bool init_blas() {
-  // Our pool owns the cores; OpenBLAS must not start threads of its own inside our tasks.
-  openblas_set_num_threads(1);
-  return true;
-}
-
 }  // namespace
 }  // namespace meshdit::cpu
 
 namespace meshdit {
 
 const Backend& cpu_backend() {
-  static const bool blas_ready = cpu::init_blas();
-  (void)blas_ready;
   static const Backend b{
       .name = "cpu",
       .linear = cpu::linear,

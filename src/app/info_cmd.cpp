@@ -1,0 +1,59 @@
+#include "app/info_cmd.h"
+
+#include <cstdio>
+
+#include "backend/cpu/cpu_info.h"
+#include "backend/cpu/gemm.h"
+#include "core/thread_pool.h"
+#include "parallel/mpi_comm.h"
+#include "parallel/nccl_comm.h"
+
+namespace meshdit {
+
+std::string cpu_kernel_summary() {
+  const cpu::CpuInfo& c = cpu::cpu_info();
+  std::string flags;
+  for (const auto& f : c.flags()) flags += (flags.empty() ? "" : " ") + f;
+  return (c.model.empty() ? c.vendor : c.model) + " [" + flags + "]";
+}
+
+std::string gemm_kernel_summary() { return cpu::gemm_kernel_line(); }
+
+int run_info() {
+  const cpu::CpuInfo& c = cpu::cpu_info();
+  std::printf("cpu:      %s (%s, family %d model %d, %d logical CPUs)\n", c.model.c_str(), c.vendor.c_str(), c.family,
+              c.model_id, c.logical_cpus);
+  std::string flags;
+  for (const auto& f : c.flags()) flags += (flags.empty() ? "" : " ") + f;
+  std::printf("isa:      %s\n", flags.c_str());
+  std::printf("best:     %s (the highest oneDNN ISA this CPU supports)\n", c.best_onednn_isa().c_str());
+  const auto& k = cpu::gemm_kernel_info();
+  std::printf("gemm:     %s\n", k.library.c_str());
+  std::printf("  isa:    %s\n", k.isa.c_str());
+  std::printf("  f32:    %s\n", k.f32_impl.empty() ? "none" : k.f32_impl.c_str());
+  std::printf("  bf16:   %s\n", k.bf16_available ? k.bf16_impl.c_str() : "none (no bf16 matmul kernel for this CPU)");
+  std::printf("  linear: %s precision\n", cpu::linear_precision() == cpu::GemmPrecision::BF16 ? "bf16" : "f32");
+  std::printf("threads:  %d (our pool; each GEMM call is single-threaded inside one of its tasks)\n", num_threads());
+  std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
+              mpi::launched() ? "launched by mpirun" : "not launched: single process");
+  std::printf("nccl:     %s\n", nccl_available() ? "built in (CUDA + NCCL)" : "not built in");
+  const Status st = cpu::check_gemm_dispatch();
+  if (!st.ok()) {
+    std::printf("dispatch: BELOW THE CPU: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  std::printf("dispatch: ok (the GEMM runs the best ISA the CPU supports)\n");
+  return 0;
+}
+
+void warn_if_gemm_below_cpu() {
+  static const bool once = [] {
+    if (const Status st = cpu::check_gemm_dispatch(); !st.ok())
+      std::fprintf(stderr, "meshdit: warning: %s; every product runs slower than this CPU allows\n",
+                   st.error().message.c_str());
+    return true;
+  }();
+  (void)once;
+}
+
+}  // namespace meshdit
