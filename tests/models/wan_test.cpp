@@ -51,6 +51,10 @@ TEST(Wan, RopeTablesAreTheDirectComputation) {
             }
           }
         }
+    // A sequence-parallel rank builds only its rows: the same values.
+    const RopeTables part = wan_rope(c, F, H, W, Range{7, 19});
+    EXPECT_EQ(part.cos.to_vector(), t.cos.slice(0, 7, 19).contiguous().to_vector());
+    EXPECT_EQ(part.sin.to_vector(), t.sin.slice(0, 7, 19).contiguous().to_vector());
   }
 }
 

@@ -77,17 +77,17 @@ Result<WanConfig> WanConfig::from_json(const std::string& path) {
   return c;
 }
 
-RopeTables wan_rope(const WanConfig& c, int64_t frames, int64_t h, int64_t w) {
-  const int64_t N = frames * h * w;
-  std::vector<float> pos(size_t(N * 3));
-  for (int64_t f = 0, t = 0; f < frames; ++f)
-    for (int64_t i = 0; i < h; ++i)
-      for (int64_t k = 0; k < w; ++k, ++t) {
-        pos[size_t(3 * t)] = float(f);
-        pos[size_t(3 * t + 1)] = float(i);
-        pos[size_t(3 * t + 2)] = float(k);
-      }
-  auto [cos, sin] = ops::rope_tables(Tensor::from_f32({N, 3}, pos), c.rope_axes(), 10000.0);
+RopeTables wan_rope(const WanConfig& c, int64_t frames, int64_t h, int64_t w, Range tokens, Device dev) {
+  if (tokens.end < 0) tokens = Range{0, frames * h * w};
+  std::vector<float> pos(size_t(tokens.size() * 3));
+  for (int64_t t = tokens.begin; t < tokens.end; ++t) {
+    const size_t at = size_t(3 * (t - tokens.begin));
+    pos[at] = float(t / (h * w));
+    pos[at + 1] = float(t / w % h);
+    pos[at + 2] = float(t % w);
+  }
+  const Tensor p = ops::to_device(Tensor::from_f32({tokens.size(), 3}, pos), dev);
+  auto [cos, sin] = ops::rope_tables(p, c.rope_axes(), 10000.0);
   return {cos, sin};
 }
 
@@ -231,11 +231,13 @@ Result<Tensor> WanTransformer::forward(const Tensor& hidden_states, const Tensor
   const int64_t N = f * h * w, D = c.inner_dim();
   const Device dev = hidden_states.device();
 
-  const RopeTables whole = wan_rope(c, f, h, w);
-  RopeTables rope{ops::to_device(whole.cos, dev), ops::to_device(whole.sin, dev)};
+  // Sequence parallel over the video tokens only: the text is a cross-attention's keys, whole on every rank.
+  // Each rank builds just its tokens' RoPE rows.
+  const SequenceShard shard(N, /*n_txt=*/0, /*txt_first=*/true, par_);
+  const RopeTables rope = wan_rope(c, f, h, w, shard.range(), dev);
   if (hooks) {
-    report(hooks, "hook.rope.0", rope.cos.reshape({1, N, 1, c.attention_head_dim}));
-    report(hooks, "hook.rope.1", rope.sin.reshape({1, N, 1, c.attention_head_dim}));
+    report(hooks, "hook.rope.0", rope.cos.reshape({1, shard.local_tokens(), 1, c.attention_head_dim}));
+    report(hooks, "hook.rope.1", rope.sin.reshape({1, shard.local_tokens(), 1, c.attention_head_dim}));
   }
   Tensor x = patch_embedding_(wan_patchify(hidden_states.to(DType::F32), c.patch_size));  // [B, N, dim]
   if (hooks) report(hooks, "hook.patch_embedding", x.reshape({B, f, h, w, D}).permute({0, 4, 1, 2, 3}).contiguous());
@@ -249,10 +251,7 @@ Result<Tensor> WanTransformer::forward(const Tensor& hidden_states, const Tensor
   report(hooks, "hook.condition_embedder.2", context);
   const Tensor mod = timestep_proj.reshape({B, 6, D});
 
-  // Sequence parallel over the video tokens only: the text is a cross-attention's keys, whole on every rank.
-  const SequenceShard shard(N, /*n_txt=*/0, /*txt_first=*/true, par_);
   x = shard.local(x);
-  rope = shard.local(rope);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     {
       Span span("block", "blocks." + std::to_string(i));

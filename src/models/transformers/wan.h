@@ -83,9 +83,11 @@ class WanTransformer {
   Tensor scale_shift_table_;  // [1, 2, dim]
 };
 
-// WanRotaryPosEmbed: cos/sin [f h w, head_dim] for the patched grid in token order (frame, row, column), each
-// axis owning its columns of head_dim (rope_axes), angles in float64 then float32 as the reference's buffers.
-RopeTables wan_rope(const WanConfig& c, int64_t frames, int64_t h, int64_t w);
+// WanRotaryPosEmbed: cos/sin [tokens, head_dim] for tokens [begin, end) of the patched grid in token order
+// (frame, row, column; end < 0: every token), each axis owning its columns of head_dim (rope_axes), angles in
+// float64 then float32 as the reference's buffers; made on `dev`.
+RopeTables wan_rope(const WanConfig& c, int64_t frames, int64_t h, int64_t w, Range tokens = {0, -1},
+                    Device dev = Device::CPU);
 
 // The Conv3d patch embedding's input: [B, C, F, H, W] -> [B, (F/pt)(H/ph)(W/pw), C pt ph pw], channel-major
 // inside a patch as the conv weight flattens; and proj_out's output [B, f h w, pt ph pw C] back to
