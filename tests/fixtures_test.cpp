@@ -26,7 +26,6 @@ struct PendingCase {
 // (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
     // #10: Wan2.2-T2V-A14B end to end.
-    {"wan22_t2v_transformer", 10},
     {"pipe_wan22", 10},
     // #11: Mochi-1 end to end.
     {"mochi_transformer", 11},

@@ -1,5 +1,7 @@
 #include "layers/norms.h"
 
+#include "backend/model_ops.h"
+
 namespace meshdit {
 
 Result<LayerNorm> LayerNorm::load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps, bool affine,
@@ -20,6 +22,34 @@ Result<RMSNorm> RMSNorm::load(const Checkpoint& ck, const std::string& prefix, i
   n.eps = eps;
   MD_TRY(n.weight, ck.get(prefix + ".weight", {dim}));
   return n;
+}
+
+Result<RMSNormAcrossHeads> RMSNormAcrossHeads::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                                    Range channels, float eps, const ParallelContext* par) {
+  RMSNormAcrossHeads n;
+  n.dim = dim;
+  n.eps = eps;
+  const std::string name = prefix + ".weight";
+  if (channels.begin == 0 && channels.end == dim) {
+    MD_TRY(n.weight, ck.get(name, {dim}));
+  } else {
+    MD_TRY(n.weight, ck.get_sharded(name, {dim}, Shard::Rows, {{channels.begin, channels.end}}));
+  }
+  n.reduce = par && par->tp_size() > 1 && channels.size() < dim ? par->tp : nullptr;
+  return n;
+}
+
+Tensor RMSNormAcrossHeads::operator()(const Tensor& x) const {
+  if (!reduce) return ops::rms_norm(x, &weight, eps);
+  // GroupNorm's split kernels with one group and a zero mean: the sum of squares per token, then x * rstd * w
+  // with rstd from the whole dim's sum, as the unsplit norm computes it.
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  const Tensor flat = x.contiguous().reshape({rows, d});
+  const Tensor zero = ops::full({rows, 1}, 0.0f, x.device());
+  Tensor ss = ops::group_sums(flat, 1, &zero);
+  all_reduce_(ss, *reduce);
+  const Tensor rstd = ops::rstd_from_sums(ss, double(dim), double(eps));
+  return ops::group_norm_apply(flat, 1, zero, rstd, &weight, nullptr).reshape(x.shape());
 }
 
 Result<ModulationLinear> ModulationLinear::load(const Checkpoint& ck, const std::string& prefix, int64_t in,

@@ -27,6 +27,21 @@ struct RMSNorm {
   Tensor operator()(const Tensor& x) const { return ops::rms_norm(x, weight.defined() ? &weight : nullptr, eps); }
 };
 
+// torch.nn.RMSNorm over the channels of every head at once (Wan's q/k norm, "rms_norm_across_heads"). Under
+// tensor parallelism a rank holds only its heads' channels of x and of the weight, so the mean square needs
+// every rank's sum of squares: one all-reduce of one float32 per token. Without TP it is a plain RMSNorm.
+struct RMSNormAcrossHeads {
+  Tensor weight;                   // this rank's channels [channels.size()]
+  int64_t dim = 0;                 // channels of all heads: the mean square's divisor
+  float eps = 1e-6f;
+  Communicator* reduce = nullptr;  // the TP group, when it splits the heads
+  // channels: this rank's slice of the `dim` channels (its heads' columns of q or k).
+  static Result<RMSNormAcrossHeads> load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
+                                         Range channels, float eps, const ParallelContext* par = nullptr);
+  // x [..., channels.size()] float32 -> the same shape.
+  Tensor operator()(const Tensor& x) const;
+};
+
 // The linear of an adaptive norm: emb -> k chunks of n modulation features. Under tensor parallelism each
 // rank holds its 1/tp slice of every chunk (these linears are a large part of a DiT's weights: 6 x dim x dim
 // per block in Flux) and one small all-gather of [B, k n] makes the chunks whole.

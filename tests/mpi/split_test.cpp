@@ -10,6 +10,9 @@
 #include "../test_util.h"
 #include "backend/model_ops.h"
 #include "backend/ops.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "layers/norms.h"
 #include "layers/sequence_shard.h"
 #include "layers/spatial_split.h"
 #include "parallel/mpi_comm.h"
@@ -70,6 +73,61 @@ TEST(SequenceShardOnRanks, JointAttentionOverShardsIsTheWholeAttention) {
       EXPECT_LT(max_abs_diff(img_out, ref.slice(1, ref_img, ref_img + N)), 1e-5);
       EXPECT_LT(max_abs_diff(out.slice(1, txt_at, txt_at + L), ref.slice(1, ref_txt, ref_txt + L)), 1e-5);
     }
+}
+
+// Self-attention over video tokens alone (Wan: the text is a separate cross-attention): a layout without
+// text tokens, ring and Ulysses, with the RoPE rows of the shard.
+TEST(SequenceShardOnRanks, AttentionOverShardsWithoutTextIsTheWholeAttention) {
+  auto world = world_communicator();
+  const int P = world->size();
+  const int64_t B = 2, N = 3 * P + 1, H = 4, D = 8;
+  const float scale = 1.0f / std::sqrt(float(D));
+  for (SpMode mode : {SpMode::Ring, SpMode::Ulysses}) {
+    SCOPED_TRACE(sp_mode_name(mode));
+    const ParallelContext par{nullptr, world.get(), mode};
+    const SequenceShard shard(N, /*n_txt=*/0, /*txt_first=*/true, par);
+    ASSERT_NE(shard.layout(), nullptr);
+    EXPECT_EQ(shard.layout()->n_txt, 0);
+    const Tensor table = test::random_tensor({N, D}, 30);
+    EXPECT_EQ(values(shard.local_rows(table)), values(table.slice(0, shard.range().begin, shard.range().end)));
+    Tensor whole[3], local[3];
+    for (int i = 0; i < 3; ++i) {
+      whole[i] = test::random_tensor({B, N, H, D}, 40 + unsigned(i));
+      local[i] = shard.local(whole[i]);
+    }
+    const Tensor ref = ops::attention(whole[0], whole[1], whole[2], scale);
+    const Tensor out = joint_attention(local[0], local[1], local[2], scale, *shard.layout(), &par);
+    EXPECT_LT(max_abs_diff(shard.gather(out.contiguous()), ref), 1e-5);
+  }
+}
+
+// ---- RMSNormAcrossHeads ---------------------------------------------------------------------------------
+
+// Each rank normalises its heads' channels with the mean square of all of them: the ranks' outputs side by
+// side are the unsplit RMSNorm's.
+TEST(RMSNormAcrossHeadsOnRanks, ShardsNormaliseWithTheWholeMeanSquare) {
+  auto world = world_communicator();
+  const int P = world->size();
+  const int64_t head_dim = 3, heads = 2 * P, dim = heads * head_dim;
+  const Tensor w = test::random_tensor({dim}, 50);
+  const Tensor x = test::random_tensor({2, 5, dim}, 51, 3.0f);
+  test::TempDir d("rms_" + std::to_string(world->rank()));
+  ASSERT_TRUE(save_safetensors(d.str() + "/w.safetensors", {{"n.weight", w}}).ok());
+  auto ck = Checkpoint::open(d.str() + "/w.safetensors");
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  const ParallelContext par{world.get(), nullptr, SpMode::Ring};
+  const Range h = shard_range(heads, P, world->rank());
+  const Range ch{h.begin * head_dim, h.end * head_dim};
+  auto split = RMSNormAcrossHeads::load(*ck, "n", dim, ch, 1e-6f, &par);
+  ASSERT_TRUE(split.ok()) << split.error().message;
+  EXPECT_EQ(split->weight.shape(), (Shape{ch.size()}));
+  auto one = RMSNormAcrossHeads::load(*ck, "n", dim, Range{0, dim}, 1e-6f, nullptr);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->reduce, nullptr);
+  const Tensor ref = ops::rms_norm(x, &w, 1e-6f);
+  EXPECT_LT(max_abs_diff((*one)(x), ref), 1e-6);
+  const Tensor mine = (*split)(x.slice(2, ch.begin, ch.end).contiguous());
+  EXPECT_LT(max_abs_diff(all_gather(mine, 2, *world), ref), 2e-6);
 }
 
 // ---- BandSplit and the split layers -------------------------------------------------------------------
