@@ -25,8 +25,6 @@ struct PendingCase {
 // The cases no runner handles yet. An entry leaves with the commit that registers its runner
 // (PendingCasesAreStillPending fails until it does, so the list cannot go stale).
 constexpr PendingCase kPending[] = {
-    // #10: Wan2.2-T2V-A14B end to end.
-    {"pipe_wan22", 10},
     // #11: Mochi-1 end to end.
     {"mochi_transformer", 11},
     {"vae_mochi", 11},

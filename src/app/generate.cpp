@@ -171,6 +171,7 @@ int run_generate(const GenerateCommand& cmd) {
   o.width = cmd.width;
   o.steps = cmd.steps;
   if (cmd.guidance >= 0) o.guidance_scale = cmd.guidance;
+  if (cmd.guidance_2 >= 0) o.guidance_scale_2 = cmd.guidance_2;
   if (cmd.true_cfg >= 0) o.true_cfg_scale = cmd.true_cfg;
   o.seed = cmd.seed;
   o.max_sequence_length = cmd.max_sequence_length;
@@ -225,6 +226,7 @@ int run_generate(const GenerateCommand& cmd) {
           {"Software", "meshdit"},          {"prompt", o.prompt[prompt_index]}, {"model", model},
           {"seed", std::to_string(o.seed)}, {"batch_index", std::to_string(b)}, {"steps", std::to_string(o.steps)}};
       if (o.guidance_scale) text.push_back({"guidance_scale", std::to_string(*o.guidance_scale)});
+      if (o.guidance_scale_2) text.push_back({"guidance_scale_2", std::to_string(*o.guidance_scale_2)});
       text.push_back({"width", std::to_string(o.width)});
       text.push_back({"height", std::to_string(o.height)});
       if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});

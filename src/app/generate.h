@@ -11,7 +11,7 @@ struct GenerateCommand {
   std::string latents;      // initial noise: FILE (its tensor "latents") or FILE:NAME; "" = from the seed
   std::vector<std::string> prompts, negative_prompts;
   int64_t steps = 0, width = 0, height = 0, batch = 1, max_sequence_length = 0;
-  float guidance = -1, true_cfg = -1;  // < 0: the model's default
+  float guidance = -1, guidance_2 = -1, true_cfg = -1;  // < 0: the model's default
   uint64_t seed = 0;
   std::string output;      // "" = out.png, or out.mp4 for a video pipeline
   std::string frames_dir;  // video pipelines: PNG frames into this folder as well as (or, without -o, instead of) an .mp4

@@ -124,13 +124,16 @@ int run(int argc, char** argv) {
                   "from its tensors. It must be the architecture --model's pipeline uses");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
   gen->add_option("--negative-prompt", g.negative_prompts,
-                  "one per prompt: the unconditional branch of classifier-free guidance (SD3.5: with --guidance > 1; "
+                  "one per prompt: the unconditional branch of classifier-free guidance (SD3.5, Wan: with --guidance > 1; "
                   "Flux: with --true-cfg > 1)");
   gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux and SD3.5)")
       ->check(CLI::PositiveNumber);
   gen->add_option("--guidance", g.guidance,
-                  "guidance scale (default: the model's): classifier-free guidance for SD3.5 (7.0), the distilled "
-                  "guidance embedding for FLUX.1-dev (3.5)");
+                  "guidance scale (default: the model's): classifier-free guidance for SD3.5 (7.0) and Wan2.2's "
+                  "high-noise expert (4.0), the distilled guidance embedding for FLUX.1-dev (3.5)");
+  gen->add_option("--guidance-2", g.guidance_2,
+                  "Wan2.2: the low-noise expert's classifier-free guidance scale (default 3.0; --guidance when only "
+                  "that is given)");
   gen->add_option("--true-cfg", g.true_cfg,
                   "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
                   "4 for Qwen-Image)");

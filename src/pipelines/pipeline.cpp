@@ -12,6 +12,7 @@ namespace meshdit {
 PipelineEntry flux_pipeline_entry();
 PipelineEntry sd3_pipeline_entry();
 PipelineEntry qwenimage_pipeline_entry();
+PipelineEntry wan_pipeline_entry();
 
 namespace {
 
@@ -19,7 +20,7 @@ std::map<std::string, PipelineEntry>& registry() {
   static std::map<std::string, PipelineEntry> r;
   static std::once_flag builtins;
   std::call_once(builtins, [] {
-    for (PipelineEntry e : {flux_pipeline_entry(), sd3_pipeline_entry(), qwenimage_pipeline_entry()}) r[e.class_name] = std::move(e);
+    for (PipelineEntry e : {flux_pipeline_entry(), sd3_pipeline_entry(), qwenimage_pipeline_entry(), wan_pipeline_entry()}) r[e.class_name] = std::move(e);
   });
   return r;
 }

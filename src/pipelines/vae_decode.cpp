@@ -27,8 +27,10 @@ Tensor postprocess_images(const Tensor& decoded) {
   return out;
 }
 
-Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
-  Span span("stage", "vae decode");
+namespace {
+
+// latents [B, z_dim, f, h, w] -> the decoder's output [B, 3, F, H, W] in [-1, 1].
+Result<Tensor> wan_decode(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
   const AutoencoderKLWanConfig& cfg = vae.config();
   const int64_t C = latents.size(1);
   if (latents.dim() != 5 || C != cfg.z_dim || int64_t(cfg.latents_mean.size()) != C ||
@@ -41,13 +43,25 @@ Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& late
     channels.push_back(ops::div_add(latents.slice(1, c, c + 1), 1.0f / cfg.latents_std[size_t(c)],
                                     cfg.latents_mean[size_t(c)]));
   const Tensor z = concat(channels, 1);
-  Tensor video;
-  if (vae_group.size() > 1) {
-    MD_TRY(video, vae.decode_parallel(z, vae_group));
-  } else {
-    MD_TRY(video, vae.decode(z));
-  }
+  if (vae_group.size() > 1) return vae.decode_parallel(z, vae_group);
+  return vae.decode(z);
+}
+
+}  // namespace
+
+Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
+  Span span("stage", "vae decode");
+  MD_TRY(Tensor video, wan_decode(vae, latents, vae_group));
   return postprocess_images(video.slice(2, 0, 1).reshape({video.size(0), video.size(1), video.size(3), video.size(4)}));
+}
+
+Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
+  Span span("stage", "vae decode");
+  MD_TRY(Tensor video, wan_decode(vae, latents, vae_group));
+  // [B, 3, F, H, W] -> [B, F, H, W, 3], as VideoProcessor.postprocess_video(output_type="np").
+  Tensor out = ops::affine(video.permute({0, 2, 3, 4, 1}), 0.5f, 0.5f);
+  ops::clamp_(out, 0.0f, 1.0f);
+  return out;
 }
 
 }  // namespace meshdit

@@ -22,6 +22,10 @@ Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Co
 // is split by bands of latent rows; every rank returns the whole images.
 Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group);
 
+// The same over every frame (video pipelines): latents [B, z_dim, f, h, w] -> frames [B, F, H, W, 3] in [0, 1],
+// F = 1 + 4 (f - 1).
+Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group);
+
 // [-1, 1] images [B, 3, H, W] -> [B, H, W, 3] in [0, 1] (VaeImageProcessor.postprocess, output_type="np").
 Tensor postprocess_images(const Tensor& decoded);
 

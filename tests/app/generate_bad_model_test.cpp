@@ -25,6 +25,7 @@ struct Model {
     if (name == "Flux") return test::repo_dir() + "/models/tiny-shapes";
     const std::string shared = test::shared_fixtures_dir();
     if (shared.empty()) return std::string();
+    if (name == "Wan") return shared + "/pipe_wan22";
     return shared + (name == "SD3" ? "/pipe_sd3" : "/pipe_qwenimage");
   }
 };
@@ -42,8 +43,11 @@ class BrokenModel : public ::testing::TestWithParam<Model> {
   // (Qwen-Image's scheduler stretches its schedule to a terminal sigma, which needs two steps.)
   int generate(const std::string& args, std::string* out) const {
     const std::string steps = GetParam().name == "Qwen" ? "2" : "1";
+    // Wan makes a video: 5 frames into an MP4.
+    const std::string output =
+        GetParam().name == "Wan" ? (dir_.path() / "x.mp4").string() + " --frames 5" : (dir_.path() / "x.png").string();
     return test::run_command(cli() + " generate --no-progress --model " + model().string() +
-                                 " --width 32 --height 32 --steps " + steps + " -o " + (dir_.path() / "x.png").string() + " " +
+                                 " --width 32 --height 32 --steps " + steps + " -o " + output + " " +
                                  args,
                              out);
   }
@@ -68,7 +72,7 @@ TEST_P(BrokenModel, UnsupportedClassListsTheSupportedOnes) {
   std::string out;
   EXPECT_EQ(generate("-p x", &out), 1) << out;
   for (const char* want : {"model_index.json", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline",
-                           "QwenImagePipeline"})
+                           "QwenImagePipeline", "WanPipeline"})
     EXPECT_NE(out.find(want), std::string::npos) << "expected '" << want << "' in:\n" << out;
 }
 
@@ -83,6 +87,9 @@ TEST_P(BrokenModel, MissingPartIsNamed) {
                                                 "tokenizer/vocab.json",
                                                 "tokenizer/merges.txt",
                                                 "tokenizer_2/spiece.model"}
+      : name == "Wan"
+          ? std::vector<std::string>{"transformer_2", "transformer", "text_encoder", "vae", "tokenizer/spiece.model",
+                                     "scheduler/scheduler_config.json"}
       : name == "SD3"
           ? std::vector<std::string>{"tokenizer_2",          "text_encoder_3",         "text_encoder_2",
                                      "tokenizer/vocab.json", "tokenizer_2/merges.txt", "tokenizer_3/spiece.model"}
@@ -106,6 +113,12 @@ TEST_P(BrokenModel, LongPromptIsTruncatedWithAWarning) {
   for (int i = 0; i < 100; ++i) prompt += "cat ";
   std::string out;
   ASSERT_EQ(generate("--max-sequence-length 8 -p '" + prompt + "'", &out), 0) << out;
+  if (GetParam().name == "Wan") {
+    EXPECT_NE(out.find("UMT5 (text_encoder) max_sequence_length is 8 tokens: "), std::string::npos) << out;
+    ASSERT_EQ(generate("--max-sequence-length 8 -p cat", &out), 0) << out;
+    EXPECT_EQ(out.find("truncated"), std::string::npos) << out;
+    return;
+  }
   if (GetParam().name == "Qwen") {
     // (The fixture's tiny vocabulary splits "cat ": the count is the tokenizer's, checked in its own test.)
     EXPECT_NE(out.find("max_sequence_length is 8 tokens: "), std::string::npos) << out;
@@ -132,11 +145,12 @@ TEST_P(BrokenModel, LongPromptIsTruncatedWithAWarning) {
 
 TEST_P(BrokenModel, NegativePromptCountMustMatch) {
   // SD3 guides with --guidance (its default 7 already does); Flux's and Qwen-Image's true CFG with --true-cfg.
-  const std::string guide = GetParam().name == "SD3" ? "--guidance 7" : "--true-cfg 2";
+  const std::string& n = GetParam().name;
+  const std::string guide = n == "SD3" || n == "Wan" ? "--guidance 7" : "--true-cfg 2";
   expect_error("-p x -p y --negative-prompt n " + guide, "one negative prompt per prompt");
 }
 
-INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenModel, ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}),
+INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenModel, ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}, Model{"Wan"}),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -114,6 +114,21 @@ TEST(PipelineOnMesh, QwenImageReference) {
   }
 }
 
+// The float64 Wan2.2 pipeline case (two experts, guidance as two calls, UniPC, a 9-frame video): the branches
+// over ranks, TP (both experts and UMT5), SP over the video tokens, and the VAE decode split by bands.
+TEST(PipelineOnMesh, Wan22Reference) {
+  const std::string dir = test::shared_fixtures_dir() + "/pipe_wan22";
+  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+  if (world_size() == 4) {
+    expect_pass(dir, "cfg=2,tp=2");
+    expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
+  } else {
+    expect_pass(dir, "cfg=2");
+    expect_pass(dir, "tp=2");
+    expect_pass(dir, "sp=2,sp_mode=ulysses");
+  }
+}
+
 // A text encoder with `heads` attention heads split over every rank by TP (unevenly where they do not
 // divide); a world larger than its heads is one clear error.
 void expect_encoder_tp(const std::string& dir, int heads) {

@@ -1,0 +1,291 @@
+// WanPipeline (diffusers pipelines/wan/pipeline_wan.py), step by step:
+//   1. prompts cleaned (HTML entities, whitespace) -> UMT5 tokens padded to max_sequence_length, with the mask
+//      -> UMT5 -> each row cut to its tokens and zero-padded again. The negative prompts ("" by default) the
+//      same way when guided.
+//   2. noise [B, 16, 1 + (F - 1) / 4, H/8, W/8] (the VAE's 4x time and 8x space compression)
+//   3. UniPC timesteps with flow sigmas and the scheduler's flow_shift
+//   4. the shared loop (pipelines/denoise.h): the expert of t (Wan2.2: transformer for t >= boundary_ratio *
+//      num_train_timesteps, transformer_2 below), v = expert(x, t, text); with guidance a second call on the
+//      negative prompt, v = uncond + w (cond - uncond) with the expert's scale; x = UniPC step
+//   5. z = latents / (1 / std) + mean per channel, the causal 3-D VAE over every latent frame,
+//      (x / 2 + 0.5).clamp(0, 1) -> frames [B, F, H, W, 3]
+#include "pipelines/wan.h"
+
+#include <cstdint>
+
+#include "backend/ops.h"
+#include "core/torch_rng.h"
+#include "core/trace.h"
+#include "io/checkpoint.h"
+#include "io/json_config.h"
+#include "pipelines/components.h"
+#include "pipelines/denoise.h"
+#include "pipelines/vae_decode.h"
+
+namespace meshdit {
+namespace {
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+// One pass of html.unescape for numeric references and the named ones prompts meet in practice (the
+// full HTML5 table is some two thousand names; an unknown name is left as written, as Python leaves it).
+std::string html_unescape(const std::string& s) {
+  static const std::pair<const char*, uint32_t> kNamed[] = {
+      {"amp", '&'},     {"lt", '<'},       {"gt", '>'},       {"quot", '"'},     {"apos", '\''},
+      {"nbsp", 0xA0},   {"ndash", 0x2013}, {"mdash", 0x2014}, {"hellip", 0x2026}, {"lsquo", 0x2018},
+      {"rsquo", 0x2019}, {"ldquo", 0x201C}, {"rdquo", 0x201D}, {"copy", 0xA9},    {"reg", 0xAE},
+      {"deg", 0xB0},    {"times", 0xD7},   {"eacute", 0xE9}};
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    if (s[i] != '&') {
+      out += s[i++];
+      continue;
+    }
+    const size_t semi = s.find(';', i);
+    if (semi == std::string::npos || semi - i > 12) {
+      out += s[i++];
+      continue;
+    }
+    const std::string body = s.substr(i + 1, semi - i - 1);
+    bool done = false;
+    if (body.size() > 1 && body[0] == '#') {
+      const bool hex = body[1] == 'x' || body[1] == 'X';
+      const std::string digits = body.substr(hex ? 2 : 1);
+      if (!digits.empty() && digits.find_first_not_of(hex ? "0123456789abcdefABCDEF" : "0123456789") == std::string::npos) {
+        const unsigned long cp = std::stoul(digits, nullptr, hex ? 16 : 10);
+        append_utf8(out, cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : uint32_t(cp));
+        done = true;
+      }
+    } else {
+      for (const auto& [name, cp] : kNamed)
+        if (body == name) {
+          append_utf8(out, cp);
+          done = true;
+          break;
+        }
+    }
+    if (done) {
+      i = semi + 1;
+    } else {
+      out += s[i++];
+    }
+  }
+  return out;
+}
+
+// The length of the whitespace character (Python's \s: ASCII whitespace, NBSP, the U+2000 spaces, ideographic
+// space, ...) at s[i], 0 if none.
+size_t whitespace_at(const std::string& s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F)) return 1;
+  auto at = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0; };
+  if (c == 0xC2 && (at(1) == 0xA0 || at(1) == 0x85)) return 2;
+  if (c == 0xE1 && at(1) == 0x9A && at(2) == 0x80) return 3;                      // U+1680
+  if (c == 0xE2 && at(1) == 0x80 && (at(2) <= 0x8A || at(2) == 0xA8 || at(2) == 0xA9 || at(2) == 0xAF)) return 3;
+  if (c == 0xE2 && at(1) == 0x81 && at(2) == 0x9F) return 3;                      // U+205F
+  if (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) return 3;                      // U+3000
+  return 0;
+}
+
+}  // namespace
+
+std::string wan_prompt_clean(const std::string& text) {
+  const std::string unescaped = html_unescape(html_unescape(text));
+  std::string out;
+  bool pending_space = false;
+  for (size_t i = 0; i < unescaped.size();) {
+    if (const size_t n = whitespace_at(unescaped, i)) {
+      pending_space = !out.empty();
+      i += n;
+      continue;
+    }
+    if (pending_space) out += ' ';
+    pending_space = false;
+    out += unescaped[i++];
+  }
+  return out;
+}
+
+Result<ModelTraits> WanPipeline::traits(const std::string& dir, const GenerateOptions& options,
+                                        const LoadOptions& from) {
+  MD_TRY(WanConfig tc, load_transformer_config<WanConfig>(dir, from));
+  ModelTraits t;
+  t.name = "WanPipeline " + dir;
+  t.heads = tc.num_attention_heads;
+  t.cfg_batch = options.guidance_scale.value_or(4.0f) > 1.0f;
+  const int64_t h = options.height ? options.height : 720, w = options.width ? options.width : 1280;
+  const int64_t f = options.num_frames ? options.num_frames : 81;
+  t.image_tokens = (1 + (f - 1) / 4) * (h / 16) * (w / 16);
+  return t;
+}
+
+Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, const LoadOptions& from) {
+  Span span("stage", "load model");
+  MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
+  if (folder.class_name != "WanPipeline")
+    return make_error(dir + "/model_index.json: pipeline class '" + folder.class_name + "' is not WanPipeline");
+  WanPipeline p;
+  p.mesh_ = mesh;
+  const ParallelContext par = p.mesh_.context();
+  {
+    MD_TRY(Json index, load_json(dir + "/model_index.json"));
+    if (index.contains("boundary_ratio") && index["boundary_ratio"].is_number()) {
+      p.boundary_ratio_ = index["boundary_ratio"].get<double>();
+      if (*p.boundary_ratio_ <= 0.0 || *p.boundary_ratio_ >= 1.0)
+        return make_error(dir + "/model_index.json: boundary_ratio " + std::to_string(*p.boundary_ratio_) +
+                          " must be in (0, 1)");
+    }
+  }
+  {
+    MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer")));
+    p.tokenizer_ = std::make_shared<T5Tokenizer>(std::move(t));
+  }
+  MD_TRY(p.text_encoder_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder"), &par)));
+  MD_TRY(p.transformer_, (load_transformer<WanTransformer, WanConfig>(dir, from, &par)));
+  // Wan2.2's low-noise expert; the two weights stay memory-mapped, each expert's pages touched in its steps.
+  if (p.boundary_ratio_) {
+    if (!from.transformer_file.empty())
+      return make_error("--transformer: " + dir +
+                        " has two experts (transformer, transformer_2); a single transformer file cannot replace both");
+    MD_TRY(p.transformer_2_, (load_component<WanTransformer, WanConfig>(folder.path("transformer_2"), &par)));
+  }
+  MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
+  MD_TRY(p.scheduler_config_, UniPCConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
+  return p;
+}
+
+GenerateOptions WanPipeline::with_defaults(GenerateOptions o) const {
+  const bool a14b = two_experts();
+  if (o.height == 0) o.height = a14b ? 720 : 480;
+  if (o.width == 0) o.width = a14b ? 1280 : 832;
+  if (o.num_frames == 0) o.num_frames = 81;
+  if (o.steps == 0) o.steps = a14b ? 40 : 50;
+  // diffusers: guidance_scale_2 defaults to guidance_scale when the folder has a boundary; with neither given,
+  // the model card's pair.
+  if (a14b && !o.guidance_scale_2) o.guidance_scale_2 = o.guidance_scale ? *o.guidance_scale : 3.0f;
+  if (!o.guidance_scale) o.guidance_scale = a14b ? 4.0f : 5.0f;
+  if (o.max_sequence_length == 0) o.max_sequence_length = 512;
+  return o;
+}
+
+Status WanPipeline::validate(const GenerateOptions& o) const {
+  if (o.prompt.empty()) return make_error("no prompt given");
+  const WanConfig& tc = transformer_->config();
+  const int64_t sm = vae_->config().spatial_scale() * tc.patch_size[1];
+  if (o.height <= 0 || o.width <= 0 || o.height % sm || o.width % sm)
+    return make_error("width and height must be positive multiples of " + std::to_string(sm) + " (got " +
+                      std::to_string(o.width) + "x" + std::to_string(o.height) + ")");
+  const int64_t ts = vae_->config().temporal_scale();
+  if (o.num_frames < 1 || (o.num_frames - 1) % ts != 0)
+    return make_error("frames must be 1 + " + std::to_string(ts) + "k (the VAE's time compression), e.g. " +
+                      std::to_string(1 + ts * 4) + " or 81; got " + std::to_string(o.num_frames));
+  if (o.steps < 1) return make_error("steps must be at least 1");
+  if (o.num_images_per_prompt < 1) return make_error("batch must be at least 1");
+  if (o.max_sequence_length < 1 || o.max_sequence_length > 4096)
+    return make_error("max_sequence_length must be in [1, 4096]");
+  if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
+    return make_error("give one negative prompt per prompt");
+  if (o.true_cfg_scale && *o.true_cfg_scale != 1.0f)
+    return make_error("WanPipeline guides with guidance_scale: true_cfg_scale is not an option");
+  if (o.guidance_rescale != 0.0f) return make_error("WanPipeline has no guidance_rescale");
+  if (o.guidance_scale_2 && !two_experts())
+    return make_error("guidance_scale_2 is the low-noise expert's scale: this folder has one transformer");
+  if (o.vae_tiling) return make_error("WanPipeline: tiled VAE decode is not supported yet (the decode runs by frames)");
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const int64_t f = 1 + (o.num_frames - 1) / ts, h = o.height / vae_->config().spatial_scale(),
+                w = o.width / vae_->config().spatial_scale();
+  return validate_latents(o, {B, tc.in_channels, f, h, w}, "[B, 16, 1 + (frames - 1) / 4, H/8, W/8]");
+}
+
+Result<Tensor> WanPipeline::encode_prompt(const std::vector<std::string>& prompts,
+                                          int64_t max_sequence_length) const {
+  Span s("stage", "encode prompt");
+  std::vector<std::string> cleaned;
+  for (const auto& p : prompts) cleaned.push_back(wan_prompt_clean(p));
+  MD_TRY(TokenizedBatch ids, tokenizer_->encode(cleaned, int(max_sequence_length)));
+  warn_truncated(ids, "UMT5 (text_encoder) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
+  Tensor h;
+  {
+    Span s2("stage", "text_encoder (UMT5)");
+    MD_TRY(h, text_encoder_->forward(ids.input_ids, ids.attention_mask));
+  }
+  return trim_prompt_embeds(h, ids.lengths, max_sequence_length);
+}
+
+Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* record,
+                                     const StepCallback& on_step) const {
+  const GenerateOptions o = with_defaults(options);
+  MD_RETURN_IF_ERROR(validate(o));
+  const WanConfig& tc = transformer_->config();
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const bool cfg = *o.guidance_scale > 1.0f;
+
+  // 1. Text embeddings; with guidance also the negative prompts' (empty strings when none are given).
+  MD_TRY(Tensor pos, encode_prompt(o.prompt, o.max_sequence_length));
+  pos = repeat_rows(pos, o.num_images_per_prompt);
+  Tensor neg;
+  if (cfg) {
+    const std::vector<std::string> negative =
+        o.negative_prompt.empty() ? std::vector<std::string>(o.prompt.size(), "") : o.negative_prompt;
+    MD_TRY(neg, encode_prompt(negative, o.max_sequence_length));
+    neg = repeat_rows(neg, o.num_images_per_prompt);
+  }
+
+  // 2. Latents: one latent frame for the first video frame, one per 4 after it, at 1/8 resolution.
+  const int64_t vs = vae_->config().spatial_scale(), ts = vae_->config().temporal_scale();
+  const Shape shape{B, tc.in_channels, 1 + (o.num_frames - 1) / ts, o.height / vs, o.width / vs};
+  Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn(shape, o.seed);
+
+  // 3. Timesteps.
+  MD_TRY(UniPCMultistepScheduler scheduler, UniPCMultistepScheduler::create(scheduler_config_));
+  MD_RETURN_IF_ERROR(scheduler.set_timesteps(o.steps));
+
+  // 4. Denoise: the transformer takes t itself (in [0, 1000]); guidance is a second call.
+  auto expert = [&](const WanTransformer& model) {
+    return [&model, &pos, &neg](const Tensor& x, float t, Branch branch, TensorMap* inputs) -> Result<Tensor> {
+      if (branch == Branch::Pair) return make_error("WanPipeline: guidance runs as two calls, not a batch");
+      const Tensor& text = branch == Branch::Cond ? pos : neg;
+      const Tensor timestep = ops::full({x.size(0)}, t, x.device());
+      if (inputs) *inputs = {{"hidden_states", x}, {"timestep", timestep}, {"encoder_hidden_states", text}};
+      return model.forward(x, timestep, text);
+    };
+  };
+  DenoiseSetup setup;
+  setup.experts = {Expert{"transformer", expert(*transformer_), *o.guidance_scale}};
+  if (two_experts()) {
+    setup.experts.push_back(Expert{"transformer_2", expert(*transformer_2_), *o.guidance_scale_2});
+    setup.boundary = float(*boundary_ratio_ * double(scheduler_config_.num_train_timesteps));
+  }
+  setup.guidance.mode = cfg ? CfgMode::TwoCalls : CfgMode::None;
+  SchedulerRef<UniPCMultistepScheduler> sched(scheduler);
+  MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
+
+  // 5. Decode every frame.
+  return decode_wan_video(*vae_, latents, mesh_.vae());
+}
+
+PipelineEntry wan_pipeline_entry() {
+  return {"WanPipeline", WanPipeline::traits,
+          [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
+            MD_TRY(WanPipeline p, WanPipeline::load(dir, mesh, from));
+            return std::unique_ptr<Pipeline>(std::make_unique<WanPipeline>(std::move(p)));
+          }};
+}
+
+}  // namespace meshdit
