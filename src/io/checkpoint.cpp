@@ -247,6 +247,14 @@ void release_mapped_pages(const Tensor& w) {
 
 }  // namespace
 
+void Checkpoint::release_resident() const {
+  if (meta_) return;
+  for (const auto& name : stored_names()) {
+    auto t = get_stored(name);
+    if (t.ok()) release_mapped_pages(*t);
+  }
+}
+
 Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& expect, Shard shard,
                                        const std::vector<std::pair<int64_t, int64_t>>& ranges,
                                        int64_t padded_extent) const {

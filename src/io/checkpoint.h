@@ -99,6 +99,10 @@ class Checkpoint {
   std::string describe_alias(const std::string& name) const;
   // Stored tensors by their own names, whether visible or not (layout detection, alias sources).
   std::vector<std::string> stored_names() const;
+  // Drops this process's resident pages of every memory-mapped tensor (the mappings stay: a later read faults
+  // the file back in). A model whose weights sit idle for a while (Wan2.2's other expert) gives its memory
+  // back this way without being reloaded.
+  void release_resident() const;
   bool has_stored(const std::string& name) const { return where_.count(name) != 0; }
   Result<Shape> stored_shape(const std::string& name) const;
   Result<Tensor> get_stored(const std::string& name) const;

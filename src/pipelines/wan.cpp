@@ -157,13 +157,23 @@ Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, 
     p.tokenizer_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
   MD_TRY(p.text_encoder_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder"), &par)));
-  MD_TRY(p.transformer_, (load_transformer<WanTransformer, WanConfig>(dir, from, &par)));
-  // Wan2.2's low-noise expert; the two weights stay memory-mapped, each expert's pages touched in its steps.
-  if (p.boundary_ratio_) {
+  if (!p.boundary_ratio_) {
+    MD_TRY(p.transformer_, (load_transformer<WanTransformer, WanConfig>(dir, from, &par)));
+  } else {
+    // Wan2.2's high- and low-noise experts, their checkpoints kept to hand memory back at the switch.
     if (!from.transformer_file.empty())
       return make_error("--transformer: " + dir +
                         " has two experts (transformer, transformer_2); a single transformer file cannot replace both");
-    MD_TRY(p.transformer_2_, (load_component<WanTransformer, WanConfig>(folder.path("transformer_2"), &par)));
+    const char* names[] = {"transformer", "transformer_2"};
+    std::shared_ptr<WanTransformer>* models[] = {&p.transformer_, &p.transformer_2_};
+    for (int e = 0; e < 2; ++e) {
+      MD_TRY(WanConfig cfg, WanConfig::from_json(folder.path(names[e]) + "/config.json"));
+      MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path(names[e])));
+      MD_TRY(WanTransformer m, WanTransformer::load(ck, cfg, &par));
+      *models[e] = std::make_shared<WanTransformer>(std::move(m));
+      p.expert_ck_[e] = std::make_shared<Checkpoint>(std::move(ck));
+      p.expert_ck_[e]->release_resident();  // loading touched nothing a step needs now
+    }
   }
   MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, UniPCConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
@@ -257,9 +267,15 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
   MD_RETURN_IF_ERROR(scheduler.set_timesteps(o.steps));
 
   // 4. Denoise: the transformer takes t itself (in [0, 1000]); guidance is a second call.
-  auto expert = [&](const WanTransformer& model) {
-    return [&model, &pos, &neg](const Tensor& x, float t, Branch branch, TensorMap* inputs) -> Result<Tensor> {
+  int active = -1;  // the expert that ran last
+  auto expert = [&](const WanTransformer& model, int index) {
+    return [this, &model, index, &active, &pos, &neg](const Tensor& x, float t, Branch branch,
+                                                      TensorMap* inputs) -> Result<Tensor> {
       if (branch == Branch::Pair) return make_error("WanPipeline: guidance runs as two calls, not a batch");
+      if (active != index) {  // the other expert is done for this video (the boundary is crossed once)
+        if (active >= 0 && expert_ck_[active]) expert_ck_[active]->release_resident();
+        active = index;
+      }
       const Tensor& text = branch == Branch::Cond ? pos : neg;
       const Tensor timestep = ops::full({x.size(0)}, t, x.device());
       if (inputs) *inputs = {{"hidden_states", x}, {"timestep", timestep}, {"encoder_hidden_states", text}};
@@ -267,9 +283,9 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
     };
   };
   DenoiseSetup setup;
-  setup.experts = {Expert{"transformer", expert(*transformer_), *o.guidance_scale}};
+  setup.experts = {Expert{"transformer", expert(*transformer_, 0), *o.guidance_scale}};
   if (two_experts()) {
-    setup.experts.push_back(Expert{"transformer_2", expert(*transformer_2_), *o.guidance_scale_2});
+    setup.experts.push_back(Expert{"transformer_2", expert(*transformer_2_, 1), *o.guidance_scale_2});
     setup.boundary = float(*boundary_ratio_ * double(scheduler_config_.num_train_timesteps));
   }
   setup.guidance.mode = cfg ? CfgMode::TwoCalls : CfgMode::None;

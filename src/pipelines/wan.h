@@ -46,6 +46,9 @@ class WanPipeline final : public Pipeline {
   std::shared_ptr<T5Tokenizer> tokenizer_;
   std::shared_ptr<T5Encoder> text_encoder_;
   std::shared_ptr<WanTransformer> transformer_, transformer_2_;
+  // The experts' memory-mapped weights (two-expert folders): when one takes over, the other's resident pages
+  // are dropped, so a run holds one expert's weights at a time (as plan counts it).
+  std::shared_ptr<Checkpoint> expert_ck_[2];
   std::shared_ptr<AutoencoderKLWan> vae_;
   UniPCConfig scheduler_config_;
   std::optional<double> boundary_ratio_;
