@@ -16,6 +16,7 @@
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "io/single_file.h"
+#include "io/video.h"
 #include "models/registry.h"
 
 namespace fs = std::filesystem;
@@ -242,6 +243,40 @@ TEST_P(GenerateFixture, TransformerFileGivesTheSameImages) {
 // A folder without transformer/ (the encoders, VAE and scheduler only) and a file with no config.json beside it:
 // the config is inferred from the file's tensors. Where the architecture's inference cannot recover this tiny
 // model's config, the run must fail with a message naming the file and asking for its config.json instead.
+// A video pipeline's -o NAME.mp4: the file decodes (libavformat) to the frames --frames-dir wrote, as many, as
+// large, at the pipeline's frame rate, each within H.264's loss: luma PSNR > 35 dB. (Luma, because the tiny
+// random model paints per-pixel colour noise, which yuv420p's one chroma sample per 2x2 pixels cannot carry
+// whatever the quality: RGB PSNR is ~20 dB here; tests/io/video_test.cpp checks RGB on smooth frames.)
+TEST_P(GenerateFixture, Mp4HoldsTheGeneratedFrames) {
+  if (!video_) return;  // images: the tests above
+  const test::TempDir out;
+  const std::string mp4 = (out.path() / "v.mp4").string();
+  const auto frames = generate(out.path(), " -o " + mp4);
+  ASSERT_EQ(int64_t(frames.size()), ref_.size(0));
+  auto v = read_video(mp4);
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  EXPECT_EQ(v->count(), int64_t(frames.size()));
+  EXPECT_EQ(v->width, ref_.size(2));
+  EXPECT_EQ(v->height, ref_.size(1));
+  EXPECT_DOUBLE_EQ(v->fps, 16.0);
+  double worst = 1e9;
+  for (size_t f = 0; f < frames.size() && f < size_t(v->count()); ++f) {
+    double se = 0;
+    const size_t pixels = frames[f].size() / 3;
+    for (size_t i = 0; i < pixels; ++i) {
+      auto luma = [i](const std::vector<uint8_t>& px) {
+        return 0.2126 * px[3 * i] + 0.7152 * px[3 * i + 1] + 0.0722 * px[3 * i + 2];
+      };
+      const double d = luma(frames[f]) - luma(v->rgb[f]);
+      se += d * d;
+    }
+    const double mse = se / double(pixels);
+    worst = std::min(worst, mse == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 / mse));
+  }
+  std::cout << GetParam().name << ": MP4 frames PSNR min " << worst << " dB\n";
+  EXPECT_GT(worst, 35.0);
+}
+
 // (Two-expert folders: the test above.)
 TEST_P(GenerateFixture, TransformerFileWithoutAnyConfigIsInferred) {
   if (!single_transformer()) return;
