@@ -3,7 +3,8 @@
 // are not multiples of the kernel's query and key blocks, q/k/v as strided views of a packed projection (as
 // the layers pass them), key-padding and causal masks. In bf16 precision the reference is computed on the
 // operands the kernel rounds (q * scale, k, v to bf16), so the bound is that of the one remaining rounding,
-// of the probabilities, which is what a bf16 product can promise.
+// of the probabilities, which is what a bf16 product can promise. Every softmax ISA this CPU runs is forced
+// in turn (the AVX2 path on an AVX-512 machine too).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "../test_util.h"
 #include "backend/cpu/attention.h"
+#include "backend/cpu/softmax_isa.h"
 #include "backend/ops.h"
 #include "backend_test_util.h"
 #include "core/dtype.h"
@@ -176,6 +178,77 @@ TEST(CpuAttention, KeyPaddingAndCausalMasksInBothPrecisions) {
       EXPECT_TRUE(all_close(host_values(ops::attention(t.q, t.k, t.v, scale, &mask)), ref, Vec(ref.size(), tol)));
     }
   }
+}
+
+// Restores the CPU's best softmax ISA at the end of a scope.
+struct IsaScope {
+  ~IsaScope() { (void)cpu::set_softmax_isa(cpu::best_softmax_isa()); }
+};
+
+std::vector<cpu::SoftmaxIsa> runnable_isas() {
+  std::vector<cpu::SoftmaxIsa> out;
+  for (auto isa : {cpu::SoftmaxIsa::Portable, cpu::SoftmaxIsa::Avx2, cpu::SoftmaxIsa::Avx512}) {
+    IsaScope restore;
+    if (cpu::set_softmax_isa(isa).ok()) out.push_back(isa);
+  }
+  return out;
+}
+
+// exp(x - sub) and its sum against double, on row lengths around the vector widths (tails, masked lanes),
+// with -inf entries (masked keys) that must give exactly 0.
+TEST(CpuAttention, SoftmaxKernelsOnEveryIsaMatchDouble) {
+  IsaScope restore;
+  ASSERT_GE(runnable_isas().size(), 1u + !!__builtin_cpu_supports("avx2") + !!__builtin_cpu_supports("avx512f"));
+  for (cpu::SoftmaxIsa isa : runnable_isas()) {
+    SCOPED_TRACE(cpu::softmax_isa_name(isa));
+    ASSERT_TRUE(cpu::set_softmax_isa(isa).ok());
+    const cpu::SoftmaxKernels& k = cpu::softmax_kernels();
+    for (int64_t n : {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 256}) {
+      SCOPED_TRACE("n=" + std::to_string(n));
+      std::vector<float> x = host_values(random_tensor({n + 1}, unsigned(4400 + n), 30.0f));
+      x.pop_back();
+      for (int64_t i = 3; i < n; i += 5) x[size_t(i)] = -INFINITY;
+      double want_max = double(-1e30f);
+      for (float v : x) want_max = std::max(want_max, double(v));
+      const float got_max = k.max_of(x.data(), n, -1e30f);
+      EXPECT_EQ(double(got_max), want_max);
+      const float sub = n ? got_max : 0.0f;
+      Vec want(x.size());
+      double want_sum = 0;
+      // exp of the kernel's own input, x - sub rounded to float
+      for (size_t i = 0; i < x.size(); ++i) want_sum += (want[i] = std::exp(double(x[i] - sub)));
+      std::vector<float> y = x;
+      const float got_sum = k.exp_sub_sum(y.data(), n, sub);
+      Vec tol(want.size());
+      for (size_t i = 0; i < want.size(); ++i) tol[i] = 4e-7 * want[i] + 1e-37;
+      EXPECT_TRUE(all_close(y, want, tol));
+      for (size_t i = 0; i < x.size(); ++i) {
+        if (std::isinf(x[i])) {
+          EXPECT_EQ(y[i], 0.0f);
+        }
+      }
+      EXPECT_NEAR(got_sum, want_sum, 1e-6 * want_sum + 1e-37);
+    }
+  }
+}
+
+TEST(CpuAttention, EveryRunnableSoftmaxIsaGivesTheSameAttention) {
+  IsaScope restore;
+  const Shape5 s{1, 300, 300, 2, 64};
+  Views t = packed_qkv(s, 4500);
+  const float scale = 1.0f / std::sqrt(float(s.D));
+  const Vec ref = ref_attention(t.q, t.k, t.v, scale, nullptr, true, false);
+  AttentionMask causal;
+  causal.causal = true;
+  for (cpu::SoftmaxIsa isa : runnable_isas()) {
+    SCOPED_TRACE(cpu::softmax_isa_name(isa));
+    ASSERT_TRUE(cpu::set_softmax_isa(isa).ok());
+    EXPECT_TRUE(all_close(host_values(ops::attention(t.q, t.k, t.v, scale, &causal)), ref,
+                          Vec(ref.size(), 1e-5 * max_abs(t.v))));
+  }
+  EXPECT_EQ(cpu::best_softmax_isa(), __builtin_cpu_supports("avx512f")  ? cpu::SoftmaxIsa::Avx512
+                                     : __builtin_cpu_supports("avx2") ? cpu::SoftmaxIsa::Avx2
+                                                                      : cpu::SoftmaxIsa::Portable);
 }
 
 TEST(CpuAttention, PrecisionDefaultsToF32AndBf16IsRefusedWithoutAKernel) {

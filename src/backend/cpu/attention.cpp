@@ -1,7 +1,7 @@
 // Flash-style attention on the CPU: one task per (batch, head, block of kBq queries), handed out
 // dynamically; for each block of kBk keys, S = Q K^T (one small GEMM on strided rows, the softmax scale
-// folded into it), online-softmax update of the running max/sum (lane-parallel max, exp and sum in one
-// pass), rescale of the accumulator, then acc += P V (a second small GEMM). Memory is O(kBq x kBk) per
+// folded into it), online-softmax update of the running max/sum (max, then exp and sum in one pass, in
+// the widest vectors the CPU runs: softmax_isa.h), rescale of the accumulator, then acc += P V (a second small GEMM). Memory is O(kBq x kBk) per
 // thread. In bf16 precision q (pre-scaled), k and v are rounded once per call, not once per block pair,
 // and P is rounded per block just before its product.
 #include "backend/cpu/attention.h"
@@ -11,6 +11,7 @@
 #include <cmath>
 #include <vector>
 
+#include "backend/cpu/softmax_isa.h"
 #include "backend/cpu/vec_math.h"
 #include "core/dtype.h"
 #include "core/thread_pool.h"
@@ -84,6 +85,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   const int64_t bias_q = bias ? mask->bias.size(2) : 0;  // 1: a key mask, the same row for every query
   const bool causal = mask && mask->causal;
   const bool bf16 = attention_precision() == GemmPrecision::BF16;
+  const SoftmaxKernels& sk = softmax_kernels();
   std::vector<uint16_t> qh, kh, vh;
   if (bf16) {
     qh = rounded_bf16(q, scale);
@@ -125,13 +127,13 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
           for (int64_t c = std::max<int64_t>(0, i0 + r + 1 - j0); c < nk; ++c) S[r * nk + c] = -INFINITY;
       for (int64_t r = 0; r < nq; ++r) {
         float* srow = S + r * nk;
-        const float row_max = max_of(srow, nk, m[r]);
+        const float row_max = sk.max_of(srow, nk, m[r]);
         if (row_max == -INFINITY) {  // every key so far masked: nothing to add
           for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
           continue;
         }
         const float corr = m[r] == -INFINITY ? 0.0f : fast_exp(m[r] - row_max);
-        l[r] = l[r] * corr + exp_sub_sum(srow, nk, row_max);
+        l[r] = l[r] * corr + sk.exp_sub_sum(srow, nk, row_max);
         m[r] = row_max;
         if (corr != 1.0f) {
           float* arow = ap + r * ld_acc;
