@@ -23,7 +23,7 @@
 namespace meshdit::cpu {
 namespace {
 
-// Per-thread scratch that grows and is reused across calls (weight tiles, score blocks).
+// Per-thread scratch that grows and is reused across calls (weight tiles; attention.cpp keeps its own).
 std::vector<float>& scratch(int slot) {
   thread_local std::vector<float> bufs[4];
   return bufs[slot];
