@@ -180,6 +180,29 @@ TEST(CpuAttention, KeyPaddingAndCausalMasksInBothPrecisions) {
   }
 }
 
+// Ring attention in bf16: keys merged chunk by chunk (each chunk rounded in its own call) give the one-call
+// result on the rounded operands, whatever the order.
+TEST(CpuAttention, Bf16ChunkedAccumulateMatchesReference) {
+  PrecisionScope bf16(cpu::GemmPrecision::BF16);
+  if (!bf16.ok) GTEST_SKIP() << "no bf16 GEMM on this CPU: " << cpu::gemm_kernel_line();
+  const Shape5 s{1, 130, 600, 2, 64};
+  Views t = packed_qkv(s, 4600);
+  const float scale = 1.0f / std::sqrt(float(s.D));
+  const Vec ref = ref_attention(t.q, t.k, t.v, scale, nullptr, false, true);
+  const double tol = (3 * kBf16Unit + 1e-5) * max_abs(t.v);
+  const int64_t cuts[] = {0, 70, 333, 600};
+  for (bool reversed : {false, true}) {
+    SCOPED_TRACE(reversed ? "reversed" : "in order");
+    AttentionState st = ops::attention_begin(t.q);
+    for (int c = 0; c < 3; ++c) {
+      const int i = reversed ? 2 - c : c;
+      ops::attention_accumulate(t.q, t.k.slice(1, cuts[i], cuts[i + 1]), t.v.slice(1, cuts[i], cuts[i + 1]), scale,
+                                st);
+    }
+    EXPECT_TRUE(all_close(host_values(ops::attention_end(st)), ref, Vec(ref.size(), tol)));
+  }
+}
+
 // Restores the CPU's best softmax ISA at the end of a scope.
 struct IsaScope {
   ~IsaScope() { (void)cpu::set_softmax_isa(cpu::best_softmax_isa()); }
