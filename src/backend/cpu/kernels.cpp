@@ -11,6 +11,7 @@
 #endif
 
 #include "backend/backend.h"
+#include "backend/cpu/attention.h"
 #include "backend/cpu/conv.h"
 #include "backend/cpu/data.h"
 #include "backend/cpu/elementwise.h"
@@ -22,7 +23,7 @@
 namespace meshdit::cpu {
 namespace {
 
-// Per-thread scratch that grows and is reused across calls (weight tiles, score blocks).
+// Per-thread scratch that grows and is reused across calls (weight tiles; attention.cpp keeps its own).
 std::vector<float>& scratch(int slot) {
   thread_local std::vector<float> bufs[4];
   return bufs[slot];
@@ -336,93 +337,6 @@ void softmax(Tensor& x) {
         }
       },
       4);
-}
-
-// Flash-style attention on the CPU: one task per (batch, head, block of kBq queries), handed out
-// dynamically; for each block of kBk keys, S = Q K^T (one small GEMM on strided rows, no copies),
-// online-softmax update of the running max/sum (lane-parallel max and sum, vectorised exp), rescale of
-// the accumulator, then acc += P V (a second small GEMM). Memory is O(kBq x kBk) per thread.
-void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask,
-                          AttentionState& st) {
-  // 256 x 256 (a 256 KiB score block): the two small GEMMs run at ~125-135 GFLOP/s per core against
-  // ~90-105 with 64 x 256 (AVX-512 kernel), and the K/V blocks are packed 4x less often.
-  constexpr int64_t kBq = 256, kBk = 256;
-  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = k.size(1);
-  const int64_t q_blocks = (Lq + kBq - 1) / kBq;
-  float* acc = st.acc.f32();
-  float* mx = st.max.f32();
-  float* sm = st.sum.f32();
-  const int64_t ld_acc = H * D;
-  const float* bias = mask && mask->bias.defined() ? mask->bias.f32() : nullptr;
-  const int64_t bias_b = bias ? mask->bias.size(0) : 0, bias_h = bias ? mask->bias.size(1) : 0;
-  const int64_t bias_q = bias ? mask->bias.size(2) : 0;  // 1: a key mask, the same row for every query
-  const bool causal = mask && mask->causal;
-  parallel_tasks(B * H * q_blocks, [&](int64_t task, int) {
-    auto& sbuf = scratch(1);
-    if (int64_t(sbuf.size()) < kBq * kBk) sbuf.resize(size_t(kBq * kBk));
-    float* S = sbuf.data();
-    const int64_t qb = task % q_blocks, h = (task / q_blocks) % H, b = task / (q_blocks * H);
-    const int64_t i0 = qb * kBq, nq = std::min(kBq, Lq - i0);
-    const float* qp = q.f32() + b * q.stride(0) + i0 * q.stride(1) + h * q.stride(2);
-    float* ap = acc + (b * Lq + i0) * ld_acc + h * D;
-    float* m = mx + (b * H + h) * Lq + i0;
-    float* l = sm + (b * H + h) * Lq + i0;
-    for (int64_t j0 = 0; j0 < Lk; j0 += kBk) {
-      const int64_t nk = std::min(kBk, Lk - j0);
-      const float* kp = k.f32() + b * k.stride(0) + j0 * k.stride(1) + h * k.stride(2);
-      const float* vp = v.f32() + b * v.stride(0) + j0 * v.stride(1) + h * v.stride(2);
-      gemm(nq, nk, D, scale, {qp, DType::F32, q.stride(1), false}, {kp, DType::F32, k.stride(1), true}, 0.0f, S, nk);
-      if (bias) {
-        const int64_t row = bias_q > 1 ? Lk : 0;
-        const float* bp =
-            bias + (((bias_b > 1 ? b : 0) * bias_h + (bias_h > 1 ? h : 0)) * bias_q + (bias_q > 1 ? i0 : 0)) * Lk + j0;
-        for (int64_t r = 0; r < nq; ++r)
-          for (int64_t c = 0; c < nk; ++c) S[r * nk + c] += bp[r * row + c];
-      }
-      if (causal)
-        for (int64_t r = 0; r < nq; ++r)
-          for (int64_t c = std::max<int64_t>(0, i0 + r + 1 - j0); c < nk; ++c) S[r * nk + c] = -INFINITY;
-      for (int64_t r = 0; r < nq; ++r) {
-        float* srow = S + r * nk;
-        const float row_max = max_of(srow, nk, m[r]);
-        if (row_max == -INFINITY) {  // every key so far masked: nothing to add
-          for (int64_t c = 0; c < nk; ++c) srow[c] = 0.0f;
-          continue;
-        }
-        const float corr = m[r] == -INFINITY ? 0.0f : fast_exp(m[r] - row_max);
-        exp_sub_inplace(srow, nk, row_max);
-        l[r] = l[r] * corr + sum_of(srow, nk);
-        m[r] = row_max;
-        if (corr != 1.0f) {
-          float* arow = ap + r * ld_acc;
-          for (int64_t d = 0; d < D; ++d) arow[d] *= corr;
-        }
-      }
-      gemm(nq, D, nk, 1.0f, {S, DType::F32, nk, false}, {vp, DType::F32, v.stride(1), false}, 1.0f, ap, ld_acc);
-    }
-  });
-}
-
-void attention_finalize(const AttentionState& st, Tensor& out) {
-  const int64_t B = st.acc.size(0), L = st.acc.size(1), H = st.acc.size(2), D = st.acc.size(3);
-  const float* a = st.acc.f32();
-  const float* l = st.sum.f32();
-  float* o = out.f32();
-  parallel_for(
-      B * L,
-      [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / L, i = r % L;
-          for (int64_t h = 0; h < H; ++h) {
-            const float s = l[(b * H + h) * L + i];
-            const float inv = s > 0 ? 1.0f / s : 0.0f;
-            const float* ar = a + (r * H + h) * D;
-            float* orow = o + (r * H + h) * D;
-            for (int64_t d = 0; d < D; ++d) orow[d] = ar[d] * inv;
-          }
-        }
-      },
-      16);
 }
 
 void rope(Tensor& x, const Tensor& cos, const Tensor& sin) {

@@ -40,6 +40,24 @@ inline void exp_sub_inplace(float* x, int64_t n, float sub) {
   for (int64_t i = 0; i < n; ++i) x[i] = fast_exp(x[i] - sub);
 }
 
+// x[i] = exp(x[i] - sub), returning their sum: the online softmax's one pass over a score row.
+inline float exp_sub_sum(float* x, int64_t n, float sub) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) {
+      x[i + j] = fast_exp(x[i + j] - sub);
+      acc[j] += x[i + j];
+    }
+  float s = 0;
+  for (; i < n; ++i) {
+    x[i] = fast_exp(x[i] - sub);
+    s += x[i];
+  }
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
 // Reductions written with kLanes independent partial results, so that the compiler can keep them in one
 // vector register without -ffast-math (a single running float would have to be added in order).
 constexpr int kLanes = 16;
