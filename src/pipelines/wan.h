@@ -43,6 +43,9 @@ class WanPipeline final : public Pipeline {
 
  private:
   bool two_experts() const { return transformer_2_ != nullptr; }
+  // Whether a generation with `o` fits in this machine's available memory (an error naming the size and the
+  // estimate when not).
+  Status check_memory(const GenerateOptions& o) const;
   std::shared_ptr<T5Tokenizer> tokenizer_;
   std::shared_ptr<T5Encoder> text_encoder_;
   std::shared_ptr<WanTransformer> transformer_, transformer_2_;

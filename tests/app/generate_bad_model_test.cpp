@@ -150,6 +150,21 @@ TEST_P(BrokenModel, NegativePromptCountMustMatch) {
   expect_error("-p x -p y --negative-prompt n " + guide, "one negative prompt per prompt");
 }
 
+// A video far beyond memory (4096 x 4096, 801 frames: ~300 GiB of frames alone) is refused before any step,
+// with the estimate and what it is made of.
+TEST_P(BrokenModel, VideoTooLargeForMemoryIsRefusedUpFront) {
+  if (GetParam().name != "Wan") return;  // image pipelines: no frames
+  std::string out;
+  const int rc = test::run_command(cli() + " generate --no-progress --model " + model().string() +
+                                       " --width 4096 --height 4096 --frames 801 --steps 1 -p x -o " +
+                                       (dir_.path() / "x.mp4").string(),
+                                   &out);
+  EXPECT_EQ(rc, 1) << out;
+  for (const char* want : {"4096x4096, 801-frame video", "needs about", "is available", "transformer activations"})
+    EXPECT_NE(out.find(want), std::string::npos) << "expected '" << want << "' in:\n" << out;
+  EXPECT_EQ(out.find("step "), std::string::npos) << "no step may run:\n" << out;
+}
+
 INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenModel, ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}, Model{"Wan"}),
                          [](const auto& info) { return info.param.name; });
 
