@@ -20,12 +20,15 @@
 #include "backend/cpu/attention.h"
 #include "backend/cpu/gemm.h"
 #include "backend/ops.h"
+#include "backend/precision.h"
 #include "core/thread_pool.h"
 
 namespace {
 
 using meshdit::DType;
 using meshdit::Tensor;
+using meshdit::Precision;
+using meshdit::ScopedPrecision;
 namespace ops = meshdit::ops;
 namespace cpu = meshdit::cpu;
 
@@ -58,8 +61,8 @@ Tensor random_tensor(const meshdit::Shape& shape, float scale, uint64_t seed) {
   return Tensor::from_f32(shape, std::move(v));
 }
 
-cpu::GemmPrecision precision_arg(benchmark::State& st) {
-  return st.range(3) ? cpu::GemmPrecision::BF16 : cpu::GemmPrecision::F32;
+Precision precision_arg(benchmark::State& st) {
+  return st.range(3) ? Precision::BF16 : Precision::F32;
 }
 
 void BM_attention(benchmark::State& st) {
@@ -87,15 +90,13 @@ void BM_gemm_same(benchmark::State& st) {
   Tensor x = random_tensor({L, H * D}, 1.0f, 21);
   Tensor w = random_tensor({2 * L, H * D}, 0.05f, 22);
   if (bf16) w = w.to(DType::BF16);
-  const auto before = cpu::linear_precision();
-  (void)cpu::set_linear_precision(precision_arg(st));
+  const ScopedPrecision scoped(precision_arg(st));
   const double c0 = process_cpu_seconds();
   for (auto _ : st) {
     Tensor y = ops::linear(x, w);
     benchmark::DoNotOptimize(y.raw());
   }
   const double cpu_s = process_cpu_seconds() - c0;
-  (void)cpu::set_linear_precision(before);
   set_counters(st, 4.0 * double(L) * double(L) * double(D) * double(H), cpu_s);
 }
 

@@ -29,6 +29,7 @@
 
 #include "backend/cpu/gemm.h"
 #include "backend/ops.h"
+#include "backend/precision.h"
 #include "core/thread_pool.h"
 
 namespace {
@@ -153,12 +154,9 @@ void BM_onednn_sgemm(benchmark::State& st) {
 // bf16 precision). `kernel` writes into a preallocated y like the library benchmarks above; `ops` goes
 // through ops::linear, which also allocates the output on every call (on a VM where first-touch page
 // faults are slow this shows).
-void BM_linear(benchmark::State& st, DType wdt, bool via_ops, meshdit::cpu::GemmPrecision prec) {
+void BM_linear(benchmark::State& st, DType wdt, bool via_ops, meshdit::Precision prec) {
   const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
-  if (auto s = meshdit::cpu::set_linear_precision(prec); !s.ok()) {
-    st.SkipWithError(s.error().message.c_str());
-    return;
-  }
+  const meshdit::ScopedPrecision scoped(prec);
   const Tensor& x = input(M, K);
   const Tensor& w = weight(N, K, wdt);
   Tensor y = meshdit::ops::linear(x, w);
@@ -171,9 +169,8 @@ void BM_linear(benchmark::State& st, DType wdt, bool via_ops, meshdit::cpu::Gemm
     benchmark::DoNotOptimize(y.raw());
     benchmark::ClobberMemory();
   }
-  (void)meshdit::cpu::set_linear_precision(meshdit::cpu::GemmPrecision::F32);
   const auto& k = meshdit::cpu::gemm_kernel_info();
-  st.SetLabel(prec == meshdit::cpu::GemmPrecision::BF16 ? k.bf16_impl : k.f32_impl);
+  st.SetLabel(prec == meshdit::Precision::BF16 ? (meshdit::native_bf16() ? k.bf16_impl : "bf16 emulated") : k.f32_impl);
   set_flops(st, M, N, K);
 }
 
@@ -188,7 +185,7 @@ BENCHMARK(BM_openblas)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, plain, false)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, packed, true)->Apply(shapes);
 BENCHMARK(BM_onednn_sgemm)->Apply(shapes);
-using meshdit::cpu::GemmPrecision;
+using GemmPrecision = meshdit::Precision;
 BENCHMARK_CAPTURE(BM_linear, kernel_f32, DType::F32, false, GemmPrecision::F32)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16, DType::BF16, false, GemmPrecision::F32)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(shapes);

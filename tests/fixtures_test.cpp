@@ -67,6 +67,23 @@ TEST_P(FixtureCase, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Cases, FixtureCase, ::testing::ValuesIn(supported_cases()),
                          [](const auto& info) { return info.param; });
 
+// The same cases with every linear in bf16 precision (emulated where the CPU has no bf16 dot products, so
+// the figures are the same everywhere), at the bf16 tolerances of check.h's bf16_tolerance_for_class.
+class FixtureCaseBf16 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FixtureCaseBf16, MatchesReferenceInBf16) {
+  const std::string dir = test::fixtures_dir() + "/" + GetParam();
+  CheckOptions opts;
+  opts.precision = Precision::BF16;
+  auto rep = run_check(dir, opts);
+  ASSERT_TRUE(rep.ok()) << rep.error().message;
+  EXPECT_TRUE(rep->pass()) << rep->format();
+  EXPECT_EQ(compute_precision(), Precision::F32) << "run_check must restore the precision";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FixtureCaseBf16, ::testing::ValuesIn(supported_cases()),
+                         [](const auto& info) { return info.param; });
+
 std::string read_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   std::stringstream ss;

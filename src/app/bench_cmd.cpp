@@ -13,6 +13,7 @@
 #include <random>
 
 #include "app/info_cmd.h"
+#include "backend/precision.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
 #include "io/safetensors.h"
@@ -146,6 +147,9 @@ void print_rss_per_rank(Communicator& world, const char* when) {
 
 int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (cmd.threads > 0) set_num_threads(cmd.threads);
+  auto precision = cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  if (!precision.ok()) return fail("--precision: " + precision.error().message);
+  set_compute_precision(*precision);
   auto world = world_communicator();
   const bool lead = world->rank() == 0;
   auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());
@@ -177,6 +181,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto forward = [&]() { return m->forward(inputs); };
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
   std::printf("gemm %s\n", gemm_kernel_summary().c_str());
+  std::printf("precision %s\n", precision_description(compute_precision()).c_str());
   warn_if_gemm_below_cpu();
   print_rss_per_rank(*world, "after load");
   for (int64_t i = 0; i < cmd.steps; ++i) {

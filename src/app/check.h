@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/precision.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "io/json_config.h"
@@ -68,9 +69,25 @@ struct CheckReport {
   std::string format() const;
 };
 
+// The tolerance a case's outputs get in bf16 precision: the case's own, widened to what rounding the
+// linears' operands to bf16 (2^-9 relative each) costs through a model, by kind of case. Exact outputs
+// (token ids, schedules) do not go through a linear and stay exact. The worst figures measured on the
+// fixtures (bench/README.md, 2026-12-01) leave about 2x margin:
+//   components (transformers, text encoders): rel_l2 1.2e-2 (T5), max_abs 2.3e-2 x peak;
+//   VAE decoders: rel_l2 6.8e-3, but max_abs 7.9e-2 x peak (a few pixels after the mid-block attention);
+//   pipelines: the error of every step compounds into the image, rel_l2 2.9e-2, max_abs 7.1e-2 x peak.
+struct Bf16Tolerance {
+  double rel_l2;          // of the whole output
+  double max_abs_scale;   // times the reference's largest magnitude
+};
+Bf16Tolerance bf16_tolerance_for_class(const std::string& cls);
+Tolerance bf16_tolerance(const Tolerance& f32_tol, const Tensor& ref, const Bf16Tolerance& b);
+
 struct CheckOptions {
   MeshShape mesh;
   std::string parallel;
+  // The products' precision for the run; BF16 also widens every tolerance with bf16_tolerance().
+  Precision precision = Precision::F32;
 };
 Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts = {});
 

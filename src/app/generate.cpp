@@ -10,6 +10,7 @@
 #include <map>
 
 #include "app/info_cmd.h"
+#include "backend/precision.h"
 #include "app/runners.h"
 #include "app/video_output.h"
 #include "core/thread_pool.h"
@@ -63,6 +64,7 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
             {"threads", num_threads()},
             {"cpu", cpu_kernel_summary()},
             {"gemm", gemm_kernel_summary()},
+            {"precision", precision_name(compute_precision())},
             {"stages_s", stages},
             {"steps_s", steps},
             {"total_s", total_s},
@@ -113,11 +115,15 @@ int run_generate(const GenerateCommand& cmd) {
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
+  auto precision = cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  if (!precision.ok()) return fail("--precision: " + precision.error().message);
+  set_compute_precision(*precision);
   if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) {
     Trace::instance().enable(true);
     Trace::instance().set_metadata("gemm", gemm_kernel_summary());
     Trace::instance().set_metadata("cpu", cpu_kernel_summary());
     Trace::instance().set_metadata("threads", std::to_string(num_threads()));
+    Trace::instance().set_metadata("precision", precision_description(compute_precision()));
   }
   warn_if_gemm_below_cpu();
 
@@ -197,10 +203,10 @@ int run_generate(const GenerateCommand& cmd) {
   if (lead) {
     const std::string noise = cmd.latents.empty() ? "seed " + std::to_string(o.seed) : "latents " + latents_src.str();
     const std::string what = video ? " video(s) of " + std::to_string(o.num_frames) + " frames" : " image(s)";
-    std::fprintf(stderr, "meshdit: %s%s, %lld%s %lldx%lld, %lld steps, %s, %d threads", model.c_str(),
+    std::fprintf(stderr, "meshdit: %s%s, %lld%s %lldx%lld, %lld steps, %s, %d threads, precision %s", model.c_str(),
                  cmd.transformer.empty() ? "" : (" with transformer " + cmd.transformer).c_str(), (long long)n_images,
                  what.c_str(), (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(),
-                 num_threads());
+                 num_threads(), precision_description(compute_precision()).c_str());
     if (shape.size() > 1)
       std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
     std::fputc('\n', stderr);

@@ -17,6 +17,7 @@ struct GenerateCommand {
   std::string frames_dir;  // video pipelines: PNG frames into this folder as well as (or, without -o, instead of) an .mp4
   int64_t num_frames = 0;  // video pipelines; 0 = the model's
   std::string timings_path, trace_path;
+  std::string precision;  // "f32" or "bf16"; "" = default_compute_precision()
   bool progress = true;
   bool vae_tiling = false;
   std::string mesh;      // "RxC"; "" = 1 x the number of ranks (1 without mpirun)

@@ -4,6 +4,7 @@
 
 #include "backend/cpu/cpu_info.h"
 #include "backend/cpu/gemm.h"
+#include "backend/precision.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/nccl_comm.h"
@@ -32,7 +33,8 @@ int run_info() {
   std::printf("  isa:    %s\n", k.isa.c_str());
   std::printf("  f32:    %s\n", k.f32_impl.empty() ? "none" : k.f32_impl.c_str());
   std::printf("  bf16:   %s\n", k.bf16_available ? k.bf16_impl.c_str() : "none (no bf16 matmul kernel for this CPU)");
-  std::printf("  linear: %s precision\n", cpu::linear_precision() == cpu::GemmPrecision::BF16 ? "bf16" : "f32");
+  std::printf("  precision: default %s for generate / bench transformer (check: f32); bf16 here is %s\n",
+              precision_name(default_compute_precision()), native_bf16() ? "native" : "emulated");
   std::printf("threads:  %d (our pool; each GEMM call is single-threaded inside one of its tasks)\n", num_threads());
   std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
               mpi::launched() ? "launched by mpirun" : "not launched: single process");

@@ -123,13 +123,15 @@ class GenerateFixture : public ::testing::TestWithParam<PipelineFixture> {
   bool single_transformer() const { return !fs::exists(dir_ + "/transformer_2"); }
 
   // Runs generate on the fixture (or a copy of its folder, `model`) with `extra` flags, writing into `out`; -> the
-  // images' RGB bytes.
+  // images' RGB bytes. In f32: the byte comparisons below are f32's, whatever precision this CPU defaults to
+  // (bf16 has its own tolerances in fixtures_test.cpp).
   std::vector<std::vector<uint8_t>> generate(const fs::path& out, const std::string& extra,
                                              const std::string& model = "") const {
     std::string log;
     const std::string m = model.empty() ? dir_ : model;
     const int rc = test::run_command(cli() + " generate --no-progress --model " + quoted(m) + " --latents " +
                                          quoted(dir_ + "/inputs.safetensors") + flags_for(meta_["non_tensor_args"]) +
+                                         " --precision f32" +
                                          (video_ ? " --frames-dir " + (out / "frames").string()
                                                  : " -o " + (out / "img.png").string()) +
                                          extra,
@@ -333,6 +335,23 @@ TEST(GenerateLatents, NamedTensorIsUsed) {
   ASSERT_TRUE(save_safetensors(file, {{"noise", test::random_tensor(kBuiltinLatents, 1)}}).ok());
   std::string out;
   EXPECT_EQ(generate_builtin(dir.path(), "--latents " + file + ":noise", &out), 0) << out;
+}
+
+// The status line names the precision the products run in; the timings JSON records it.
+TEST(GeneratePrecision, StatusLineAndTimingsNameIt) {
+  const test::TempDir dir;
+  const std::string timings = (dir.path() / "t.json").string();
+  for (const std::string p : {"f32", "bf16"}) {
+    std::string out;
+    ASSERT_EQ(generate_builtin(dir.path(), "--precision " + p + " --timings " + timings, &out), 0) << out;
+    EXPECT_NE(out.find("precision " + p), std::string::npos) << out;
+    auto j = load_json(timings);
+    ASSERT_TRUE(j.ok()) << j.error().message;
+    EXPECT_EQ((*j)["precision"], p);
+  }
+  std::string out;
+  EXPECT_NE(generate_builtin(dir.path(), "--precision fp8", &out), 0) << out;
+  EXPECT_NE(out.find("--precision"), std::string::npos) << out;
 }
 
 TEST(GenerateLatents, MissingFileIsNamed) {

@@ -14,6 +14,7 @@
 
 #include "../test_util.h"
 #include "backend/cpu/attention.h"
+#include "backend/precision.h"
 #include "backend/cpu/softmax_isa.h"
 #include "backend/ops.h"
 #include "backend_test_util.h"
@@ -42,8 +43,8 @@ struct Shape5 {
 
 // Sets the attention precision for one scope and restores F32, the default the other tests assume.
 struct PrecisionScope {
-  explicit PrecisionScope(cpu::GemmPrecision p) { ok = cpu::set_attention_precision(p).ok(); }
-  ~PrecisionScope() { (void)cpu::set_attention_precision(cpu::GemmPrecision::F32); }
+  explicit PrecisionScope(Precision p) { ok = cpu::set_attention_precision(p).ok(); }
+  ~PrecisionScope() { (void)cpu::set_attention_precision(Precision::F32); }
   bool ok = false;
 };
 
@@ -132,9 +133,9 @@ TEST(CpuAttention, F32MatchesDoubleReference) {
 }
 
 TEST(CpuAttention, Bf16MatchesReferenceOnRoundedOperands) {
-  PrecisionScope bf16(cpu::GemmPrecision::BF16);
+  PrecisionScope bf16(Precision::BF16);
   if (!bf16.ok) GTEST_SKIP() << "no bf16 GEMM on this CPU: " << cpu::gemm_kernel_line();
-  ASSERT_EQ(cpu::attention_precision(), cpu::GemmPrecision::BF16);
+  ASSERT_EQ(cpu::attention_precision(), Precision::BF16);
   unsigned seed = 4200;
   for (const auto& s : kShapes) {
     SCOPED_TRACE(s.str());
@@ -159,7 +160,7 @@ TEST(CpuAttention, Bf16MatchesReferenceOnRoundedOperands) {
 // and causal order, across key blocks, in both precisions.
 TEST(CpuAttention, KeyPaddingAndCausalMasksInBothPrecisions) {
   for (bool bf16 : {false, true}) {
-    PrecisionScope prec(bf16 ? cpu::GemmPrecision::BF16 : cpu::GemmPrecision::F32);
+    PrecisionScope prec(bf16 ? Precision::BF16 : Precision::F32);
     if (!prec.ok) continue;
     SCOPED_TRACE(bf16 ? "bf16" : "f32");
     const Shape5 s{2, 300, 300, 2, 64};
@@ -183,7 +184,7 @@ TEST(CpuAttention, KeyPaddingAndCausalMasksInBothPrecisions) {
 // Ring attention in bf16: keys merged chunk by chunk (each chunk rounded in its own call) give the one-call
 // result on the rounded operands, whatever the order.
 TEST(CpuAttention, Bf16ChunkedAccumulateMatchesReference) {
-  PrecisionScope bf16(cpu::GemmPrecision::BF16);
+  PrecisionScope bf16(Precision::BF16);
   if (!bf16.ok) GTEST_SKIP() << "no bf16 GEMM on this CPU: " << cpu::gemm_kernel_line();
   const Shape5 s{1, 130, 600, 2, 64};
   Views t = packed_qkv(s, 4600);
@@ -275,11 +276,11 @@ TEST(CpuAttention, EveryRunnableSoftmaxIsaGivesTheSameAttention) {
 }
 
 TEST(CpuAttention, PrecisionDefaultsToF32AndBf16IsRefusedWithoutAKernel) {
-  EXPECT_EQ(cpu::attention_precision(), cpu::GemmPrecision::F32);
-  const Status st = cpu::set_attention_precision(cpu::GemmPrecision::BF16);
+  EXPECT_EQ(cpu::attention_precision(), Precision::F32);
+  const Status st = cpu::set_attention_precision(Precision::BF16);
   EXPECT_EQ(st.ok(), cpu::bf16_gemm_available());
-  EXPECT_TRUE(cpu::set_attention_precision(cpu::GemmPrecision::F32).ok());
-  EXPECT_EQ(cpu::attention_precision(), cpu::GemmPrecision::F32);
+  EXPECT_TRUE(cpu::set_attention_precision(Precision::F32).ok());
+  EXPECT_EQ(cpu::attention_precision(), Precision::F32);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // layouts, strided rows as attention passes them, alpha/beta, odd and empty shapes, calls from several
 // pool threads at once, and the bf16 path (with the linear kernel in bf16 precision).
 #include "backend/cpu/gemm.h"
+#include "backend/precision.h"
 
 #include <gtest/gtest.h>
 
@@ -228,18 +229,20 @@ TEST(Gemm, ConcurrentCallsFromThePool) {
 // The linear kernel in bf16 precision: bf16 weights as stored, x rounded to bf16, f32 accumulation.
 // Against the exact product of the f32 inputs the error is bf16's (x's rounding, ~2^-9 relative per
 // term); against the product of the rounded inputs it is f32's.
+// Where the CPU has no bf16 kernel the same numbers come from the emulation (operands widened, f32 GEMM).
 TEST(Gemm, LinearInBf16Precision) {
-  if (!cpu::bf16_gemm_available()) {
-    EXPECT_FALSE(cpu::set_linear_precision(cpu::GemmPrecision::BF16).ok());
-    GTEST_SKIP() << "no bf16 GEMM on this CPU: " << cpu::gemm_kernel_line();
-  }
+  for (DType wd : {DType::BF16, DType::F32}) {
+    SCOPED_TRACE(dtype_name(wd));
   const int64_t M = 70, N = 90, K = 300;
   const Tensor x = test::random_tensor({M, K}, 31);
-  const Tensor w = test::random_tensor({N, K}, 32, 0.1f).to(DType::BF16);
+  // An f32 weight holding bf16 values: rounding it to bf16 is exact, so one reference serves both.
+  const Tensor w = test::random_tensor({N, K}, 32, 0.1f).to(DType::BF16).to(wd);
   const Tensor bias = test::random_tensor({N}, 33);
-  ASSERT_TRUE(cpu::set_linear_precision(cpu::GemmPrecision::BF16).ok());
-  const Tensor y = ops::linear(x, w, &bias);
-  ASSERT_TRUE(cpu::set_linear_precision(cpu::GemmPrecision::F32).ok());
+  Tensor y;
+  {
+    ScopedPrecision bf16(Precision::BF16);
+    y = ops::linear(x, w, &bias);
+  }
   const std::vector<float> xv = x.to_vector(), wv = w.to(DType::F32).to_vector(), bv = bias.to_vector();
   Vec exact(size_t(M * N)), tol_bf16(size_t(M * N)), rounded(size_t(M * N)), tol_f32(size_t(M * N));
   for (int64_t i = 0; i < M; ++i)
@@ -261,7 +264,46 @@ TEST(Gemm, LinearInBf16Precision) {
   const std::vector<float> got = y.to_vector();
   EXPECT_TRUE(all_close(got, exact, tol_bf16));
   EXPECT_TRUE(all_close(got, rounded, tol_f32));
-  EXPECT_EQ(cpu::linear_precision(), cpu::GemmPrecision::F32);
+  EXPECT_EQ(compute_precision(), Precision::F32);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Precision, ParsesNamesAndRejectsOthers) {
+  EXPECT_EQ(parse_precision("f32").value(), Precision::F32);
+  EXPECT_EQ(parse_precision("bf16").value(), Precision::BF16);
+  EXPECT_FALSE(parse_precision("fp16").ok());
+  EXPECT_STREQ(precision_name(Precision::BF16), "bf16");
+  // The default is bf16 only where it is faster: native bf16 dot products.
+  EXPECT_EQ(default_compute_precision(), native_bf16() ? Precision::BF16 : Precision::F32);
+  EXPECT_EQ(compute_precision(), Precision::F32);
+  {
+    ScopedPrecision p(Precision::BF16);
+    EXPECT_EQ(compute_precision(), Precision::BF16);
+  }
+  EXPECT_EQ(compute_precision(), Precision::F32);
+}
+
+// gemm() on bf16 operands, transposed or not, equals the f32 product of the widened values: the emulation
+// and the native kernel agree to f32 rounding.
+TEST(Gemm, Bf16OperandsEqualTheirWidenedF32Product) {
+  const int64_t M = 37, N = 45, K = 130;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const Tensor a = test::random_tensor(ta ? Shape{K, M} : Shape{M, K}, 41);
+      const Tensor b = test::random_tensor(tb ? Shape{N, K} : Shape{K, N}, 42);
+      const Tensor ab = a.to(DType::BF16), bb = b.to(DType::BF16);
+      const Tensor af = ab.to(DType::F32), bf = bb.to(DType::F32);
+      std::vector<float> c16(size_t(M * N)), c32(size_t(M * N));
+      cpu::gemm(M, N, K, 1.0f, {ab.raw(), DType::BF16, ta ? M : K, ta}, {bb.raw(), DType::BF16, tb ? K : N, tb}, 0.0f,
+                c16.data(), N);
+      cpu::gemm(M, N, K, 1.0f, {af.raw(), DType::F32, ta ? M : K, ta}, {bf.raw(), DType::F32, tb ? K : N, tb}, 0.0f,
+                c32.data(), N);
+      for (size_t i = 0; i < c16.size(); ++i) EXPECT_NEAR(c16[i], c32[i], 1e-4f * (1.0f + std::fabs(c32[i])));
+    }
 }
 
 }  // namespace

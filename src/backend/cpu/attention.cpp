@@ -19,7 +19,7 @@
 namespace meshdit::cpu {
 namespace {
 
-std::atomic<GemmPrecision> g_attention_precision{GemmPrecision::F32};
+std::atomic<Precision> g_attention_precision{Precision::F32};
 
 // Runs fn(task, thread) for every task in [0, n), one at a time: a thread slowed down (a bigger task,
 // another process on its core) simply takes fewer of them.
@@ -59,14 +59,14 @@ std::vector<uint16_t> rounded_bf16(const Tensor& x, float s) {
 
 }  // namespace
 
-Status set_attention_precision(GemmPrecision p) {
-  if (p == GemmPrecision::BF16 && !bf16_gemm_available())
+Status set_attention_precision(Precision p) {
+  if (p == Precision::BF16 && !bf16_gemm_available())
     return make_error("bf16 attention: oneDNN has no bf16 matmul kernel for this CPU (" + gemm_kernel_line() + ")");
   g_attention_precision.store(p, std::memory_order_relaxed);
   return ok_status();
 }
 
-GemmPrecision attention_precision() { return g_attention_precision.load(std::memory_order_relaxed); }
+Precision attention_precision() { return g_attention_precision.load(std::memory_order_relaxed); }
 
 void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask,
                           AttentionState& st) {
@@ -84,7 +84,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   const int64_t bias_b = bias ? mask->bias.size(0) : 0, bias_h = bias ? mask->bias.size(1) : 0;
   const int64_t bias_q = bias ? mask->bias.size(2) : 0;  // 1: a key mask, the same row for every query
   const bool causal = mask && mask->causal;
-  const bool bf16 = attention_precision() == GemmPrecision::BF16;
+  const bool bf16 = attention_precision() == Precision::BF16;
   const SoftmaxKernels& sk = softmax_kernels();
   std::vector<uint16_t> qh, kh, vh;
   if (bf16) {

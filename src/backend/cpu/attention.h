@@ -2,6 +2,7 @@
 #pragma once
 #include "backend/backend.h"
 #include "backend/cpu/gemm.h"
+#include "backend/precision.h"
 #include "core/error.h"
 
 namespace meshdit::cpu {
@@ -10,8 +11,8 @@ namespace meshdit::cpu {
 // BF16 (q, k, v and the softmax probabilities rounded to bf16, f32 accumulation; the softmax itself and
 // the running max/sum stay f32). Separate from linear_precision() so that a bf16 mode can choose each;
 // BF16 on a machine without a bf16 GEMM is an error, not a silent f32 run.
-Status set_attention_precision(GemmPrecision p);
-GemmPrecision attention_precision();
+Status set_attention_precision(Precision p);
+Precision attention_precision();
 
 void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const AttentionMask* mask,
                           AttentionState& st);

@@ -94,7 +94,6 @@ Entry make_entry(const Key& k) {
   return e;
 }
 
-std::atomic<GemmPrecision> g_linear_precision{GemmPrecision::F32};
 
 const char* isa_name(dnnl_cpu_isa_t isa) {
   switch (isa) {
@@ -160,6 +159,21 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& a, co
       for (int64_t j = 0; j < N; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
+  if (a.dtype == DType::BF16 && !bf16_gemm_available()) {
+    // Widens the stored rows x cols of an operand into buf, leading dimension cols.
+    auto widen = [](const GemmOperand& op, int64_t rows, int64_t cols, std::vector<float>& buf) {
+      buf.resize(size_t(rows * cols));
+      const uint16_t* p = static_cast<const uint16_t*>(op.data);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) buf[size_t(r * cols + j)] = bf16_to_f32(p[r * op.ld + j]);
+      return GemmOperand{buf.data(), DType::F32, cols, op.trans};
+    };
+    thread_local std::vector<float> wa, wb;
+    const GemmOperand fa = a.trans ? widen(a, K, M, wa) : widen(a, M, K, wa);
+    const GemmOperand fb = b.trans ? widen(b, N, K, wb) : widen(b, K, N, wb);
+    gemm(M, N, K, alpha, fa, fb, beta, c, ldc);
+    return;
+  }
   // Our pool owns the cores: a product inside one of its tasks must not start an OpenMP team. The
   // setting is per thread, and a caller (the benchmarks' oneDNN runs) may have changed it meanwhile.
   if (omp_get_max_threads() != 1) omp_set_num_threads(1);
@@ -193,15 +207,6 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& a, co
 void to_bf16(const float* src, int64_t n, uint16_t* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
-
-Status set_linear_precision(GemmPrecision p) {
-  if (p == GemmPrecision::BF16 && !bf16_gemm_available())
-    return make_error("bf16 precision: oneDNN has no bf16 matmul kernel for this CPU (" + gemm_kernel_line() + ")");
-  g_linear_precision.store(p, std::memory_order_relaxed);
-  return ok_status();
-}
-
-GemmPrecision linear_precision() { return g_linear_precision.load(std::memory_order_relaxed); }
 
 const GemmKernelInfo& gemm_kernel_info() {
   static const GemmKernelInfo info = detect_kernels();

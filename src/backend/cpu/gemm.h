@@ -23,20 +23,14 @@ struct GemmOperand {
 
 // C[M, N] = alpha * op(A)[M, K] . op(B)[K, N] + beta * C[M, N], C float32 with leading dimension ldc.
 // Both operands F32: the f32 path. Both BF16: the bf16 path (products of bf16 values accumulated in f32,
-// what ggml does for bf16 weights; the caller rounds f32 activations with to_bf16 first). Mixed dtypes,
-// or a BF16 call on a machine where bf16_gemm_available() is false, are programming errors.
+// what ggml does for bf16 weights; the caller rounds f32 activations with to_bf16 first). Where
+// bf16_gemm_available() is false the bf16 operands are widened and the f32 kernel runs: a product of two
+// bf16 values is exact in f32, so only the summation order differs. Mixed dtypes are programming errors.
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const GemmOperand& a, const GemmOperand& b, float beta,
           float* c, int64_t ldc);
 
 // Rounds n floats to bfloat16 (nearest even), the activations' side of the bf16 path.
 void to_bf16(const float* src, int64_t n, uint16_t* dst);
-
-// Precision of the backend's linear products (weights bf16 as stored, activations rounded to bf16,
-// f32 accumulation) instead of f32. F32 is the default: the fixtures' tolerances are f32's. Setting BF16
-// on a machine without a bf16 GEMM is an error, not a silent f32 run.
-enum class GemmPrecision : uint8_t { F32, BF16 };
-Status set_linear_precision(GemmPrecision p);
-GemmPrecision linear_precision();
 
 // What the products run on, for `meshdit info`, --timings and traces.
 struct GemmKernelInfo {

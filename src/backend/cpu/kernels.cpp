@@ -18,10 +18,13 @@
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/model_kernels.h"
 #include "backend/cpu/vec_math.h"
+#include "backend/precision.h"
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
 namespace {
+
+float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 // Per-thread scratch that grows and is reused across calls (weight tiles; attention.cpp keeps its own).
 std::vector<float>& scratch(int slot) {
@@ -70,6 +73,10 @@ void parallel_tasks(int64_t n, const F& fn) {
 // row-major, leading dimension kc).
 void widen_tile(const Tensor& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc, float* dst) {
   const int64_t K = w.size(1);
+  if (w.dtype() == DType::F32) {
+    for (int64_t r = 0; r < nb; ++r) std::copy_n(w.data<float>() + (n0 + r) * K + k0, kc, dst + r * kc);
+    return;
+  }
   const uint16_t* s = w.data<uint16_t>() + n0 * K + k0;
   if (w.dtype() == DType::BF16) {
     for (int64_t r = 0; r < nb; ++r) {
@@ -98,11 +105,23 @@ void widen_tile(const Tensor& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
 // buffer and dotted with every row of x instead. The weight is read exactly once.
 constexpr int64_t kSmallM = 8;
 
+// In bf16 precision x and each weight row are rounded to bf16 values kept in f32: the dot products of
+// bf16 operands with f32 accumulation, as the GEMM path computes them.
 void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act, Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0), ldx = x.stride(0);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  int64_t ldx = x.stride(0);
   const float* xp = x.f32();
   float* yp = y.f32();
-  const bool f32w = w.dtype() == DType::F32;
+  const bool bf16 = compute_precision() == Precision::BF16;
+  const bool f32w = w.dtype() == DType::F32 && !bf16;
+  std::vector<float> xr;
+  if (bf16) {
+    xr.resize(size_t(M * K));
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xr[size_t(m * K + k)] = round_bf16(xp[m * ldx + k]);
+    xp = xr.data();
+    ldx = K;
+  }
   constexpr int64_t kRows = 64;  // weight rows per task
   const int64_t tasks = (N + kRows - 1) / kRows;
   auto run = [&](int64_t task, int) {
@@ -115,6 +134,8 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
         wr = w.data<float>() + n * K;
       } else {
         widen_tile(w, n, 1, 0, K, buf.data());
+        if (bf16)
+          for (int64_t k = 0; k < K; ++k) buf[size_t(k)] = round_bf16(buf[size_t(k)]);
         wr = buf.data();
       }
       for (int64_t m = 0; m < M; ++m) yp[m * N + n] = dot(xp + m * ldx, wr, K) + (bias ? bias[n] : 0.0f);
@@ -134,8 +155,9 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
 // and the bias and activation are applied to the tile right after its last chunk, while it is hot.
 // Tile sizes: big enough that the GEMM's own packing of x and of the weight chunk are small next to the
 // arithmetic, small enough that two threads get a few tiles each.
-// In bf16 precision (linear_precision()) a bf16 weight is used as stored, with no widening and no K
-// chunks, and x is rounded to bf16 once per call; other weight dtypes keep the f32 path.
+// In bf16 precision (compute_precision()) x is rounded to bf16 once per call and there are no K chunks;
+// a bf16 weight is used as stored, any other weight tile [nb x K] is rounded to bf16 by the thread that
+// uses it (per call: weights stay as loaded, so switching precision needs no reload).
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   const int64_t ldx = x.stride(0);
@@ -148,7 +170,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     linear_small_m(x, w, bias ? bias_f.data() : nullptr, act, y);
     return;
   }
-  const bool bf16 = w.dtype() == DType::BF16 && linear_precision() == GemmPrecision::BF16;
+  const bool bf16 = compute_precision() == Precision::BF16;
   std::vector<uint16_t> xb;
   if (bf16) {
     xb.resize(size_t(M * K));
@@ -185,8 +207,18 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     const int64_t m0 = M * mi / m_tiles, m1 = M * (mi + 1) / m_tiles, mb = m1 - m0;
     if (nb == 0 || mb == 0) return;
     if (bf16) {
-      gemm(mb, nb, K, 1.0f, {xb.data() + m0 * K, DType::BF16, K, false},
-           {w.data<uint16_t>() + n0 * K, DType::BF16, K, true}, 0.0f, yp + m0 * N + n0, N);
+      const uint16_t* wb = w.dtype() == DType::BF16 ? w.data<uint16_t>() + n0 * K : nullptr;
+      if (!wb) {
+        thread_local std::vector<uint16_t> wtile;
+        auto& buf = scratch(0);
+        if (int64_t(buf.size()) < nb * K) buf.resize(size_t(nb * K));
+        if (int64_t(wtile.size()) < nb * K) wtile.resize(size_t(nb * K));
+        widen_tile(w, n0, nb, 0, K, buf.data());
+        to_bf16(buf.data(), nb * K, wtile.data());
+        wb = wtile.data();
+      }
+      gemm(mb, nb, K, 1.0f, {xb.data() + m0 * K, DType::BF16, K, false}, {wb, DType::BF16, K, true}, 0.0f,
+           yp + m0 * N + n0, N);
     }
     for (int64_t kc_i = 0; kc_i < (bf16 ? 0 : k_chunks); ++kc_i) {
       const int64_t k0 = K * kc_i / k_chunks, k1 = K * (kc_i + 1) / k_chunks, kc = k1 - k0;

@@ -1,0 +1,37 @@
+#include "backend/precision.h"
+
+#include <atomic>
+
+#include "backend/cpu/cpu_info.h"
+#include "backend/cpu/gemm.h"
+
+namespace meshdit {
+namespace {
+std::atomic<Precision> g_precision{Precision::F32};
+}  // namespace
+
+void set_compute_precision(Precision p) { g_precision.store(p, std::memory_order_relaxed); }
+Precision compute_precision() { return g_precision.load(std::memory_order_relaxed); }
+
+bool native_bf16() {
+  const cpu::CpuInfo& c = cpu::cpu_info();
+  return (c.avx512_bf16 || c.amx_bf16) && cpu::bf16_gemm_available();
+}
+
+Precision default_compute_precision() { return native_bf16() ? Precision::BF16 : Precision::F32; }
+
+const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "f32"; }
+
+Result<Precision> parse_precision(const std::string& s) {
+  if (s == "f32") return Precision::F32;
+  if (s == "bf16") return Precision::BF16;
+  return make_error("precision '" + s + "': expected f32 or bf16");
+}
+
+std::string precision_description(Precision p) {
+  if (p == Precision::F32) return "f32";
+  return native_bf16() ? "bf16 (native, " + cpu::gemm_kernel_info().bf16_impl + ")"
+                       : "bf16 (emulated: no native bf16 dot products on this CPU)";
+}
+
+}  // namespace meshdit
