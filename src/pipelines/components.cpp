@@ -54,6 +54,15 @@ Tensor repeat_rows(const Tensor& t, int64_t n) {
 }
 
 Status validate_image_options(const GenerateOptions& o, const std::string& name, int64_t m, int64_t max_sequence) {
+  MD_RETURN_IF_ERROR(validate_generation_options(o, m, max_sequence));
+  // Options of other pipelines that this one's __call__ does not take: refused rather than ignored.
+  if (o.num_frames) return make_error(name + " makes images: num_frames is not an option");
+  if (o.guidance_scale_2) return make_error(name + " has one transformer: guidance_scale_2 is not an option");
+  if (o.guidance_rescale != 0.0f) return make_error(name + " has no guidance_rescale");
+  return ok_status();
+}
+
+Status validate_generation_options(const GenerateOptions& o, int64_t m, int64_t max_sequence) {
   if (o.prompt.empty()) return make_error("no prompt given");
   if (o.height <= 0 || o.width <= 0 || o.height % m || o.width % m)
     return make_error("width and height must be positive multiples of " + std::to_string(m) + " (got " +
@@ -64,10 +73,6 @@ Status validate_image_options(const GenerateOptions& o, const std::string& name,
     return make_error("max_sequence_length must be in [1, " + std::to_string(max_sequence) + "]");
   if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
     return make_error("give one negative prompt per prompt");
-  // Options of other pipelines that this one's __call__ does not take: refused rather than ignored.
-  if (o.num_frames) return make_error(name + " makes images: num_frames is not an option");
-  if (o.guidance_scale_2) return make_error(name + " has one transformer: guidance_scale_2 is not an option");
-  if (o.guidance_rescale != 0.0f) return make_error(name + " has no guidance_rescale");
   return ok_status();
 }
 

@@ -67,6 +67,9 @@ Tensor repeat_rows(const Tensor& t, int64_t n);
 // prompt per prompt, and no option of a video or two-expert pipeline. `name` names the pipeline in messages.
 Status validate_image_options(const GenerateOptions& o, const std::string& name, int64_t size_multiple,
                               int64_t max_sequence);
+// The part of those checks every pipeline, image or video, makes: prompt, size, steps, batch,
+// max_sequence_length and the negative prompt count.
+Status validate_generation_options(const GenerateOptions& o, int64_t size_multiple, int64_t max_sequence);
 
 // GenerateOptions::latents, when given, must have shape `expect` (`layout` spells it out, e.g.
 // "[B, 16, H/8, W/8]"); the error gives both shapes and what B, H and W are, so a user with a latents file

@@ -35,6 +35,18 @@ Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w) {
       .reshape({B, C, h, w});
 }
 
+Tensor packed_initial_latents(const GenerateOptions& o, int64_t B, int64_t C, int64_t h, int64_t w) {
+  if (o.latents.defined()) return o.latents.to(DType::F32).clone();
+  return flux_pack_latents(torch_randn({B, C, h, w}, o.seed));
+}
+
+Status validate_packed_latents(const GenerateOptions& o, int64_t patch, int64_t channels) {
+  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
+  const std::string p = std::to_string(patch);
+  return validate_latents(o, {B, (o.height / patch) * (o.width / patch), channels},
+                          "packed [B, (H/" + p + ")*(W/" + p + "), " + std::to_string(channels) + "]");
+}
+
 Result<ModelTraits> FluxPipeline::traits(const std::string& dir, const GenerateOptions& options,
                                          const LoadOptions& from) {
   MD_TRY(FluxConfig tc, load_transformer_config<FluxConfig>(dir, from));
@@ -85,11 +97,7 @@ GenerateOptions FluxPipeline::with_defaults(GenerateOptions o) const {
 
 Status FluxPipeline::validate(const GenerateOptions& o) const {
   MD_RETURN_IF_ERROR(validate_image_options(o, "FluxPipeline", vae_scale_factor() * 2, 512));
-  const int64_t patch = vae_scale_factor() * 2, C = transformer_->config().in_channels;
-  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
-  const std::string p = std::to_string(patch);
-  return validate_latents(o, {B, (o.height / patch) * (o.width / patch), C},
-                          "packed [B, (H/" + p + ")*(W/" + p + "), " + std::to_string(C) + "]");
+  return validate_packed_latents(o, vae_scale_factor() * 2, transformer_->config().in_channels);
 }
 
 Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector<std::string>& prompts,
@@ -142,12 +150,7 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   const int64_t vs = vae_scale_factor();
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
-  Tensor latents;
-  if (o.latents.defined()) {  // its shape: validate()
-    latents = o.latents.to(DType::F32).clone();
-  } else {
-    latents = flux_pack_latents(torch_randn({B, C, h, w}, o.seed));
-  }
+  Tensor latents = packed_initial_latents(o, B, C, h, w);
   const Tensor img_ids = flux_image_ids(h, w);
 
   // 3. Timesteps: sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len).

@@ -63,4 +63,10 @@ PipelineEntry flux_pipeline_entry();
 Tensor flux_pack_latents(const Tensor& latents);
 Tensor flux_unpack_latents(const Tensor& packed, int64_t h, int64_t w);
 
+// The packed initial noise both 2x2-packing pipelines (Flux, Qwen-Image) start from: o.latents as given (its
+// shape checked by validate_packed_latents), else torch.randn([B, C, h, w], seed) packed.
+Tensor packed_initial_latents(const GenerateOptions& o, int64_t B, int64_t C, int64_t h, int64_t w);
+// validate_latents for packed latents [B, (H/patch)*(W/patch), channels] (patch: VAE scale x 2).
+Status validate_packed_latents(const GenerateOptions& o, int64_t patch, int64_t channels);
+
 }  // namespace meshdit

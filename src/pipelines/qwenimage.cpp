@@ -16,7 +16,6 @@
 #include <string_view>
 
 #include "backend/ops.h"
-#include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
 #include "pipelines/components.h"
@@ -38,8 +37,7 @@ Result<ModelTraits> QwenImagePipeline::traits(const std::string& dir, const Gene
   return t;
 }
 
-Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const Mesh& mesh,
-                                                  const LoadOptions& from) {
+Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const Mesh& mesh, const LoadOptions& from) {
   Span span("stage", "load model");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   if (folder.class_name != "QwenImagePipeline")
@@ -51,8 +49,7 @@ Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const 
     MD_TRY(Qwen2Tokenizer t, Qwen2Tokenizer::load(folder.path("tokenizer")));
     p.tokenizer_ = std::make_shared<Qwen2Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_,
-         (load_component<Qwen25VLTextEncoder, Qwen25VLTextConfig>(folder.path("text_encoder"), &par)));
+  MD_TRY(p.text_encoder_, (load_component<Qwen25VLTextEncoder, Qwen25VLTextConfig>(folder.path("text_encoder"), &par)));
   MD_TRY(p.transformer_, (load_transformer<QwenImageTransformer, QwenImageConfig>(dir, from, &par)));
   MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
@@ -74,13 +71,10 @@ Status QwenImagePipeline::validate(const GenerateOptions& o) const {
   // guidance_scale only feeds a guidance-distilled transformer; the released one is not (diffusers warns
   // and ignores it, we refuse rather than ignore).
   if (o.guidance_scale)
-    return make_error("QwenImagePipeline guides with true_cfg_scale and a negative prompt: guidance_scale is not "
-                      "an option of this model");
-  const int64_t patch = vae_scale_factor() * 2, C = transformer_->config().in_channels;
-  const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
-  const std::string p = std::to_string(patch);
-  return validate_latents(o, {B, (o.height / patch) * (o.width / patch), C},
-                          "packed [B, (H/" + p + ")*(W/" + p + "), " + std::to_string(C) + "]");
+    return make_error(
+        "QwenImagePipeline guides with true_cfg_scale and a negative prompt: guidance_scale is not "
+        "an option of this model");
+  return validate_packed_latents(o, vae_scale_factor() * 2, transformer_->config().in_channels);
 }
 
 Result<QwenImagePipeline::PromptEmbeds> QwenImagePipeline::encode_prompt(const std::vector<std::string>& prompts,
@@ -155,20 +149,15 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
   const int64_t vs = vae_scale_factor();
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
-  Tensor latents;
-  if (o.latents.defined()) {  // its shape: validate()
-    latents = o.latents.to(DType::F32).clone();
-  } else {
-    // diffusers draws [B, 1, C, h, w]: the same numbers as [B, C, h, w].
-    latents = flux_pack_latents(torch_randn({B, C, h, w}, o.seed));
-  }
+  // diffusers draws [B, 1, C, h, w]: the same numbers as [B, C, h, w].
+  Tensor latents = packed_initial_latents(o, B, C, h, w);
   const std::array<int64_t, 3> grid{1, h / 2, w / 2};
 
   // 3. Timesteps: sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len).
   MD_TRY(FlowMatchEulerScheduler scheduler, FlowMatchEulerScheduler::create(scheduler_config_));
   const FlowMatchConfig& sc = scheduler_config_;
-  const double mu =
-      calculate_shift(double(latents.size(1)), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift);
+  const double mu = calculate_shift(double(latents.size(1)), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift,
+                                    sc.max_shift);
   MD_RETURN_IF_ERROR(retrieve_timesteps(scheduler, o.steps, std::nullopt, flux_pipeline_sigmas(o.steps), mu));
 
   // 4. Denoise: the transformer sees t / 1000; true CFG is a second call on the negative prompt.

@@ -21,11 +21,18 @@ Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Co
   return postprocess_images(image);
 }
 
-Tensor postprocess_images(const Tensor& decoded) {
-  Tensor out = ops::affine(decoded.permute({0, 2, 3, 1}), 0.5f, 0.5f);
+namespace {
+
+// [-1, 1] -> [0, 1] (VaeImageProcessor: (x / 2 + 0.5).clamp(0, 1)), of a channels-last view.
+Tensor to_unit_range(const Tensor& channels_last) {
+  Tensor out = ops::affine(channels_last, 0.5f, 0.5f);
   ops::clamp_(out, 0.0f, 1.0f);
   return out;
 }
+
+}  // namespace
+
+Tensor postprocess_images(const Tensor& decoded) { return to_unit_range(decoded.permute({0, 2, 3, 1})); }
 
 namespace {
 
@@ -40,8 +47,8 @@ Result<Tensor> wan_decode(const AutoencoderKLWan& vae, const Tensor& latents, Co
   // diffusers divides by 1 / std (both float32) rather than multiplying by std: the same rounding here.
   std::vector<Tensor> channels;
   for (int64_t c = 0; c < C; ++c)
-    channels.push_back(ops::div_add(latents.slice(1, c, c + 1), 1.0f / cfg.latents_std[size_t(c)],
-                                    cfg.latents_mean[size_t(c)]));
+    channels.push_back(
+        ops::div_add(latents.slice(1, c, c + 1), 1.0f / cfg.latents_std[size_t(c)], cfg.latents_mean[size_t(c)]));
   const Tensor z = concat(channels, 1);
   if (vae_group.size() > 1) return vae.decode_parallel(z, vae_group);
   return vae.decode(z);
@@ -59,9 +66,7 @@ Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& laten
   Span span("stage", "vae decode");
   MD_TRY(Tensor video, wan_decode(vae, latents, vae_group));
   // [B, 3, F, H, W] -> [B, F, H, W, 3], as VideoProcessor.postprocess_video(output_type="np").
-  Tensor out = ops::affine(video.permute({0, 2, 3, 4, 1}), 0.5f, 0.5f);
-  ops::clamp_(out, 0.0f, 1.0f);
-  return out;
+  return to_unit_range(video.permute({0, 2, 3, 4, 1}));
 }
 
 }  // namespace meshdit

@@ -50,10 +50,9 @@ void append_utf8(std::string& out, uint32_t cp) {
 // full HTML5 table is some two thousand names; an unknown name is left as written, as Python leaves it).
 std::string html_unescape(const std::string& s) {
   static const std::pair<const char*, uint32_t> kNamed[] = {
-      {"amp", '&'},     {"lt", '<'},       {"gt", '>'},       {"quot", '"'},     {"apos", '\''},
-      {"nbsp", 0xA0},   {"ndash", 0x2013}, {"mdash", 0x2014}, {"hellip", 0x2026}, {"lsquo", 0x2018},
-      {"rsquo", 0x2019}, {"ldquo", 0x201C}, {"rdquo", 0x201D}, {"copy", 0xA9},    {"reg", 0xAE},
-      {"deg", 0xB0},    {"times", 0xD7},   {"eacute", 0xE9}};
+      {"amp", '&'},      {"lt", '<'},       {"gt", '>'},        {"quot", '"'},     {"apos", '\''},    {"nbsp", 0xA0},
+      {"ndash", 0x2013}, {"mdash", 0x2014}, {"hellip", 0x2026}, {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C},
+      {"rdquo", 0x201D}, {"copy", 0xA9},    {"reg", 0xAE},      {"deg", 0xB0},     {"times", 0xD7},   {"eacute", 0xE9}};
   std::string out;
   for (size_t i = 0; i < s.size();) {
     if (s[i] != '&') {
@@ -70,7 +69,8 @@ std::string html_unescape(const std::string& s) {
     if (body.size() > 1 && body[0] == '#') {
       const bool hex = body[1] == 'x' || body[1] == 'X';
       const std::string digits = body.substr(hex ? 2 : 1);
-      if (!digits.empty() && digits.find_first_not_of(hex ? "0123456789abcdefABCDEF" : "0123456789") == std::string::npos) {
+      if (!digits.empty() &&
+          digits.find_first_not_of(hex ? "0123456789abcdefABCDEF" : "0123456789") == std::string::npos) {
         const unsigned long cp = std::stoul(digits, nullptr, hex ? 16 : 10);
         append_utf8(out, cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : uint32_t(cp));
         done = true;
@@ -99,10 +99,10 @@ size_t whitespace_at(const std::string& s, size_t i) {
   if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F)) return 1;
   auto at = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0; };
   if (c == 0xC2 && (at(1) == 0xA0 || at(1) == 0x85)) return 2;
-  if (c == 0xE1 && at(1) == 0x9A && at(2) == 0x80) return 3;                      // U+1680
+  if (c == 0xE1 && at(1) == 0x9A && at(2) == 0x80) return 3;  // U+1680
   if (c == 0xE2 && at(1) == 0x80 && (at(2) <= 0x8A || at(2) == 0xA8 || at(2) == 0xA9 || at(2) == 0xAF)) return 3;
-  if (c == 0xE2 && at(1) == 0x81 && at(2) == 0x9F) return 3;                      // U+205F
-  if (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) return 3;                      // U+3000
+  if (c == 0xE2 && at(1) == 0x81 && at(2) == 0x9F) return 3;  // U+205F
+  if (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) return 3;  // U+3000
   return 0;
 }
 
@@ -214,22 +214,12 @@ GenerateOptions WanPipeline::with_defaults(GenerateOptions o) const {
 }
 
 Status WanPipeline::validate(const GenerateOptions& o) const {
-  if (o.prompt.empty()) return make_error("no prompt given");
   const WanConfig& tc = transformer_->config();
-  const int64_t sm = vae_->config().spatial_scale() * tc.patch_size[1];
-  if (o.height <= 0 || o.width <= 0 || o.height % sm || o.width % sm)
-    return make_error("width and height must be positive multiples of " + std::to_string(sm) + " (got " +
-                      std::to_string(o.width) + "x" + std::to_string(o.height) + ")");
+  MD_RETURN_IF_ERROR(validate_generation_options(o, vae_->config().spatial_scale() * tc.patch_size[1], 4096));
   const int64_t ts = vae_->config().temporal_scale();
   if (o.num_frames < 1 || (o.num_frames - 1) % ts != 0)
     return make_error("frames must be 1 + " + std::to_string(ts) + "k (the VAE's time compression), e.g. " +
                       std::to_string(1 + ts * 4) + " or 81; got " + std::to_string(o.num_frames));
-  if (o.steps < 1) return make_error("steps must be at least 1");
-  if (o.num_images_per_prompt < 1) return make_error("batch must be at least 1");
-  if (o.max_sequence_length < 1 || o.max_sequence_length > 4096)
-    return make_error("max_sequence_length must be in [1, 4096]");
-  if (!o.negative_prompt.empty() && o.negative_prompt.size() != o.prompt.size())
-    return make_error("give one negative prompt per prompt");
   if (o.true_cfg_scale && *o.true_cfg_scale != 1.0f)
     return make_error("WanPipeline guides with guidance_scale: true_cfg_scale is not an option");
   if (o.guidance_rescale != 0.0f) return make_error("WanPipeline has no guidance_rescale");
@@ -274,12 +264,12 @@ Status WanPipeline::check_memory(const GenerateOptions& o) const {
                     std::to_string(o.num_frames) + "-frame video (" + std::to_string(N) +
                     " tokens a step) needs about " + gib(need) + " on this rank (transformer activations " +
                     gib(transformer) + ", VAE decode " + gib(vae) + ", the video " + gib(video) + "), and " +
-                    gib(have) + " is available: generate fewer frames or a smaller size, or split it over a mesh "
+                    gib(have) +
+                    " is available: generate fewer frames or a smaller size, or split it over a mesh "
                     "(mpirun with --mesh; sp divides the tokens)");
 }
 
-Result<Tensor> WanPipeline::encode_prompt(const std::vector<std::string>& prompts,
-                                          int64_t max_sequence_length) const {
+Result<Tensor> WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int64_t max_sequence_length) const {
   Span s("stage", "encode prompt");
   std::vector<std::string> cleaned;
   for (const auto& p : prompts) cleaned.push_back(wan_prompt_clean(p));

@@ -84,11 +84,9 @@ TEST(PipelineOnMesh, FluxDevReference) {
   if (world_size() == 4) expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
 }
 
-// The float64 SD3.5 pipeline case (CFG as a batch of two): the guidance halves over ranks, TP (transformer
-// and T5) and SP.
-TEST(PipelineOnMesh, SD3Reference) {
-  const std::string dir = test::shared_fixtures_dir() + "/pipe_sd3";
-  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+// A shared float64 pipeline case on the mesh of this run: on 2 ranks the guidance branches over ranks (cfg=2),
+// TP and Ulysses SP; on 4 ranks CFG x TP and TP x ring SP. The VAE decode splits over every rank in each.
+void expect_pipeline_on_mesh(const std::string& dir) {
   if (world_size() == 4) {
     expect_pass(dir, "cfg=2,tp=2");
     expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
@@ -97,6 +95,14 @@ TEST(PipelineOnMesh, SD3Reference) {
     expect_pass(dir, "tp=2");
     expect_pass(dir, "sp=2,sp_mode=ulysses");
   }
+}
+
+// The float64 SD3.5 pipeline case (CFG as a batch of two): the guidance halves over ranks, TP (transformer
+// and T5) and SP.
+TEST(PipelineOnMesh, SD3Reference) {
+  const std::string dir = test::shared_fixtures_dir() + "/pipe_sd3";
+  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+  expect_pipeline_on_mesh(dir);
 }
 
 // The float64 Qwen-Image pipeline case (true CFG with the norm rescale, masked text): the two branches over
@@ -104,14 +110,7 @@ TEST(PipelineOnMesh, SD3Reference) {
 TEST(PipelineOnMesh, QwenImageReference) {
   const std::string dir = test::shared_fixtures_dir() + "/pipe_qwenimage";
   if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
-  if (world_size() == 4) {
-    expect_pass(dir, "cfg=2,tp=2");
-    expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
-  } else {
-    expect_pass(dir, "cfg=2");
-    expect_pass(dir, "tp=2");
-    expect_pass(dir, "sp=2,sp_mode=ulysses");
-  }
+  expect_pipeline_on_mesh(dir);
 }
 
 // The float64 Wan2.2 pipeline case (two experts, guidance as two calls, UniPC, a 9-frame video): the branches
@@ -119,14 +118,7 @@ TEST(PipelineOnMesh, QwenImageReference) {
 TEST(PipelineOnMesh, Wan22Reference) {
   const std::string dir = test::shared_fixtures_dir() + "/pipe_wan22";
   if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
-  if (world_size() == 4) {
-    expect_pass(dir, "cfg=2,tp=2");
-    expect_pass(dir, "tp=2,sp=2,sp_mode=ring");
-  } else {
-    expect_pass(dir, "cfg=2");
-    expect_pass(dir, "tp=2");
-    expect_pass(dir, "sp=2,sp_mode=ulysses");
-  }
+  expect_pipeline_on_mesh(dir);
 }
 
 // A text encoder with `heads` attention heads split over every rank by TP (unevenly where they do not

@@ -10,7 +10,10 @@ TEST(WanPromptClean, WhitespaceCollapsesAndEndsAreTrimmed) {
   EXPECT_EQ(wan_prompt_clean(""), "");
   EXPECT_EQ(wan_prompt_clean(" \t\n"), "");
   // Python's \s also matches NBSP and the ideographic space.
-  EXPECT_EQ(wan_prompt_clean("a\xc2\xa0" "b\xe3\x80\x80" "c"), "a b c");
+  EXPECT_EQ(wan_prompt_clean("a\xc2\xa0"
+                             "b\xe3\x80\x80"
+                             "c"),
+            "a b c");
   // Other multi-byte text is left alone.
   EXPECT_EQ(wan_prompt_clean("一只猫  在草地上"), "一只猫 在草地上");
 }
