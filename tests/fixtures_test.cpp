@@ -27,7 +27,6 @@ struct PendingCase {
 constexpr PendingCase kPending[] = {
     // #11: Mochi-1 end to end.
     {"mochi_transformer", 11},
-    {"vae_mochi", 11},
     {"pipe_mochi", 11},
     // #12: Motif-Image 6B end to end.
     {"motif_transformer", 12},

@@ -3,6 +3,7 @@
 #include "app/runners.h"
 #include "io/checkpoint.h"
 #include "models/vae/autoencoder_kl.h"
+#include "models/vae/autoencoder_kl_mochi.h"
 #include "models/vae/autoencoder_kl_wan.h"
 
 namespace meshdit {
@@ -72,12 +73,30 @@ Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
   return out;
 }
 
+// AutoencoderKLMochi (decoder only): decoded = model.decode(z).sample, one latent frame per chunk. On a mesh
+// the VAE group decodes by bands of latent rows.
+Result<TensorMap> run_autoencoder_kl_mochi(const CaseContext& c) {
+  MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKLMochi", 1}));
+  MD_TRY(AutoencoderKLMochiConfig cfg, AutoencoderKLMochiConfig::from_json(c.dir + "/config.json"));
+  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(AutoencoderKLMochi vae, AutoencoderKLMochi::load(ck, cfg));
+  MD_TRY(Tensor z, c.input("z"));
+  TensorMap out;
+  if (mesh->vae().size() > 1) {
+    MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae()));
+  } else {
+    MD_TRY(out["decoded"], vae.decode(z));
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_vae_runners() {
   register_case_runner("diffusers.AutoencoderKL", run_autoencoder_kl);
   register_case_runner("diffusers.AutoencoderKLWan", run_autoencoder_kl_wan);
   register_case_runner("diffusers.AutoencoderKLQwenImage", run_autoencoder_kl_wan);
+  register_case_runner("diffusers.AutoencoderKLMochi", run_autoencoder_kl_mochi);
 }
 
 }  // namespace meshdit

@@ -46,6 +46,22 @@ class ConfigReader {
       return true;
     });
   }
+  void get(const char* key, std::vector<float>& out) {
+    read(key, out, "a list of float32 numbers", [](const Json& v) {
+      if (!v.is_array()) return false;
+      for (const auto& e : v)
+        if (!e.is_number() || std::fabs(e.get<double>()) > std::numeric_limits<float>::max()) return false;
+      return true;
+    });
+  }
+  void get(const char* key, std::vector<bool>& out) {
+    read(key, out, "a list of booleans", [](const Json& v) {
+      if (!v.is_array()) return false;
+      for (const auto& e : v)
+        if (!e.is_boolean()) return false;
+      return true;
+    });
+  }
   // Present and not null.
   bool has(const char* key) const { return j_.is_object() && j_.contains(key) && !j_[key].is_null(); }
   // Records a semantic error (a value of the right type that is out of range).

@@ -45,34 +45,6 @@ const std::vector<float> kDefaultMean{-0.7571f, -0.7089f, -0.9113f, 0.1075f,  -0
 const std::vector<float> kDefaultStd{2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
                                      3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};
 
-void read_bools(const Json& j, ConfigReader& r, const char* key, std::vector<bool>& out) {
-  if (!r.has(key)) return;
-  const Json& v = j[key];
-  bool ok = v.is_array();
-  if (ok)
-    for (const auto& e : v) ok = ok && e.is_boolean();
-  if (!ok) {
-    r.fail(key, "should be a list of booleans, got " + json_brief(v));
-    return;
-  }
-  out.clear();
-  for (const auto& e : v) out.push_back(e.get<bool>());
-}
-
-void read_floats(const Json& j, ConfigReader& r, const char* key, std::vector<float>& out) {
-  if (!r.has(key)) return;
-  const Json& v = j[key];
-  bool ok = v.is_array();
-  if (ok)
-    for (const auto& e : v) ok = ok && e.is_number() && std::fabs(e.get<double>()) <= 3.0e38;
-  if (!ok) {
-    r.fail(key, "should be a list of float32 numbers, got " + json_brief(v));
-    return;
-  }
-  out.clear();
-  for (const auto& e : v) out.push_back(e.get<float>());
-}
-
 }  // namespace
 
 Result<AutoencoderKLWanConfig> AutoencoderKLWanConfig::from_json_text(const std::string& text, const std::string& name) {
@@ -86,15 +58,15 @@ Result<AutoencoderKLWanConfig> AutoencoderKLWanConfig::from_json_text(const std:
   r.get("z_dim", c.z_dim);
   r.get("dim_mult", c.dim_mult);
   r.get("num_res_blocks", c.num_res_blocks);
-  read_bools(j, r, "temperal_downsample", c.temperal_downsample);
+  r.get("temperal_downsample", c.temperal_downsample);
   r.get("in_channels", c.in_channels);
   r.get("out_channels", c.out_channels);
   if (r.has("input_channels")) {  // AutoencoderKLQwenImage: one count for both ends
     r.get("input_channels", c.in_channels);
     r.get("input_channels", c.out_channels);
   }
-  read_floats(j, r, "latents_mean", c.latents_mean);
-  read_floats(j, r, "latents_std", c.latents_std);
+  r.get("latents_mean", c.latents_mean);
+  r.get("latents_std", c.latents_std);
 
   // What is implemented: Wan2.1's plain blocks, no patching, no attention outside the mid blocks.
   bool is_residual = false;
@@ -147,16 +119,7 @@ namespace wan {
 
 // ---- layers ------------------------------------------------------------------------------------------
 
-CacheSlot& FeatureCache::take() {
-  if (next_ == slots_.size()) slots_.emplace_back();
-  return slots_[next_++];
-}
-
 namespace {
-
-// [T, B, C, H, W] <-> the [T B, C, H, W] batch of images the 2-D layers take.
-Tensor as_images(const Tensor& x) { return x.reshape({x.size(0) * x.size(1), x.size(2), x.size(3), x.size(4)}); }
-Tensor as_frames(const Tensor& y, int64_t T) { return y.reshape({T, y.size(0) / T, y.size(1), y.size(2), y.size(3)}); }
 
 Tensor conv_images(const Conv2d& conv, const Tensor& images, const BandSplit* rows) {
   return rows ? conv2d_split(conv, images, *rows) : conv(images);
@@ -166,97 +129,6 @@ Tensor conv_images(const Conv2d& conv, const Tensor& images, const BandSplit* ro
 constexpr float kNormEps = 1e-24f;
 
 }  // namespace
-
-Result<CausalConv3d> CausalConv3d::load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                        int64_t kt, int64_t k, int64_t pad_t, int pad_s, int64_t stride_t) {
-  if (2 * pad_t > kt - 1)
-    return make_error(prefix + ": a causal conv's padding of " + std::to_string(2 * pad_t) +
-                      " past frames exceeds its " + std::to_string(kt) + " taps");
-  MD_TRY(Tensor w, ck.get(prefix + ".weight", {out, in, kt, k, k}));
-  MD_TRY(Tensor b, ck.get(prefix + ".bias", {out}));
-  CausalConv3d c;
-  c.pad_front = 2 * pad_t;
-  c.stride_t = stride_t;
-  for (int64_t j = 0; j < kt; ++j) {
-    Conv2d tap;
-    // A strided view, not a copy: the weights stay in the mapped file (and the loader touches no memory,
-    // so it runs on Checkpoint::meta() too); conv2d packs the slice per call, a cost of one weight read
-    // against a conv's H W multiply-adds per weight.
-    tap.weight = w.select(2, j);
-    if (j == kt - 1) tap.bias = b;
-    tap.params.pad_top = tap.params.pad_left = tap.params.pad_bottom = tap.params.pad_right = pad_s;
-    c.taps.push_back(std::move(tap));
-  }
-  return c;
-}
-
-Tensor CausalConv3d::operator()(const Tensor& x, const Tensor& past, const BandSplit* rows) const {
-  Tensor seq = x.contiguous();
-  int64_t zeros = pad_front;  // leading zero frames: never materialised, their taps are skipped
-  if (past.defined() && pad_front > 0) {
-    MD_CHECK(past.size(0) <= pad_front, "CausalConv3d: " + std::to_string(past.size(0)) + " cached frames for " +
-                                            std::to_string(pad_front) + " of padding");
-    seq = concat({past, seq}, 0);
-    zeros -= past.size(0);
-  }
-  const int64_t K = kt(), Tp = zeros + seq.size(0);
-  MD_CHECK(Tp >= K, "CausalConv3d: " + std::to_string(seq.size(0)) + " frames for " + std::to_string(K) + " taps");
-  const int64_t Tout = (Tp - K) / stride_t + 1, B = seq.size(1);
-  // On a row split every tap reads the same frames' rows: one halo exchange of the whole sequence serves
-  // them all, the neighbours' rows standing in for the zero padding inside the image.
-  Tensor images = as_images(seq);
-  int64_t halo_before = 0, halo_after = 0;
-  if (rows) {
-    const Conv2dParams& p = taps[0].params;
-    const Halo halo = conv_halo(taps[0].weight.size(2), p.stride_h, p.pad_top, p.pad_bottom);
-    if (halo.before > 0 || halo.after > 0) {
-      HaloBand ext = exchange_halo(images, halo, *rows);
-      images = std::move(ext.x);
-      halo_before = ext.before;
-      halo_after = ext.after;
-    }
-  }
-  // Frames [first, first + n) of seq through one tap.
-  auto tap = [&](int64_t j, int64_t first, int64_t n) {
-    const Conv2d& c = taps[size_t(j)];
-    Conv2dParams p = c.params;
-    p.pad_top -= int(halo_before);
-    p.pad_bottom -= int(halo_after);
-    const Tensor in = images.slice(0, first * B, (first + n) * B);
-    return as_frames(ops::conv2d(in, c.weight, c.bias.defined() ? &c.bias : nullptr, p), n);
-  };
-  if (stride_t == 1) {
-    // Output t reads padded frame t + j, i.e. seq frame t + j - zeros; the last tap always reads a real one
-    // (zeros <= K - 1), so it makes the whole output and carries the bias.
-    Tensor out = tap(K - 1, K - 1 - zeros, Tout);
-    for (int64_t j = 0; j + 1 < K; ++j) {
-      const int64_t t0 = std::max<int64_t>(0, zeros - j);
-      if (t0 >= Tout) continue;
-      Tensor dst = out.slice(0, t0, Tout);
-      ops::add_(dst, tap(j, t0 + j - zeros, Tout - t0));
-    }
-    return out;
-  }
-  std::vector<Tensor> frames;
-  for (int64_t t = 0; t < Tout; ++t) {
-    Tensor o = tap(K - 1, t * stride_t + K - 1 - zeros, 1);
-    for (int64_t j = 0; j + 1 < K; ++j) {
-      const int64_t i = t * stride_t + j - zeros;
-      if (i >= 0) ops::add_(o, tap(j, i, 1));
-    }
-    frames.push_back(std::move(o));
-  }
-  return frames.size() == 1 ? frames[0] : concat(frames, 0);
-}
-
-Tensor CausalConv3d::cached(const Tensor& x, CacheSlot& slot, const BandSplit* rows) const {
-  Tensor y = (*this)(x, slot.frames, rows);
-  // The sequence's last kCacheT frames: a one-frame chunk keeps the previous chunk's last frame before it.
-  const Tensor seq = slot.frames.defined() ? concat({slot.frames, x.contiguous()}, 0) : x;
-  const int64_t n = std::min(kCacheT, seq.size(0));
-  slot.frames = seq.slice(0, seq.size(0) - n, seq.size(0)).clone();
-  return y;
-}
 
 Result<ChannelRMSNorm> ChannelRMSNorm::load(const Checkpoint& ck, const std::string& prefix, int64_t channels,
                                             bool images) {
@@ -546,7 +418,7 @@ Result<Tensor> AutoencoderKLWan::decode_impl(const Tensor& z, Communicator* comm
     if (!comm) return band;
     BandSplit split(*comm, 2, h);
     split.upsampled(scale);
-    return wan::as_frames(split.gather(wan::as_images(band)), band.size(0));
+    return as_frames(split.gather(as_images(band)), band.size(0));
   };
   if (listening) {
     const Tensor mid = whole(mids.size() == 1 ? mids[0] : concat(mids, 0), 1);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/hooks.h"
+#include "layers/causal_conv3d.h"
 #include "layers/conv.h"
 #include "models/vae/autoencoder_kl.h"  // DiagonalGaussian
 #include "parallel/band_split.h"
@@ -41,47 +42,15 @@ struct AutoencoderKLWanConfig {
 
 namespace wan {
 
-// diffusers keeps CACHE_T = 2 past frames per causal conv between chunks: a 3-tap temporal kernel's reach.
-constexpr int64_t kCacheT = 2;
-
-// What one causal conv call site carries from one chunk to the next (diffusers' feat_cache[idx]): the last
-// frames of its input sequence so far, and for a temporal resampler whether it has seen its first chunk.
-struct CacheSlot {
-  Tensor frames;  // [P, B, C, H, W], P <= kCacheT; undefined before the first frame
-  bool seen = false;
-};
-
-// One decode's or encode's slots, taken in call order anew for every chunk (diffusers' feat_idx).
-class FeatureCache {
- public:
-  void begin_chunk() { next_ = 0; }
-  CacheSlot& take();
-
- private:
-  std::vector<CacheSlot> slots_;
-  size_t next_ = 0;
-};
+// The causal conv and its per-chunk cache are the shared layer's (layers/causal_conv3d.h), zero-padded here.
+constexpr int64_t kCacheT = kCausalCacheT;
+using CacheSlot = CausalCacheSlot;
+using FeatureCache = CausalCache;
+using CausalConv3d = meshdit::CausalConv3d;
 
 // Activations are frame-major, [T, B, C, H, W], so that a range of frames is a contiguous [T B, C, H, W]
 // batch of images for the 2-D convolutions. `rows`, when set, is the row split of a parallel decode: every
 // spatial layer then computes this rank's band of rows (layers/spatial_split.h).
-
-// WanCausalConv3d: nn.Conv3d (kt, k, k) with the temporal padding 2 p_t entirely before the first frame,
-// computed as kt 2-D convolutions of shifted frames (tap j reads frame t + j - pad_front of the input),
-// summed. Frames of a previous chunk stand in for leading zero frames (`past`).
-struct CausalConv3d {
-  std::vector<Conv2d> taps;  // weight[:, :, j] for each temporal tap j; only the last holds the bias
-  int64_t pad_front = 0;
-  int64_t stride_t = 1;
-
-  static Result<CausalConv3d> load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
-                                   int64_t kt, int64_t k, int64_t pad_t, int pad_s, int64_t stride_t = 1);
-  int64_t kt() const { return int64_t(taps.size()); }
-  // x [T, B, C, H, W], past [P, B, C, H, W] (P <= pad_front) or undefined -> [T', B, O, H', W'].
-  Tensor operator()(const Tensor& x, const Tensor& past = Tensor(), const BandSplit* rows = nullptr) const;
-  // With the call site's cache: past = slot.frames; the slot then keeps the last kCacheT input frames.
-  Tensor cached(const Tensor& x, CacheSlot& slot, const BandSplit* rows) const;
-};
 
 // WanRMS_norm: F.normalize over channels * sqrt(C) * gamma (no bias in these models), on [N, C, ...].
 struct ChannelRMSNorm {
