@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+
+#include "io/checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -27,6 +30,25 @@ std::string shared_fixtures_dir() {
 std::string fixtures_dir() {
   std::string s = shared_fixtures_dir();
   return s.empty() ? repo_dir() + "/tests/fixtures" : s;
+}
+
+Tensor fixture_tensor(const std::string& case_name, const std::string& file, const std::string& tensor) {
+  auto f = Checkpoint::open(fixtures_dir() + "/" + case_name + "/" + file);
+  MD_CHECK(f.ok(), f.ok() ? "" : f.error().message);
+  auto t = f->get(tensor);
+  MD_CHECK(t.ok(), t.ok() ? "" : t.error().message);
+  return t->to(DType::F32).contiguous();
+}
+
+double rel_l2(const Tensor& got, const Tensor& ref) {
+  const std::vector<float> a = got.contiguous().to_vector(), b = ref.contiguous().to_vector();
+  MD_CHECK(a.size() == b.size(), "rel_l2: " + shape_str(got.shape()) + " against " + shape_str(ref.shape()));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 std::vector<std::string> case_names(const std::string& dir) {

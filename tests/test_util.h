@@ -14,6 +14,11 @@ std::string shared_fixtures_dir();  // "" when absent
 std::string repo_dir();
 std::vector<std::string> case_names(const std::string& dir);
 Tensor random_tensor(const Shape& shape, unsigned seed, float scale = 1.0f);
+// Tensor `tensor` of file `file` (inputs.safetensors, outputs.safetensors) of fixture case `case_name`, as
+// contiguous float32; a missing file or tensor aborts naming it (a broken checkout, not a test result).
+Tensor fixture_tensor(const std::string& case_name, const std::string& file, const std::string& tensor);
+// |got - ref| / |ref| over all elements (L2 norms, summed in float64): how check compares outputs.
+double rel_l2(const Tensor& got, const Tensor& ref);
 // Rank `rank` of a group of `size` that answers only rank() and size(): for the geometry of a split on one
 // process (a ShapeOnlyComm): any collective on it aborts.
 std::unique_ptr<Communicator> geometry_comm(int rank, int size);

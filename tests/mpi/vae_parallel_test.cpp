@@ -16,6 +16,7 @@
 #include "parallel/mpi_comm.h"
 
 using namespace meshdit;
+using test::rel_l2;
 
 namespace {
 
@@ -38,21 +39,7 @@ const AutoencoderKL& fixture_vae() {
 }
 
 Tensor fixture_tensor(const std::string& file, const std::string& name) {
-  auto f = Checkpoint::open(case_dir() + "/" + file);
-  MD_CHECK(f.ok(), f.ok() ? "" : f.error().message);
-  auto t = f->get(name);
-  MD_CHECK(t.ok(), t.ok() ? "" : t.error().message);
-  return t->to(DType::F32).contiguous();
-}
-
-double rel_l2(const Tensor& got, const Tensor& ref) {
-  const std::vector<float> a = got.to_vector(), b = ref.to_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
+  return test::fixture_tensor("vae_kl16", file, name);
 }
 
 // The fixture latent [2, 16, 6, 10] cut to `rows` rows starting at `first`, or stretched past 6 by

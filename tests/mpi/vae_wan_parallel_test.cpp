@@ -14,6 +14,8 @@
 #include "parallel/mpi_comm.h"
 
 using namespace meshdit;
+using test::fixture_tensor;
+using test::rel_l2;
 
 namespace {
 
@@ -30,24 +32,6 @@ const AutoencoderKLWan& fixture_vae(const std::string& name) {
   auto m = AutoencoderKLWan::load(*ck, *cfg);
   MD_CHECK(m.ok(), m.ok() ? "" : m.error().message);
   return models.emplace(name, std::move(*m)).first->second;
-}
-
-Tensor fixture_tensor(const std::string& name, const std::string& file, const std::string& tensor) {
-  auto f = Checkpoint::open(case_dir(name) + "/" + file);
-  MD_CHECK(f.ok(), f.ok() ? "" : f.error().message);
-  auto t = f->get(tensor);
-  MD_CHECK(t.ok(), t.ok() ? "" : t.error().message);
-  return t->to(DType::F32).contiguous();
-}
-
-double rel_l2(const Tensor& got, const Tensor& ref) {
-  const std::vector<float> a = got.to_vector(), b = ref.to_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 // A case's latent [B, 16, F, 6, w] cut to `rows` rows starting at `first`, repeating it past its 6 rows.
