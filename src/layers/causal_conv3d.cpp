@@ -25,6 +25,23 @@ Tensor replicate_edges(const Tensor& x, int64_t axis, int64_t before, int64_t af
   return concat(parts, axis);
 }
 
+// Images [N, C, H, W] with copies of the edge rows (top, bottom) and columns (left, right) around, in one
+// new tensor: at full size this is the largest copy a replicate-padded conv makes.
+Tensor replicate_pad_2d(const Tensor& x, int64_t top, int64_t bottom, int64_t left, int64_t right) {
+  if (top == 0 && bottom == 0 && left == 0 && right == 0) return x;
+  const int64_t H = x.size(2), W = x.size(3), Hp = top + H + bottom, Wp = left + W + right;
+  Tensor out = Tensor::empty({x.size(0), x.size(1), Hp, Wp}, x.dtype(), x.device());
+  Tensor rows = out.slice(2, top, top + H);  // the input's rows, padded left and right
+  Tensor inner = rows.slice(3, left, left + W);
+  copy_into(x, inner);
+  auto fill = [](const Tensor& from, Tensor dst) { copy_into(from.expand(dst.shape()), dst); };
+  if (left > 0) fill(rows.slice(3, left, left + 1), rows.slice(3, 0, left));
+  if (right > 0) fill(rows.slice(3, left + W - 1, left + W), rows.slice(3, left + W, Wp));
+  if (top > 0) fill(out.slice(2, top, top + 1), out.slice(2, 0, top));
+  if (bottom > 0) fill(out.slice(2, top + H - 1, top + H), out.slice(2, top + H, Hp));
+  return out;
+}
+
 }  // namespace
 
 Result<CausalConv3d> CausalConv3d::load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
@@ -99,8 +116,7 @@ Tensor CausalConv3d::operator()(const Tensor& x, const Tensor& past, const BandS
     halo_after = ext.after;
   }
   if (mode == CausalPad::Replicate) {
-    images = replicate_edges(images, 2, pad_s - halo_before, pad_s - halo_after);
-    images = replicate_edges(images, 3, pad_s, pad_s);
+    images = replicate_pad_2d(images, pad_s - halo_before, pad_s - halo_after, pad_s, pad_s);
     halo_before = halo_after = 0;  // the taps have no zero padding to take off
   }
   // Frames [first, first + n) of seq through one tap.
