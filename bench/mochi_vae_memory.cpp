@@ -94,7 +94,11 @@ int main(int argc, char** argv) {
   MochiDecodeOptions options;
   options.chunk_frames = chunk;
   double slowest = 0;
-  options.on_chunk = [&](const MochiDecodeProgress& p) { slowest = std::max(slowest, p.seconds); };
+  std::vector<double> peaks;  // the high-water mark after each chunk: flat once the chunks are alike
+  options.on_chunk = [&](const MochiDecodeProgress& p) {
+    slowest = std::max(slowest, p.seconds);
+    peaks.push_back(peak_rss_mb());
+  };
   const auto t0 = std::chrono::steady_clock::now();
   auto video = vae->decode(z, options);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -106,5 +110,8 @@ int main(int argc, char** argv) {
       "peak_rss_mb %.1f before_decode_mb %.1f output_mb %.1f peak_without_output_mb %.1f\n",
       (long long)f, (long long)video->size(2), (long long)W, (long long)H, (long long)chunk, s, slowest, peak, before,
       out_mb, peak - out_mb);
+  std::printf("peak_rss_mb after each chunk:");
+  for (double p : peaks) std::printf(" %.0f", p);
+  std::printf("\n");
   return 0;
 }
