@@ -30,9 +30,12 @@ class SafetensorsSink : public TensorSink {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
-std::string gib(uint64_t bytes) {
+std::string human_bytes(uint64_t bytes) {
   char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", double(bytes) / double(1ull << 30));
+  if (bytes >= (1ull << 30))
+    std::snprintf(b, sizeof b, "%.2f GiB", double(bytes) / double(1ull << 30));
+  else
+    std::snprintf(b, sizeof b, "%.1f MiB", double(bytes) / double(1ull << 20));
   return b;
 }
 
@@ -51,7 +54,8 @@ Status convert_checkpoint(const ConvertCommand& c, std::FILE* progress) {
     target = DType::F32;
   else if (c.dtype != "bf16" && c.dtype != "keep")
     return make_error("--dtype must be keep, bf16 or f32, got '" + c.dtype + "'");
-  if (fs::exists(c.output) && fs::equivalent(c.output, c.source))
+  std::error_code same_ec;
+  if (fs::equivalent(c.output, c.source, same_ec))
     return make_error(c.output + ": the output would overwrite the source");
   const std::string partial = c.output + ".partial";
   MD_TRY(auto sink, sink_for(c.output, partial));
@@ -82,8 +86,8 @@ Status convert_checkpoint(const ConvertCommand& c, std::FILE* progress) {
     done += out.nbytes();
     if (progress)
       std::fprintf(progress, "[%zu/%zu] %s %s %s (%s of %s)\n", i + 1, names.size(), names[i].c_str(),
-                   dtype_name(specs[i].dtype), shape_str(specs[i].shape).c_str(), gib(done).c_str(),
-                   gib(total).c_str());
+                   dtype_name(specs[i].dtype), shape_str(specs[i].shape).c_str(), human_bytes(done).c_str(),
+                   human_bytes(total).c_str());
   }
   if (auto st = sink->finish(); !st.ok()) return cleanup(st.error());
   std::error_code ec;

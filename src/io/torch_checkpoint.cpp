@@ -213,6 +213,7 @@ struct Storage {
 };
 
 constexpr uint64_t kMaxBytes = uint64_t(1) << 62;  // bound on any byte count, so products never overflow
+constexpr size_t kMaxValues = size_t(1) << 23;
 
 class Unpickler {
  public:
@@ -222,6 +223,10 @@ class Unpickler {
   Result<Node*> run() {
     while (true) {
       if (pos_ >= n_) return fail("ends without STOP (truncated)");
+      // Far beyond any state dict (a dozen values per tensor); bounds the memory a hostile pickle costs (each
+      // opcode makes at most one value).
+      if (arena_.size() > kMaxValues)
+        return fail("more than " + std::to_string(kMaxValues) + " values: not a state dict");
       const uint64_t at = pos_;
       const uint8_t op = p_[pos_++];
       op_at_ = at;
