@@ -8,6 +8,7 @@
 
 #include "app/bench_cmd.h"
 #include "app/check.h"
+#include "app/convert_cmd.h"
 #include "app/generate.h"
 #include "app/info_cmd.h"
 #include "app/plan_cmd.h"
@@ -210,6 +211,17 @@ int run(int argc, char** argv) {
 
   meshdit::add_plan_command(app);  // runs from its callback
 
+  auto* conv = app.add_subcommand(
+      "convert", "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, a folder) to "
+                 "a .safetensors file");
+  meshdit::ConvertCommand cv;
+  conv->add_option("source", cv.source, "checkpoint file, sharded index or folder")->required();
+  conv->add_option("-o,--output", cv.output, "output file; its extension picks the format (.safetensors)")->required();
+  conv->add_option("--prefix", cv.prefix, "keep only tensors whose names start with it, removing it (e.g. dit.)");
+  conv->add_option("--dtype", cv.dtype, "keep (default), bf16 or f32: floating-point tensors' dtype in the output")
+      ->check(CLI::IsMember({"keep", "bf16", "f32"}));
+  conv->add_flag("!--no-progress", cv.progress, "no line per tensor on stderr");
+
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
   auto* info = app.add_subcommand(
       "info", "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
@@ -226,6 +238,7 @@ int run(int argc, char** argv) {
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
   if (*bench_rand) return meshdit::run_make_random_checkpoint(arch, doubles, singles, rand_out);
   if (*info) return meshdit::run_info();
+  if (*conv) return meshdit::run_convert(cv);
   if (*classes) {
     meshdit::register_builtin_runners();
     for (const auto& c : meshdit::supported_case_classes()) std::printf("%s\n", c.c_str());

@@ -8,6 +8,7 @@
 
 #include "backend/ops.h"
 #include "io/json_config.h"
+#include "io/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -23,8 +24,36 @@ bool is_directory(const std::string& p) {
   return fs::is_directory(p, ec);
 }
 
-Status Checkpoint::add_file(const std::string& path) {
-  MD_TRY(auto f, SafetensorsFile::open(path));
+namespace {
+
+// A safetensors file or a PyTorch checkpoint, told apart by their first bytes.
+Result<std::shared_ptr<SafetensorsFile>> open_tensor_file(const std::string& path, const std::string& prefix) {
+  MD_TRY(auto map, MappedFile::open(path));
+  if (is_zip_file(map->data(), map->size()) || is_legacy_torch_file(map->data(), map->size())) {
+    MD_TRY(auto header, parse_torch_checkpoint(map->data(), map->size(), path, prefix));
+    return SafetensorsFile::from_header(path, std::move(map), std::move(header));
+  }
+  MD_TRY(auto header, parse_safetensors(map->data(), map->size(), path));
+  if (!prefix.empty()) {
+    std::vector<TensorInfo> kept;
+    for (auto& t : header.tensors)
+      if (t.name.compare(0, prefix.size(), prefix) == 0) {
+        t.name.erase(0, prefix.size());
+        kept.push_back(std::move(t));
+      }
+    header.tensors = std::move(kept);
+  }
+  return SafetensorsFile::from_header(path, std::move(map), std::move(header));
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() > tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+}  // namespace
+
+Status Checkpoint::add_file(const std::string& path, const std::string& prefix) {
+  MD_TRY(auto f, open_tensor_file(path, prefix));
   const auto& tensors = f->header().tensors;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const std::string& name = tensors[i].name;
@@ -37,14 +66,14 @@ Status Checkpoint::add_file(const std::string& path) {
   return ok_status();
 }
 
-Result<Checkpoint> Checkpoint::open_file(const std::string& path) {
+Result<Checkpoint> Checkpoint::open_file(const std::string& path, const std::string& prefix) {
   Checkpoint c;
   c.origin_ = path;
-  MD_RETURN_IF_ERROR(c.add_file(path));
+  MD_RETURN_IF_ERROR(c.add_file(path, prefix));
   return c;
 }
 
-Result<Checkpoint> Checkpoint::open_index(const std::string& index_json) {
+Result<Checkpoint> Checkpoint::open_index(const std::string& index_json, const std::string& prefix) {
   MD_TRY(Json j, load_json(index_json));
   if (!j.contains("weight_map") || !j["weight_map"].is_object())
     return make_error(index_json + ": no \"weight_map\" object");
@@ -61,41 +90,50 @@ Result<Checkpoint> Checkpoint::open_index(const std::string& index_json) {
   for (const auto& s : shards) {
     const std::string p = (fs::path(dir) / s).string();
     if (!path_exists(p)) return make_error(index_json + ": shard " + s + " is missing");
-    MD_RETURN_IF_ERROR(c.add_file(p));
+    MD_RETURN_IF_ERROR(c.add_file(p, prefix));
   }
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-    if (!c.has(it.key()))
+    if (it.key().compare(0, prefix.size(), prefix) == 0 && !c.has(it.key().substr(prefix.size())))
       return make_error(index_json + ": tensor '" + it.key() + "' is not in its shard " +
                         it.value().get<std::string>());
   return c;
 }
 
-Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
-  std::vector<std::string> index, files;
+Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::string& prefix) {
+  std::vector<std::string> index, files, bin_index, bin_files;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.size() > 22 && n.compare(n.size() - 23, 23, ".safetensors.index.json") == 0)
+    if (ends_with(n, ".safetensors.index.json"))
       index.push_back(e.path().string());
-    else if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0)
+    else if (ends_with(n, ".safetensors"))
       files.push_back(e.path().string());
+    else if (ends_with(n, ".bin.index.json"))
+      bin_index.push_back(e.path().string());
+    else if (ends_with(n, ".bin"))
+      bin_files.push_back(e.path().string());
   }
   if (ec) return make_error(dir + ": cannot list folder: " + ec.message());
-  if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json");
-  if (index.size() == 1) return open_index(index[0]);
-  if (files.empty()) return make_error(dir + ": no .safetensors file");
+  // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those.
+  if (index.empty() && files.empty()) {
+    index = std::move(bin_index);
+    files = std::move(bin_files);
+  }
+  if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json (or *.bin.index.json)");
+  if (index.size() == 1) return open_index(index[0], prefix);
+  if (files.empty()) return make_error(dir + ": no .safetensors file (nor a PyTorch .bin)");
   std::sort(files.begin(), files.end());
   Checkpoint c;
   c.origin_ = dir;
-  for (const auto& f : files) MD_RETURN_IF_ERROR(c.add_file(f));
+  for (const auto& f : files) MD_RETURN_IF_ERROR(c.add_file(f, prefix));
   return c;
 }
 
-Result<Checkpoint> Checkpoint::open(const std::string& path) {
+Result<Checkpoint> Checkpoint::open(const std::string& path, const std::string& prefix) {
   if (!path_exists(path)) return make_error(path + ": no such file or folder");
-  if (is_directory(path)) return open_dir(path);
-  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".json") == 0) return open_index(path);
-  return open_file(path);
+  if (is_directory(path)) return open_dir(path, prefix);
+  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".json") == 0) return open_index(path, prefix);
+  return open_file(path, prefix);
 }
 
 bool Checkpoint::has(const std::string& name) const {

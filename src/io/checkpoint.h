@@ -1,5 +1,8 @@
 // A checkpoint is a set of named tensors spread over one or more safetensors files: a single file, a
 // sharded set described by *.safetensors.index.json, or a diffusers component folder holding either.
+// A file is recognised by its first bytes, so a PyTorch zip checkpoint (.bin, .pt, .pth: what torch.save
+// writes) opens the same way, read without running its pickle (io/torch_checkpoint.h). An optional prefix
+// ("dit.") keeps only the tensors under it and removes it from their names.
 // Lookups return memory-mapped views; a missing tensor or a wrong shape is an error naming both.
 //
 // Aliases give stored tensors other names without copying them: an alias is one or more row ranges
@@ -53,12 +56,13 @@ class Checkpoint {
   Device device() const { return device_; }
   // From now on every weight taken is appended to `log` (shared: copies of this checkpoint append too).
   void record_into(std::shared_ptr<WeightLog> log) { log_ = std::move(log); }
-  static Result<Checkpoint> open_file(const std::string& path);
-  static Result<Checkpoint> open_index(const std::string& index_json);
-  // A folder: the one *.safetensors.index.json it holds, else its *.safetensors files (all of them).
-  static Result<Checkpoint> open_dir(const std::string& dir);
+  static Result<Checkpoint> open_file(const std::string& path, const std::string& prefix = "");
+  static Result<Checkpoint> open_index(const std::string& index_json, const std::string& prefix = "");
+  // A folder: the one *.safetensors.index.json it holds, else its *.safetensors files (all of them); without
+  // either, the same for PyTorch files (*.bin.index.json, else *.bin).
+  static Result<Checkpoint> open_dir(const std::string& dir, const std::string& prefix = "");
   // A file or a folder.
-  static Result<Checkpoint> open(const std::string& path);
+  static Result<Checkpoint> open(const std::string& path, const std::string& prefix = "");
 
   // Visible names: the stored ones (unless hidden) and the aliases, sorted.
   bool has(const std::string& name) const;
@@ -117,7 +121,7 @@ class Checkpoint {
     Shape shape;
     DType dtype = DType::F32;
   };
-  Status add_file(const std::string& path);
+  Status add_file(const std::string& path, const std::string& prefix);
   const TensorInfo& info(const Where& w) const { return files_[w.file]->header().tensors[w.tensor]; }
   std::string origin_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;

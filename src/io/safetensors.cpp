@@ -15,39 +15,31 @@
 
 namespace meshdit {
 
-class MappedFile {
- public:
-  ~MappedFile() {
-    if (data_ && size_) munmap(data_, size_);
-  }
-  static Result<std::shared_ptr<MappedFile>> open(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
-    struct stat st{};
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return make_error(path + ": not a regular file");
-    }
-    auto m = std::make_shared<MappedFile>();
-    m->size_ = size_t(st.st_size);
-    if (m->size_ > 0) {
-      void* p = mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        return make_error(path + ": mmap failed: " + std::strerror(errno));
-      }
-      m->data_ = p;
-    }
-    ::close(fd);
-    return m;
-  }
-  const uint8_t* data() const { return static_cast<const uint8_t*>(data_); }
-  size_t size() const { return size_; }
+MappedFile::~MappedFile() {
+  if (data_ && size_) munmap(data_, size_);
+}
 
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
+Result<std::shared_ptr<MappedFile>> MappedFile::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(path + ": not a regular file");
+  }
+  auto m = std::make_shared<MappedFile>();
+  m->size_ = size_t(st.st_size);
+  if (m->size_ > 0) {
+    void* p = mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      return make_error(path + ": mmap failed: " + std::strerror(errno));
+    }
+    m->data_ = p;
+  }
+  ::close(fd);
+  return m;
+}
 
 namespace {
 
@@ -133,8 +125,9 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
                         std::to_string(info.end - info.begin));
     h.tensors.push_back(std::move(info));
   }
-  std::sort(h.tensors.begin(), h.tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+  });
   // Every non-empty tensor must start at or after the furthest end seen so far.
   const TensorInfo* furthest = nullptr;
   for (const auto& t : h.tensors) {
@@ -149,6 +142,11 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
 Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string& path) {
   MD_TRY(auto map, MappedFile::open(path));
   MD_TRY(auto header, parse_safetensors(map->data(), map->size(), path));
+  return from_header(path, std::move(map), std::move(header));
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::from_header(const std::string& path, std::shared_ptr<MappedFile> map,
+                                                              SafetensorsHeader header) {
   auto f = std::shared_ptr<SafetensorsFile>(new SafetensorsFile());
   f->path_ = path;
   f->map_ = std::move(map);
@@ -175,30 +173,61 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   return t;
 }
 
-Status save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                        const std::map<std::string, std::string>& metadata) {
+Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::create(
+    const std::string& path, const std::vector<Entry>& entries, const std::map<std::string, std::string>& metadata) {
   nlohmann::json h = nlohmann::json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
   uint64_t off = 0;
-  for (const auto& [name, t] : tensors) {
-    h[name] = {{"dtype", dtype_name(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {off, off + t.nbytes()}}};
-    off += t.nbytes();
+  for (const auto& e : entries) {
+    if (h.contains(e.name)) return make_error(path + ": tensor '" + e.name + "' given twice");
+    const uint64_t bytes = uint64_t(shape_numel(e.shape)) * dtype_size(e.dtype);
+    h[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + bytes}}};
+    off += bytes;
   }
   std::string hs = h.dump();
   while ((hs.size() + 8) % 8) hs.push_back(' ');
-  std::ofstream f(path, std::ios::binary);
-  if (!f) return make_error(path + ": cannot open for writing");
+  auto w = std::unique_ptr<SafetensorsWriter>(new SafetensorsWriter());
+  w->path_ = path;
+  w->entries_ = entries;
+  w->out_.open(path, std::ios::binary);
+  if (!w->out_) return make_error(path + ": cannot open for writing: " + std::strerror(errno));
   uint64_t n = hs.size();
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = (n >> (8 * i)) & 0xff;
-  f.write(reinterpret_cast<const char*>(len), 8);
-  f.write(hs.data(), std::streamsize(hs.size()));
-  for (const auto& [name, t] : tensors) {
-    Tensor c = t.contiguous();
-    f.write(static_cast<const char*>(c.raw()), std::streamsize(c.nbytes()));
-  }
-  if (!f) return make_error(path + ": write failed");
+  w->out_.write(reinterpret_cast<const char*>(len), 8);
+  w->out_.write(hs.data(), std::streamsize(hs.size()));
+  if (!w->out_) return make_error(path + ": write failed");
+  return w;
+}
+
+Status SafetensorsWriter::write(const Tensor& t) {
+  if (next_ >= entries_.size()) return make_error(path_ + ": more tensors written than declared");
+  const Entry& e = entries_[next_++];
+  if (t.dtype() != e.dtype || t.shape() != e.shape)
+    return make_error(path_ + ": tensor '" + e.name + "' is " + dtype_name(t.dtype()) + " " + shape_str(t.shape()) +
+                      ", declared " + dtype_name(e.dtype) + " " + shape_str(e.shape));
+  Tensor c = t.contiguous();
+  out_.write(static_cast<const char*>(c.raw()), std::streamsize(c.nbytes()));
+  if (!out_) return make_error(path_ + ": write failed at tensor '" + e.name + "' (disk full?)");
   return ok_status();
+}
+
+Status SafetensorsWriter::finish() {
+  if (next_ != entries_.size())
+    return make_error(path_ + ": " + std::to_string(entries_.size() - next_) + " declared tensors were not written");
+  out_.flush();
+  out_.close();
+  if (!out_) return make_error(path_ + ": write failed");
+  return ok_status();
+}
+
+Status save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsWriter::Entry> entries;
+  for (const auto& [name, t] : tensors) entries.push_back({name, t.dtype(), t.shape()});
+  MD_TRY(auto w, SafetensorsWriter::create(path, entries, metadata));
+  for (const auto& [name, t] : tensors) MD_RETURN_IF_ERROR(w->write(t));
+  return w->finish();
 }
 
 }  // namespace meshdit

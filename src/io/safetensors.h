@@ -3,6 +3,7 @@
 // a checkpoint is never copied as a whole. Every field of the header is validated before use.
 #pragma once
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,11 +30,27 @@ struct SafetensorsHeader {
 // Parses and validates a whole file image (header + data). `what` names the file in messages.
 Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size, const std::string& what);
 
-class MappedFile;
+// A whole file memory-mapped read-only; tensors viewing it keep it alive.
+class MappedFile {
+ public:
+  ~MappedFile();
+  static Result<std::shared_ptr<MappedFile>> open(const std::string& path);
+  const uint8_t* data() const { return static_cast<const uint8_t*>(data_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 class SafetensorsFile {
  public:
   static Result<std::shared_ptr<SafetensorsFile>> open(const std::string& path);
+  // Tensors another reader located in `map` (a PyTorch zip checkpoint: io/torch_checkpoint.h), already
+  // validated against the mapping: each at bytes [data_offset + begin, data_offset + end). Spans may overlap
+  // (tensors sharing a storage).
+  static std::shared_ptr<SafetensorsFile> from_header(const std::string& path, std::shared_ptr<MappedFile> map,
+                                                      SafetensorsHeader header);
   const std::string& path() const { return path_; }
   const SafetensorsHeader& header() const { return header_; }
   bool has(const std::string& name) const { return index_.count(name) != 0; }
@@ -45,6 +62,29 @@ class SafetensorsFile {
   std::shared_ptr<MappedFile> map_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
+};
+
+// Writes a safetensors file one tensor at a time: the header (every name, dtype and shape, in order) first,
+// then each tensor's data as it is given, so a converter holds one tensor in memory at a time.
+class SafetensorsWriter {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+  };
+  static Result<std::unique_ptr<SafetensorsWriter>> create(const std::string& path, const std::vector<Entry>& entries,
+                                                           const std::map<std::string, std::string>& metadata = {});
+  // The next entry's data: a tensor of its dtype and shape (any strides).
+  Status write(const Tensor& t);
+  // Checks that every entry was written and flushes.
+  Status finish();
+
+ private:
+  std::string path_;
+  std::vector<Entry> entries_;
+  size_t next_ = 0;
+  std::ofstream out_;
 };
 
 // Writes tensors (any dtype, contiguous or not) to a safetensors file.
