@@ -103,19 +103,20 @@ RopeTables mochi_rope(const Tensor& pos_frequencies, int64_t h, int64_t w, Range
     pos[at + 1] = ys[size_t(t / w % h)];
     pos[at + 2] = xs[size_t(t % w)];
   }
-  // Angles [n, heads x half] = pos . freqs (einsum "nd,dhf->nhf" in float32): a linear whose weight is the
-  // frequencies of these heads as [heads x half, 3].
-  const Tensor freqs = pos_frequencies.slice(1, heads.begin, heads.end)
-                           .to(DType::F32)
-                           .contiguous()
-                           .reshape({3, Hl * half})
-                           .permute({1, 0})
-                           .contiguous();
-  const Tensor angles = ops::linear(ops::to_device(Tensor::from_f32({n, 3}, pos), dev), freqs);
+  // Angles [n, heads x half] = pos . freqs (einsum "nd,dhf->nhf"), in float32 as the reference forces even under
+  // autocast: element-wise products and sums, not a linear (which --precision bf16 would round to bf16).
+  const int64_t K = Hl * half;
+  const Tensor p = ops::to_device(Tensor::from_f32({n, 3}, pos), dev);
+  const Tensor f = pos_frequencies.slice(1, heads.begin, heads.end).to(DType::F32).contiguous().reshape({3, K});
+  Tensor angles;
+  for (int64_t a = 0; a < 3; ++a) {
+    const Tensor term = ops::mul(p.slice(1, a, a + 1).expand({n, K}), f.slice(0, a, a + 1).expand({n, K}));
+    angles = a == 0 ? term : ops::add(angles, term);
+  }
   // cos/sin of each angle written to both columns of its pair: rope_tables of a one-pair axis at theta 1
   // (angle x 1^0), evaluated in float64 and rounded, as torch's float32 cos/sin are accurate to the last bit.
-  auto [cos, sin] = ops::rope_tables(angles.reshape({n * Hl * half, 1}), {2}, 1.0);
-  const int64_t cols = Hl * 2 * half;
+  auto [cos, sin] = ops::rope_tables(angles.reshape({n * K, 1}), {2}, 1.0);
+  const int64_t cols = 2 * K;
   if (n_txt == 0) return {cos.reshape({n, cols}), sin.reshape({n, cols})};
   return {concat({cos.reshape({n, cols}), ops::full({n_txt, cols}, 1.0f, dev)}, 0),
           concat({sin.reshape({n, cols}), ops::full({n_txt, cols}, 0.0f, dev)}, 0)};
