@@ -14,16 +14,16 @@ int64_t padded_head_count(int64_t heads, int tp) { return tp > 1 ? (heads + tp -
 
 Result<QKV> QKV::load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
                       int64_t heads, int64_t head_dim, bool qk_norm, float eps, const ParallelContext* par,
-                      int64_t padded_heads, bool bias) {
+                      int64_t padded_heads, bool has_bias) {
   QKV p;
   const int64_t inner = heads * head_dim;
   const bool pad = padded_heads > heads;
   const Range h = head_shard(pad ? padded_heads : heads, par);
   const std::vector<Range> rows{{h.begin * head_dim, h.end * head_dim}};
   const int64_t padded = pad ? padded_heads * head_dim : 0;  // 0: no padding, ranges stay within the weight
-  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows, bias, padded));
-  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows, bias, padded));
-  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows, bias, padded));
+  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows, has_bias, padded));
+  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows, has_bias, padded));
+  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows, has_bias, padded));
   if (qk_norm) {
     MD_TRY(p.norm_q, RMSNorm::load(ck, prefix + names[3], head_dim, eps));
     MD_TRY(p.norm_k, RMSNorm::load(ck, prefix + names[4], head_dim, eps));

@@ -27,10 +27,9 @@ struct QKV {
   // Under TP a rank projects only its heads (head_shard: column-parallel rows of q, k, v).
   // padded_heads > heads: the heads are split as if there were padded_heads, the ones past `heads` having
   // zero q/k/v rows and biases (a zero head: zero scores, uniform weights over zero values, zero output).
-  // bias: whether the projections have biases (Mochi's have none).
   static Result<QKV> load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
                           int64_t heads, int64_t head_dim, bool qk_norm, float eps,
-                          const ParallelContext* par = nullptr, int64_t padded_heads = 0, bool bias = true);
+                          const ParallelContext* par = nullptr, int64_t padded_heads = 0, bool has_bias = true);
   // -> q, k, v as [B, L, H, D]
   struct Heads {
     Tensor q, k, v;
