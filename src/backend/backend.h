@@ -16,7 +16,7 @@
 
 namespace meshdit {
 
-enum class Act : uint8_t { None, GeluTanh, GeluErf, SiLU, QuickGelu, Relu };
+enum class Act : uint8_t { None, GeluTanh, GeluErf, SiLU, QuickGelu, Relu, Tanh };
 const char* act_name(Act a);
 
 // Running state of an online-softmax attention over one query block set: the unnormalised output,

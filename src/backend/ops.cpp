@@ -15,6 +15,7 @@ const char* act_name(Act a) {
     case Act::SiLU: return "silu";
     case Act::QuickGelu: return "quick_gelu";
     case Act::Relu: return "relu";
+    case Act::Tanh: return "tanh";
   }
   return "?";
 }

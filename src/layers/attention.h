@@ -8,10 +8,16 @@
 
 namespace meshdit {
 
-// cos/sin tables [L, head_dim] for the whole (joint) sequence, in the order tokens are concatenated.
+// cos/sin tables [L, head_dim] for the whole (joint) sequence, in the order tokens are concatenated; or
+// [L, heads * head_dim] when every head rotates by its own angles (Mochi's learned frequencies), the columns
+// of this rank's heads in head order.
 struct RopeTables {
   Tensor cos, sin;
 };
+
+// Rotary embedding of x [B, L, H, D] (contiguous) in place, interleaved pairs, with tables shared by the heads
+// ([L, D]) or per head ([L, H D]).
+void apply_rope_(Tensor& x, const RopeTables& rope);
 
 // Q, K, V projections of one token stream with optional per-head RMS norm of q and k.
 struct QKV {
@@ -23,7 +29,7 @@ struct QKV {
   // zero q/k/v rows and biases (a zero head: zero scores, uniform weights over zero values, zero output).
   static Result<QKV> load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
                           int64_t heads, int64_t head_dim, bool qk_norm, float eps,
-                          const ParallelContext* par = nullptr, int64_t padded_heads = 0);
+                          const ParallelContext* par = nullptr, int64_t padded_heads = 0, bool has_bias = true);
   // -> q, k, v as [B, L, H, D]
   struct Heads {
     Tensor q, k, v;
@@ -40,7 +46,7 @@ int64_t padded_head_count(int64_t heads, int tp);
 // the concatenated sequence, and each stream projects its slice of the result back.
 struct JointAttention {
   enum class Order { ImageFirst, TextFirst };  // SD3 concatenates [image, text]; Flux [text, image]
-  int64_t heads = 0, head_dim = 0;  // heads: this rank's (heads / tp)
+  int64_t heads = 0, head_dim = 0;             // heads: this rank's (heads / tp)
   ParallelContext par;
   QKV img, txt;
   Linear to_out;
@@ -51,12 +57,24 @@ struct JointAttention {
   static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
                                      int64_t head_dim, bool qk_norm, bool context_pre_only, float eps = 1e-6f,
                                      const ParallelContext* par = nullptr, int64_t padded_heads = 0);
+  // An asymmetric joint attention (Mochi's MochiAttention): the text stream has its own width, projected into
+  // the same heads (add_*_proj from txt_dim, to_add_out back to txt_dim), optionally without q/k/v biases.
+  struct Spec {
+    int64_t dim = 0, txt_dim = 0, heads = 0, head_dim = 0;
+    bool qk_norm = true, context_pre_only = false, qkv_bias = true;
+    float eps = 1e-6f;
+    int64_t padded_heads = 0;
+  };
+  static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, const Spec& s,
+                                     const ParallelContext* par = nullptr);
   // -> (image output, text output); the text output is undefined when context_pre_only. img_x is this rank's
   // image shard under SP (seq says how the sequence is split; nullptr: not split); rope covers the local
   // joint sequence. txt_bias: the text key mask as joint_attention takes it (nullptr: every key visible).
+  // txt_keep [B, L_txt, heads * head_dim] (optional): multiplies the text rows of the attention output before
+  // to_add_out, 0 on padded text rows (Mochi drops them from the attention, so they come out zero).
   std::pair<Tensor, Tensor> operator()(const Tensor& img_x, const Tensor& txt_x, Order order,
                                        const RopeTables* rope = nullptr, const SeqLayout* seq = nullptr,
-                                       const Tensor* txt_bias = nullptr) const;
+                                       const Tensor* txt_bias = nullptr, const Tensor* txt_keep = nullptr) const;
 };
 
 // [B, L, H, D] -> [B, L, H*D]

@@ -12,4 +12,24 @@ Result<FeedForward> FeedForward::load(const Checkpoint& ck, const std::string& p
   return f;
 }
 
+Result<FeedForward> FeedForward::load_gated(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inner,
+                                            int64_t dim_out, Act act, bool bias, const ParallelContext* par) {
+  FeedForward f;
+  f.act = act;
+  f.gated = true;
+  const int tp = par ? par->tp_size() : 1, rank = par ? par->tp_rank() : 0;
+  const Range h = shard_range(inner, tp, rank);
+  MD_TRY(f.proj_in,
+         Linear::load_rows(ck, prefix + ".net.0.proj", dim, 2 * inner, chunk_shards(2, inner, tp, rank), bias));
+  MD_TRY(f.proj_out, Linear::load_cols(ck, prefix + ".net.2", inner, dim_out, {h}, par ? par->tp : nullptr, bias));
+  return f;
+}
+
+Tensor FeedForward::operator()(const Tensor& x) const {
+  if (!gated) return proj_out(proj_in(x, act));
+  const Tensor y = proj_in(x);
+  const int64_t n = y.size(-1) / 2, last = y.dim() - 1;
+  return proj_out(ops::mul(y.slice(last, 0, n), ops::activation(y.slice(last, n, 2 * n), act)));
+}
+
 }  // namespace meshdit

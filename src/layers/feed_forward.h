@@ -9,9 +9,15 @@ namespace meshdit {
 struct FeedForward {
   Linear proj_in, proj_out;
   Act act = Act::GeluTanh;
+  bool gated = false;  // net.0.proj makes [hidden, gate] and the MLP goes on with hidden * act(gate)
   static Result<FeedForward> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inner,
                                   int64_t dim_out, Act act, const ParallelContext* par = nullptr);
-  Tensor operator()(const Tensor& x) const { return proj_out(proj_in(x, act)); }
+  // diffusers' gated feed-forwards (activation_fn "swiglu": act SiLU, "geglu": GeluErf): net.0.proj has 2 inner
+  // outputs, hidden then gate; under TP a rank takes its slice of both halves. bias: whether both linears
+  // have biases (FeedForward(bias=False) in Mochi).
+  static Result<FeedForward> load_gated(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inner,
+                                        int64_t dim_out, Act act, bool bias, const ParallelContext* par = nullptr);
+  Tensor operator()(const Tensor& x) const;
 };
 
 }  // namespace meshdit

@@ -24,6 +24,7 @@ void register_flux();
 void register_sd3();
 void register_qwenimage();
 void register_wan();
+void register_mochi();
 
 const std::vector<TransformerArch>& transformer_archs() {
   static const bool once = [] {
@@ -31,6 +32,7 @@ const std::vector<TransformerArch>& transformer_archs() {
     register_sd3();
     register_qwenimage();
     register_wan();
+    register_mochi();
     return true;
   }();
   (void)once;

@@ -71,7 +71,8 @@ TEST(ThreadCount, ResizeAfterParallelWork) {
 
 // ---- activations -----------------------------------------------------------------------------------
 
-constexpr Act kActs[] = {Act::None, Act::GeluTanh, Act::GeluErf, Act::SiLU, Act::QuickGelu, Act::Relu};
+constexpr Act kActs[] = {Act::None,      Act::GeluTanh, Act::GeluErf, Act::SiLU,
+                         Act::QuickGelu, Act::Relu,     Act::Tanh};
 
 double act_ref(double x, Act a) {
   switch (a) {
@@ -87,6 +88,8 @@ double act_ref(double x, Act a) {
       return x / (1.0 + std::exp(-x));
     case Act::QuickGelu:
       return x / (1.0 + std::exp(-1.702 * x));
+    case Act::Tanh:
+      return std::tanh(x);
   }
   return 0;
 }

@@ -35,7 +35,7 @@ PlanRequest request(const std::string& model_dir, const TransformerArch& arch, i
   r.height = 48;
   r.text_tokens = 10;
   r.dtype_bytes = 4;  // the checkpoints here are f32
-  if (arch.defaults.frames > 1) r.frames = 5;
+  if (arch.defaults.frames > 1) r.frames = 13;  // a count every video VAE makes: 4k+1 (Wan) and 6k+1 (Mochi)
   return r;
 }
 

@@ -53,6 +53,9 @@ void apply_act(float* y, int64_t n, Act act) {
     case Act::Relu:
       for (int64_t i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
       return;
+    case Act::Tanh:  // Mochi's gates, on [B, dim] modulation vectors only: libm's tanh costs nothing there
+      for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(y[i]);
+      return;
   }
 }
 
