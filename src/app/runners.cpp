@@ -72,6 +72,11 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     Hooks hooks = collect_into(out);
     MD_TRY(Tensor y, model->forward(in, &hooks));
     out["sample"] = split.gather(y);
+    for (const auto& [name, variant] : arch.case_variants) {
+      MD_TRY(std::shared_ptr<Transformer> other, arch.load(ck, variant(cfg), &par));
+      MD_TRY(Tensor v, other->forward(in, nullptr));
+      out[name] = split.gather(v);
+    }
     return out;
   };
 }
@@ -93,7 +98,7 @@ void register_builtin_runners() {
 void register_transformer_runners() {
   for (const auto& arch : transformer_archs())
     if (arch.load)
-      for (const auto& cls : arch.classes) register_case_runner("diffusers." + cls, transformer_runner(arch));
+      for (const auto& cls : arch.classes) register_case_runner(case_class_of(cls), transformer_runner(arch));
 }
 
 }  // namespace meshdit

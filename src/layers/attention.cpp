@@ -14,16 +14,16 @@ int64_t padded_head_count(int64_t heads, int tp) { return tp > 1 ? (heads + tp -
 
 Result<QKV> QKV::load(const Checkpoint& ck, const std::string& prefix, const char* const names[5], int64_t dim,
                       int64_t heads, int64_t head_dim, bool qk_norm, float eps, const ParallelContext* par,
-                      int64_t padded_heads) {
+                      int64_t padded_heads, bool has_bias) {
   QKV p;
   const int64_t inner = heads * head_dim;
   const bool pad = padded_heads > heads;
   const Range h = head_shard(pad ? padded_heads : heads, par);
   const std::vector<Range> rows{{h.begin * head_dim, h.end * head_dim}};
   const int64_t padded = pad ? padded_heads * head_dim : 0;  // 0: no padding, ranges stay within the weight
-  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows, true, padded));
-  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows, true, padded));
-  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows, true, padded));
+  MD_TRY(p.q, Linear::load_rows(ck, prefix + names[0], dim, inner, rows, has_bias, padded));
+  MD_TRY(p.k, Linear::load_rows(ck, prefix + names[1], dim, inner, rows, has_bias, padded));
+  MD_TRY(p.v, Linear::load_rows(ck, prefix + names[2], dim, inner, rows, has_bias, padded));
   if (qk_norm) {
     MD_TRY(p.norm_q, RMSNorm::load(ck, prefix + names[3], head_dim, eps));
     MD_TRY(p.norm_k, RMSNorm::load(ck, prefix + names[4], head_dim, eps));
@@ -39,25 +39,36 @@ QKV::Heads QKV::operator()(const Tensor& x, int64_t heads) const {
   return h;
 }
 
-Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, int64_t dim,
-                                            int64_t heads, int64_t head_dim, bool qk_norm, bool context_pre_only,
-                                            float eps, const ParallelContext* par, int64_t padded_heads) {
-  static const char* const kImg[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
-  static const char* const kTxt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
+Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t heads,
+                                            int64_t head_dim, bool qk_norm, bool context_pre_only, float eps,
+                                            const ParallelContext* par, int64_t padded_heads) {
+  return load(ck, prefix, Names{}, dim, heads, head_dim, qk_norm, context_pre_only, eps, par, padded_heads);
+}
+
+Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, const Names& names,
+                                            int64_t dim, int64_t heads, int64_t head_dim, bool qk_norm,
+                                            bool context_pre_only, float eps, const ParallelContext* par,
+                                            int64_t padded_heads) {
   JointAttention a;
   const bool pad = padded_heads > heads;
   const Range h = head_shard(pad ? padded_heads : heads, par);
   a.heads = h.size();
   a.head_dim = head_dim;
   if (par) a.par = *par;
-  MD_TRY(a.img, QKV::load(ck, prefix, kImg, dim, heads, head_dim, qk_norm, eps, par, padded_heads));
-  MD_TRY(a.txt, QKV::load(ck, prefix, kTxt, dim, heads, head_dim, qk_norm, eps, par, padded_heads));
+  MD_TRY(a.img, QKV::load(ck, prefix, names.img, dim, heads, head_dim, qk_norm, eps, par, padded_heads, names.bias));
+  MD_TRY(a.txt, QKV::load(ck, prefix, names.txt, dim, heads, head_dim, qk_norm, eps, par, padded_heads, names.bias));
   const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}};
   const int64_t padded = pad ? padded_heads * head_dim : 0;
-  MD_TRY(a.to_out, Linear::load_cols(ck, prefix + ".to_out.0", heads * head_dim, dim, cols, a.par.tp, true, padded));
+  MD_TRY(a.to_out,
+         Linear::load_cols(ck, prefix + names.to_out, heads * head_dim, dim, cols, a.par.tp, names.bias, padded));
   if (!context_pre_only) {
     MD_TRY(a.to_add_out,
-           Linear::load_cols(ck, prefix + ".to_add_out", heads * head_dim, dim, cols, a.par.tp, true, padded));
+           Linear::load_cols(ck, prefix + names.to_add_out, heads * head_dim, dim, cols, a.par.tp, names.bias, padded));
+  }
+  if (names.txt_q_scale) {
+    MD_TRY(Tensor s, ck.get_sharded(prefix + names.txt_q_scale, {heads}, Shard::Rows, {{h.begin, h.end}},
+                                    pad ? padded_heads : 0));
+    a.txt_q_scale = s.reshape({1, 1, h.size(), 1});
   }
   return a;
 }
@@ -66,6 +77,7 @@ std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const 
                                                      const RopeTables* rope, const SeqLayout* seq,
                                                      const Tensor* txt_bias) const {
   QKV::Heads i = img(img_x, heads), t = txt(txt_x, heads);
+  if (txt_q_scale.defined()) t.q = ops::mul(t.q, txt_q_scale.expand(t.q.shape()));
   const bool img_first = order == Order::ImageFirst;
   auto cat = [&](const Tensor& a, const Tensor& b) { return img_first ? concat({a, b}, 1) : concat({b, a}, 1); };
   Tensor q = cat(i.q, t.q), k = cat(i.k, t.k), v = cat(i.v, t.v);

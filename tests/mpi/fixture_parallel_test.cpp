@@ -52,8 +52,8 @@ std::vector<std::string> transformer_cases() {
   const std::string dir = test::fixtures_dir();
   for (const auto& c : test::case_names(dir)) {
     auto cls = case_class(dir + "/" + c);
-    if (!cls.ok() || cls->rfind("diffusers.", 0) != 0) continue;
-    const TransformerArch* a = find_transformer_arch(cls->substr(10));
+    if (!cls.ok()) continue;
+    const TransformerArch* a = find_transformer_arch_for_case(*cls);
     if (a && a->load) out.push_back(c);
   }
   return out;
