@@ -29,9 +29,6 @@ constexpr PendingCase kPending[] = {
     {"mochi_transformer", 11},
     {"vae_mochi", 11},
     {"pipe_mochi", 11},
-    // #12: Motif-Image 6B end to end.
-    {"motif_transformer", 12},
-    {"sched_motif", 12},
 };
 
 const PendingCase* find_pending(const std::string& name) {

@@ -1,3 +1,5 @@
+// See motif.h. Compiled with -ffp-contract=off (CMakeLists.txt): torch rounds every float32 operation, so no
+// multiply-add may be fused here.
 #include "schedulers/motif.h"
 
 #include <cmath>
