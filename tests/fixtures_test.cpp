@@ -27,9 +27,6 @@ struct PendingCase {
 constexpr PendingCase kPending[] = {
     // #11: Mochi-1 end to end.
     {"pipe_mochi", 11},
-    // #12: Motif-Image 6B end to end.
-    {"motif_transformer", 12},
-    {"sched_motif", 12},
 };
 
 const PendingCase* find_pending(const std::string& name) {

@@ -70,6 +70,13 @@ Result<Model> resolve_model(const std::string& spec) {
                               ? j["_class_name"].get<std::string>()
                               : "";
   const TransformerArch* arch = find_transformer_arch(cls);
+  if (!arch && cls.empty()) {
+    // A config without _class_name (Motif's MotifImageConfig): the checkpoint beside it says which model it is.
+    const std::string dir = cfg_path.substr(0, cfg_path.size() - std::string("/config.json").size());
+    const std::string file = dir + "/diffusion_pytorch_model.safetensors";
+    if (auto opened = open_transformer(path_exists(file) ? file : dir); opened.ok())
+      return Model{opened->arch, opened->config, spec};
+  }
   if (!arch) {
     std::string known;
     for (const auto& a : transformer_archs())

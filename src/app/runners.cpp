@@ -26,10 +26,12 @@ struct BatchSplit {
   }
 };
 
-// Mesh for a transformer case; the intermediate hooks are compared only where every rank holds them whole
-// (pure TP), and skipped under SP or CFG splits.
-Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& name, int64_t heads, bool pad_heads,
-                                     int64_t batch, int64_t image_tokens, BatchSplit* split) {
+// Mesh for a transformer case; the intermediates (every output but the forward's results) are compared only
+// where every rank holds them whole (pure TP), and skipped under SP or CFG splits.
+Result<const Mesh*> transformer_mesh(const CaseContext& c, const TransformerArch& arch, int64_t heads, int64_t batch,
+                                     int64_t image_tokens, BatchSplit* split) {
+  const std::string name = arch.name + " transformer";
+  const bool pad_heads = arch.pad_heads;
   // A batch of two or more can be split like a guidance batch; validate() refuses cfg=2 otherwise.
   ModelTraits traits{name, heads, /*cfg_batch=*/batch >= 2, image_tokens};
   traits.pad_heads = pad_heads;
@@ -40,8 +42,14 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const std::string& na
     split->mine = shard_range(batch, mesh->cfg().size(), mesh->cfg().rank());
   }
   if (mesh->config().sp > 1 || mesh->config().cfg > 1) {
-    c.skip_outputs([](const std::string& n) { return n.rfind("hook.", 0) == 0; },
-                   "an intermediate of a sequence/batch shard");
+    c.skip_outputs(
+        [&arch](const std::string& n) {
+          if (n == "sample") return false;
+          for (const auto& v : arch.case_variants)
+            if (v.first == n) return false;
+          return true;
+        },
+        "an intermediate of a sequence/batch shard");
   }
   return mesh;
 }
@@ -61,8 +69,8 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     }
     const Tensor& x = in.at(arch.inputs.at(0).name);
     BatchSplit split;
-    MD_TRY(const Mesh* mesh, transformer_mesh(c, arch.name + " transformer", arch.dims(cfg).heads, arch.pad_heads,
-                                              x.size(0), arch.tokens_of_inputs(cfg, in), &split));
+    MD_TRY(const Mesh* mesh,
+           transformer_mesh(c, arch, arch.dims(cfg).heads, x.size(0), arch.tokens_of_inputs(cfg, in), &split));
     const ParallelContext par = mesh->context();
     MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
     MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, &par));
@@ -72,6 +80,11 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     Hooks hooks = collect_into(out);
     MD_TRY(Tensor y, model->forward(in, &hooks));
     out["sample"] = split.gather(y);
+    for (const auto& [name, variant] : arch.case_variants) {
+      MD_TRY(std::shared_ptr<Transformer> other, arch.load(ck, variant(cfg), &par));
+      MD_TRY(Tensor v, other->forward(in, nullptr));
+      out[name] = split.gather(v);
+    }
     return out;
   };
 }
@@ -93,7 +106,7 @@ void register_builtin_runners() {
 void register_transformer_runners() {
   for (const auto& arch : transformer_archs())
     if (arch.load)
-      for (const auto& cls : arch.classes) register_case_runner("diffusers." + cls, transformer_runner(arch));
+      for (const auto& cls : arch.classes) register_case_runner(case_class_of(cls), transformer_runner(arch));
 }
 
 }  // namespace meshdit

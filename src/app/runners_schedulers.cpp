@@ -9,6 +9,7 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "schedulers/flow_match.h"
+#include "schedulers/motif.h"
 #include "schedulers/unipc.h"
 
 namespace meshdit {
@@ -166,9 +167,70 @@ Result<TensorMap> run_unipc(const CaseContext& c) {
   return out;
 }
 
+// Motif-Image's inline sampler: both schedules for each count of steps_list, then one guided Euler sequence on
+// the linear-quadratic schedule of euler_steps with the given cond/uncond outputs, and the negative branch
+// each step picks.
+Result<TensorMap> run_motif_sampler(const CaseContext& c) {
+  const std::string where = c.dir + "/meta.json";
+  if (!c.meta.contains("non_tensor_args") || !c.meta["non_tensor_args"].is_object())
+    return make_error(where + ": no non_tensor_args");
+  const Json& args = c.meta["non_tensor_args"];
+  MD_TRY(int64_t emulating, json_int(args, "linear_quadratic_emulating_steps", where));
+  MD_TRY(int64_t euler_steps, json_int(args, "euler_steps", where));
+  if (!args.contains("steps_list") || !args["steps_list"].is_array())
+    return make_error(where + ": 'steps_list' should be a list of step counts");
+  for (const char* key : {"guidance_scale", "negative_strategy_switch_t"})
+    if (!args.contains(key) || !args[key].is_number()) return make_error(where + ": '" + key + "' should be a number");
+  // Guidance everywhere (the clip_t window [0, 1]) and no std rescale are all this sampler implements.
+  if (args.contains("rescale_cfg") && (!args["rescale_cfg"].is_number() || args["rescale_cfg"].get<double>() > 0))
+    return make_error(where + ": rescale_cfg " + json_brief(args["rescale_cfg"]) + " is not supported");
+  if (args.contains("clip_t") && args["clip_t"] != Json::array({0.0, 1.0}))
+    return make_error(where + ": clip_t " + json_brief(args["clip_t"]) + " other than [0, 1] is not supported");
+  MotifSamplerConfig cfg;
+  cfg.emulating_steps = emulating;
+  cfg.guidance_scale = args["guidance_scale"].get<float>();
+  cfg.negative_switch_t = args["negative_strategy_switch_t"].get<double>();
+  TensorMap out;
+  for (const auto& steps : args["steps_list"]) {
+    if (!steps.is_number_integer()) return make_error(where + ": steps_list holds " + json_brief(steps));
+    const int64_t n = steps.get<int64_t>();
+    for (const auto& [name, schedule] :
+         {std::pair{std::string("linear"), MotifSchedule::Linear},
+          std::pair{"linear_quadratic_N" + std::to_string(emulating), MotifSchedule::LinearQuadratic}}) {
+      MotifSamplerConfig sc = cfg;
+      sc.schedule = schedule;
+      MD_TRY(MotifSampler s, MotifSampler::create(sc, n));
+      const std::string key = name + ".steps" + std::to_string(n);
+      out[key + ".sigmas"] = s.sigmas_tensor();
+      // The case rounds every sigma, the terminal 0 included (one more than the steps' timesteps()).
+      std::vector<int64_t> all;
+      for (float sigma : s.sigmas()) all.push_back(motif_timestep(sigma));
+      out[key + ".timesteps"] = Tensor::from_i64({int64_t(all.size())}, all);
+    }
+  }
+  MD_TRY(MotifSampler s, MotifSampler::create(cfg, euler_steps));
+  MD_TRY(Tensor latents, c.input("initial_latents"));
+  MD_TRY(Tensor cond, c.input("cond_dx"));
+  MD_TRY(Tensor uncond, c.input("uncond_dx"));
+  if (cond.dim() < 1 || cond.size(0) != euler_steps || uncond.shape() != cond.shape())
+    return make_error(where + ": cond_dx / uncond_dx " + shape_str(cond.shape()) + " should hold " +
+                      std::to_string(euler_steps) + " steps");
+  std::vector<int64_t> negative;
+  for (int64_t i = 0; i < euler_steps; ++i) {
+    auto at = [&](const Tensor& t) { return t.slice(0, i, i + 1).contiguous().reshape(latents.shape()); };
+    MD_TRY(latents, s.step(i, latents, at(cond), at(uncond)));
+    out["euler.step" + std::to_string(i) + ".latents"] = latents;
+    negative.push_back(s.negative_for(i, /*has_negative_prompt=*/false) == MotifNegative::EmptyPrompt ? 1 : 0);
+  }
+  out["euler.negative_is_empty_prompt"] = Tensor::from_i64({euler_steps}, negative);
+  out["euler.timesteps"] = s.timesteps_tensor();
+  return out;
+}
+
 }  // namespace
 
 void register_scheduler_runners() {
+  register_case_runner("motif_ref MotifImage.sample (inline schedule + Euler)", run_motif_sampler);
   register_case_runner("diffusers.FlowMatchEulerDiscreteScheduler", run_flow_match);
   register_case_runner("diffusers.UniPCMultistepScheduler", run_unipc);
 }

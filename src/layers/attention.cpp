@@ -53,10 +53,26 @@ Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::str
   return load(ck, prefix, s, par);
 }
 
+Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, const Names& names,
+                                            int64_t dim, int64_t heads, int64_t head_dim, bool qk_norm,
+                                            bool context_pre_only, float eps, const ParallelContext* par,
+                                            int64_t padded_heads) {
+  Spec s;
+  s.dim = s.txt_dim = dim;
+  s.heads = heads;
+  s.head_dim = head_dim;
+  s.qk_norm = qk_norm;
+  s.context_pre_only = context_pre_only;
+  s.eps = eps;
+  s.padded_heads = padded_heads;
+  s.names = names;
+  s.qkv_bias = names.bias;
+  return load(ck, prefix, s, par);
+}
+
 Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::string& prefix, const Spec& s,
                                             const ParallelContext* par) {
-  static const char* const kImg[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
-  static const char* const kTxt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
+  const Names& names = s.names;
   JointAttention a;
   const int64_t heads = s.heads, head_dim = s.head_dim;
   const bool pad = s.padded_heads > heads;
@@ -64,15 +80,22 @@ Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::str
   a.heads = h.size();
   a.head_dim = head_dim;
   if (par) a.par = *par;
-  MD_TRY(a.img, QKV::load(ck, prefix, kImg, s.dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads, s.qkv_bias));
-  MD_TRY(a.txt,
-         QKV::load(ck, prefix, kTxt, s.txt_dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads, s.qkv_bias));
+  MD_TRY(a.img, QKV::load(ck, prefix, names.img, s.dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads,
+                          s.qkv_bias));
+  MD_TRY(a.txt, QKV::load(ck, prefix, names.txt, s.txt_dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads,
+                          s.qkv_bias));
   const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}};
   const int64_t padded = pad ? s.padded_heads * head_dim : 0;
-  MD_TRY(a.to_out, Linear::load_cols(ck, prefix + ".to_out.0", heads * head_dim, s.dim, cols, a.par.tp, true, padded));
+  MD_TRY(a.to_out,
+         Linear::load_cols(ck, prefix + names.to_out, heads * head_dim, s.dim, cols, a.par.tp, names.bias, padded));
   if (!s.context_pre_only) {
-    MD_TRY(a.to_add_out,
-           Linear::load_cols(ck, prefix + ".to_add_out", heads * head_dim, s.txt_dim, cols, a.par.tp, true, padded));
+    MD_TRY(a.to_add_out, Linear::load_cols(ck, prefix + names.to_add_out, heads * head_dim, s.txt_dim, cols, a.par.tp,
+                                           names.bias, padded));
+  }
+  if (names.txt_q_scale) {
+    MD_TRY(Tensor qs, ck.get_sharded(prefix + names.txt_q_scale, {heads}, Shard::Rows, {{h.begin, h.end}},
+                                     pad ? s.padded_heads : 0));
+    a.txt_q_scale = qs.reshape({1, 1, h.size(), 1});
   }
   return a;
 }
@@ -93,6 +116,7 @@ std::pair<Tensor, Tensor> JointAttention::operator()(const Tensor& img_x, const 
                                                      const RopeTables* rope, const SeqLayout* seq,
                                                      const Tensor* txt_bias, const Tensor* txt_keep) const {
   QKV::Heads i = img(img_x, heads), t = txt(txt_x, heads);
+  if (txt_q_scale.defined()) t.q = ops::mul(t.q, txt_q_scale.expand(t.q.shape()));
   const bool img_first = order == Order::ImageFirst;
   auto cat = [&](const Tensor& a, const Tensor& b) { return img_first ? concat({a, b}, 1) : concat({b, a}, 1); };
   Tensor q = cat(i.q, t.q), k = cat(i.k, t.k), v = cat(i.v, t.v);

@@ -46,11 +46,23 @@ int64_t padded_head_count(int64_t heads, int tp);
 // the concatenated sequence, and each stream projects its slice of the result back.
 struct JointAttention {
   enum class Order { ImageFirst, TextFirst };  // SD3 concatenates [image, text]; Flux [text, image]
-  int64_t heads = 0, head_dim = 0;             // heads: this rank's (heads / tp)
+  // The weights' names under the attention's prefix: diffusers' (the default) or a model's own (Motif's q_proj,
+  // q_norm_x, o_proj, ...), whether its projections have biases, and the per-head scale some models learn for
+  // the text queries (Motif's q_scale: multiplies them after their norm; nullptr: none).
+  struct Names {
+    const char* img[5] = {".to_q", ".to_k", ".to_v", ".norm_q", ".norm_k"};
+    const char* txt[5] = {".add_q_proj", ".add_k_proj", ".add_v_proj", ".norm_added_q", ".norm_added_k"};
+    const char* to_out = ".to_out.0";
+    const char* to_add_out = ".to_add_out";
+    bool bias = true;
+    const char* txt_q_scale = nullptr;
+  };
+  int64_t heads = 0, head_dim = 0;  // heads: this rank's (heads / tp)
   ParallelContext par;
   QKV img, txt;
   Linear to_out;
   std::optional<Linear> to_add_out;  // absent in a context_pre_only block
+  Tensor txt_q_scale;                // [1, 1, heads, 1] for this rank's heads (0 on padded ones), or undefined
   // Under TP: q/k/v column-parallel by heads, to_out / to_add_out row-parallel (one all-reduce each).
   // padded_heads > heads (see QKV::load): the padded heads' columns of to_out / to_add_out are zero too, so
   // they add nothing to the output; this lets tp not divide the model's heads while every rank has as many.
@@ -64,9 +76,13 @@ struct JointAttention {
     bool qk_norm = true, context_pre_only = false, qkv_bias = true;
     float eps = 1e-6f;
     int64_t padded_heads = 0;
+    Names names;  // bias false there also drops the output projections' biases
   };
   static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, const Spec& s,
                                      const ParallelContext* par = nullptr);
+  static Result<JointAttention> load(const Checkpoint& ck, const std::string& prefix, const Names& names, int64_t dim,
+                                     int64_t heads, int64_t head_dim, bool qk_norm, bool context_pre_only, float eps,
+                                     const ParallelContext* par, int64_t padded_heads);
   // -> (image output, text output); the text output is undefined when context_pre_only. img_x is this rank's
   // image shard under SP (seq says how the sequence is split; nullptr: not split); rope covers the local
   // joint sequence. txt_bias: the text key mask as joint_attention takes it (nullptr: every key visible).

@@ -18,6 +18,10 @@ struct FeedForward {
   static Result<FeedForward> load_gated(const Checkpoint& ck, const std::string& prefix, int64_t dim, int64_t inner,
                                         int64_t dim_out, Act act, bool bias, const ParallelContext* par = nullptr);
   Tensor operator()(const Tensor& x) const;
+  // The same with a model's own names for the two linears (Motif's gate_proj, down_proj).
+  static Result<FeedForward> load_named(const Checkpoint& ck, const std::string& in_name, const std::string& out_name,
+                                        int64_t dim, int64_t inner, int64_t dim_out, Act act,
+                                        const ParallelContext* par = nullptr);
 };
 
 }  // namespace meshdit

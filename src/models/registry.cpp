@@ -25,6 +25,7 @@ void register_sd3();
 void register_qwenimage();
 void register_wan();
 void register_mochi();
+void register_motif();
 
 const std::vector<TransformerArch>& transformer_archs() {
   static const bool once = [] {
@@ -33,6 +34,7 @@ const std::vector<TransformerArch>& transformer_archs() {
     register_qwenimage();
     register_wan();
     register_mochi();
+    register_motif();
     return true;
   }();
   (void)once;
@@ -42,6 +44,17 @@ const std::vector<TransformerArch>& transformer_archs() {
 const TransformerArch* find_transformer_arch(const std::string& class_name) {
   for (const auto& a : transformer_archs())
     if (std::find(a.classes.begin(), a.classes.end(), class_name) != a.classes.end()) return &a;
+  return nullptr;
+}
+
+std::string case_class_of(const std::string& class_name) {
+  return class_name.find('.') == std::string::npos ? "diffusers." + class_name : class_name;
+}
+
+const TransformerArch* find_transformer_arch_for_case(const std::string& case_class) {
+  for (const auto& a : transformer_archs())
+    for (const auto& c : a.classes)
+      if (case_class_of(c) == case_class) return &a;
   return nullptr;
 }
 

@@ -93,7 +93,7 @@ struct ModelPreset {
 
 struct TransformerArch {
   std::string name;                  // "flux": plan's arch field, messages
-  std::vector<std::string> classes;  // diffusers _class_name(s) it serves
+  std::vector<std::string> classes;  // diffusers _class_name(s) it serves, or a reference's full class name
   std::vector<ModelPreset> presets;
   // A config with other block counts, for checkpoints of real width but few blocks (`bench random-checkpoint`'s
   // --double and --single; a model with one stack of blocks takes the first count).
@@ -108,6 +108,9 @@ struct TransformerArch {
   // The config for one reference call whose meta.json gives non-tensor arguments the forward needs (Qwen-Image's
   // img_shapes); empty: the model takes none.
   std::function<Result<std::any>(const std::any& config, const Json& non_tensor_args)> call_config;
+  // Further outputs of its reference case, each the same forward under a variant of the config (Motif's
+  // `sample_without_time_token`): output name -> the variant.
+  std::vector<std::pair<std::string, std::function<std::any(const std::any&)>>> case_variants;
   // Single-file layouts, and the top-level modules of its diffusers names (the first list identifies it).
   std::vector<SingleFileLayout> layouts;
   std::vector<std::string> diffusers_detect, diffusers_modules;
@@ -138,6 +141,11 @@ struct TransformerArch {
 const std::vector<TransformerArch>& transformer_archs();
 // The entry serving a diffusers class name ("FluxTransformer2DModel"), or nullptr.
 const TransformerArch* find_transformer_arch(const std::string& class_name);
+// The class a reference case names for an entry's class: "diffusers.<name>" for a diffusers class, the name
+// itself for another library's full class name (one with a dot: "motif_ref.motif.modeling_dit.MotifDiT").
+std::string case_class_of(const std::string& class_name);
+// The entry a case of class `case_class` runs (the inverse of case_class_of), or nullptr.
+const TransformerArch* find_transformer_arch_for_case(const std::string& case_class);
 
 // The weights `arch`'s loader takes for `config` on TP rank `tp_rank` of `tp` ranks, each as `dtype`, from the
 // config alone (no file is read, no memory is touched).

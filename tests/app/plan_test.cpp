@@ -215,6 +215,39 @@ TEST(Plan, TensorParallelAndCfgVolumes) {
   EXPECT_NEAR(sd.ranks[0].compute_s * 2, sd1.ranks[0].compute_s, 1e-9 * sd1.ranks[0].compute_s);
 }
 
+// Motif-Image 6B: 30 heads padded to 32 under TP; tt_dit's presets (2x4: cfg 2, tp 4; 4x8: cfg 2, sp 4, tp 4)
+// run as overrides, and the guidance batch of two makes cfg=2 possible.
+TEST(Plan, MotifTtDitPresets) {
+  PlanRequest r;
+  r.model = "motif";
+  r.mesh = "2x4";
+  r.parallel = "cfg=2,tp=4";
+  const Plan a = plan_ok(r);
+  EXPECT_EQ(a.parallel.cfg, 2);
+  EXPECT_EQ(a.parallel.tp, 4);
+  EXPECT_EQ(a.image_tokens, 4096);
+  EXPECT_EQ(a.text_tokens, 77 + 256 + 1);
+  EXPECT_EQ(a.ranks.size(), 8u);
+  // 30 blocks x 4 row-parallel outputs (o_proj, add_o_proj, two MLP down-projections).
+  EXPECT_EQ(comm(a.ranks[0], "tp_all_reduce").calls, 30 * 4);
+  r.mesh = "4x8";
+  r.parallel = "cfg=2,sp=4,tp=4";
+  const Plan b = plan_ok(r);
+  EXPECT_EQ(b.parallel.cfg, 2);
+  EXPECT_EQ(b.parallel.sp, 4);
+  EXPECT_EQ(b.parallel.tp, 4);
+  EXPECT_EQ(b.ranks.size(), 32u);
+  EXPECT_LT(b.ranks[0].step_s, a.ranks[0].step_s);
+  // About 6 B parameters; every rank of tp=4 holds a bit over a quarter of the sharded ones.
+  EXPECT_GT(a.params, 5'500'000'000);
+  EXPECT_LT(a.params, 6'500'000'000);
+  EXPECT_LT(a.ranks[0].weight_bytes, a.total_weight_bytes / 2);
+  r.width = 1024;
+  r.height = 768;
+  r.parallel = "";
+  EXPECT_NE(plan_error(r).find("square"), std::string::npos);
+}
+
 TEST(Plan, Errors) {
   PlanRequest r;
   r.mesh = "2y3";

@@ -16,12 +16,13 @@ using namespace meshdit;
 
 namespace {
 
-// The reference case of a diffusers class, "" when there is none.
+// The reference case of an entry's class (a diffusers class, or another library's full name), "" when there is
+// none.
 std::string fixture_of(const std::string& cls) {
   const std::string dir = test::fixtures_dir();
   for (const auto& c : test::case_names(dir)) {
     auto meta = load_json(dir + "/" + c + "/meta.json");
-    if (meta.ok() && meta->contains("class") && (*meta)["class"] == "diffusers." + cls) return dir + "/" + c;
+    if (meta.ok() && meta->contains("class") && (*meta)["class"] == case_class_of(cls)) return dir + "/" + c;
   }
   return "";
 }
@@ -36,6 +37,9 @@ PlanRequest request(const std::string& model_dir, const TransformerArch& arch, i
   r.text_tokens = 10;
   r.dtype_bytes = 4;  // the checkpoints here are f32
   if (arch.defaults.frames > 1) r.frames = 13;  // a count every video VAE makes: 4k+1 (Wan) and 6k+1 (Mochi)
+  auto cfg = arch.parse_config(model_dir + "/config.json");
+  if (cfg.ok() && !arch.image_tokens(*cfg, r.width, r.height, r.frames).ok())
+    r.width = r.height;  // square-only (Motif)
   return r;
 }
 
@@ -115,9 +119,13 @@ TEST(Registry, PlanBytesEqualLoadedBytesAtFourHeads) {
     auto j = load_json(dir + "/config.json");
     ASSERT_TRUE(j.ok());
     Json c = *j;
-    const int64_t hd = c.value("attention_head_dim", int64_t(0));
+    // Motif's config names the width (hidden_dim) instead of the head size.
+    const bool by_width = c.contains("hidden_dim");
+    const int64_t hd = by_width ? c.value("hidden_dim", int64_t(0)) / c.value("num_attention_heads", int64_t(1))
+                                : c.value("attention_head_dim", int64_t(0));
     ASSERT_GT(hd, 0) << a.name;
     c["num_attention_heads"] = 4;
+    if (by_width) c["hidden_dim"] = 4 * hd;
     if (c.contains("caption_projection_dim")) c["caption_projection_dim"] = 4 * hd;  // SD3: = inner dim
     const test::TempDir tmp(a.name);
     tmp.write("config.json", c.dump(2));
