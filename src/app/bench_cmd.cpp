@@ -14,6 +14,7 @@
 
 #include "app/info_cmd.h"
 #include "backend/precision.h"
+#include "core/memory_info.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
 #include "io/safetensors.h"
@@ -117,27 +118,8 @@ int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_
   return 0;
 }
 
-// Resident memory of this process in MB from /proc/self/status: file-backed (mapped weights touched) and
-// anonymous (copies, activations).
-struct Rss {
-  double file_mb = 0, anon_mb = 0;
-};
-Rss resident() {
-  Rss r;
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  double kb = 0;
-  while (f >> key) {
-    if (key == "RssFile:" && f >> kb)
-      r.file_mb = kb / 1024;
-    else if (key == "RssAnon:" && f >> kb)
-      r.anon_mb = kb / 1024;
-  }
-  return r;
-}
-
 void print_rss_per_rank(Communicator& world, const char* when) {
-  const Rss r = resident();
+  const ProcessMemory r = process_memory();
   char buf[160];
   std::snprintf(buf, sizeof buf, "rank %d %s: RSS mapped weights %.1f MB, anonymous %.1f MB", world.rank(), when,
                 r.file_mb, r.anon_mb);

@@ -34,6 +34,8 @@ Tensor to_unit_range(const Tensor& channels_last) {
 
 Tensor postprocess_images(const Tensor& decoded) { return to_unit_range(decoded.permute({0, 2, 3, 1})); }
 
+Tensor postprocess_video(const Tensor& decoded) { return to_unit_range(decoded.permute({0, 2, 3, 4, 1})); }
+
 namespace {
 
 // latents [B, z_dim, f, h, w] -> the decoder's output [B, 3, F, H, W] in [-1, 1].
@@ -65,8 +67,7 @@ Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& late
 Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
   Span span("stage", "vae decode");
   MD_TRY(Tensor video, wan_decode(vae, latents, vae_group));
-  // [B, 3, F, H, W] -> [B, F, H, W, 3], as VideoProcessor.postprocess_video(output_type="np").
-  return to_unit_range(video.permute({0, 2, 3, 4, 1}));
+  return postprocess_video(video);
 }
 
 }  // namespace meshdit

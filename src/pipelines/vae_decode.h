@@ -28,5 +28,7 @@ Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& laten
 
 // [-1, 1] images [B, 3, H, W] -> [B, H, W, 3] in [0, 1] (VaeImageProcessor.postprocess, output_type="np").
 Tensor postprocess_images(const Tensor& decoded);
+// [-1, 1] video [B, 3, F, H, W] -> frames [B, F, H, W, 3] in [0, 1] (VideoProcessor.postprocess_video, "np").
+Tensor postprocess_video(const Tensor& decoded);
 
 }  // namespace meshdit
