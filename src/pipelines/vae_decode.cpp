@@ -5,19 +5,19 @@
 
 namespace meshdit {
 
+Result<Tensor> decode_latents(const AutoencoderKL& vae, const Tensor& z, Communicator& vae_group, bool tiling) {
+  if (tiling) {
+    const int64_t tile = vae.default_tile();
+    return vae.decode_tiled(z, tile, tile / 4);
+  }
+  if (vae_group.size() > 1) return vae.decode_parallel(z, vae_group);
+  return vae.decode(z);
+}
+
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling) {
   Span span("stage", "vae decode");
   const AutoencoderKLConfig& cfg = vae.config();
-  const Tensor z = ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor);
-  Tensor image;
-  if (tiling) {
-    const int64_t tile = vae.default_tile();
-    MD_TRY(image, vae.decode_tiled(z, tile, tile / 4));
-  } else if (vae_group.size() > 1) {
-    MD_TRY(image, vae.decode_parallel(z, vae_group));
-  } else {
-    MD_TRY(image, vae.decode(z));
-  }
+  MD_TRY(Tensor image, decode_latents(vae, ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor), vae_group, tiling));
   return postprocess_images(image);
 }
 
