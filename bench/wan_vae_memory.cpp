@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "core/memory_info.h"
 #include "core/torch_rng.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
-#include "core/memory_info.h"
 #include "models/vae/autoencoder_kl_wan.h"
 
 using namespace meshdit;
@@ -62,9 +62,9 @@ int main(int argc, char** argv) {
     for (float& x : v) x = gamma ? 1.0f : x / std::sqrt(float(fan_in));
     tensors.push_back({w.name, Tensor::from_f32(w.shape, v)});
   }
-  const std::string file = (std::filesystem::temp_directory_path() /
-                            ("wan_vae_memory_" + std::to_string(::getpid()) + ".safetensors"))
-                               .string();
+  const std::string file =
+      (std::filesystem::temp_directory_path() / ("wan_vae_memory_" + std::to_string(::getpid()) + ".safetensors"))
+          .string();
   if (auto st = save_safetensors(file, tensors); !st.ok()) return fail(st.error().message);
   tensors.clear();
   auto ck = Checkpoint::open(file);
@@ -85,9 +85,9 @@ int main(int argc, char** argv) {
   if (!video.ok()) return fail(video.error().message);
   const double out_mb = double(video->nbytes()) / (1024.0 * 1024.0);
   const double peak = process_memory().peak_mb;
-  std::printf("latent_frames %lld frames %lld size %lldx%lld seconds %.2f peak_rss_mb %.1f before_decode_mb %.1f "
-              "output_mb %.1f peak_without_output_mb %.1f\n",
-              (long long)f, (long long)video->size(2), (long long)W, (long long)H, s, peak, before, out_mb,
-              peak - out_mb);
+  std::printf(
+      "latent_frames %lld frames %lld size %lldx%lld seconds %.2f peak_rss_mb %.1f before_decode_mb %.1f "
+      "output_mb %.1f peak_without_output_mb %.1f\n",
+      (long long)f, (long long)video->size(2), (long long)W, (long long)H, s, peak, before, out_mb, peak - out_mb);
   return 0;
 }

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -129,7 +129,8 @@ void print_rss_per_rank(Communicator& world, const char* when) {
 
 int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (cmd.threads > 0) set_num_threads(cmd.threads);
-  auto precision = cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  auto precision =
+      cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
   set_compute_precision(*precision);
   auto world = world_communicator();
@@ -187,8 +188,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   const double med = median(tail);
   std::printf("GFLOP/s %.1f\n", flops / med / 1e9);
   std::printf("s_per_step %.4f\n", med);
-  const std::vector<double> cpu_tail(cpu_times.size() > 1 ? cpu_times.begin() + 1 : cpu_times.begin(),
-                                     cpu_times.end());
+  const std::vector<double> cpu_tail(cpu_times.size() > 1 ? cpu_times.begin() + 1 : cpu_times.begin(), cpu_times.end());
   std::printf("cpu_s_per_step %.4f\n", median(cpu_tail));
   return 0;
 }

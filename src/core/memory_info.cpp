@@ -11,7 +11,10 @@ ProcessMemory process_memory() {
   std::string key;
   double kb = 0;
   while (f >> key) {
-    double* field = key == "RssFile:" ? &m.file_mb : key == "RssAnon:" ? &m.anon_mb : key == "VmHWM:" ? &m.peak_mb : nullptr;
+    double* field = key == "RssFile:"   ? &m.file_mb
+                    : key == "RssAnon:" ? &m.anon_mb
+                    : key == "VmHWM:"   ? &m.peak_mb
+                                        : nullptr;
     if (field && f >> kb) *field = kb / 1024.0;
   }
   return m;

@@ -17,7 +17,8 @@ Result<Tensor> decode_latents(const AutoencoderKL& vae, const Tensor& z, Communi
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling) {
   Span span("stage", "vae decode");
   const AutoencoderKLConfig& cfg = vae.config();
-  MD_TRY(Tensor image, decode_latents(vae, ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor), vae_group, tiling));
+  MD_TRY(Tensor image,
+         decode_latents(vae, ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor), vae_group, tiling));
   return postprocess_images(image);
 }
 

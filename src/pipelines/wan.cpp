@@ -105,7 +105,6 @@ size_t whitespace_at(const std::string& s, size_t i) {
   return 0;
 }
 
-
 }  // namespace
 
 std::string wan_prompt_clean(const std::string& text) {

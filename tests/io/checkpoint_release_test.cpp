@@ -6,8 +6,8 @@
 #include <string>
 
 #include "../test_util.h"
-#include "io/checkpoint.h"
 #include "core/memory_info.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 
 using namespace meshdit;
