@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory_info.h"
 #include "core/torch_rng.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -27,16 +28,6 @@
 using namespace meshdit;
 
 namespace {
-
-// VmHWM (what ru_maxrss reports, but resettable through clear_refs).
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  double kb = 0;
-  while (f >> key)
-    if (key == "VmHWM:" && f >> kb) return kb / 1024.0;
-  return -1;
-}
 
 int fail(const std::string& msg) {
   std::fprintf(stderr, "wan_vae_memory: %s\n", msg.c_str());
@@ -71,9 +62,9 @@ int main(int argc, char** argv) {
     for (float& x : v) x = gamma ? 1.0f : x / std::sqrt(float(fan_in));
     tensors.push_back({w.name, Tensor::from_f32(w.shape, v)});
   }
-  const std::string file = (std::filesystem::temp_directory_path() /
-                            ("wan_vae_memory_" + std::to_string(::getpid()) + ".safetensors"))
-                               .string();
+  const std::string file =
+      (std::filesystem::temp_directory_path() / ("wan_vae_memory_" + std::to_string(::getpid()) + ".safetensors"))
+          .string();
   if (auto st = save_safetensors(file, tensors); !st.ok()) return fail(st.error().message);
   tensors.clear();
   auto ck = Checkpoint::open(file);
@@ -86,17 +77,17 @@ int main(int argc, char** argv) {
   // Setting up the random weights peaked higher than a decode may: free what it left and reset the
   // high-water mark (writing 5 to clear_refs resets VmHWM, Linux >= 4.0), so the peak below is the decode's.
   malloc_trim(0);
-  { std::ofstream("/proc/self/clear_refs") << "5"; }
-  const double before = peak_rss_mb();
+  reset_peak_memory();
+  const double before = process_memory().peak_mb;
   const auto t0 = std::chrono::steady_clock::now();
   auto video = vae->decode(z);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!video.ok()) return fail(video.error().message);
   const double out_mb = double(video->nbytes()) / (1024.0 * 1024.0);
-  const double peak = peak_rss_mb();
-  std::printf("latent_frames %lld frames %lld size %lldx%lld seconds %.2f peak_rss_mb %.1f before_decode_mb %.1f "
-              "output_mb %.1f peak_without_output_mb %.1f\n",
-              (long long)f, (long long)video->size(2), (long long)W, (long long)H, s, peak, before, out_mb,
-              peak - out_mb);
+  const double peak = process_memory().peak_mb;
+  std::printf(
+      "latent_frames %lld frames %lld size %lldx%lld seconds %.2f peak_rss_mb %.1f before_decode_mb %.1f "
+      "output_mb %.1f peak_without_output_mb %.1f\n",
+      (long long)f, (long long)video->size(2), (long long)W, (long long)H, s, peak, before, out_mb, peak - out_mb);
   return 0;
 }

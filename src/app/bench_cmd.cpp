@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -14,6 +14,7 @@
 
 #include "app/info_cmd.h"
 #include "backend/precision.h"
+#include "core/memory_info.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
 #include "io/safetensors.h"
@@ -117,27 +118,8 @@ int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_
   return 0;
 }
 
-// Resident memory of this process in MB from /proc/self/status: file-backed (mapped weights touched) and
-// anonymous (copies, activations).
-struct Rss {
-  double file_mb = 0, anon_mb = 0;
-};
-Rss resident() {
-  Rss r;
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  double kb = 0;
-  while (f >> key) {
-    if (key == "RssFile:" && f >> kb)
-      r.file_mb = kb / 1024;
-    else if (key == "RssAnon:" && f >> kb)
-      r.anon_mb = kb / 1024;
-  }
-  return r;
-}
-
 void print_rss_per_rank(Communicator& world, const char* when) {
-  const Rss r = resident();
+  const ProcessMemory r = process_memory();
   char buf[160];
   std::snprintf(buf, sizeof buf, "rank %d %s: RSS mapped weights %.1f MB, anonymous %.1f MB", world.rank(), when,
                 r.file_mb, r.anon_mb);
@@ -147,7 +129,8 @@ void print_rss_per_rank(Communicator& world, const char* when) {
 
 int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (cmd.threads > 0) set_num_threads(cmd.threads);
-  auto precision = cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  auto precision =
+      cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
   set_compute_precision(*precision);
   auto world = world_communicator();
@@ -205,8 +188,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   const double med = median(tail);
   std::printf("GFLOP/s %.1f\n", flops / med / 1e9);
   std::printf("s_per_step %.4f\n", med);
-  const std::vector<double> cpu_tail(cpu_times.size() > 1 ? cpu_times.begin() + 1 : cpu_times.begin(),
-                                     cpu_times.end());
+  const std::vector<double> cpu_tail(cpu_times.size() > 1 ? cpu_times.begin() + 1 : cpu_times.begin(), cpu_times.end());
   std::printf("cpu_s_per_step %.4f\n", median(cpu_tail));
   return 0;
 }

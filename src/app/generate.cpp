@@ -4,15 +4,17 @@
 
 #include <sys/resource.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "app/info_cmd.h"
-#include "backend/precision.h"
 #include "app/runners.h"
 #include "app/video_output.h"
+#include "backend/precision.h"
+#include "core/progress.h"
 #include "core/thread_pool.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
@@ -40,25 +42,46 @@ double peak_rss_mb() {
   return double(ru.ru_maxrss) / 1024.0;
 }
 
-void progress_bar(int64_t step, int64_t total, double step_s, double elapsed_s) {
+// One line redrawn in place: "<label> 3/20 [=====>     ] 0.41 s/<unit>, ETA 7.0 s".
+void progress_bar(const char* label, const char* unit, int64_t done, int64_t total, double unit_s, double elapsed_s) {
   const int width = 30;
-  const int filled = int(width * (step + 1) / total);
+  const int filled = int(width * done / total);
   std::string bar(size_t(filled), '=');
   if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
-  const double eta = elapsed_s / double(step + 1) * double(total - step - 1);
-  std::fprintf(stderr, "\rstep %3lld/%lld [%s] %.2f s/step, ETA %.1f s ", (long long)(step + 1), (long long)total,
-               bar.c_str(), step_s, eta);
-  if (step + 1 == total) std::fputc('\n', stderr);
+  const double eta = elapsed_s / double(done) * double(total - done);
+  std::fprintf(stderr, "\r%s %3lld/%lld [%s] %.2f s/%s, ETA %.1f s ", label, (long long)done, (long long)total,
+               bar.c_str(), unit_s, unit, eta);
+  if (done == total) std::fputc('\n', stderr);
   std::fflush(stderr);
 }
+
+// Draws the bar of a stage that reports progress (core/progress.h: 0 at its start, then each unit done).
+class StageBar {
+ public:
+  void operator()(const char* stage, int64_t done, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (done == 0) {
+      start_ = last_ = now;
+      return;
+    }
+    const double unit = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    progress_bar(stage, "chunk", done, total, unit, std::chrono::duration<double>(now - start_).count());
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_ = start_;
+};
 
 Status write_timings(const std::string& path, const GenerateCommand& cmd, double total_s) {
   Json stages = Json::object();
   Json steps = Json::array();
+  Json vae_chunks = Json::array();
   for (const auto& e : Trace::instance().events()) {
     const double s = double(e.dur_us) / 1e6;
     if (std::string(e.category) == "stage") stages[e.name] = stages.value(e.name, 0.0) + s;
     if (std::string(e.category) == "step") steps.push_back(s);
+    if (std::string(e.category) == "vae_chunk") vae_chunks.push_back(s);
   }
   Json j = {{"model", cmd.model.empty() ? builtin_model_dir() : cmd.model},
             {"threads", num_threads()},
@@ -67,6 +90,7 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
             {"precision", precision_name(compute_precision())},
             {"stages_s", stages},
             {"steps_s", steps},
+            {"vae_chunks_s", vae_chunks},
             {"total_s", total_s},
             {"peak_rss_mb", peak_rss_mb()}};
   std::ofstream f(path);
@@ -115,7 +139,8 @@ int run_generate(const GenerateCommand& cmd) {
   const bool builtin = cmd.model.empty();
   const std::string model = builtin ? builtin_model_dir() : cmd.model;
   if (cmd.prompts.empty()) return fail("give a prompt with --prompt");
-  auto precision = cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  auto precision =
+      cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
   set_compute_precision(*precision);
   if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) {
@@ -145,8 +170,10 @@ int run_generate(const GenerateCommand& cmd) {
   if (auto st = check_generate_output((*entry)->class_name, cmd.output, cmd.frames_dir, cmd.num_frames); !st.ok())
     return fail(st.error().message);
   // A video pipeline given only --frames-dir writes no .mp4.
-  const std::string output =
-      !cmd.output.empty() ? cmd.output : !video ? "out.png" : cmd.frames_dir.empty() ? "out.mp4" : "";
+  const std::string output = !cmd.output.empty()      ? cmd.output
+                             : !video                 ? "out.png"
+                             : cmd.frames_dir.empty() ? "out.mp4"
+                                                      : "";
 
   // Refuse an unwritable output before minutes of work, not after.
   const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));
@@ -213,7 +240,11 @@ int run_generate(const GenerateCommand& cmd) {
   }
   Span gen_span("run", "denoise + decode");
   StepCallback cb = nullptr;
-  if (cmd.progress && lead) cb = [&](int64_t i, int64_t n, double s) { progress_bar(i, n, s, gen_span.elapsed_s()); };
+  if (cmd.progress && lead)
+    cb = [&](int64_t i, int64_t n, double s) { progress_bar("step", "step", i + 1, n, s, gen_span.elapsed_s()); };
+  // A video's decode takes minutes at full size: its frame chunks get a bar of their own.
+  StageBar stage_bar;
+  ScopedProgressListener stage_progress(cmd.progress && lead ? ProgressListener(std::ref(stage_bar)) : nullptr);
   auto images = pipe.generate(o, nullptr, cb);
   if (!images.ok()) return fail(images.error().message);
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "backend/cpu/attention.h"
 #include "backend/cpu/cpu_info.h"
 #include "backend/cpu/gemm.h"
 
@@ -10,7 +11,14 @@ namespace {
 std::atomic<Precision> g_precision{Precision::F32};
 }  // namespace
 
-void set_compute_precision(Precision p) { g_precision.store(p, std::memory_order_relaxed); }
+void set_compute_precision(Precision p) {
+  g_precision.store(p, std::memory_order_relaxed);
+  // Attention's two products follow where the CPU has bf16 dot products; emulated bf16 keeps them f32 (the
+  // kernel's bf16 path needs a bf16 matmul).
+  const Status st =
+      cpu::set_attention_precision(p == Precision::BF16 && native_bf16() ? Precision::BF16 : Precision::F32);
+  MD_CHECK(st.ok(), st.ok() ? "" : st.error().message);
+}
 Precision compute_precision() { return g_precision.load(std::memory_order_relaxed); }
 
 bool native_bf16() {

@@ -1,7 +1,9 @@
 #include "pipelines/components.h"
 
+#include <cstdio>
 #include <vector>
 
+#include "core/memory_info.h"
 #include "models/registry.h"
 
 namespace meshdit {
@@ -82,6 +84,45 @@ Status validate_latents(const GenerateOptions& o, const Shape& expect, const std
                     " prompt(s) x " + std::to_string(o.num_images_per_prompt) + " image(s) per prompt at " +
                     std::to_string(o.width) + "x" + std::to_string(o.height) + ": expected " + shape_str(expect) +
                     " (" + layout + ")");
+}
+
+}  // namespace meshdit
+
+namespace meshdit {
+
+namespace {
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", bytes / double(1 << 30));
+  return buf;
+}
+
+}  // namespace
+
+double transformer_activation_bytes(const std::string& class_name, const std::any& config, const ParallelConfig& pc,
+                                    int64_t N, int64_t L, int64_t b) {
+  const TransformerArch* arch = find_transformer_arch(class_name);
+  if (!arch || !arch->cost) return 0;
+  RankShape r;
+  r.pc = pc;
+  r.N = N;
+  r.L = L;
+  r.n = (N + pc.sp - 1) / pc.sp;
+  r.b = b;
+  return double(arch->cost(config, r).act_elems) * 4.0;
+}
+
+Status check_video_memory(const GenerateOptions& o, int64_t tokens, const VideoMemoryNeed& need) {
+  const double have = available_memory_bytes();
+  if (have <= 0 || need.total() <= have) return ok_status();
+  return make_error("a " + std::to_string(o.width) + "x" + std::to_string(o.height) + ", " +
+                    std::to_string(o.num_frames) + "-frame video (" + std::to_string(tokens) +
+                    " tokens a step) needs about " + gib(need.total()) + " on this rank (transformer activations " +
+                    gib(need.transformer) + ", VAE decode " + gib(need.vae) + ", the video " + gib(need.video) +
+                    "), and " + gib(have) +
+                    " is available: generate fewer frames or a smaller size, or split it over a mesh "
+                    "(mpirun with --mesh; sp divides the tokens)");
 }
 
 }  // namespace meshdit

@@ -77,3 +77,23 @@ Status validate_generation_options(const GenerateOptions& o, int64_t size_multip
 Status validate_latents(const GenerateOptions& o, const Shape& expect, const std::string& layout);
 
 }  // namespace meshdit
+
+namespace meshdit {
+
+// A long video is tens of thousands of tokens a step: a video pipeline estimates what a generation needs on
+// this rank before any work and refuses with the figures, instead of failing an allocation minutes in.
+struct VideoMemoryNeed {
+  double transformer = 0;  // peak activations of one forward on this rank (the registry's cost model)
+  double vae = 0;          // the decode's largest live chunk on this rank
+  double video = 0;        // the decoded video, then its [0, 1] frames
+  double total() const { return transformer + vae + video; }
+};
+// Peak activation bytes (float32) of one forward of the registered transformer `class_name` with `config` on
+// a rank of `pc`, for N video tokens, L text tokens and batch b (0 when the model has no cost model).
+double transformer_activation_bytes(const std::string& class_name, const std::any& config, const ParallelConfig& pc,
+                                    int64_t N, int64_t L, int64_t b);
+// ok when `need` fits in MemAvailable (or it is unknown); otherwise an error naming the size, frame count,
+// tokens, each part of the estimate and what to do.
+Status check_video_memory(const GenerateOptions& o, int64_t tokens, const VideoMemoryNeed& need);
+
+}  // namespace meshdit

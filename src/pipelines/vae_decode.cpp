@@ -5,19 +5,20 @@
 
 namespace meshdit {
 
+Result<Tensor> decode_latents(const AutoencoderKL& vae, const Tensor& z, Communicator& vae_group, bool tiling) {
+  if (tiling) {
+    const int64_t tile = vae.default_tile();
+    return vae.decode_tiled(z, tile, tile / 4);
+  }
+  if (vae_group.size() > 1) return vae.decode_parallel(z, vae_group);
+  return vae.decode(z);
+}
+
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling) {
   Span span("stage", "vae decode");
   const AutoencoderKLConfig& cfg = vae.config();
-  const Tensor z = ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor);
-  Tensor image;
-  if (tiling) {
-    const int64_t tile = vae.default_tile();
-    MD_TRY(image, vae.decode_tiled(z, tile, tile / 4));
-  } else if (vae_group.size() > 1) {
-    MD_TRY(image, vae.decode_parallel(z, vae_group));
-  } else {
-    MD_TRY(image, vae.decode(z));
-  }
+  MD_TRY(Tensor image,
+         decode_latents(vae, ops::div_add(latents, cfg.scaling_factor, cfg.shift_factor), vae_group, tiling));
   return postprocess_images(image);
 }
 
@@ -33,6 +34,8 @@ Tensor to_unit_range(const Tensor& channels_last) {
 }  // namespace
 
 Tensor postprocess_images(const Tensor& decoded) { return to_unit_range(decoded.permute({0, 2, 3, 1})); }
+
+Tensor postprocess_video(const Tensor& decoded) { return to_unit_range(decoded.permute({0, 2, 3, 4, 1})); }
 
 namespace {
 
@@ -65,8 +68,7 @@ Result<Tensor> decode_wan_images(const AutoencoderKLWan& vae, const Tensor& late
 Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& latents, Communicator& vae_group) {
   Span span("stage", "vae decode");
   MD_TRY(Tensor video, wan_decode(vae, latents, vae_group));
-  // [B, 3, F, H, W] -> [B, F, H, W, 3], as VideoProcessor.postprocess_video(output_type="np").
-  return to_unit_range(video.permute({0, 2, 3, 4, 1}));
+  return postprocess_video(video);
 }
 
 }  // namespace meshdit

@@ -15,6 +15,9 @@ namespace meshdit {
 // without tiling on a `vae_group` of several ranks, by bands of latent rows across them. Every rank of the
 // group returns the whole images.
 Result<Tensor> decode_images(const AutoencoderKL& vae, const Tensor& latents, Communicator& vae_group, bool tiling);
+// The decode alone, of latents already scaled: z [B, C, h, w] -> [B, 3, H, W] in about [-1, 1], whole, tiled or
+// by bands across `vae_group` as above.
+Result<Tensor> decode_latents(const AutoencoderKL& vae, const Tensor& z, Communicator& vae_group, bool tiling);
 
 // The same for the Wan-style causal 3-D VAE (Qwen-Image) on one frame: latents [B, z_dim, 1, h, w] ->
 // z = latents / (1 / latents_std) + latents_mean per channel (the VAE config's, rounded as diffusers rounds
@@ -28,5 +31,7 @@ Result<Tensor> decode_wan_video(const AutoencoderKLWan& vae, const Tensor& laten
 
 // [-1, 1] images [B, 3, H, W] -> [B, H, W, 3] in [0, 1] (VaeImageProcessor.postprocess, output_type="np").
 Tensor postprocess_images(const Tensor& decoded);
+// [-1, 1] video [B, 3, F, H, W] -> frames [B, F, H, W, 3] in [0, 1] (VideoProcessor.postprocess_video, "np").
+Tensor postprocess_video(const Tensor& decoded);
 
 }  // namespace meshdit

@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 
 #include "backend/ops.h"
 #include "core/torch_rng.h"
@@ -104,22 +103,6 @@ size_t whitespace_at(const std::string& s, size_t i) {
   if (c == 0xE2 && at(1) == 0x81 && at(2) == 0x9F) return 3;  // U+205F
   if (c == 0xE3 && at(1) == 0x80 && at(2) == 0x80) return 3;  // U+3000
   return 0;
-}
-
-// MemAvailable of /proc/meminfo in bytes; 0 when unknown.
-double available_memory_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  double kb = 0;
-  while (f >> key)
-    if (key == "MemAvailable:" && f >> kb) return kb * 1024.0;
-  return 0;
-}
-
-std::string gib(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f GiB", bytes / double(1 << 30));
-  return buf;
 }
 
 }  // namespace
@@ -233,40 +216,24 @@ Status WanPipeline::validate(const GenerateOptions& o) const {
   return check_memory(o);
 }
 
-// A 720p, 81-frame video is 75,600 tokens a step: say so before minutes of work instead of failing an
-// allocation in the middle. The estimate: this rank's transformer activations (the registry's cost model,
-// as `meshdit plan` counts them), the VAE decode's largest chunk (4 frames at full size, the decoder's
-// widest level, a few live tensors; bench/README.md measures it) and the video itself; the memory-mapped
-// weights are not counted (the kernel can page them).
+// A 720p, 81-frame video is 75,600 tokens a step. The estimate: this rank's transformer activations (the
+// registry's cost model, as `meshdit plan` counts them), the VAE decode's largest chunk (4 frames at full
+// size, the decoder's widest level, a few live tensors; bench/README.md measures it) and the video itself; the
+// memory-mapped weights are not counted (the kernel can page them).
 Status WanPipeline::check_memory(const GenerateOptions& o) const {
-  const double have = available_memory_bytes();
-  if (have <= 0) return ok_status();
   const WanConfig& tc = transformer_->config();
-  const TransformerArch* arch = find_transformer_arch("WanTransformer3DModel");
-  if (!arch || !arch->cost) return ok_status();
   const int64_t B = int64_t(o.prompt.size()) * o.num_images_per_prompt;
   const int64_t vs = vae_->config().spatial_scale(), ts = vae_->config().temporal_scale();
   const int64_t f = 1 + (o.num_frames - 1) / ts;
   const int64_t N = f * (o.height / vs / tc.patch_size[1]) * (o.width / vs / tc.patch_size[2]);
-  RankShape r;
-  r.pc = mesh_.config();
-  r.N = N;
-  r.L = o.max_sequence_length;
-  r.n = (N + r.pc.sp - 1) / r.pc.sp;
-  r.b = B;  // guidance runs as two calls of the batch
-  const double transformer = double(arch->cost(std::any(tc), r).act_elems) * 4.0;
   const double frames = double(o.num_frames), pixels = double(o.height) * double(o.width);
-  const double video = 2.0 * double(B) * frames * pixels * 3.0 * 4.0;  // decoded, then as [0, 1] frames
-  const double vae = 6.0 * 4.0 * pixels * double(vae_->config().base_dim) * 4.0 / double(mesh_.vae().size());
-  const double need = transformer + vae + video;
-  if (need <= have) return ok_status();
-  return make_error("a " + std::to_string(o.width) + "x" + std::to_string(o.height) + ", " +
-                    std::to_string(o.num_frames) + "-frame video (" + std::to_string(N) +
-                    " tokens a step) needs about " + gib(need) + " on this rank (transformer activations " +
-                    gib(transformer) + ", VAE decode " + gib(vae) + ", the video " + gib(video) + "), and " +
-                    gib(have) +
-                    " is available: generate fewer frames or a smaller size, or split it over a mesh "
-                    "(mpirun with --mesh; sp divides the tokens)");
+  VideoMemoryNeed need;
+  // Guidance runs as two calls of the batch.
+  need.transformer =
+      transformer_activation_bytes("WanTransformer3DModel", std::any(tc), mesh_.config(), N, o.max_sequence_length, B);
+  need.vae = 6.0 * 4.0 * pixels * double(vae_->config().base_dim) * 4.0 / double(mesh_.vae().size());
+  need.video = 2.0 * double(B) * frames * pixels * 3.0 * 4.0;
+  return check_video_memory(o, N, need);
 }
 
 Result<Tensor> WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int64_t max_sequence_length) const {

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "../test_util.h"
+#include "app/video_output.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "io/png.h"
@@ -31,12 +32,13 @@ std::string cli() { return MESHDIT_CLI; }
 struct PipelineFixture {
   std::string name, layout;
 };
-const PipelineFixture kFixtures[] = {
-    {"pipe_flux1_dev", "flux-bfl"},
-    {"pipe_sd3", "sd3-stability"},
-    {"pipe_qwenimage", ""},  // ComfyUI's Qwen-Image files keep diffusers' names
-    {"pipe_wan22", ""},      // video: its frames through --frames-dir; two experts, so no --transformer
-};
+const PipelineFixture kFlux{"pipe_flux1_dev", "flux-bfl"}, kSD3{"pipe_sd3", "sd3-stability"},
+    kQwen{"pipe_qwenimage", ""},  // ComfyUI's Qwen-Image files keep diffusers' names
+    kWan{"pipe_wan22", ""};       // video: its frames through --frames-dir; two experts, so no --transformer
+const PipelineFixture kFixtures[] = {kFlux, kSD3, kQwen, kWan};
+// The video pipelines among them (-o NAME.mp4), and those with one transformer (a file can replace it).
+const PipelineFixture kVideoFixtures[] = {kWan};
+const PipelineFixture kOneTransformerFixtures[] = {kFlux, kSD3, kQwen};
 
 // Every differing value is at most this far off (one uint8 level: a float32 image within the fixture's 1e-4
 // tolerance can still round the other way at a .5 boundary) ...
@@ -129,13 +131,11 @@ class GenerateFixture : public ::testing::TestWithParam<PipelineFixture> {
                                              const std::string& model = "") const {
     std::string log;
     const std::string m = model.empty() ? dir_ : model;
-    const int rc = test::run_command(cli() + " generate --no-progress --model " + quoted(m) + " --latents " +
-                                         quoted(dir_ + "/inputs.safetensors") + flags_for(meta_["non_tensor_args"]) +
-                                         " --precision f32" +
-                                         (video_ ? " --frames-dir " + (out / "frames").string()
-                                                 : " -o " + (out / "img.png").string()) +
-                                         extra,
-                                     &log);
+    const int rc = test::run_command(
+        cli() + " generate --no-progress --model " + quoted(m) + " --latents " + quoted(dir_ + "/inputs.safetensors") +
+            flags_for(meta_["non_tensor_args"]) + " --precision f32" +
+            (video_ ? " --frames-dir " + (out / "frames").string() : " -o " + (out / "img.png").string()) + extra,
+        &log);
     EXPECT_EQ(rc, 0) << log;
     std::vector<std::vector<uint8_t>> images;
     if (rc != 0) return images;
@@ -249,18 +249,29 @@ TEST_P(GenerateFixture, TransformerFileGivesTheSameImages) {
 // large, at the pipeline's frame rate, each within H.264's loss: luma PSNR > 35 dB. (Luma, because the tiny
 // random model paints per-pixel colour noise, which yuv420p's one chroma sample per 2x2 pixels cannot carry
 // whatever the quality: RGB PSNR is ~20 dB here; tests/io/video_test.cpp checks RGB on smooth frames.)
-TEST_P(GenerateFixture, Mp4HoldsTheGeneratedFrames) {
-  if (!video_) return;  // images: the tests above
+class GenerateVideoFixture : public GenerateFixture {};
+TEST_P(GenerateVideoFixture, Mp4HoldsTheGeneratedFrames) {
+  ASSERT_TRUE(video_) << GetParam().name << " is listed as a video fixture";
   const test::TempDir out;
-  const std::string mp4 = (out.path() / "v.mp4").string();
-  const auto frames = generate(out.path(), " -o " + mp4);
+  const std::string mp4 = (out.path() / "v.mp4").string(), timings = (out.path() / "t.json").string();
+  const auto frames = generate(out.path(), " -o " + mp4 + " --timings " + timings);
   ASSERT_EQ(int64_t(frames.size()), ref_.size(0));
   auto v = read_video(mp4);
   ASSERT_TRUE(v.ok()) << v.error().message;
   EXPECT_EQ(v->count(), int64_t(frames.size()));
   EXPECT_EQ(v->width, ref_.size(2));
   EXPECT_EQ(v->height, ref_.size(1));
-  EXPECT_DOUBLE_EQ(v->fps, 16.0);
+  auto index = load_json(dir_ + "/model_index.json");
+  ASSERT_TRUE(index.ok()) << index.error().message;
+  const VideoPipelineInfo* info = video_pipeline_info((*index)["_class_name"].get<std::string>());
+  ASSERT_NE(info, nullptr);
+  EXPECT_DOUBLE_EQ(v->fps, info->fps);
+  // --timings lists the decode's time per latent frame (the VAE decodes one latent frame per chunk).
+  auto t = load_json(timings);
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  auto latents = SafetensorsFile::open(dir_ + "/inputs.safetensors");
+  ASSERT_TRUE(latents.ok()) << latents.error().message;
+  EXPECT_EQ(int64_t((*t)["vae_chunks_s"].size()), (*latents)->get("latents").value().size(2));
   double worst = 1e9;
   for (size_t f = 0; f < frames.size() && f < size_t(v->count()); ++f) {
     double se = 0;
@@ -279,9 +290,10 @@ TEST_P(GenerateFixture, Mp4HoldsTheGeneratedFrames) {
   EXPECT_GT(worst, 35.0);
 }
 
-// (Two-expert folders: the test above.)
-TEST_P(GenerateFixture, TransformerFileWithoutAnyConfigIsInferred) {
-  if (!single_transformer()) return;
+// (Two-expert folders: TransformerFileGivesTheSameImages checks that a file is refused.)
+class GenerateOneTransformerFixture : public GenerateFixture {};
+TEST_P(GenerateOneTransformerFixture, TransformerFileWithoutAnyConfigIsInferred) {
+  ASSERT_TRUE(single_transformer()) << GetParam().name << " is listed as having one transformer";
   const test::TempDir files("files"), model("model"), plain("plain"), single("single");
   for (const auto& e : fs::directory_iterator(dir_))
     if (e.path().filename() != "transformer")
@@ -309,6 +321,10 @@ TEST_P(GenerateFixture, TransformerFileWithoutAnyConfigIsInferred) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Pipelines, GenerateFixture, ::testing::ValuesIn(kFixtures),
+                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Pipelines, GenerateVideoFixture, ::testing::ValuesIn(kVideoFixtures),
+                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Pipelines, GenerateOneTransformerFixture, ::testing::ValuesIn(kOneTransformerFixtures),
                          [](const auto& info) { return info.param.name; });
 
 // --- Errors of --latents and --transformer: one message naming the file (and tensor or architecture), exit 1 ---

@@ -6,21 +6,13 @@
 #include <string>
 
 #include "../test_util.h"
+#include "core/memory_info.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 
 using namespace meshdit;
 
 namespace {
-
-double rss_file_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  double kb = 0;
-  while (f >> key)
-    if (key == "RssFile:" && f >> kb) return kb / 1024.0;
-  return -1;
-}
 
 double sum_of(const Tensor& t) {
   double s = 0;
@@ -40,14 +32,14 @@ TEST(CheckpointRelease, TouchedPagesLeaveTheResidentSetAndComeBack) {
 
   auto ck = Checkpoint::open(file);
   ASSERT_TRUE(ck.ok()) << ck.error().message;
-  const double before = rss_file_mb();
+  const double before = process_memory().file_mb;
   ASSERT_GE(before, 0) << "no RssFile in /proc/self/status";
   const double want = sum_of(ck->get("a").value()) + sum_of(ck->get("b").value());
-  const double touched = rss_file_mb();
+  const double touched = process_memory().file_mb;
   EXPECT_GT(touched - before, 48.0) << "reading the weights should map them in";
 
   ck->release_resident();
-  const double released = rss_file_mb();
+  const double released = process_memory().file_mb;
   EXPECT_LT(released - before, 8.0) << "touched " << touched - before << " MB, still " << released - before
                                     << " MB after release_resident";
   EXPECT_EQ(sum_of(ck->get("a").value()) + sum_of(ck->get("b").value()), want);

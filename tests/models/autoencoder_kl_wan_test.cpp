@@ -8,12 +8,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "../test_util.h"
+#include "core/progress.h"
+#include "core/trace.h"
 #include "io/safetensors.h"
 
 using namespace meshdit;
@@ -96,8 +98,8 @@ TEST(WanCausalConv3d, ChunksWithTheCacheEqualTheWholeSequenceCausallyPadded) {
   ConvCase c = make_conv(dir, C, O, 3, 3, 1, 1, 1);
   const Tensor x = random_tensor({B, C, T, H, W}, 7);
   int64_t To = 0;
-  const auto ref = conv3d_reference(x.to_vector(), c.w.to_vector(), c.b.to_vector(), B, C, T, H, W, O, 3, 3, 2, 1, 1,
-                                    &To);
+  const auto ref =
+      conv3d_reference(x.to_vector(), c.w.to_vector(), c.b.to_vector(), B, C, T, H, W, O, 3, 3, 2, 1, 1, &To);
   ASSERT_EQ(To, T);
   // Whole at once, then in chunks of 1, 2, 1, 2 frames carrying the cache (the decoder's and encoder's use).
   const Tensor whole = channel_major(c.conv(frame_major(x)));
@@ -117,8 +119,8 @@ TEST(WanCausalConv3d, StridedTemporalConvWithoutPadding) {
   ConvCase c = make_conv(dir, C, O, 3, 1, 0, 0, 2);
   const Tensor x = random_tensor({B, C, T, H, W}, 8);
   int64_t To = 0;
-  const auto ref = conv3d_reference(x.to_vector(), c.w.to_vector(), c.b.to_vector(), B, C, T, H, W, O, 3, 1, 0, 0, 2,
-                                    &To);
+  const auto ref =
+      conv3d_reference(x.to_vector(), c.w.to_vector(), c.b.to_vector(), B, C, T, H, W, O, 3, 1, 0, 0, 2, &To);
   ASSERT_EQ(To, 2);
   const Tensor y = channel_major(c.conv(frame_major(x)));
   EXPECT_EQ(y.shape(), (Shape{B, O, 2, H, W}));
@@ -142,7 +144,8 @@ TEST(WanRMSNorm, NormalisesOverChannelsTimesSqrtCAndGamma) {
   for (int64_t n = 0; n < N; ++n)
     for (int64_t p = 0; p < H * W; ++p) {
       double ss = 0;
-      for (int64_t c = 0; c < C; ++c) ss += double(xv[size_t((n * C + c) * H * W + p)]) * xv[size_t((n * C + c) * H * W + p)];
+      for (int64_t c = 0; c < C; ++c)
+        ss += double(xv[size_t((n * C + c) * H * W + p)]) * xv[size_t((n * C + c) * H * W + p)];
       for (int64_t c = 0; c < C; ++c) {
         const size_t i = size_t((n * C + c) * H * W + p);
         const double want = xv[i] / std::max(std::sqrt(ss), 1e-12) * std::sqrt(double(C)) * gv[size_t(c)];
@@ -191,6 +194,30 @@ TEST(AutoencoderKLWan, DecodeIsCausalInTime) {
     ASSERT_EQ(part->size(2), frames);
     EXPECT_LT(max_abs_diff(part->to_vector(), all->slice(2, 0, frames).contiguous().to_vector()), 1e-6) << k;
   }
+}
+
+// A long decode says how far it is: 0 as it starts, then once per latent frame, in order (generate's
+// progress bar), and one "vae_chunk" span per frame (--timings' vae_chunks_s).
+TEST(AutoencoderKLWan, DecodeReportsEachLatentFrame) {
+  const AutoencoderKLWan& vae = fixture_vae("vae_wan21");
+  const Tensor z = fixture_input("vae_wan21", "z");  // 3 latent frames
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  Trace::instance().clear();
+  Trace::instance().enable(true);
+  {
+    ScopedProgressListener listen([&](const char* stage, int64_t done, int64_t total) {
+      EXPECT_STREQ(stage, "vae decode");
+      seen.emplace_back(done, total);
+    });
+    ASSERT_TRUE(vae.decode(z).ok());
+  }
+  Trace::instance().enable(false);
+  int spans = 0;
+  for (const auto& e : Trace::instance().events()) spans += std::string(e.category) == "vae_chunk";
+  Trace::instance().clear();
+  EXPECT_EQ(seen, (std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {1, 3}, {2, 3}, {3, 3}}));
+  EXPECT_EQ(spans, 3);
+  report_progress("vae decode", 1, 3);  // no listener: nothing to call, no crash
 }
 
 // Encoding is causal too: frame 0 alone gives the first latent frame of the whole video's posterior.

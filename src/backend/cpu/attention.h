@@ -7,10 +7,10 @@
 
 namespace meshdit::cpu {
 
-// Precision of attention's two products, Q K^T and P V: F32 (the default, the fixtures' tolerances), or
-// BF16 (q, k, v and the softmax probabilities rounded to bf16, f32 accumulation; the softmax itself and
-// the running max/sum stay f32). Separate from linear_precision() so that a bf16 mode can choose each;
-// BF16 on a machine without a bf16 GEMM is an error, not a silent f32 run.
+// Precision of attention's first product, Q K^T: F32 (the default, the fixtures' tolerances), or BF16 (q and
+// k rounded to bf16, f32 accumulation). The softmax, its running max and sum, and P V stay f32 in both (why:
+// attention.cpp). Separate from linear_precision() so that a bf16 mode can choose each; BF16 on a machine
+// without a bf16 GEMM is an error, not a silent f32 run.
 Status set_attention_precision(Precision p);
 Precision attention_precision();
 

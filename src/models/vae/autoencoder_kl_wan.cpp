@@ -19,6 +19,8 @@
 #include <utility>
 
 #include "backend/model_ops.h"
+#include "core/progress.h"
+#include "core/trace.h"
 #include "io/json_config.h"
 #include "layers/spatial_split.h"
 
@@ -402,13 +404,16 @@ Result<Tensor> AutoencoderKLWan::decode_impl(const Tensor& z, Communicator* comm
   const bool listening = hooks && *hooks;
   wan::FeatureCache cache;
   std::vector<Tensor> frames, mids;
+  report_progress("vae decode", 0, F);
   for (int64_t i = 0; i < F; ++i) {
+    Span chunk("vae_chunk", "decode latent frame");
     cache.begin_chunk();
     std::optional<BandSplit> rows;
     if (comm) rows.emplace(*comm, /*axis=*/2, h);
     Tensor mid;
     frames.push_back(decoder_(x.slice(0, i, i + 1), cache, rows ? &*rows : nullptr, listening ? &mid : nullptr));
     if (listening) mids.push_back(std::move(mid));
+    report_progress("vae decode", i + 1, F);
   }
   x = Tensor();
   Tensor out = frames.size() == 1 ? frames[0] : concat(frames, 0);  // [F', B, C, H, W]
