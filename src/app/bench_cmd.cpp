@@ -132,7 +132,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto precision =
       cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
-  set_compute_precision(*precision);
+  const ScopedPrecision run_precision(*precision);  // this run only
   auto world = world_communicator();
   const bool lead = world->rank() == 0;
   auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());

@@ -142,7 +142,8 @@ int run_generate(const GenerateCommand& cmd) {
   auto precision =
       cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
-  set_compute_precision(*precision);
+  // For this run only: a caller in the same process (tests, a server) keeps its own precision.
+  const ScopedPrecision run_precision(*precision);
   if (!cmd.timings_path.empty() || !cmd.trace_path.empty()) {
     Trace::instance().enable(true);
     Trace::instance().set_metadata("gemm", gemm_kernel_summary());

@@ -80,8 +80,8 @@ Result<JointAttention> JointAttention::load(const Checkpoint& ck, const std::str
   a.heads = h.size();
   a.head_dim = head_dim;
   if (par) a.par = *par;
-  MD_TRY(a.img, QKV::load(ck, prefix, names.img, s.dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads,
-                          s.qkv_bias));
+  MD_TRY(a.img,
+         QKV::load(ck, prefix, names.img, s.dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads, s.qkv_bias));
   MD_TRY(a.txt, QKV::load(ck, prefix, names.txt, s.txt_dim, heads, head_dim, s.qk_norm, s.eps, par, s.padded_heads,
                           s.qkv_bias));
   const std::vector<Range> cols{{h.begin * head_dim, h.end * head_dim}};

@@ -13,6 +13,7 @@ PipelineEntry flux_pipeline_entry();
 PipelineEntry sd3_pipeline_entry();
 PipelineEntry qwenimage_pipeline_entry();
 PipelineEntry wan_pipeline_entry();
+PipelineEntry mochi_pipeline_entry();
 
 namespace {
 
@@ -20,7 +21,9 @@ std::map<std::string, PipelineEntry>& registry() {
   static std::map<std::string, PipelineEntry> r;
   static std::once_flag builtins;
   std::call_once(builtins, [] {
-    for (PipelineEntry e : {flux_pipeline_entry(), sd3_pipeline_entry(), qwenimage_pipeline_entry(), wan_pipeline_entry()}) r[e.class_name] = std::move(e);
+    for (PipelineEntry e : {flux_pipeline_entry(), sd3_pipeline_entry(), qwenimage_pipeline_entry(),
+                            wan_pipeline_entry(), mochi_pipeline_entry()})
+      r[e.class_name] = std::move(e);
   });
   return r;
 }

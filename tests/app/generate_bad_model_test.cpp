@@ -26,6 +26,7 @@ struct Model {
     const std::string shared = test::shared_fixtures_dir();
     if (shared.empty()) return std::string();
     if (name == "Wan") return shared + "/pipe_wan22";
+    if (name == "Mochi") return shared + "/pipe_mochi";
     return shared + (name == "SD3" ? "/pipe_sd3" : "/pipe_qwenimage");
   }
 };
@@ -43,9 +44,11 @@ class BrokenModel : public ::testing::TestWithParam<Model> {
   // (Qwen-Image's scheduler stretches its schedule to a terminal sigma, which needs two steps.)
   int generate(const std::string& args, std::string* out) const {
     const std::string steps = GetParam().name == "Qwen" ? "2" : "1";
-    // Wan makes a video: 5 frames into an MP4.
-    const std::string output =
-        GetParam().name == "Wan" ? (dir_.path() / "x.mp4").string() + " --frames 5" : (dir_.path() / "x.png").string();
+    // Wan and Mochi make videos: their shortest multi-frame ones into an MP4.
+    const std::string& n = GetParam().name;
+    const std::string output = n == "Wan"     ? (dir_.path() / "x.mp4").string() + " --frames 5"
+                               : n == "Mochi" ? (dir_.path() / "x.mp4").string() + " --frames 7"
+                                              : (dir_.path() / "x.png").string();
     return test::run_command(cli() + " generate --no-progress --model " + model().string() +
                                  " --width 32 --height 32 --steps " + steps + " -o " + output + " " + args,
                              out);
@@ -71,7 +74,7 @@ TEST_P(BrokenModel, UnsupportedClassListsTheSupportedOnes) {
   std::string out;
   EXPECT_EQ(generate("-p x", &out), 1) << out;
   for (const char* want : {"model_index.json", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline",
-                           "QwenImagePipeline", "WanPipeline"})
+                           "QwenImagePipeline", "WanPipeline", "MochiPipeline"})
     EXPECT_NE(out.find(want), std::string::npos) << "expected '" << want << "' in:\n" << out;
 }
 
@@ -79,16 +82,18 @@ TEST_P(BrokenModel, UnsupportedClassListsTheSupportedOnes) {
 TEST_P(BrokenModel, MissingPartIsNamed) {
   const std::string& name = GetParam().name;
   const std::vector<std::string> parts =
-      name == "Flux"  ? std::vector<std::string>{"tokenizer_2",
-                                                 "text_encoder_2",
-                                                 "transformer",
-                                                 "vae",
-                                                 "tokenizer/vocab.json",
-                                                 "tokenizer/merges.txt",
-                                                 "tokenizer_2/spiece.model"}
-      : name == "Wan" ? std::vector<std::string>{"transformer_2",          "transformer",
-                                                 "text_encoder",           "vae",
-                                                 "tokenizer/spiece.model", "scheduler/scheduler_config.json"}
+      name == "Flux"    ? std::vector<std::string>{"tokenizer_2",
+                                                   "text_encoder_2",
+                                                   "transformer",
+                                                   "vae",
+                                                   "tokenizer/vocab.json",
+                                                   "tokenizer/merges.txt",
+                                                   "tokenizer_2/spiece.model"}
+      : name == "Wan"   ? std::vector<std::string>{"transformer_2",          "transformer",
+                                                   "text_encoder",           "vae",
+                                                   "tokenizer/spiece.model", "scheduler/scheduler_config.json"}
+      : name == "Mochi" ? std::vector<std::string>{"transformer", "text_encoder", "vae", "tokenizer/spiece.model",
+                                                   "scheduler/scheduler_config.json"}
       : name == "SD3"
           ? std::vector<std::string>{"tokenizer_2",          "text_encoder_3",         "text_encoder_2",
                                      "tokenizer/vocab.json", "tokenizer_2/merges.txt", "tokenizer_3/spiece.model"}
@@ -116,8 +121,9 @@ TEST_P(BrokenModel, LongPromptIsTruncatedWithAWarning) {
   for (int i = 0; i < 100; ++i) prompt += "cat ";
   std::string out;
   ASSERT_EQ(generate("--max-sequence-length 8 -p '" + prompt + "'", &out), 0) << out;
-  if (GetParam().name == "Wan") {
-    EXPECT_NE(out.find("UMT5 (text_encoder) max_sequence_length is 8 tokens: "), std::string::npos) << out;
+  if (GetParam().name == "Wan" || GetParam().name == "Mochi") {
+    const std::string encoder = GetParam().name == "Wan" ? "UMT5" : "T5";
+    EXPECT_NE(out.find(encoder + " (text_encoder) max_sequence_length is 8 tokens: "), std::string::npos) << out;
     ASSERT_EQ(generate("--max-sequence-length 8 -p cat", &out), 0) << out;
     EXPECT_EQ(out.find("truncated"), std::string::npos) << out;
     return;
@@ -149,7 +155,7 @@ TEST_P(BrokenModel, LongPromptIsTruncatedWithAWarning) {
 TEST_P(BrokenModel, NegativePromptCountMustMatch) {
   // SD3 guides with --guidance (its default 7 already does); Flux's and Qwen-Image's true CFG with --true-cfg.
   const std::string& n = GetParam().name;
-  const std::string guide = n == "SD3" || n == "Wan" ? "--guidance 7" : "--true-cfg 2";
+  const std::string guide = n == "SD3" || n == "Wan" || n == "Mochi" ? "--guidance 7" : "--true-cfg 2";
   expect_error("-p x -p y --negative-prompt n " + guide, "one negative prompt per prompt");
 }
 
@@ -158,20 +164,22 @@ TEST_P(BrokenModel, NegativePromptCountMustMatch) {
 class BrokenVideoModel : public BrokenModel {};
 TEST_P(BrokenVideoModel, VideoTooLargeForMemoryIsRefusedUpFront) {
   std::string out;
+  const std::string frames = GetParam().name == "Mochi" ? "799" : "801";  // 1 + 6k, 1 + 4k
   const int rc = test::run_command(cli() + " generate --no-progress --model " + model().string() +
-                                       " --width 4096 --height 4096 --frames 801 --steps 1 -p x -o " +
+                                       " --width 4096 --height 4096 --frames " + frames + " --steps 1 -p x -o " +
                                        (dir_.path() / "x.mp4").string(),
                                    &out);
   EXPECT_EQ(rc, 1) << out;
-  for (const char* want : {"4096x4096, 801-frame video", "needs about", "is available", "transformer activations"})
+  const std::string what = "4096x4096, " + frames + "-frame video";
+  for (const char* want : {what.c_str(), "needs about", "is available", "transformer activations"})
     EXPECT_NE(out.find(want), std::string::npos) << "expected '" << want << "' in:\n" << out;
   EXPECT_EQ(out.find("step "), std::string::npos) << "no step may run:\n" << out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenModel,
-                         ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}, Model{"Wan"}),
+                         ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}, Model{"Wan"}, Model{"Mochi"}),
                          [](const auto& info) { return info.param.name; });
-INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenVideoModel, ::testing::Values(Model{"Wan"}),
+INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenVideoModel, ::testing::Values(Model{"Wan"}, Model{"Mochi"}),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -34,11 +34,12 @@ struct PipelineFixture {
 };
 const PipelineFixture kFlux{"pipe_flux1_dev", "flux-bfl"}, kSD3{"pipe_sd3", "sd3-stability"},
     kQwen{"pipe_qwenimage", ""},  // ComfyUI's Qwen-Image files keep diffusers' names
-    kWan{"pipe_wan22", ""};       // video: its frames through --frames-dir; two experts, so no --transformer
-const PipelineFixture kFixtures[] = {kFlux, kSD3, kQwen, kWan};
+    kWan{"pipe_wan22", ""},       // video: its frames through --frames-dir; two experts, so no --transformer
+    kMochi{"pipe_mochi", ""};     // video; diffusers' names are the only layout registered for Mochi
+const PipelineFixture kFixtures[] = {kFlux, kSD3, kQwen, kWan, kMochi};
 // The video pipelines among them (-o NAME.mp4), and those with one transformer (a file can replace it).
-const PipelineFixture kVideoFixtures[] = {kWan};
-const PipelineFixture kOneTransformerFixtures[] = {kFlux, kSD3, kQwen};
+const PipelineFixture kVideoFixtures[] = {kWan, kMochi};
+const PipelineFixture kOneTransformerFixtures[] = {kFlux, kSD3, kQwen, kMochi};
 
 // Every differing value is at most this far off (one uint8 level: a float32 image within the fixture's 1e-4
 // tolerance can still round the other way at a .5 boundary) ...

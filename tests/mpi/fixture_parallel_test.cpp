@@ -128,6 +128,15 @@ TEST(PipelineOnMesh, Wan22Reference) {
   expect_pipeline_on_mesh(dir);
 }
 
+// The float64 Mochi pipeline case (masked T5 text, CFG as a batch of two, a 13-frame video): the guidance
+// halves over ranks, TP (transformer and T5), SP over the video tokens with every rank's text masks, and the
+// Mochi VAE decode split by bands.
+TEST(PipelineOnMesh, MochiReference) {
+  const std::string dir = test::shared_fixtures_dir() + "/pipe_mochi";
+  if (test::shared_fixtures_dir().empty() || !is_directory(dir)) GTEST_SKIP() << "needs ../shared/fixtures";
+  expect_pipeline_on_mesh(dir);
+}
+
 // A text encoder with `heads` attention heads split over every rank by TP (unevenly where they do not
 // divide); a world larger than its heads is one clear error.
 void expect_encoder_tp(const std::string& dir, int heads) {

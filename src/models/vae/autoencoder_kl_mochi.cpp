@@ -18,6 +18,8 @@
 #include <optional>
 #include <utility>
 
+#include "core/progress.h"
+#include "core/trace.h"
 #include "io/json_config.h"
 #include "layers/spatial_split.h"
 
@@ -286,7 +288,9 @@ Result<Tensor> AutoencoderKLMochi::decode_impl(const Tensor& z, Communicator* co
   CausalCache cache;
   const int64_t chunks = (F + options.chunk_frames - 1) / options.chunk_frames;
   int64_t written = 0;
+  report_progress("vae decode", 0, chunks);
   for (int64_t c = 0; c < chunks; ++c) {
+    Span chunk_span("vae_chunk", "decode latent frames");
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t first = c * options.chunk_frames, last = std::min(F, first + options.chunk_frames);
     cache.begin_chunk();
@@ -310,6 +314,7 @@ Result<Tensor> AutoencoderKLMochi::decode_impl(const Tensor& z, Communicator* co
       p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       options.on_chunk(p);
     }
+    report_progress("vae decode", c + 1, chunks);
   }
   return video;
 }
