@@ -75,10 +75,12 @@ struct CheckReport {
 // fixtures (bench/README.md, 2026-12-01) leave about 2x margin:
 //   components (transformers, text encoders): rel_l2 1.2e-2 (T5), max_abs 2.3e-2 x peak;
 //   VAE decoders: rel_l2 6.8e-3, but max_abs 7.9e-2 x peak (a few pixels after the mid-block attention);
-//   pipelines: the error of every step compounds into the image, rel_l2 2.9e-2, max_abs 7.1e-2 x peak.
+//   pipelines: the error of every step compounds into the image, rel_l2 4.5e-2 (tiny_shapes, 20 steps of a
+//   trained model), max_abs 2.2e-1 x peak (pipe_mochi's video: a few pixels through its random VAE, whose
+//   rel_l2 is 2.0e-2); the max_abs bound keeps ~1.4x margin.
 struct Bf16Tolerance {
-  double rel_l2;          // of the whole output
-  double max_abs_scale;   // times the reference's largest magnitude
+  double rel_l2;         // of the whole output
+  double max_abs_scale;  // times the reference's largest magnitude
 };
 Bf16Tolerance bf16_tolerance_for_class(const std::string& cls);
 Tolerance bf16_tolerance(const Tolerance& f32_tol, const Tensor& ref, const Bf16Tolerance& b);

@@ -95,6 +95,10 @@ Status MochiPipeline::validate(const GenerateOptions& o) const {
   if (o.num_frames < 1 || (o.num_frames - 1) % ts != 0)
     return make_error("frames must be 1 + " + std::to_string(ts) + "k (the VAE's time compression), e.g. " +
                       std::to_string(1 + ts * 4) + " or 163; got " + std::to_string(o.num_frames));
+  // linear_quadratic_schedule divides by steps // 2 (diffusers raises ZeroDivisionError for one step).
+  if (o.steps < 2)
+    return make_error("MochiPipeline needs at least 2 steps (its linear-quadratic schedule); got " +
+                      std::to_string(o.steps));
   if (o.true_cfg_scale && *o.true_cfg_scale != 1.0f)
     return make_error("MochiPipeline guides with guidance_scale: true_cfg_scale is not an option");
   if (o.guidance_rescale != 0.0f) return make_error("MochiPipeline has no guidance_rescale");

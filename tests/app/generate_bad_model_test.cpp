@@ -43,7 +43,8 @@ class BrokenModel : public ::testing::TestWithParam<Model> {
   // Runs generate on the copy, small and in one step so each case costs little.
   // (Qwen-Image's scheduler stretches its schedule to a terminal sigma, which needs two steps.)
   int generate(const std::string& args, std::string* out) const {
-    const std::string steps = GetParam().name == "Qwen" ? "2" : "1";
+    // (Mochi's linear-quadratic schedule too.)
+    const std::string steps = GetParam().name == "Qwen" || GetParam().name == "Mochi" ? "2" : "1";
     // Wan and Mochi make videos: their shortest multi-frame ones into an MP4.
     const std::string& n = GetParam().name;
     const std::string output = n == "Wan"     ? (dir_.path() / "x.mp4").string() + " --frames 5"
@@ -166,7 +167,7 @@ TEST_P(BrokenVideoModel, VideoTooLargeForMemoryIsRefusedUpFront) {
   std::string out;
   const std::string frames = GetParam().name == "Mochi" ? "799" : "801";  // 1 + 6k, 1 + 4k
   const int rc = test::run_command(cli() + " generate --no-progress --model " + model().string() +
-                                       " --width 4096 --height 4096 --frames " + frames + " --steps 1 -p x -o " +
+                                       " --width 4096 --height 4096 --frames " + frames + " --steps 2 -p x -o " +
                                        (dir_.path() / "x.mp4").string(),
                                    &out);
   EXPECT_EQ(rc, 1) << out;
@@ -179,6 +180,23 @@ TEST_P(BrokenVideoModel, VideoTooLargeForMemoryIsRefusedUpFront) {
 INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenModel,
                          ::testing::Values(Model{"Flux"}, Model{"SD3"}, Model{"Qwen"}, Model{"Wan"}, Model{"Mochi"}),
                          [](const auto& info) { return info.param.name; });
+// A frame count the VAE cannot make (Wan 1 + 4k, Mochi 1 + 6k), and for Mochi a single step (its
+// linear-quadratic schedule divides by steps / 2): one message each, before any step.
+TEST_P(BrokenVideoModel, FramesAndStepsTheModelCannotTake) {
+  const bool mochi = GetParam().name == "Mochi";
+  auto run = [&](const std::string& frames, const std::string& steps, const std::string& want) {
+    std::string out;
+    const int rc = test::run_command(cli() + " generate --no-progress --model " + model().string() +
+                                         " --width 32 --height 32 --frames " + frames + " --steps " + steps +
+                                         " -p x -o " + (dir_.path() / "x.mp4").string(),
+                                     &out);
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_NE(out.find(want), std::string::npos) << "expected '" << want << "' in:\n" << out;
+  };
+  run("6", "2", mochi ? "1 + 6k" : "1 + 4k");
+  if (mochi) run("7", "1", "MochiPipeline needs at least 2 steps");
+}
+
 INSTANTIATE_TEST_SUITE_P(Pipelines, BrokenVideoModel, ::testing::Values(Model{"Wan"}, Model{"Mochi"}),
                          [](const auto& info) { return info.param.name; });
 

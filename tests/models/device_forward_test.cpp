@@ -9,11 +9,11 @@
 #include "../stand_in_device.h"
 #include "../test_util.h"
 #include "backend/ops.h"
-#include "io/json_config.h"
-#include "io/safetensors.h"
 #include "encoders/clip_text.h"
 #include "encoders/qwen25vl.h"
 #include "encoders/t5.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
 #include "models/registry.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_kl_wan.h"
@@ -26,7 +26,7 @@ std::string fixture_of(const std::string& cls) {
   const std::string dir = test::fixtures_dir();
   for (const auto& c : test::case_names(dir)) {
     auto meta = load_json(dir + "/" + c + "/meta.json");
-    if (meta.ok() && meta->contains("class") && (*meta)["class"] == "diffusers." + cls) return dir + "/" + c;
+    if (meta.ok() && meta->contains("class") && (*meta)["class"] == case_class_of(cls)) return dir + "/" + c;
   }
   return "";
 }
