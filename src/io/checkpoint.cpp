@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "backend/ops.h"
 #include "io/json_config.h"
@@ -99,25 +100,59 @@ Result<Checkpoint> Checkpoint::open_index(const std::string& index_json, const s
   return c;
 }
 
+namespace {
+
+// The diffusers variant a weight file belongs to ("" for the plain weights): "bf16" for
+// diffusion_pytorch_model.bf16.safetensors, diffusion_pytorch_model.bf16-00001-of-00003.safetensors and
+// diffusion_pytorch_model.safetensors.index.bf16.json (diffusers' _add_variant), the same for .bin files.
+std::string weight_variant(const std::string& name) {
+  for (const char* v : {"bf16", "fp16", "fp32"}) {
+    const std::string dot = std::string(".") + v;
+    if (name.find(dot + ".safetensors") != std::string::npos || name.find(dot + ".bin") != std::string::npos ||
+        name.find(dot + "-0") != std::string::npos || ends_with(name, ".index" + dot + ".json"))
+      return v;
+  }
+  return "";
+}
+
+}  // namespace
+
 Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::string& prefix) {
-  std::vector<std::string> index, files, bin_index, bin_files;
+  struct Group {
+    std::vector<std::string> index, files, bin_index, bin_files;
+  };
+  std::map<std::string, Group> by_variant;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (ends_with(n, ".safetensors.index.json"))
-      index.push_back(e.path().string());
+    Group& g = by_variant[weight_variant(n)];
+    const bool json = ends_with(n, ".json");
+    if (json && n.find(".safetensors.index") != std::string::npos)
+      g.index.push_back(e.path().string());
     else if (ends_with(n, ".safetensors"))
-      files.push_back(e.path().string());
-    else if (ends_with(n, ".bin.index.json"))
-      bin_index.push_back(e.path().string());
+      g.files.push_back(e.path().string());
+    else if (json && n.find(".bin.index") != std::string::npos)
+      g.bin_index.push_back(e.path().string());
     else if (ends_with(n, ".bin"))
-      bin_files.push_back(e.path().string());
+      g.bin_files.push_back(e.path().string());
   }
   if (ec) return make_error(dir + ": cannot list folder: " + ec.message());
+  // A folder holding diffusers variants side by side (genmo/mochi-1-preview ships f32 and bf16): the bf16
+  // variant, which is what meshdit computes from anyway and half the pages to map; else the plain weights.
+  auto has_weights = [](const Group& g) {
+    return !g.index.empty() || !g.files.empty() || !g.bin_index.empty() || !g.bin_files.empty();
+  };
+  Group chosen;
+  for (const char* v : {"bf16", "", "fp16", "fp32"})
+    if (auto it = by_variant.find(v); it != by_variant.end() && has_weights(it->second)) {
+      chosen = it->second;
+      break;
+    }
+  std::vector<std::string> index = std::move(chosen.index), files = std::move(chosen.files);
   // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those.
   if (index.empty() && files.empty()) {
-    index = std::move(bin_index);
-    files = std::move(bin_files);
+    index = std::move(chosen.bin_index);
+    files = std::move(chosen.bin_files);
   }
   if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json (or *.bin.index.json)");
   if (index.size() == 1) return open_index(index[0], prefix);

@@ -461,6 +461,41 @@ TEST_F(BadInput, ShardedCheckpointLoads) {
   EXPECT_TRUE(SD3Transformer::load(*ck, *cfg).ok());
 }
 
+// diffusers variants side by side (genmo/mochi-1-preview ships the f32 weights and a bf16 variant in each
+// component folder): the bf16 variant is opened, sharded (index.bf16.json) or in one file; a folder with only
+// the plain weights, or only a variant, opens those.
+TEST_F(BadInput, Bf16VariantIsPreferredBesideThePlainWeights) {
+  TempDir tmp("variants");
+  const std::vector<std::string> names = write_sharded(tmp.path());
+  // The same tensors as a bf16 variant, sharded as diffusers names it.
+  auto plain = Checkpoint::open_dir(tmp.str());
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  std::vector<std::pair<std::string, Tensor>> shard[2];
+  Json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", Json::object()}};
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int k = i < names.size() / 2 ? 0 : 1;
+    shard[k].emplace_back(names[i], plain->get(names[i]).value().to(DType::BF16));
+    index["weight_map"][names[i]] = "model.bf16-0000" + std::to_string(k + 1) + "-of-00002.safetensors";
+  }
+  for (int k = 0; k < 2; ++k)
+    ASSERT_TRUE(
+        save_safetensors((tmp.path() / ("model.bf16-0000" + std::to_string(k + 1) + "-of-00002.safetensors")).string(),
+                         shard[k])
+            .ok());
+  write_bytes(tmp.path() / "model.safetensors.index.bf16.json", index.dump(2));
+  auto ck = Checkpoint::open_dir(tmp.str());
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  EXPECT_EQ(ck->names(), names);
+  for (const auto& n : names) EXPECT_EQ(ck->get(n).value().dtype(), DType::BF16) << n;
+  // Only the variant: the same.
+  fs::remove(tmp.path() / "model.safetensors.index.json");
+  for (int k = 1; k <= 2; ++k) fs::remove(tmp.path() / ("model-0000" + std::to_string(k) + "-of-00002.safetensors"));
+  auto only = Checkpoint::open_dir(tmp.str());
+  ASSERT_TRUE(only.ok()) << only.error().message;
+  EXPECT_EQ(only->names(), names);
+  EXPECT_EQ(only->get(names[0]).value().dtype(), DType::BF16);
+}
+
 TEST_F(BadInput, ShardedMissingShard) {
   TempDir tmp("shards");
   write_sharded(tmp.path());
