@@ -8,6 +8,7 @@
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "models/registry.h"
+#include "pipelines/motif.h"
 
 namespace meshdit {
 
@@ -60,6 +61,10 @@ Result<Model> resolve_model(const std::string& spec) {
       if (p.name == spec) return Model{&a, p.config(), spec};
   if (!is_directory(spec))
     return make_error("--model " + spec + ": not a built-in model (" + join_names() + ") and not a folder");
+  if (is_motif_folder(spec)) {  // Motif-Image as released: no model_index.json, its DiT config found as generate does
+    MD_TRY(MotifConfig c, motif_folder_config(spec));
+    return Model{find_transformer_arch("motif_ref.motif.modeling_dit.MotifDiT"), std::any(c), spec};
+  }
   std::string cfg_path = spec + "/config.json";
   if (path_exists(spec + "/model_index.json")) cfg_path = spec + "/transformer/config.json";
   if (!path_exists(cfg_path))

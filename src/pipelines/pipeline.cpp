@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "io/checkpoint.h"
+#include "pipelines/motif.h"  // is_motif_folder: Motif-Image folders have no model_index.json
 
 namespace meshdit {
 
@@ -14,6 +15,7 @@ PipelineEntry sd3_pipeline_entry();
 PipelineEntry qwenimage_pipeline_entry();
 PipelineEntry wan_pipeline_entry();
 PipelineEntry mochi_pipeline_entry();
+PipelineEntry motif_pipeline_entry();
 
 namespace {
 
@@ -22,7 +24,7 @@ std::map<std::string, PipelineEntry>& registry() {
   static std::once_flag builtins;
   std::call_once(builtins, [] {
     for (PipelineEntry e : {flux_pipeline_entry(), sd3_pipeline_entry(), qwenimage_pipeline_entry(),
-                            wan_pipeline_entry(), mochi_pipeline_entry()})
+                            wan_pipeline_entry(), mochi_pipeline_entry(), motif_pipeline_entry()})
       r[e.class_name] = std::move(e);
   });
   return r;
@@ -50,6 +52,8 @@ Result<const PipelineEntry*> find_pipeline(const std::string& class_name) {
 }
 
 Result<const PipelineEntry*> pipeline_for_folder(const std::string& dir) {
+  // Motif-Image ships no model_index.json (no diffusers class exists): its folder is recognised by its layout.
+  if (is_motif_folder(dir)) return find_pipeline("MotifImagePipeline");
   MD_TRY(DiffusersFolder folder, DiffusersFolder::open(dir));
   auto entry = find_pipeline(folder.class_name);
   if (!entry.ok()) return entry.error().context(dir + "/model_index.json");
