@@ -172,6 +172,13 @@ TEST_F(GenerateMotif, OddStepsAndNonSquareSizesAreOneClearError) {
   EXPECT_FALSE(fs::exists(root_ / "wide.png"));
 }
 
+TEST_F(GenerateMotif, PlanReadsTheFolder) {
+  std::string log;
+  ASSERT_EQ(test::run_command(std::string(MESHDIT_CLI) + " plan --model " + model().string() + " --mesh 2", &log), 0)
+      << log;
+  EXPECT_NE(log.find("Motif: 2 dual-stream blocks"), std::string::npos) << log;
+}
+
 // CFG parallel: each of two ranks runs one half of the guidance batch; the image is the one-process one.
 TEST_F(GenerateMotif, CfgParallelOnTwoRanksGivesTheOneRankImage) {
   std::string log;
