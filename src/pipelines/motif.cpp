@@ -185,6 +185,17 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
   MD_TRY(p.text_encoder_2_, (load_component<CLIPTextModel, CLIPTextConfig>(dir + "/text_encoder_2")));
   MD_TRY(p.text_encoder_3_, (load_component<T5Encoder, T5Config>(dir + "/text_encoder_3", &par)));
   MD_TRY(MotifConfig tc, motif_folder_config(dir));
+  // The DiT's text projection (fixed at 4096 in the reference) takes T5's width, and CLIP-L ++ CLIP-G zero-padded to
+  // it.
+  const int64_t t5_width = p.text_encoder_3_->config().d_model;
+  const int64_t clip_width = p.text_encoder_->config().hidden_size + p.text_encoder_2_->config().hidden_size;
+  if (t5_width != MotifConfig::kTextDim || clip_width > t5_width)
+    return make_error(dir + ": text_encoder_3 (T5) is " + std::to_string(t5_width) + " wide and the CLIP encoders " +
+                      std::to_string(clip_width) + " together; the DiT's text projection takes " +
+                      std::to_string(MotifConfig::kTextDim) + " (FLAN-T5-XXL: 4096; CLIP-L 768 + CLIP-G 1280)");
+  if (clip_width != tc.pooled_text_dim)
+    return make_error(dir + ": the CLIP pooler outputs are " + std::to_string(clip_width) +
+                      " wide together, the DiT's pooled_text_dim is " + std::to_string(tc.pooled_text_dim));
   {
     Checkpoint ck;
     if (!from.transformer_file.empty()) {
@@ -200,16 +211,6 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
     p.transformer_ = std::make_shared<MotifTransformer>(std::move(m));
   }
   MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(dir + "/vae")));
-  // The DiT's text projection takes T5's width, and CLIP-L ++ CLIP-G zero-padded to it.
-  const int64_t t5_width = p.text_encoder_3_->config().d_model;
-  const int64_t clip_width = p.text_encoder_->config().hidden_size + p.text_encoder_2_->config().hidden_size;
-  if (t5_width != MotifConfig::kTextDim || clip_width > t5_width)
-    return make_error(dir + ": text_encoder_3 (T5) is " + std::to_string(t5_width) + " wide and the CLIP encoders " +
-                      std::to_string(clip_width) + " together; the DiT's text projection takes " +
-                      std::to_string(MotifConfig::kTextDim) + " (FLAN-T5-XXL: 4096; CLIP-L 768 + CLIP-G 1280)");
-  if (clip_width != tc.pooled_text_dim)
-    return make_error(dir + ": the CLIP pooler outputs are " + std::to_string(clip_width) +
-                      " wide together, the DiT's pooled_text_dim is " + std::to_string(tc.pooled_text_dim));
   if (p.vae_->config().latent_channels != 16)
     return make_error(dir + "/vae: Motif needs the 16-channel SD3 VAE, this one has " +
                       std::to_string(p.vae_->config().latent_channels) + " latent channels");

@@ -172,6 +172,23 @@ TEST_F(GenerateMotif, OddStepsAndNonSquareSizesAreOneClearError) {
   EXPECT_FALSE(fs::exists(root_ / "wide.png"));
 }
 
+// The DiT's text width is fixed (4096): a T5 of another width is refused, naming both, before the DiT loads.
+TEST_F(GenerateMotif, NarrowT5IsOneClearError) {
+  const fs::path copy = root_ / "narrow";
+  fs::copy(model(), copy, fs::copy_options::recursive);
+  fs::remove_all(copy / "text_encoder_3");
+  fs::copy(test::shared_fixtures_dir() + "/pipe_sd3/text_encoder_3", copy / "text_encoder_3");
+  std::string log;
+  EXPECT_EQ(test::run_command(std::string(MESHDIT_CLI) + " generate --no-progress --model " + copy.string() +
+                                  " -p 'a cat' --steps 2 -o " + (root_ / "narrow.png").string(),
+                              &log),
+            1)
+      << log;
+  EXPECT_NE(log.find("text_encoder_3 (T5) is 80 wide"), std::string::npos) << log;
+  EXPECT_NE(log.find("takes 4096"), std::string::npos) << log;
+  fs::remove_all(copy);
+}
+
 TEST_F(GenerateMotif, PlanReadsTheFolder) {
   std::string log;
   ASSERT_EQ(test::run_command(std::string(MESHDIT_CLI) + " plan --model " + model().string() + " --mesh 2", &log), 0)
