@@ -4,17 +4,20 @@
 // motif_transformer's DiT with its pooled-text MLP resized to the CLIP pair's 32.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "../io/torch_checkpoint_writer.h"
 #include "../test_util.h"
+#include "encoders/tokenizers/clip_tokenizer.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "models/transformers/motif.h"
+#include "pipelines/motif.h"
 
 namespace fs = std::filesystem;
 using namespace meshdit;
@@ -170,6 +173,48 @@ TEST_F(GenerateMotif, OddStepsAndNonSquareSizesAreOneClearError) {
   EXPECT_EQ(generate("wide.png", "", &log, 2, 2 * size_), 1) << log;
   EXPECT_NE(log.find("square images only"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(root_ / "wide.png"));
+}
+
+// Whether row l of x [1, L, D] is all zeros.
+bool zero_row(const Tensor& x, int64_t l) {
+  const std::vector<float> v = x.slice(1, l, l + 1).contiguous().to_vector();
+  return std::all_of(v.begin(), v.end(), [](float f) { return f == 0.0f; });
+}
+
+// MotifImage.text_encoding's zero masking: T5 rows at padding; CLIP rows other than the text and the token at
+// index (number of non-end tokens): CLIP-L pads with its end token, so every row after its first end token is
+// zeroed; CLIP-G pads with "!", so only its end token's row is (the reference's arithmetic).
+TEST_F(GenerateMotif, PromptEncodingZeroesAsTheReference) {
+  auto p = MotifImagePipeline::load(model().string());
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  auto e = p->encode_prompt({"a cat"}, 256);
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_EQ(e->t5.shape(), (Shape{1, 256, MotifConfig::kTextDim}));
+  EXPECT_EQ(e->clip_l.shape(), (Shape{1, 77, 16}));
+  EXPECT_EQ(e->clip_g.shape(), (Shape{1, 77, 16}));
+  EXPECT_EQ(e->pooled.shape(), (Shape{1, 32}));
+  const int64_t t5_tokens = 3;  // "a", "cat", "</s>" in pipe_sd3's T5 vocabulary
+  for (int64_t l = 0; l < 256; ++l) EXPECT_EQ(zero_row(e->t5, l), l >= t5_tokens) << "T5 row " << l;
+  for (const char* tok : {"tokenizer", "tokenizer_2"}) {
+    auto t = ClipTokenizer::load((model() / tok).string());
+    ASSERT_TRUE(t.ok()) << t.error().message;
+    auto ids = t->encode(std::vector<std::string>{"a cat"}, 77);
+    ASSERT_TRUE(ids.ok()) << ids.error().message;
+    const int64_t* id = ids->input_ids.data<int64_t>();
+    int64_t kept = 0, first_end = -1;
+    for (int64_t l = 0; l < 77; ++l) {
+      kept += id[l] != t->eos_id();
+      if (id[l] == t->eos_id() && first_end < 0) first_end = l;
+    }
+    ASSERT_GT(first_end, 0) << tok;
+    const Tensor& x = std::string(tok) == "tokenizer" ? e->clip_l : e->clip_g;
+    for (int64_t l = 0; l < 77; ++l)
+      EXPECT_EQ(zero_row(x, l), id[l] == t->eos_id() && l != kept) << tok << " row " << l;
+    if (std::string(tok) == "tokenizer")
+      EXPECT_EQ(kept, first_end) << "CLIP-L pads with its end token";
+    else
+      EXPECT_EQ(kept, 76) << "CLIP-G pads with '!'";
+  }
 }
 
 // The DiT's text width is fixed (4096): a T5 of another width is refused, naming both, before the DiT loads.
