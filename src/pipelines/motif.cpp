@@ -57,40 +57,52 @@ Result<Checkpoint> open_motif_checkpoint(const std::string& path) {
 
 // x [B, L, D] with each row l of sample b multiplied by keep[b][l] (0 or 1).
 Tensor zero_rows(const Tensor& x, const std::vector<std::vector<uint8_t>>& keep) {
-  std::vector<float> v = x.to(DType::F32).to_vector();
-  const int64_t B = x.size(0), L = x.size(1), D = x.size(2);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t l = 0; l < L; ++l)
-      if (!keep[size_t(b)][size_t(l)]) std::fill_n(v.begin() + (b * L + l) * D, D, 0.0f);
-  return ops::to_device(Tensor::from_f32(x.shape(), v).to(x.dtype()), x.device());
+  const int64_t B = x.size(0), L = x.size(1);
+  std::vector<float> m(size_t(B * L));
+  for (int64_t i = 0; i < B * L; ++i) m[size_t(i)] = keep[size_t(i / L)][size_t(i % L)] ? 1.0f : 0.0f;
+  const Tensor mask = ops::to_device(Tensor::from_f32({B, L, 1}, m), x.device());
+  return ops::mul(x.to(DType::F32), mask.expand(x.shape()));
+}
+
+// The ids the tokenizer's batch holds for `text` (truncated to L keeping its special tokens, padded with its pad
+// id), computed from its parts rather than read back from the batch's tensor.
+std::vector<int64_t> padded_ids(const Tokenizer& tok, const std::string& text, int64_t L) {
+  const std::vector<int64_t> body = tok.encode_text(sanitize_utf8(text));
+  std::vector<int64_t> row = tok.prefix_ids();
+  const int64_t room = L - int64_t(tok.prefix_ids().size() + tok.suffix_ids().size());
+  row.insert(row.end(), body.begin(),
+             body.begin() + std::min<int64_t>(int64_t(body.size()), std::max<int64_t>(room, 0)));
+  row.insert(row.end(), tok.suffix_ids().begin(), tok.suffix_ids().end());
+  row.resize(size_t(L), tok.pad_id());
+  return row;
 }
 
 // MotifImage.text_encoding's masking_wo_first_eos: keep every token that is not the end token, and the one at
 // index (number of such tokens), which is the first end token when the tokenizer pads with it (CLIP-L); with a
 // different pad token (CLIP-G pads with "!") that index is the last position and only the end token itself is
 // zeroed: the reference's arithmetic, kept as it is.
-std::vector<std::vector<uint8_t>> clip_keep(const Tensor& ids, int64_t eos) {
-  const Tensor host = ids.contiguous();  // the tokenizer's ids: on the host
-  const int64_t* v = host.data<int64_t>();
-  const int64_t B = ids.size(0), L = ids.size(1);
-  auto keep = std::vector<std::vector<uint8_t>>(size_t(B), std::vector<uint8_t>(size_t(L)));
-  for (int64_t b = 0; b < B; ++b) {
+std::vector<std::vector<uint8_t>> clip_keep(const Tokenizer& tok, const std::vector<std::string>& prompts, int64_t L,
+                                            int64_t eos) {
+  std::vector<std::vector<uint8_t>> keep;
+  for (const auto& p : prompts) {
+    const std::vector<int64_t> ids = padded_ids(tok, p, L);
+    std::vector<uint8_t> k(static_cast<size_t>(L));
     int64_t n = 0;
-    for (int64_t l = 0; l < L; ++l) {
-      keep[size_t(b)][size_t(l)] = v[b * L + l] != eos;
-      n += keep[size_t(b)][size_t(l)];
-    }
-    if (n < L) keep[size_t(b)][size_t(n)] = 1;
+    for (int64_t l = 0; l < L; ++l) n += (k[size_t(l)] = ids[size_t(l)] != eos);
+    if (n < L) k[size_t(n)] = 1;
+    keep.push_back(std::move(k));
   }
   return keep;
 }
 
-std::vector<std::vector<uint8_t>> mask_keep(const Tensor& mask) {
-  const Tensor m = mask.contiguous();  // the tokenizer's mask: on the host
-  const int64_t* v = m.data<int64_t>();
-  const int64_t B = mask.size(0), L = mask.size(1);
-  auto keep = std::vector<std::vector<uint8_t>>(size_t(B), std::vector<uint8_t>(size_t(L)));
-  for (int64_t i = 0; i < B * L; ++i) keep[size_t(i / L)][size_t(i % L)] = v[i] != 0;
+// T5 rows of real tokens (the reference keeps ids != pad: the same, the padding coming last).
+std::vector<std::vector<uint8_t>> length_keep(const std::vector<int64_t>& lengths, int64_t L) {
+  std::vector<std::vector<uint8_t>> keep;
+  for (int64_t n : lengths) {
+    std::vector<uint8_t> k(static_cast<size_t>(L), 0);
+    std::fill_n(k.begin(), std::min(n, L), uint8_t(1));
+    keep.push_back(std::move(k));
+  }
   return keep;
 }
 
@@ -253,13 +265,13 @@ Result<MotifImagePipeline::PromptEmbeds> MotifImagePipeline::encode_prompt(const
   warn_truncated(t5_ids,
                  "T5 (text_encoder_3) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
   MD_TRY(Tensor t5, text_encoder_3_->forward(t5_ids.input_ids, t5_ids.attention_mask));
-  e.t5 = zero_rows(t5, mask_keep(t5_ids.attention_mask));
+  e.t5 = zero_rows(t5, length_keep(t5_ids.lengths, t5.size(1)));
   auto clip = [&](const ClipTokenizer& tok, const CLIPTextModel& enc, const char* name, Tensor& seq,
                   Tensor& pooled) -> Status {
     MD_TRY(TokenizedBatch ids, tok.encode(prompts, int(kClipTokens)));
     warn_truncated(ids, std::string("CLIP (") + name + ") takes " + std::to_string(kClipTokens) + " tokens");
     MD_TRY(CLIPTextOutput out, enc.forward(ids.input_ids));
-    seq = zero_rows(out.last_hidden_state, clip_keep(ids.input_ids, tok.eos_id()));
+    seq = zero_rows(out.last_hidden_state, clip_keep(tok, prompts, kClipTokens, tok.eos_id()));
     pooled = out.pooler_output;
     return ok_status();
   };
