@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/torch_rng.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   // Setting up the random weights peaked higher than a decode may: free what it left and reset the
   // high-water mark (writing 5 to clear_refs resets VmHWM, Linux >= 4.0), so the peak below is the decode's.
   malloc_trim(0);
+  release_host_cache();
   { std::ofstream("/proc/self/clear_refs") << "5"; }
   const double before = peak_rss_mb();
   MochiDecodeOptions options;

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/memory_info.h"
 #include "core/torch_rng.h"
 #include "io/checkpoint.h"
@@ -77,6 +78,7 @@ int main(int argc, char** argv) {
   // Setting up the random weights peaked higher than a decode may: free what it left and reset the
   // high-water mark (writing 5 to clear_refs resets VmHWM, Linux >= 4.0), so the peak below is the decode's.
   malloc_trim(0);
+  release_host_cache();
   reset_peak_memory();
   const double before = process_memory().peak_mb;
   const auto t0 = std::chrono::steady_clock::now();

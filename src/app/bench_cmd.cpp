@@ -2,6 +2,8 @@
 // a generator of random bf16 checkpoints in the single-file layouts (real widths, fewer blocks).
 #include "app/bench_cmd.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +16,7 @@
 
 #include "app/info_cmd.h"
 #include "backend/precision.h"
+#include "core/allocator.h"
 #include "core/memory_info.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
@@ -121,10 +124,17 @@ int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_
 void print_rss_per_rank(Communicator& world, const char* when) {
   const ProcessMemory r = process_memory();
   char buf[160];
-  std::snprintf(buf, sizeof buf, "rank %d %s: RSS mapped weights %.1f MB, anonymous %.1f MB", world.rank(), when,
-                r.file_mb, r.anon_mb);
+  std::snprintf(buf, sizeof buf, "rank %d %s: RSS mapped weights %.1f MB, anonymous %.1f MB, peak %.1f MB",
+                world.rank(), when, r.file_mb, r.anon_mb, r.peak_mb);
   const auto all = world.gather_strings(buf, 0);
   for (const auto& line : all) std::printf("%s\n", line.c_str());
+}
+
+// Minor page faults of this process so far: fresh memory touched (the host buffer cache's reason to be).
+long minor_faults() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
 }
 
 int run_bench_transformer(const BenchTransformerCommand& cmd) {
@@ -171,6 +181,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     world->barrier();
     const auto t0 = std::chrono::steady_clock::now();
     const double c0 = process_cpu_s();
+    const long f0 = minor_faults();
     auto r = forward();
     if (!r.ok()) return fail(r.error().message);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -179,11 +190,16 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     cpu_times.push_back(cpu);
     // On a shared machine the wall time measures the other jobs too; GFLOP per CPU-second x threads is
     // what the step would reach with the cores to itself (our pool blocks instead of spinning).
-    std::printf("step %lld %.3f s %.1f GFLOP/s, cpu %.3f s (%.1f GFLOP/s at %d busy threads)\n", (long long)(i + 1), s,
-                flops / s / 1e9, cpu, flops / cpu * num_threads() / 1e9, num_threads());
+    std::printf("step %lld %.3f s %.1f GFLOP/s, cpu %.3f s (%.1f GFLOP/s at %d busy threads), %ld page faults\n",
+                (long long)(i + 1), s, flops / s / 1e9, cpu, flops / cpu * num_threads() / 1e9, num_threads(),
+                minor_faults() - f0);
     std::fflush(stdout);
   }
   print_rss_per_rank(*world, "after the steps");
+  const HostCacheStats hc = host_cache_stats();
+  std::printf("host buffer cache: %.1f MB waiting of %.0f MB, %llu reused, %llu fresh, %llu evicted\n",
+              double(hc.cached_bytes) / 1048576.0, double(hc.limit_bytes) / 1048576.0, (unsigned long long)hc.hits,
+              (unsigned long long)hc.misses, (unsigned long long)hc.evictions);
   const std::vector<double> tail(times.size() > 1 ? times.begin() + 1 : times.begin(), times.end());
   const double med = median(tail);
   std::printf("GFLOP/s %.1f\n", flops / med / 1e9);

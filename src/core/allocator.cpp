@@ -1,19 +1,70 @@
 #include "core/allocator.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <string>
+
+#include "core/buffer_cache.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MESHDIT_HOST_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer) || __has_feature(thread_sanitizer)
+#define MESHDIT_HOST_CACHE 0
+#endif
+#endif
+#ifndef MESHDIT_HOST_CACHE
+#define MESHDIT_HOST_CACHE 1
+#endif
 
 namespace meshdit {
 namespace {
 
+constexpr size_t kLarge = size_t(1) << 20;  // from here on buffers are mapped and cached
+
+void* map_anonymous(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  // One fault per 2 MiB instead of per 4 KiB where transparent huge pages are on request ("madvise").
+  if (bytes >= (size_t(2) << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+  return p;
+}
+
+void unmap(void* p, size_t bytes) { munmap(p, bytes); }
+
+size_t default_limit() {
+  if (const char* env = std::getenv("MESHDIT_HOST_CACHE_MB")) {
+    char* end = nullptr;
+    const unsigned long long mb = std::strtoull(env, &end, 10);
+    if (end != env && *end == '\0') return size_t(mb) << 20;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const size_t total = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+  const size_t cap = size_t(4) << 30;
+  return total / 8 < cap ? total / 8 : cap;
+}
+
+BufferCache& cache() {
+  // Never destroyed, like the allocator: tensors in statics give their buffers back after exit starts.
+  static BufferCache* c = new BufferCache({map_anonymous, unmap}, MESHDIT_HOST_CACHE ? default_limit() : 0);
+  return *c;
+}
+
 class HostAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes) override {
+    if (MESHDIT_HOST_CACHE && bytes >= kLarge) return cache().allocate(bytes);
     // aligned_alloc wants a size that is a multiple of the alignment.
     return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
   }
-  void deallocate(void* p, size_t) override { std::free(p); }
+  void deallocate(void* p, size_t bytes) override {
+    if (MESHDIT_HOST_CACHE && bytes >= kLarge) return cache().deallocate(p, bytes);
+    std::free(p);
+  }
   const char* name() const override { return "host"; }
 };
 
@@ -39,6 +90,15 @@ Allocator& host_allocator() {
   static HostAllocator* a = new HostAllocator;
   return *a;
 }
+
+HostCacheStats host_cache_stats() {
+  const BufferCache::Stats s = cache().stats();
+  return HostCacheStats{s.cached_bytes, s.limit_bytes, s.hits, s.misses, s.evictions};
+}
+
+void release_host_cache() { cache().release_all(); }
+
+void set_host_cache_limit(size_t bytes) { cache().set_limit(MESHDIT_HOST_CACHE ? bytes : 0); }
 
 Allocator* allocator_for(Device d) { return registry().slots[size_t(d)].load(); }
 

@@ -20,8 +20,23 @@ class Allocator {
   virtual const char* name() const = 0;
 };
 
-// Host buffers aligned to 64 bytes (cache lines; the widest vector loads).
+// Host buffers aligned to 64 bytes (cache lines; the widest vector loads). Buffers of 1 MiB and more are
+// mapped anonymous memory (transparent huge pages where the kernel allows them on request) and are kept for
+// reuse when freed (core/buffer_cache.h), up to a limit: MESHDIT_HOST_CACHE_MB, default an eighth of the
+// machine's memory and at most 4 GiB; 0 turns the cache off. Sanitizer builds do not cache (a reused
+// buffer would hide a use after free from them).
 Allocator& host_allocator();
+
+struct HostCacheStats {
+  size_t cached_bytes = 0, limit_bytes = 0;
+  uint64_t hits = 0, misses = 0, evictions = 0;
+};
+HostCacheStats host_cache_stats();
+// Returns every cached host buffer to the OS: between stages whose buffers differ (after the denoising loop,
+// before the VAE), so their memory does not wait in the cache.
+void release_host_cache();
+// Changes the limit (bytes; 0 turns caching off and releases what is cached).
+void set_host_cache_limit(size_t bytes);
 
 // The allocator registered for device d; null when none is (its backend is not compiled in or not set
 // up yet: backend_for / compiled_backends set up every compiled backend).

@@ -5,6 +5,7 @@
 
 #include "backend/model_ops.h"
 #include "backend/ops.h"
+#include "core/allocator.h"
 #include "core/trace.h"
 #include "parallel/collectives.h"
 
@@ -46,6 +47,9 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
   if (setup.experts.size() != (setup.boundary ? 2u : 1u))
     return make_error("denoise: " + std::to_string(setup.experts.size()) + " experts with" +
                       (setup.boundary ? "" : "out") + " a boundary timestep");
+  // The host buffer cache keeps freed activations for the next step; what the text encoders left there has
+  // other sizes and would only sit resident through the loop.
+  release_host_cache();
   const bool guided = setup.guidance.mode != CfgMode::None;
   if (guided && cfg_group.size() > 2)
     return make_error("a cfg group of " + std::to_string(cfg_group.size()) + " ranks: guidance has two halves");
@@ -106,6 +110,8 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
     if (record) (*record)["latents.step" + std::to_string(i)] = latents;
     if (on_step) on_step(i, steps, span.elapsed_s());
   }
+  // The activations kept for the next step are of no use to the VAE, whose buffers have other sizes.
+  release_host_cache();
   return latents;
 }
 

@@ -1,9 +1,9 @@
 // Flash-style attention on the CPU: one task per (batch, head, block of kBq queries), handed out
 // dynamically; for each block of kBk keys, S = Q K^T (one small GEMM on strided rows, the softmax scale
 // folded into it), online-softmax update of the running max/sum (max, then exp and sum in one pass, in
-// the widest vectors the CPU runs: softmax_isa.h), rescale of the accumulator, then acc += P V (a second small GEMM). Memory is O(kBq x kBk) per
-// thread. In bf16 precision q (pre-scaled), k and v are rounded once per call, not once per block pair,
-// and P is rounded per block just before its product.
+// the widest vectors the CPU runs: softmax_isa.h), rescale of the accumulator, then acc += P V (a second small GEMM).
+// Memory is O(kBq x kBk) per thread. In bf16 precision q (pre-scaled), k and v are rounded once per call, not once per
+// block pair, and P is rounded per block just before its product.
 #include "backend/cpu/attention.h"
 
 #include <algorithm>
@@ -35,9 +35,11 @@ void parallel_tasks(int64_t n, const F& fn) {
 }
 
 // x [B, L, H, D] (D contiguous, any row strides) times s, rounded to bf16 into a contiguous [B, L, H, D].
-std::vector<uint16_t> rounded_bf16(const Tensor& x, float s) {
+// A tensor rather than a vector: its buffer comes from the host allocator's cache, not fresh zeroed pages.
+Tensor rounded_bf16(const Tensor& x, float s) {
   const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3);
-  std::vector<uint16_t> out(size_t(B * L * H * D));
+  Tensor out_t = Tensor::empty({B, L, H, D}, DType::BF16);
+  uint16_t* out = out_t.data<uint16_t>();
   const float* p = x.f32();
   parallel_for(
       B * L * H,
@@ -50,11 +52,11 @@ std::vector<uint16_t> rounded_bf16(const Tensor& x, float s) {
             for (int64_t d = 0; d < D; ++d) row[size_t(d)] = src[d] * s;
             src = row.data();
           }
-          to_bf16(src, D, out.data() + r * D);
+          to_bf16(src, D, out + r * D);
         }
       },
       64);
-  return out;
+  return out_t;
 }
 
 }  // namespace
@@ -86,7 +88,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   const bool causal = mask && mask->causal;
   const bool bf16 = attention_precision() == Precision::BF16;
   const SoftmaxKernels& sk = softmax_kernels();
-  std::vector<uint16_t> qh, kh;
+  Tensor qh, kh;
   if (bf16) {
     qh = rounded_bf16(q, scale);
     kh = rounded_bf16(k, 1.0f);
@@ -98,19 +100,18 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
     const int64_t qb = task % q_blocks, h = (task / q_blocks) % H, b = task / (q_blocks * H);
     const int64_t i0 = qb * kBq, nq = std::min(kBq, Lq - i0);
     const float* qp = q.f32() + b * q.stride(0) + i0 * q.stride(1) + h * q.stride(2);
-    const uint16_t* qhp = bf16 ? qh.data() + ((b * Lq + i0) * H + h) * D : nullptr;
+    const uint16_t* qhp = bf16 ? qh.data<uint16_t>() + ((b * Lq + i0) * H + h) * D : nullptr;
     float* ap = acc + (b * Lq + i0) * ld_acc + h * D;
     float* m = mx + (b * H + h) * Lq + i0;
     float* l = sm + (b * H + h) * Lq + i0;
     for (int64_t j0 = 0; j0 < Lk; j0 += kBk) {
       const int64_t nk = std::min(kBk, Lk - j0);
       if (bf16) {
-        const uint16_t* khp = kh.data() + ((b * Lk + j0) * H + h) * D;
+        const uint16_t* khp = kh.data<uint16_t>() + ((b * Lk + j0) * H + h) * D;
         gemm(nq, nk, D, 1.0f, {qhp, DType::BF16, H * D, false}, {khp, DType::BF16, H * D, true}, 0.0f, S, nk);
       } else {
         const float* kp = k.f32() + b * k.stride(0) + j0 * k.stride(1) + h * k.stride(2);
-        gemm(nq, nk, D, scale, {qp, DType::F32, q.stride(1), false}, {kp, DType::F32, k.stride(1), true}, 0.0f, S,
-             nk);
+        gemm(nq, nk, D, scale, {qp, DType::F32, q.stride(1), false}, {kp, DType::F32, k.stride(1), true}, 0.0f, S, nk);
       }
       if (bias) {
         const int64_t row = bias_q > 1 ? Lk : 0;
