@@ -133,6 +133,12 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
     if (!f32w && int64_t(buf.size()) < K) buf.resize(size_t(K));
     for (int64_t n = n0; n < n1; ++n) {
       const float* wr;
+      if (w.dtype() == DType::BF16) {
+        // A bf16 row is its own bf16 rounding: dotted as stored, read once, no widened copy.
+        const uint16_t* row = w.data<uint16_t>() + n * K;
+        for (int64_t m = 0; m < M; ++m) yp[m * N + n] = dot_bf16(xp + m * ldx, row, K) + (bias ? bias[n] : 0.0f);
+        continue;
+      }
       if (f32w) {
         wr = w.data<float>() + n * K;
       } else {

@@ -104,6 +104,25 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// dot(a, widened b) for a bf16 row b, in dot()'s order of operations (the same result as widening b into a
+// buffer first) without the buffer: the widening is a shift the vector loop does on the fly.
+inline float dot_bf16(const float* a, const uint16_t* b, int64_t n) {
+  auto wide = [](uint16_t h) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * wide(b[i + j]);
+  float s = 0;
+  for (; i < n; ++i) s += a[i] * wide(b[i]);
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  return s;
+}
+
 // Sum and sum of squared deviations from `mean` of x[0..n), accumulated in double (as layer_norm
 // always did) but lane-parallel.
 inline double sum_f64(const float* x, int64_t n) {
