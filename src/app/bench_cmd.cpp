@@ -68,7 +68,8 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
-Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks) {
+Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks,
+                                                    const std::string& config_json) {
   if (blocks < 0 || single_blocks < 0) return make_error("--double/--single must not be negative");
   RandomCheckpointSpec r;
   for (const auto& a : transformer_archs())
@@ -81,7 +82,12 @@ Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, i
   if (!r.arch->with_blocks || (r.arch->layouts.empty() && !r.arch->infer_config))
     return make_error("--arch " + preset + ": the " + r.arch->name + " model has no single-file layout to write (" +
                       random_checkpoint_presets() + ")");
-  r.config = r.arch->with_blocks(r.config, blocks, single_blocks);
+  if (config_json.empty()) {
+    r.config = r.arch->with_blocks(r.config, blocks, single_blocks);
+  } else {
+    if (!r.arch->parse_config) return make_error("--config: the " + r.arch->name + " model reads no config.json");
+    MD_TRY(r.config, r.arch->parse_config(config_json));
+  }
   MD_TRY(WeightLog spec, weight_spec(*r.arch, r.config, /*tp=*/1, /*tp_rank=*/0, DType::BF16));
   NamedShapes diffusers;
   for (const auto& w : spec) diffusers.emplace_back(w.name, w.shape);
@@ -106,9 +112,9 @@ std::string random_checkpoint_presets() {
   return s;
 }
 
-int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks,
-                               const std::string& out) {
-  auto spec = random_checkpoint_spec(preset, blocks, single_blocks);
+int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks, const std::string& out,
+                               const std::string& config_json) {
+  auto spec = random_checkpoint_spec(preset, blocks, single_blocks, config_json);
   if (!spec.ok()) return fail(spec.error().message);
   std::vector<std::pair<std::string, Tensor>> tensors;
   uint64_t seed = 1;  // one per tensor in the layout's order, so a file's values depend on nothing else

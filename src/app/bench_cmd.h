@@ -11,7 +11,7 @@ struct BenchTransformerCommand {
   std::string path;  // checkpoint file or folder (diffusers or single-file layout)
   int64_t width = 256, height = 256, text_tokens = 256, steps = 3;
   int threads = 0;
-  std::string precision;  // "f32" or "bf16"; "" = default_compute_precision()
+  std::string precision;       // "f32" or "bf16"; "" = default_compute_precision()
   std::string mesh, parallel;  // run on a mesh under mpirun (see `meshdit generate --mesh`)
 };
 
@@ -29,11 +29,15 @@ struct RandomCheckpointSpec {
   std::string layout_name() const { return layout ? layout->name : "diffusers"; }
   NamedShapes tensors;
 };
-Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks);
+// config_json: a diffusers config.json of the preset's model used instead of the preset's config, block counts
+// included (blocks and single_blocks are then not used): a checkpoint of any width or depth, e.g. a real-width
+// transformer whose text width matches a small text encoder.
+Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks,
+                                                    const std::string& config_json = "");
 // The presets it takes, with their layouts, for --help and messages.
 std::string random_checkpoint_presets();
 // Writes that checkpoint with random bf16 values (real widths, fewer blocks: for `bench transformer`).
-int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks,
-                               const std::string& out);
+int run_make_random_checkpoint(const std::string& preset, int64_t blocks, int64_t single_blocks, const std::string& out,
+                               const std::string& config_json = "");
 
 }  // namespace meshdit

@@ -67,6 +67,27 @@ TEST(Bench, RandomCheckpointOfEveryPresetLoadsAsThatPreset) {
   }
 }
 
+TEST(Bench, RandomCheckpointFromAConfigTakesItsWidthsAndDepth) {
+  // The wan22_t2v_transformer fixture's config (2 layers, text width 40): a checkpoint of exactly that shape,
+  // whatever the block counts say.
+  const std::string cfg = test::fixtures_dir() + "/wan22_t2v_transformer/config.json";
+  auto spec = random_checkpoint_spec("wan22-t2v-a14b", 7, 0, cfg);
+  ASSERT_TRUE(spec.ok()) << spec.error().message;
+  bool text_40 = false;
+  for (const auto& [name, shape] : spec->tensors)
+    if (name == "condition_embedder.text_embedder.linear_1.weight") text_40 = shape == Shape{32, 40};
+  EXPECT_TRUE(text_40) << "the text embedder should take the config's text_dim 40 into its 2 x 16 width";
+  std::set<std::string> blocks;
+  for (const auto& [name, shape] : spec->tensors)
+    if (name.rfind("blocks.", 0) == 0) blocks.insert(name.substr(0, name.find('.', 7)));
+  EXPECT_EQ(blocks, (std::set<std::string>{"blocks.0", "blocks.1"})) << "the config's 2 layers, not 7";
+
+  test::TempDir tmp;
+  auto missing = random_checkpoint_spec("wan22-t2v-a14b", 1, 0, (tmp.path() / "none.json").string());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("none.json"), std::string::npos) << missing.error().message;
+}
+
 TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
   auto spec = random_checkpoint_spec("flux-pro", 2, 4);
   ASSERT_FALSE(spec.ok());
@@ -77,8 +98,7 @@ TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
 
   // Wan has no single-file layout of its own: its file is written with diffusers' names and read back by
   // diffusers_detect and infer_config, as Qwen-Image's.
-  EXPECT_NE(spec.error().message.find("wan22-t2v-a14b (diffusers layout)"), std::string::npos)
-      << spec.error().message;
+  EXPECT_NE(spec.error().message.find("wan22-t2v-a14b (diffusers layout)"), std::string::npos) << spec.error().message;
 }
 
 }  // namespace
