@@ -21,9 +21,9 @@ namespace {
 
 constexpr const char* kPrecisionHelp =
     "f32 or bf16: bf16 runs every linear on bf16 operands (weights and activations rounded) with f32 "
-    "accumulation, about 2x the f32 rate on CPUs with AVX512_BF16 or AMX; attention, norms, softmax, RoPE and "
-    "residuals stay f32. Default: bf16 where the CPU has native bf16 dot products, else f32 (bf16 is emulated "
-    "there, same numbers, no faster). `meshdit info` says which";
+      "accumulation, about 2x the f32 rate on CPUs with AVX512_BF16 or AMX; attention, norms, softmax, RoPE and "
+      "residuals stay f32. Default: bf16 where the CPU has native bf16 dot products, else f32 (bf16 is emulated "
+      "there, same numbers, no faster). `meshdit info` says which";
 
 // Under mpirun every rank runs every case; rank 0 reports, and the exit status is the worst of all ranks.
 int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::string& mesh, const std::string& parallel,
@@ -146,10 +146,9 @@ int run(int argc, char** argv) {
                   "config: a config.json beside the file, else --model's transformer/config.json, else inferred "
                   "from its tensors. It must be the architecture --model's pipeline uses");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
-  gen->add_option(
-      "--negative-prompt", g.negative_prompts,
-      "one per prompt: the unconditional branch of classifier-free guidance (SD3.5, Wan: with --guidance > 1; "
-      "Flux: with --true-cfg > 1)");
+  gen->add_option("--negative-prompt", g.negative_prompts,
+                  "one per prompt: the unconditional branch of classifier-free guidance (SD3.5, Wan: with --guidance > 1; "
+                  "Flux: with --true-cfg > 1)");
   gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux and SD3.5)")
       ->check(CLI::PositiveNumber);
   gen->add_option("--guidance", g.guidance,
@@ -158,10 +157,9 @@ int run(int argc, char** argv) {
   gen->add_option("--guidance-2", g.guidance_2,
                   "Wan2.2: the low-noise expert's classifier-free guidance scale (default 3.0; --guidance when only "
                   "that is given)");
-  gen->add_option(
-      "--true-cfg", g.true_cfg,
-      "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
-      "4 for Qwen-Image)");
+  gen->add_option("--true-cfg", g.true_cfg,
+                  "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
+                  "4 for Qwen-Image)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
   gen->add_option("--latents", g.latents,
                   "initial noise instead of --seed's: a safetensors FILE holding a tensor named 'latents', or "
@@ -219,9 +217,8 @@ int run(int argc, char** argv) {
   meshdit::add_plan_command(app);  // runs from its callback
 
   auto* conv = app.add_subcommand(
-      "convert",
-      "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, a folder) to "
-      "a .safetensors file");
+      "convert", "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, a folder) to "
+                 "a .safetensors file");
   meshdit::ConvertCommand cv;
   conv->add_option("source", cv.source, "checkpoint file, sharded index or folder")->required();
   conv->add_option("-o,--output", cv.output, "output file; its extension picks the format (.safetensors)")->required();
@@ -232,9 +229,8 @@ int run(int argc, char** argv) {
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
   auto* info = app.add_subcommand(
-      "info",
-      "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
-      "exit 1 when the GEMM runs below what the CPU supports");
+      "info", "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
+              "exit 1 when the GEMM runs below what the CPU supports");
 
   try {
     app.parse(argc, argv);
