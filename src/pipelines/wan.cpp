@@ -17,6 +17,7 @@
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
+#include "encoders/tokenizers/fix_text.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "models/registry.h"
@@ -26,70 +27,6 @@
 
 namespace meshdit {
 namespace {
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
-}
-
-// One pass of html.unescape for numeric references and the named ones prompts meet in practice (the
-// full HTML5 table is some two thousand names; an unknown name is left as written, as Python leaves it).
-std::string html_unescape(const std::string& s) {
-  static const std::pair<const char*, uint32_t> kNamed[] = {
-      {"amp", '&'},      {"lt", '<'},       {"gt", '>'},        {"quot", '"'},     {"apos", '\''},    {"nbsp", 0xA0},
-      {"ndash", 0x2013}, {"mdash", 0x2014}, {"hellip", 0x2026}, {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C},
-      {"rdquo", 0x201D}, {"copy", 0xA9},    {"reg", 0xAE},      {"deg", 0xB0},     {"times", 0xD7},   {"eacute", 0xE9}};
-  std::string out;
-  for (size_t i = 0; i < s.size();) {
-    if (s[i] != '&') {
-      out += s[i++];
-      continue;
-    }
-    const size_t semi = s.find(';', i);
-    if (semi == std::string::npos || semi - i > 12) {
-      out += s[i++];
-      continue;
-    }
-    const std::string body = s.substr(i + 1, semi - i - 1);
-    bool done = false;
-    if (body.size() > 1 && body[0] == '#') {
-      const bool hex = body[1] == 'x' || body[1] == 'X';
-      const std::string digits = body.substr(hex ? 2 : 1);
-      if (!digits.empty() &&
-          digits.find_first_not_of(hex ? "0123456789abcdefABCDEF" : "0123456789") == std::string::npos) {
-        const unsigned long cp = std::stoul(digits, nullptr, hex ? 16 : 10);
-        append_utf8(out, cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : uint32_t(cp));
-        done = true;
-      }
-    } else {
-      for (const auto& [name, cp] : kNamed)
-        if (body == name) {
-          append_utf8(out, cp);
-          done = true;
-          break;
-        }
-    }
-    if (done) {
-      i = semi + 1;
-    } else {
-      out += s[i++];
-    }
-  }
-  return out;
-}
 
 // The length of the whitespace character (Python's \s: ASCII whitespace, NBSP, the U+2000 spaces, ideographic
 // space, ...) at s[i], 0 if none.
@@ -108,7 +45,7 @@ size_t whitespace_at(const std::string& s, size_t i) {
 }  // namespace
 
 std::string wan_prompt_clean(const std::string& text) {
-  const std::string unescaped = html_unescape(html_unescape(text));
+  const std::string unescaped = html_unescape(html_unescape(fix_text(text)));
   std::string out;
   bool pending_space = false;
   for (size_t i = 0; i < unescaped.size();) {

@@ -58,8 +58,9 @@ class WanPipeline final : public Pipeline {
   Mesh mesh_ = Mesh::single();
 };
 
-// diffusers' prompt_clean without ftfy: HTML entities unescaped (twice, as html.unescape(html.unescape(.))),
-// runs of whitespace collapsed to one space, ends trimmed.
+// diffusers' prompt_clean: ftfy's fix_text (its deterministic part: encoders/tokenizers/fix_text.h), HTML
+// entities unescaped (twice, as html.unescape(html.unescape(.))), runs of whitespace collapsed to one space,
+// ends trimmed.
 std::string wan_prompt_clean(const std::string& text);
 
 // The registry's entry for "WanPipeline" (pipelines/pipeline.cpp lists it).

@@ -1,4 +1,4 @@
-// WanPipeline's own pieces: prompt_clean (diffusers' basic_clean + whitespace_clean, without ftfy).
+// WanPipeline's own pieces: prompt_clean (diffusers' basic_clean with ftfy's fix_text + whitespace_clean).
 #include <gtest/gtest.h>
 
 #include "pipelines/wan.h"
@@ -26,4 +26,11 @@ TEST(WanPromptClean, HtmlEntitiesAreUnescapedTwice) {
   // Not an entity, or one outside the table: kept as written.
   EXPECT_EQ(wan_prompt_clean("AT&T & co; &unknownname;"), "AT&T & co; &unknownname;");
   EXPECT_EQ(wan_prompt_clean("&#0;"), "\xef\xbf\xbd");
+}
+
+TEST(WanPromptClean, FixTextRunsFirst) {
+  // Pasted text: curly quotes and an "fi" ligature, as ftfy.fix_text straightens them before the tokenizer.
+  EXPECT_EQ(wan_prompt_clean("\xE2\x80\x9C" "a \xEF\xAC\x81" "sh\xE2\x80\x9D  swims"), "\"a fish\" swims");
+  // An entity for a curly quote is unescaped by fix_text and then straightened too.
+  EXPECT_EQ(wan_prompt_clean("&ldquo;hi&rdquo;"), "\"hi\"");
 }
