@@ -11,6 +11,7 @@
 #include <ctime>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 
@@ -20,6 +21,7 @@
 #include "core/memory_info.h"
 #include "core/thread_pool.h"
 #include "core/torch_rng.h"
+#include "core/trace.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
 #include "parallel/mpi_comm.h"
@@ -136,6 +138,39 @@ void print_rss_per_rank(Communicator& world, const char* when) {
   for (const auto& line : all) std::printf("%s\n", line.c_str());
 }
 
+// Seconds of steps 2..N (all of them when there is one).
+double sum_tail(const std::vector<double>& times) {
+  double s = 0;
+  for (size_t i = times.size() > 1 ? 1 : 0; i < times.size(); ++i) s += times[i];
+  return s;
+}
+
+// Where the profiled steps went: the kernel spans (ops that mark themselves, on the calling thread, so each
+// is the wall time of the whole parallel call) by name, and what is left outside them (element-wise ops,
+// copies, concat, the pool's dispatch).
+void print_profile(int64_t from_us, int64_t steps, double step_s_total) {
+  std::map<std::string, std::pair<double, int64_t>> by_name;  // ms, calls
+  for (const TraceEvent& e : Trace::instance().events()) {
+    if (e.start_us < from_us || std::string(e.category) != "kernel") continue;
+    auto& [ms, calls] = by_name[e.name];
+    ms += double(e.dur_us) / 1000.0;
+    ++calls;
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  const double step_ms = step_s_total * 1000.0 / double(steps);
+  double kernels_ms = 0;
+  std::printf("profile (per step, mean of %lld steps; kernel spans on the calling thread):\n", (long long)steps);
+  for (const auto& [name, v] : rows) {
+    const double ms = v.first / double(steps);
+    kernels_ms += ms;
+    std::printf("  %-20s %9.1f ms %5.1f %%  %lld calls\n", name.c_str(), ms, 100.0 * ms / step_ms,
+                (long long)(v.second / steps));
+  }
+  std::printf("  %-20s %9.1f ms %5.1f %%\n", "(outside kernels)", step_ms - kernels_ms,
+              100.0 * (step_ms - kernels_ms) / step_ms);
+}
+
 // Minor page faults of this process so far: fresh memory touched (the host buffer cache's reason to be).
 long minor_faults() {
   struct rusage u {};
@@ -183,8 +218,12 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   std::printf("precision %s\n", precision_description(compute_precision()).c_str());
   warn_if_gemm_below_cpu();
   print_rss_per_rank(*world, "after load");
+  const bool tracing = cmd.profile || !cmd.trace_path.empty();
+  int64_t profile_from_us = 0;  // the events of steps 2..N (step 1 builds primitives and faults weights in)
+  if (tracing) Trace::instance().enable(true);
   for (int64_t i = 0; i < cmd.steps; ++i) {
     world->barrier();
+    if (i == 1 || cmd.steps == 1) profile_from_us = Trace::instance().now_us();
     const auto t0 = std::chrono::steady_clock::now();
     const double c0 = process_cpu_s();
     const long f0 = minor_faults();
@@ -202,6 +241,14 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     std::fflush(stdout);
   }
   print_rss_per_rank(*world, "after the steps");
+  if (cmd.profile) print_profile(profile_from_us, cmd.steps > 1 ? cmd.steps - 1 : 1, sum_tail(times));
+  if (!cmd.trace_path.empty()) {
+    const auto per_rank = world->gather_strings(Trace::instance().chrome_events(world->rank()), 0);
+    if (lead) {
+      if (auto st = Trace::write_chrome_merged(cmd.trace_path, per_rank); !st.ok()) return fail(st.error().message);
+      std::printf("trace %s\n", cmd.trace_path.c_str());
+    }
+  }
   const HostCacheStats hc = host_cache_stats();
   std::printf("host buffer cache: %.1f MB waiting of %.0f MB, %llu reused, %llu fresh, %llu evicted\n",
               double(hc.cached_bytes) / 1048576.0, double(hc.limit_bytes) / 1048576.0, (unsigned long long)hc.hits,

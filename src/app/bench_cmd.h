@@ -13,6 +13,8 @@ struct BenchTransformerCommand {
   int threads = 0;
   std::string precision;       // "f32" or "bf16"; "" = default_compute_precision()
   std::string mesh, parallel;  // run on a mesh under mpirun (see `meshdit generate --mesh`)
+  bool profile = false;        // print where steps 2..N spent their time, per kernel
+  std::string trace_path;      // Chrome trace of the run ("" = none)
 };
 
 // Times `steps` forwards; prints each step and, last, "s_per_step <median of steps 2..N>". On a mesh every

@@ -199,6 +199,10 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   bench_tr->add_option("--threads", bt.threads, "CPU threads");
   bench_tr->add_option("--precision", bt.precision, kPrecisionHelp)->check(CLI::IsMember({"f32", "bf16"}));
+  bench_tr->add_flag("--profile", bt.profile,
+                     "after the steps, the time of steps 2..N per kernel (linear, attention, norms, ...) and outside "
+                     "them");
+  bench_tr->add_option("--trace", bt.trace_path, "write a Chrome trace of the run (open it in Perfetto)");
   add_mesh_options(bench_tr, bt.mesh, bt.parallel);
   auto* bench_rand = bench->add_subcommand("random-checkpoint",
                                            "Write a random bf16 transformer at real width in a single-file layout");

@@ -4,6 +4,7 @@
 // (real width is gigabytes even with few blocks); the values' generator is not under test here.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <set>
 
 #include "../test_util.h"
@@ -86,6 +87,25 @@ TEST(Bench, RandomCheckpointFromAConfigTakesItsWidthsAndDepth) {
   auto missing = random_checkpoint_spec("wan22-t2v-a14b", 1, 0, (tmp.path() / "none.json").string());
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().message.find("none.json"), std::string::npos) << missing.error().message;
+}
+
+TEST(Bench, TransformerProfileSplitsTheStepByKernelAndWritesATrace) {
+  // The flux1_dev_transformer fixture's weights: a real forward, small enough for a test.
+  test::TempDir tmp;
+  const std::string trace = (tmp.path() / "t.json").string();
+  std::string log;
+  const int rc = test::run_command(std::string(MESHDIT_CLI) + " bench transformer " + test::fixtures_dir() +
+                                       "/flux1_dev_transformer --width 32 --height 32 --text-tokens 8 --steps 2 "
+                                       "--threads 1 --profile --trace " +
+                                       trace,
+                                   &log);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("profile (per step, mean of 1 steps"), std::string::npos) << log;
+  EXPECT_NE(log.find("  linear "), std::string::npos) << log;
+  EXPECT_NE(log.find("  attention "), std::string::npos) << log;
+  EXPECT_NE(log.find("(outside kernels)"), std::string::npos) << log;
+  EXPECT_NE(log.find("page faults"), std::string::npos) << log;
+  EXPECT_TRUE(std::filesystem::exists(trace));
 }
 
 TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
