@@ -73,7 +73,18 @@ class StageBar {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_ = start_;
 };
 
-Status write_timings(const std::string& path, const GenerateCommand& cmd, double total_s) {
+Json cache_json(const CacheReport& r) {
+  Json calls = Json::array();
+  for (const auto& c : r.calls)
+    calls.push_back({{"step", c.step}, {"cache", c.cache}, {"cached", c.cached}, {"diff", c.diff}});
+  return {{"options", r.options},
+          {"calls", calls},
+          {"cached_calls", r.cached_calls()},
+          {"blocks_total", r.blocks_total},
+          {"blocks_run", r.blocks_run}};
+}
+
+Status write_timings(const std::string& path, const GenerateCommand& cmd, double total_s, const CacheReport* cache) {
   Json stages = Json::object();
   Json steps = Json::array();
   Json vae_chunks = Json::array();
@@ -93,6 +104,7 @@ Status write_timings(const std::string& path, const GenerateCommand& cmd, double
             {"vae_chunks_s", vae_chunks},
             {"total_s", total_s},
             {"peak_rss_mb", peak_rss_mb()}};
+  if (cache) j["cache"] = cache_json(*cache);
   std::ofstream f(path);
   if (!f) return make_error(path + ": cannot open for writing");
   f << j.dump(2) << "\n";
@@ -210,6 +222,11 @@ int run_generate(const GenerateCommand& cmd) {
   o.seed = cmd.seed;
   o.max_sequence_length = cmd.max_sequence_length;
   o.vae_tiling = cmd.vae_tiling;
+  auto cache_options = parse_cache_options(cmd.cache);
+  if (!cache_options.ok()) return fail(cache_options.error().message);
+  o.cache = *cache_options;
+  CacheReport cache_report;
+  if (o.cache.enabled()) o.cache_report = &cache_report;
   if (builtin) {  // the built-in model was trained at 128 x 128 with 20 steps
     if (o.height == 0) o.height = 128;
     if (o.width == 0) o.width = 128;
@@ -237,6 +254,7 @@ int run_generate(const GenerateCommand& cmd) {
                  num_threads(), precision_description(compute_precision()).c_str());
     if (shape.size() > 1)
       std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
+    if (o.cache.enabled()) std::fprintf(stderr, ", cache %s", cache_options_str(o.cache).c_str());
     std::fputc('\n', stderr);
   }
   Span gen_span("run", "denoise + decode");
@@ -248,6 +266,15 @@ int run_generate(const GenerateCommand& cmd) {
   ScopedProgressListener stage_progress(cmd.progress && lead ? ProgressListener(std::ref(stage_bar)) : nullptr);
   auto images = pipe.generate(o, nullptr, cb);
   if (!images.ok()) return fail(images.error().message);
+  if (lead && o.cache.enabled()) {
+    std::string cached;
+    for (const auto& c : cache_report.calls)
+      if (c.cached) cached += (cached.empty() ? "" : " ") + std::to_string(c.step) + (c.cache == "shared" ? "" : c.cache.substr(0, 1));
+    std::fprintf(stderr, "cache: %lld of %zu model calls cached (steps %s), blocks run %lld of %lld (%.1f%%)\n",
+                 (long long)cache_report.cached_calls(), cache_report.calls.size(), cached.empty() ? "none" : cached.c_str(),
+                 (long long)cache_report.blocks_run, (long long)cache_report.blocks_total,
+                 100.0 * double(cache_report.blocks_run) / double(std::max<int64_t>(1, cache_report.blocks_total)));
+  }
 
   if (lead && video) {
     Span save("stage", "save video");
@@ -270,6 +297,7 @@ int run_generate(const GenerateCommand& cmd) {
       if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});
       if (!cmd.transformer.empty()) text.push_back({"transformer", cmd.transformer});
       if (!cmd.latents.empty()) text.push_back({"latents", latents_src.str()});
+      if (o.cache.enabled()) text.push_back({"cache", cache_options_str(o.cache)});
       std::vector<uint8_t> rgb = to_rgb8(im.select(0, b));
       if (auto st = write_png(out, rgb.data(), int(o.width), int(o.height), text); !st.ok())
         return fail(st.error().message);
@@ -278,7 +306,7 @@ int run_generate(const GenerateCommand& cmd) {
   }
   const double total_s = total.elapsed_s();
   if (!cmd.timings_path.empty() && lead) {
-    if (auto st = write_timings(cmd.timings_path, cmd, total_s); !st.ok()) return fail(st.error().message);
+    if (auto st = write_timings(cmd.timings_path, cmd, total_s, o.cache.enabled() ? &cache_report : nullptr); !st.ok()) return fail(st.error().message);
     std::fprintf(stderr, "timings: %s (total %.2f s, peak RSS %.0f MB)\n", cmd.timings_path.c_str(), total_s,
                  peak_rss_mb());
   }

@@ -20,6 +20,7 @@ struct GenerateCommand {
   std::string precision;  // "f32" or "bf16"; "" = default_compute_precision()
   bool progress = true;
   bool vae_tiling = false;
+  std::string cache = "none";  // --cache: step caching (layers/block_cache.h parse_cache_options)
   std::string mesh;      // "RxC"; "" = 1 x the number of ranks (1 without mpirun)
   std::string parallel;  // --parallel overrides of the automatic config
 };

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "app/bench_cache_cmd.h"
 #include "app/bench_cmd.h"
 #include "app/check.h"
 #include "app/convert_cmd.h"
@@ -184,6 +185,12 @@ int run(int argc, char** argv) {
   add_mesh_options(gen, g.mesh, g.parallel);
   gen->add_flag("--vae-tiling", g.vae_tiling,
                 "decode the image in overlapping tiles (bounded memory for large images; tiles are blended)");
+  gen->add_option("--cache", g.cache,
+                  "step caching: none (default), fbcache, dbcache or dbcache+taylorseer, optionally with\n"
+                  "':' and fields: F8B0 (first/last blocks always run; F4B0/F1B1 per block stack, e.g. Flux's\n"
+                  "double/single), threshold=0.08 (relative change of the first blocks' residual below which\n"
+                  "the middle blocks are skipped), warmup=8 (calls never cached), max_cached=N,\n"
+                  "max_consecutive=N, order=1|2 (TaylorSeer). E.g. --cache dbcache:F8B0,threshold=0.12");
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
@@ -218,6 +225,25 @@ int run(int argc, char** argv) {
       "a diffusers config.json of the --arch model, used instead of the preset's (its block counts too), e.g. a "
       "real-width transformer with the text width of a small text encoder");
 
+  auto* bench_cache = bench->add_subcommand(
+      "cache", "Step caching's speed and image quality: one generation uncached, then one per --mode with the "
+               "same seed (PSNR/SSIM against the uncached image), the pipeline loaded once");
+  meshdit::BenchCacheCommand bc;
+  bench_cache->add_option("--model", bc.model, "diffusers pipeline folder (default: the built-in model)");
+  bench_cache->add_option("--transformer", bc.transformer,
+                          "a transformer checkpoint used instead of <model>/transformer (e.g. a random real-width "
+                          "one from `bench random-checkpoint`)");
+  bench_cache->add_option("--prompt", bc.prompt, "prompt");
+  bench_cache->add_option("--width", bc.width, "width (default: the model's)");
+  bench_cache->add_option("--height", bc.height, "height (default: the model's)");
+  bench_cache->add_option("--steps", bc.steps, "denoising steps (default: the model's)");
+  bench_cache->add_option("--frames", bc.frames, "video pipelines: frames");
+  bench_cache->add_option("--seed", bc.seed, "seed");
+  bench_cache->add_option("--mode", bc.modes,
+                          "a --cache spec to measure (repeatable); default: fbcache, dbcache:F8B0 and "
+                          "dbcache+taylorseer:F8B0 at thresholds 0.05-0.2");
+  bench_cache->add_option("--save", bc.save_dir, "write each mode's first image as DIR/<row>.png");
+
   meshdit::add_plan_command(app);  // runs from its callback
 
   auto* conv = app.add_subcommand(
@@ -232,6 +258,11 @@ int run(int argc, char** argv) {
   conv->add_flag("!--no-progress", cv.progress, "no line per tensor on stderr");
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
+  auto* compare = app.add_subcommand("compare", "PSNR and SSIM of two PNGs of one size (e.g. a cached or quantized "
+                                                "generation against the exact one of the same seed)");
+  std::string compare_a, compare_b;
+  compare->add_option("a", compare_a, "first PNG")->required();
+  compare->add_option("b", compare_b, "second PNG")->required();
   auto* info = app.add_subcommand(
       "info", "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
               "exit 1 when the GEMM runs below what the CPU supports");
@@ -245,6 +276,8 @@ int run(int argc, char** argv) {
   if (*check) return cmd_check(dirs, quiet, check_mesh, check_parallel, check_precision);
   if (*gen) return meshdit::run_generate(g);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
+  if (*bench_cache) return meshdit::run_bench_cache(bc);
+  if (*compare) return meshdit::run_compare(compare_a, compare_b);
   if (*bench_rand) {
     if (*rand_config_opt && (bench_rand->count("--double") || bench_rand->count("--single"))) {
       std::fprintf(stderr, "error: --config gives the block counts; --double/--single cannot be used with it\n");

@@ -2,6 +2,8 @@
 
 #include <array>
 #include <cmath>
+#include <map>
+#include <memory>
 
 #include "backend/model_ops.h"
 #include "backend/ops.h"
@@ -56,8 +58,28 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
   const bool split = guided && cfg_group.size() == 2;
   if (split && record) return make_error("recording intermediates is not supported with cfg=2");
 
+  // Step caches: one per branch for two calls a step (each compares with its own last computed call), one
+  // for a batched pair. A batched pair split over the cfg group is still one batch: its decision is made
+  // over both ranks' sums.
+  int64_t step = 0;
+  std::map<Branch, std::unique_ptr<StepCache>> caches;
+  if (setup.cache_report) setup.cache_report->options = cache_options_str(setup.cache);
+  auto cache_for = [&](Branch b) -> StepCache* {
+    if (!setup.cache.enabled()) return nullptr;
+    const bool own = setup.guidance.mode == CfgMode::TwoCalls;
+    const Branch key = own ? b : Branch::Pair;
+    auto& c = caches[key];
+    if (!c) {
+      const char* name = !own ? "shared" : b == Branch::Cond ? "cond" : "uncond";
+      c = std::make_unique<StepCache>(setup.cache, name, split && !own ? &cfg_group : nullptr, setup.cache_report);
+    }
+    c->set_step(step);
+    return c.get();
+  };
+
   int64_t calls = 0;
   auto predict = [&](const Expert& e, const Tensor& x, float t, Branch b) -> Result<Tensor> {
+    ScopedStepCache scope(cache_for(b));
     TensorMap inputs;
     MD_TRY(Tensor v, e.predict(x, t, b, record ? &inputs : nullptr));
     if (record) {
@@ -95,10 +117,16 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
   const std::vector<float> timesteps = scheduler.timesteps();
   const int64_t steps = int64_t(timesteps.size());
   if (record) (*record)["scheduler.timesteps"] = scheduler.timesteps_tensor();
+  const Expert* last_expert = nullptr;
   for (int64_t i = 0; i < steps; ++i) {
     Span span("step", "denoise step " + std::to_string(i));
     const float t = timesteps[size_t(i)];
     const Expert& expert = expert_at(setup, t);
+    // Another expert's blocks: nothing cached from the first one applies.
+    if (last_expert && &expert != last_expert)
+      for (auto& [branch, cache] : caches) cache->reset();
+    last_expert = &expert;
+    step = i;
     Tensor v;
     if (guided) {
       MD_TRY(BranchPair p, predict_both(expert, latents, t));

@@ -59,6 +59,10 @@ struct DenoiseSetup {
   // experts[0] for timesteps t >= boundary, experts[1] below (Wan2.2: boundary_ratio * num_train_timesteps).
   std::optional<float> boundary;
   Guidance guidance;
+  // Step caching (layers/block_cache.h): one cache per branch under CfgMode::TwoCalls (the prompt and the
+  // negative prompt each get their own), one for the batch otherwise; reset when the expert changes.
+  CacheOptions cache;
+  CacheReport* cache_report = nullptr;  // receives every call's decision and the blocks run
 };
 
 // The scheduler as the loop uses it, its timesteps already set.

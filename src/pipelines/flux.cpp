@@ -184,6 +184,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   setup.experts = {Expert{"transformer", predict, *o.true_cfg_scale}};
   setup.guidance.mode = true_cfg ? CfgMode::TwoCalls : CfgMode::None;
   SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode.

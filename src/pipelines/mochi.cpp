@@ -209,6 +209,8 @@ Result<Tensor> MochiPipeline::generate(const GenerateOptions& options, TensorMap
   setup.experts = {Expert{"transformer", predict, scale}};
   setup.guidance.mode = cfg ? CfgMode::Batched : CfgMode::None;
   SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. De-normalise (z = latents * std / scaling_factor + mean, in the reference's order) and decode.

@@ -338,6 +338,8 @@ Result<Tensor> MotifImagePipeline::generate(const GenerateOptions& options, Tens
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, scale}};
   setup.guidance.mode = cfg ? CfgMode::Batched : CfgMode::None;
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode: latents / scaling_factor, the VAE, then + shift_factor on the image (as the reference does it).

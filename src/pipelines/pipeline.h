@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "layers/block_cache.h"
 #include "parallel/mesh.h"
 
 namespace meshdit {
@@ -34,6 +35,8 @@ struct GenerateOptions {
   int64_t max_sequence_length = 0;
   Tensor latents;           // initial noise, packed as the pipeline packs it; undefined: torch.randn from seed
   bool vae_tiling = false;  // decode in overlapping tiles (bounded memory for large images)
+  CacheOptions cache;       // step caching in the denoising loop (layers/block_cache.h); off by default
+  CacheReport* cache_report = nullptr;  // when set, receives what the caching did
 };
 
 // Where a pipeline's components come from besides its folder; empty fields: the folder's own.

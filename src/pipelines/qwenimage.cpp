@@ -176,6 +176,8 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
   setup.guidance.mode = true_cfg ? CfgMode::TwoCalls : CfgMode::None;
   setup.guidance.keep_cond_norm = true;
   SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode one frame.

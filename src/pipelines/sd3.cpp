@@ -194,6 +194,8 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
   setup.experts = {Expert{"transformer", predict, scale}};
   setup.guidance.mode = cfg ? CfgMode::Batched : CfgMode::None;
   SchedulerRef<FlowMatchEulerScheduler> sched(scheduler);
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode.

@@ -239,6 +239,8 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
   }
   setup.guidance.mode = cfg ? CfgMode::TwoCalls : CfgMode::None;
   SchedulerRef<UniPCMultistepScheduler> sched(scheduler);
+  setup.cache = o.cache;
+  setup.cache_report = o.cache_report;
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode every frame.

@@ -17,6 +17,7 @@
 #include "core/trace.h"
 #include "io/json_config.h"
 #include "io/single_file.h"
+#include "layers/block_cache.h"
 #include "layers/sequence_shard.h"
 #include "models/registry.h"
 
@@ -180,20 +181,26 @@ Result<Tensor> FluxTransformer::forward(const Tensor& hidden_states, const Tenso
   const int64_t n = shard.local_tokens();
 
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
-  for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
-    {
+  // Step caching (layers/block_cache.h) sees the double- then the single-stream blocks as two stacks.
+  const int64_t D = int64_t(transformer_blocks_.size()), S = int64_t(single_transformer_blocks_.size());
+  MD_TRY(CachedBlocks blocks, CachedBlocks::begin(current_step_cache(), {D, S}, &par_, x));
+  for (int64_t i = 0; i < D; ++i) {
+    if (blocks.run(i)) {
       Span span("block", "transformer_blocks." + std::to_string(i));
-      transformer_blocks_[i](x, c, silu_temb, &rope, shard.layout());
+      transformer_blocks_[size_t(i)](x, c, silu_temb, &rope, shard.layout());
     }
+    blocks.after(i, {x, c}, x);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }
   Tensor tokens = concat({c, x}, 1);
-  for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
-    {
+  for (int64_t i = 0; i < S; ++i) {
+    if (blocks.run(D + i)) {
       Span span("block", "single_transformer_blocks." + std::to_string(i));
-      single_transformer_blocks_[i](tokens, silu_temb, rope, shard.layout());
+      single_transformer_blocks_[size_t(i)](tokens, silu_temb, rope, shard.layout());
     }
+    const Tensor image = tokens.slice(1, L, L + n);
+    blocks.after(D + i, {image, tokens.slice(1, 0, L)}, image);
     if (hooks) {
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".0", tokens.slice(1, 0, L));
       report(hooks, "hook.single_transformer_blocks." + std::to_string(i) + ".1", tokens.slice(1, L, L + n));

@@ -19,6 +19,7 @@
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "layers/block_cache.h"
 #include "models/registry.h"
 
 namespace meshdit {
@@ -285,11 +286,13 @@ Result<Tensor> MochiTransformer::forward(const Tensor& hidden_states, const Tens
 
   x = shard.local(x);
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
+  MD_TRY(CachedBlocks cache, CachedBlocks::begin(current_step_cache(), {int64_t(blocks_.size())}, &par_, x));
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    {
+    if (cache.run(int64_t(i))) {
       Span span("block", "transformer_blocks." + std::to_string(i));
       blocks_[i](x, context, silu_temb, rope, shard.layout(), txt_bias, txt_keep);
     }
+    cache.after(int64_t(i), {x, context}, x);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", x);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", context);
   }

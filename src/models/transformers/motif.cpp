@@ -20,6 +20,7 @@
 #include "core/trace.h"
 #include "io/json_config.h"
 #include "io/single_file.h"
+#include "layers/block_cache.h"
 #include "models/registry.h"
 
 namespace meshdit {
@@ -267,12 +268,16 @@ Result<Tensor> MotifTransformer::forward(const Tensor& latent, const Tensor& t, 
   const int64_t n = x.size(1);
   if (R > 0) x = concat({x, register_tokens_.to(DType::F32).expand({B, R, dim}).contiguous()}, 1);
   const Tensor silu_emb = ops::activation(emb_t, Act::SiLU);
+  // x is [patches; registers]: the patches are the image rows step caching measures.
+  MD_TRY(CachedBlocks cache,
+         CachedBlocks::begin(current_step_cache(), {int64_t(blocks_.size())}, &par_, x.slice(1, 0, n)));
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const std::string name = "mmdit_blocks." + std::to_string(i);
-    {
+    if (cache.run(int64_t(i))) {
       Span span("block", name);
       blocks_[i](x, c, silu_emb, shard.layout(), R, hooks, name);
     }
+    cache.after(int64_t(i), {x, c}, x.slice(1, 0, n));
     if (hooks) {
       report(hooks, "hook." + name + ".0", registers_first(x, R));
       report(hooks, "hook." + name + ".1", c);

@@ -17,6 +17,7 @@
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "layers/block_cache.h"
 #include "layers/sequence_shard.h"
 #include "models/registry.h"
 
@@ -201,11 +202,14 @@ Result<Tensor> QwenImageTransformer::forward(const Tensor& hidden_states, const 
   x = shard.local(x);
   const RopeTables rope = shard.local(RopeTables{ops::to_device(whole.cos, dev), ops::to_device(whole.sin, dev)});
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
+  MD_TRY(CachedBlocks blocks,
+         CachedBlocks::begin(current_step_cache(), {int64_t(transformer_blocks_.size())}, &par_, x));
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
-    {
+    if (blocks.run(int64_t(i))) {
       Span span("block", "transformer_blocks." + std::to_string(i));
       transformer_blocks_[i](x, c, silu_temb, rope, shard.layout(), txt_bias.defined() ? &txt_bias : nullptr);
     }
+    blocks.after(int64_t(i), {x, c}, x);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }

@@ -15,6 +15,7 @@
 #include "core/trace.h"
 #include "io/json_config.h"
 #include "io/single_file.h"
+#include "layers/block_cache.h"
 #include "layers/sequence_shard.h"
 #include "models/registry.h"
 
@@ -127,11 +128,14 @@ Result<Tensor> SD3Transformer::forward(const Tensor& hidden_states, const Tensor
   const SequenceShard shard(x.size(1), c.size(1), /*txt_first=*/false, par_);
   x = shard.local(x);
   const Tensor silu_temb = ops::activation(temb, Act::SiLU);
+  MD_TRY(CachedBlocks blocks,
+         CachedBlocks::begin(current_step_cache(), {int64_t(transformer_blocks_.size())}, &par_, x));
   for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
-    {
+    if (blocks.run(int64_t(i))) {
       Span span("block", "transformer_blocks." + std::to_string(i));
       transformer_blocks_[i](x, c, silu_temb, nullptr, shard.layout());
     }
+    blocks.after(int64_t(i), {x, c}, x);  // c: undefined after SD3.5's last (context_pre_only) block
     if (c.defined()) report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".0", c);
     report(hooks, "hook.transformer_blocks." + std::to_string(i) + ".1", x);
   }

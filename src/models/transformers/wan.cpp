@@ -19,6 +19,7 @@
 #include "core/torch_rng.h"
 #include "core/trace.h"
 #include "io/json_config.h"
+#include "layers/block_cache.h"
 #include "models/registry.h"
 
 namespace meshdit {
@@ -252,11 +253,14 @@ Result<Tensor> WanTransformer::forward(const Tensor& hidden_states, const Tensor
   const Tensor mod = timestep_proj.reshape({B, 6, D});
 
   x = shard.local(x);
+  // Only the video tokens are a residual stream here: the text enters by cross-attention.
+  MD_TRY(CachedBlocks cache, CachedBlocks::begin(current_step_cache(), {int64_t(blocks_.size())}, &par_, x));
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    {
+    if (cache.run(int64_t(i))) {
       Span span("block", "blocks." + std::to_string(i));
       blocks_[i](x, context, mod, rope, shard.layout());
     }
+    cache.after(int64_t(i), {x}, x);
     report(hooks, "hook.blocks." + std::to_string(i), x);
   }
   // shift, scale = scale_shift_table + temb (not the 6-way projection).
