@@ -269,11 +269,16 @@ int run_generate(const GenerateCommand& cmd) {
   if (lead && o.cache.enabled()) {
     std::string cached;
     for (const auto& c : cache_report.calls)
-      if (c.cached) cached += (cached.empty() ? "" : " ") + std::to_string(c.step) + (c.cache == "shared" ? "" : c.cache.substr(0, 1));
-    std::fprintf(stderr, "cache: %lld of %zu model calls cached (steps %s), blocks run %lld of %lld (%.1f%%)\n",
-                 (long long)cache_report.cached_calls(), cache_report.calls.size(), cached.empty() ? "none" : cached.c_str(),
-                 (long long)cache_report.blocks_run, (long long)cache_report.blocks_total,
-                 100.0 * double(cache_report.blocks_run) / double(std::max<int64_t>(1, cache_report.blocks_total)));
+      if (c.cached)
+        cached +=
+            (cached.empty() ? "" : " ") + std::to_string(c.step) + (c.cache == "shared" ? "" : c.cache.substr(0, 1));
+    // Under CFG parallel each rank runs its own guidance branch (or half of the batch) and reports its calls.
+    std::fprintf(stderr, "cache: %lld of %zu model calls cached (steps %s), blocks run %lld of %lld (%.1f%%)%s\n",
+                 (long long)cache_report.cached_calls(), cache_report.calls.size(),
+                 cached.empty() ? "none" : cached.c_str(), (long long)cache_report.blocks_run,
+                 (long long)cache_report.blocks_total,
+                 100.0 * double(cache_report.blocks_run) / double(std::max<int64_t>(1, cache_report.blocks_total)),
+                 mesh->config().cfg > 1 ? ", on rank 0's guidance branch" : "");
   }
 
   if (lead && video) {
@@ -306,7 +311,8 @@ int run_generate(const GenerateCommand& cmd) {
   }
   const double total_s = total.elapsed_s();
   if (!cmd.timings_path.empty() && lead) {
-    if (auto st = write_timings(cmd.timings_path, cmd, total_s, o.cache.enabled() ? &cache_report : nullptr); !st.ok()) return fail(st.error().message);
+    if (auto st = write_timings(cmd.timings_path, cmd, total_s, o.cache.enabled() ? &cache_report : nullptr); !st.ok())
+      return fail(st.error().message);
     std::fprintf(stderr, "timings: %s (total %.2f s, peak RSS %.0f MB)\n", cmd.timings_path.c_str(), total_s,
                  peak_rss_mb());
   }

@@ -164,6 +164,22 @@ TEST_F(GenerateMotif, NegativePromptRunsAndChangesTheImage) {
   EXPECT_NE(pixels("plain.png", &w, &h), pixels("neg.png", &w, &h));
 }
 
+// Motif has no pipeline fixture (tests/pipelines/cache_pipeline_test.cpp runs the others): its step caching
+// through the CLI. Threshold 0 changes no pixel; a huge one skips every call after the warmup (its guidance
+// is one batch of two, so one shared cache: 6 calls, 5 cached).
+TEST_F(GenerateMotif, StepCachingSkipsAndThresholdZeroChangesNothing) {
+  std::string log;
+  ASSERT_EQ(generate("uncached.png", "", &log, 6), 0) << log;
+  ASSERT_EQ(generate("zero.png", "--cache fbcache:threshold=0,warmup=0", &log, 6), 0) << log;
+  EXPECT_NE(log.find("cache: 0 of 6 model calls cached"), std::string::npos) << log;
+  int w = 0, h = 0;
+  EXPECT_EQ(pixels("uncached.png", &w, &h), pixels("zero.png", &w, &h));
+  for (const char* spec : {"fbcache:threshold=1e9,warmup=1", "dbcache+taylorseer:F1B0,threshold=1e9,warmup=1"}) {
+    ASSERT_EQ(generate("skip.png", std::string("--cache ") + spec, &log, 6), 0) << log;
+    EXPECT_NE(log.find("cache: 5 of 6 model calls cached (steps 1 2 3 4 5)"), std::string::npos) << spec << "\n" << log;
+  }
+}
+
 TEST_F(GenerateMotif, OddStepsAndNonSquareSizesAreOneClearError) {
   std::string log;
   EXPECT_EQ(generate("odd.png", "", &log, 3), 1) << log;
