@@ -78,7 +78,7 @@ struct Backend {
                            const Tensor* b, Act act, Tensor& y);
   // Element-wise on contiguous float32 tensors of one shape (y may alias an input).
   void (*fill)(Tensor& y, float value);
-  void (*affine)(const Tensor& x, float a, float b, Tensor& y);       // y = x * a + b
+  void (*affine)(const Tensor& x, float a, float b, Tensor& y);        // y = x * a + b
   void (*lerp)(const Tensor& a, const Tensor& b, float w, Tensor& y);  // y = a + w * (b - a)
   void (*clamp)(Tensor& x, float lo, float hi);                        // in place
   void (*mul)(const Tensor& a, const Tensor& b, Tensor& y);            // y = a * b
@@ -150,6 +150,10 @@ struct Backend {
   // as Llama / Qwen) by frequency i of cos, sin [L, D] laid out as rope_tables makes them (frequency i in
   // columns 2i and 2i + 1), so one table serves both layouts.
   void (*rope_half)(Tensor& x, const Tensor& cos, const Tensor& sin);
+  // out [2] = {sum |a - b|, sum |b|} over every element of a and b (one shape, contiguous f32), accumulated
+  // in float64 over fixed-size chunks summed in order (the same value for any thread count): step
+  // caching's relative L1 change, which every rank of a mesh must compute alike.
+  void (*l1_change_sums)(const Tensor& a, const Tensor& b, Tensor& out);
 };
 
 const Backend& cpu_backend();

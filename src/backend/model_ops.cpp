@@ -128,6 +128,18 @@ Tensor row_l2(const Tensor& x) {
   return out;
 }
 
+Tensor l1_change_sums(const Tensor& a, const Tensor& b) {
+  MD_CHECK(a.shape() == b.shape(), "l1_change_sums: " + shape_str(a.shape()) + " vs " + shape_str(b.shape()));
+  Tensor out = Tensor::empty({2}, DType::F32, a.device());
+  backend_for(common_device("l1_change_sums", {&a, &b})).l1_change_sums(f32c(a), f32c(b), out);
+  return out;
+}
+
+std::vector<float> host_values(const Tensor& t) {
+  MD_CHECK(t.numel() <= 1024, "host_values: " + shape_str(t.shape()) + " is tensor data, not a decision");
+  return to_device(t, Device::CPU).to_vector();
+}
+
 Tensor scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den) {
   MD_CHECK(num.shape() == Shape{x.size(0)} && den.shape() == Shape{x.size(0)},
            "scale_rows_by_ratio: num/den must be [" + std::to_string(x.size(0)) + "]");

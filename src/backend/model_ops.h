@@ -49,4 +49,11 @@ Tensor row_l2(const Tensor& x);
 Tensor scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den);
 Tensor scale(const Tensor& x, float a);
 
+// {sum |a - b|, sum |b|} -> [2] float32 on the inputs' device, summed in float64 in a fixed order: the
+// relative L1 change step caching decides on (all-reduce it across ranks before reading it).
+Tensor l1_change_sums(const Tensor& a, const Tensor& b);
+// A few values on the host, copied from any device: for the rare decision that steers control flow (step
+// caching's skip); never for tensor data.
+std::vector<float> host_values(const Tensor& t);
+
 }  // namespace meshdit::ops

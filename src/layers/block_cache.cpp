@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "backend/model_ops.h"
 #include "backend/ops.h"
 #include "core/trace.h"
 #include "parallel/collectives.h"
@@ -26,17 +27,6 @@ void add_into(const Tensor& x, const Tensor& y) {
     const Tensor sum = ops::add(v, y);
     copy_into(sum, v);
   }
-}
-
-// sum |a - b| and sum |b| in double, over tensors of one shape on any device.
-std::pair<double, double> l1_sums(const Tensor& a, const Tensor& b) {
-  const std::vector<float> va = a.to_vector(), vb = b.to_vector();
-  double diff = 0, base = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    diff += std::fabs(double(va[i]) - double(vb[i]));
-    base += std::fabs(double(vb[i]));
-  }
-  return {diff, base};
 }
 
 bool parse_int(const std::string& s, int64_t& out) {
@@ -247,12 +237,11 @@ void CachedBlocks::after(int64_t i, const std::vector<Tensor>& streams, const Te
     if (may) {
       // Every rank must decide alike: the sums of the whole batch, over every rank holding part of it (TP
       // ranks hold the same rows and scale both sums alike, so the ratio is unchanged).
-      auto [a, base] = l1_sums(fn, s.prev_fn);
-      Tensor sums = ops::to_device(Tensor::from_f32({2}, {float(a), float(base)}), image.device());
+      Tensor sums = ops::l1_change_sums(fn, s.prev_fn);
       if (par_ && par_->sp) all_reduce_(sums, *par_->sp);
       if (par_ && par_->tp) all_reduce_(sums, *par_->tp);
       if (c_->decision_group_) all_reduce_(sums, *c_->decision_group_);
-      const std::vector<float> v = sums.to_vector();
+      const std::vector<float> v = ops::host_values(sums);
       diff = v[1] > 0 ? double(v[0]) / double(v[1]) : 0.0;
       cached_ = diff < double(o.threshold);
     }

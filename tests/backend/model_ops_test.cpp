@@ -31,6 +31,7 @@ MESHDIT_BACKEND_SUITE(ModelOpsMaskToBias);
 MESHDIT_BACKEND_SUITE(ModelOpsRows);
 MESHDIT_BACKEND_SUITE(ModelOpsAxpby);
 MESHDIT_BACKEND_SUITE(ModelOpsRowStats);
+MESHDIT_BACKEND_SUITE(ModelOpsL1Change);
 
 // a * b rounded once to float32: the product of two floats is exact in double.
 float mul32(float a, float b) { return float(double(a) * double(b)); }
@@ -251,6 +252,22 @@ TEST_P(ModelOpsRowStats, StdNormAndRatioScaling) {
   const float ratio[3] = {0.25f, 4.0f, -1.0f};
   for (int64_t r = 0; r < 3; ++r)
     for (int64_t i = 0; i < n; ++i) EXPECT_EQ(z[size_t(r * n + i)], xv[size_t(r * n + i)] * ratio[r]);
+}
+
+// Step caching's change: over more than one fixed chunk (65,536 elements), in float64, the same on every
+// backend, and readable on the host from any device.
+TEST_P(ModelOpsL1Change, SumsOfAbsoluteChangeAndBase) {
+  const Tensor a = random_tensor({3, 50000}, 21), b = random_tensor({3, 50000}, 22, 3.0f);
+  const std::vector<float> av = a.to_vector(), bv = b.to_vector();
+  double d = 0, s = 0;
+  for (size_t i = 0; i < av.size(); ++i) d += std::fabs(double(av[i]) - bv[i]), s += std::fabs(double(bv[i]));
+  const Tensor sums = ops::l1_change_sums(on(a), on(b));
+  EXPECT_EQ(sums.device(), on(a).device());
+  const std::vector<float> v = ops::host_values(sums);
+  ASSERT_EQ(v.size(), 2u);
+  EXPECT_EQ(v[0], float(d));
+  EXPECT_EQ(v[1], float(s));
+  EXPECT_EQ(ops::host_values(ops::l1_change_sums(on(b), on(b)))[0], 0.0f);
 }
 
 }  // namespace

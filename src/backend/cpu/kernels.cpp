@@ -468,6 +468,7 @@ const Backend& cpu_backend() {
       .row_l2 = cpu::row_l2,
       .scale_rows_by_ratio = cpu::scale_rows_by_ratio,
       .rope_half = cpu::rope_half,
+      .l1_change_sums = cpu::l1_change_sums,
   };
   return b;
 }

@@ -22,20 +22,23 @@ void rope_tables(const Tensor& pos, const std::vector<int>& axes_dims, double th
     const int dim = axes_dims[size_t(a)];
     for (int i = 0; i < dim / 2; ++i) freq.push_back(1.0 / std::pow(theta, double(2 * i) / double(dim)));
   }
-  parallel_for(L, [&](int64_t l0, int64_t l1, int) {
-    for (int64_t l = l0; l < l1; ++l) {
-      int64_t col = 0;
-      size_t f = 0;
-      for (int64_t a = 0; a < n_axes; ++a) {
-        const double x = double(p[l * n_axes + a]);
-        for (int i = 0; i < axes_dims[size_t(a)] / 2; ++i, ++f, col += 2) {
-          const double angle = x * freq[f];
-          c[l * D + col] = c[l * D + col + 1] = float(std::cos(angle));
-          s[l * D + col] = s[l * D + col + 1] = float(std::sin(angle));
+  parallel_for(
+      L,
+      [&](int64_t l0, int64_t l1, int) {
+        for (int64_t l = l0; l < l1; ++l) {
+          int64_t col = 0;
+          size_t f = 0;
+          for (int64_t a = 0; a < n_axes; ++a) {
+            const double x = double(p[l * n_axes + a]);
+            for (int i = 0; i < axes_dims[size_t(a)] / 2; ++i, ++f, col += 2) {
+              const double angle = x * freq[f];
+              c[l * D + col] = c[l * D + col + 1] = float(std::cos(angle));
+              s[l * D + col] = s[l * D + col + 1] = float(std::sin(angle));
+            }
+          }
         }
-      }
-    }
-  }, 64);
+      },
+      64);
 }
 
 void moments_from_sums(const Tensor& sums, double count, double eps, bool rstd, Tensor& y) {
@@ -79,20 +82,26 @@ void gather_bias(const Tensor& table, const Tensor& buckets, Tensor& out) {
   const int64_t* id = buckets.data<int64_t>();
   float* o = out.f32();
   for (int64_t i = 0; i < n; ++i)
-    MD_CHECK(id[i] >= 0 && id[i] < V, "gather_bias: bucket " + std::to_string(id[i]) + " outside the table of " +
-                                          std::to_string(V) + " rows");
-  parallel_for(H, [&](int64_t h0, int64_t h1, int) {
-    for (int64_t h = h0; h < h1; ++h)
-      for (int64_t i = 0; i < n; ++i) o[h * n + i] = t[id[i] * H + h];
-  }, 1);
+    MD_CHECK(id[i] >= 0 && id[i] < V,
+             "gather_bias: bucket " + std::to_string(id[i]) + " outside the table of " + std::to_string(V) + " rows");
+  parallel_for(
+      H,
+      [&](int64_t h0, int64_t h1, int) {
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t i = 0; i < n; ++i) o[h * n + i] = t[id[i] * H + h];
+      },
+      1);
 }
 
 void mask_to_bias(const Tensor& mask, Tensor& y) {
   const float* m = mask.f32();
   float* d = y.f32();
-  parallel_for(mask.numel(), [&](int64_t i0, int64_t i1, int) {
-    for (int64_t i = i0; i < i1; ++i) d[i] = m[i] > 0 ? 0.0f : -INFINITY;
-  }, kGrain);
+  parallel_for(
+      mask.numel(),
+      [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) d[i] = m[i] > 0 ? 0.0f : -INFINITY;
+      },
+      kGrain);
 }
 
 void argmax_rows(const Tensor& x, Tensor& out) {
@@ -153,6 +162,29 @@ void row_l2(const Tensor& x, Tensor& out) {
     for (int64_t i = 0; i < n; ++i) ss += double(p[r * n + i]) * p[r * n + i];
     o[r] = float(std::sqrt(ss));
   }
+}
+
+void l1_change_sums(const Tensor& a, const Tensor& b, Tensor& out) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t n = a.numel(), chunks = (n + kChunk - 1) / kChunk;
+  const float* pa = a.f32();
+  const float* pb = b.f32();
+  std::vector<double> diff(size_t(chunks), 0.0), base(size_t(chunks), 0.0);
+  parallel_for(chunks, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double d = 0, s = 0;
+      for (int64_t i = c * kChunk, end = std::min(n, i + kChunk); i < end; ++i) {
+        d += std::fabs(double(pa[i]) - double(pb[i]));
+        s += std::fabs(double(pb[i]));
+      }
+      diff[size_t(c)] = d;
+      base[size_t(c)] = s;
+    }
+  });
+  double d = 0, s = 0;
+  for (int64_t c = 0; c < chunks; ++c) d += diff[size_t(c)], s += base[size_t(c)];
+  out.f32()[0] = float(d);
+  out.f32()[1] = float(s);
 }
 
 void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y) {

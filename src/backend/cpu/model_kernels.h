@@ -18,6 +18,7 @@ void gather_rows(const Tensor& x, const Tensor& idx, Tensor& out);
 void axpby(float a, const Tensor& x, float b, const Tensor* y, Tensor& out);
 void row_std(const Tensor& x, Tensor& out);
 void row_l2(const Tensor& x, Tensor& out);
+void l1_change_sums(const Tensor& a, const Tensor& b, Tensor& out);
 void scale_rows_by_ratio(const Tensor& x, const Tensor& num, const Tensor& den, Tensor& y);
 void rope_half(Tensor& x, const Tensor& cos, const Tensor& sin);
 
