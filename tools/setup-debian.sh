@@ -8,7 +8,8 @@ PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
       libopenblas-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
       ocl-icd-opencl-dev
       libopenmpi-dev openmpi-bin libsentencepiece-dev libpng-dev libutf8proc-dev
-      libavcodec-dev libavformat-dev libswscale-dev libavutil-dev)
+      libavcodec-dev libavformat-dev libswscale-dev libavutil-dev
+      libcpp-httplib-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
