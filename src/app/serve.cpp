@@ -1,0 +1,450 @@
+#include "app/serve.h"
+
+#include <httplib.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "app/generation.h"
+#include "app/serve_jobs.h"
+#include "app/serve_preview.h"
+#include "backend/precision.h"
+#include "core/step_watch.h"
+#include "parallel/mpi_comm.h"
+
+namespace meshdit {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string base64(const std::vector<uint8_t>& in) {
+  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < in.size(); i += 3) {
+    const uint32_t n = uint32_t(in[i]) << 16 | (i + 1 < in.size() ? uint32_t(in[i + 1]) << 8 : 0) |
+                       (i + 2 < in.size() ? uint32_t(in[i + 2]) : 0);
+    out += k[n >> 18 & 63];
+    out += k[n >> 12 & 63];
+    out += i + 1 < in.size() ? k[n >> 6 & 63] : '=';
+    out += i + 2 < in.size() ? k[n & 63] : '=';
+  }
+  return out;
+}
+
+// OpenAI's error shape, with the field also under "field": {"error": {"message", "type", "param", "field"}}.
+void send_error(httplib::Response& res, int status, const std::string& field, const std::string& message) {
+  const char* type = status == 401 ? "authentication_error" : status >= 500 ? "server_error" : "invalid_request_error";
+  Json j = {{"error", {{"message", field.empty() ? message : field + ": " + message},
+                       {"type", type},
+                       {"param", field.empty() ? Json(nullptr) : Json(field)},
+                       {"field", field.empty() ? Json(nullptr) : Json(field)},
+                       {"code", status}}}};
+  res.status = status;
+  res.set_content(j.dump(), "application/json");
+}
+
+void send_parse_error(httplib::Response& res, const Error& e) {
+  send_error(res, 400, error_field(e), error_detail(e));
+}
+
+void send_json(httplib::Response& res, const Json& j) { res.set_content(j.dump(), "application/json"); }
+
+Json request_json(const ImageRequest& r) {
+  const GenerateOptions& o = r.options;
+  Json j = {{"prompt", o.prompt.empty() ? "" : o.prompt[0]},
+            {"width", o.width},
+            {"height", o.height},
+            {"steps", o.steps},
+            {"seed", o.seed},
+            {"n", o.num_images_per_prompt}};
+  if (!o.negative_prompt.empty()) j["negative_prompt"] = o.negative_prompt[0];
+  if (o.guidance_scale) j["guidance"] = *o.guidance_scale;
+  if (o.true_cfg_scale) j["true_cfg"] = *o.true_cfg_scale;
+  if (o.cache.enabled()) j["cache"] = cache_options_str(o.cache);
+  return j;
+}
+
+Json job_json(const JobSnapshot& s, bool with_images) {
+  Json j = {{"id", s.id},
+            {"state", job_state_name(s.state)},
+            {"step", s.step},
+            {"steps", s.steps},
+            {"elapsed_s", s.elapsed_s},
+            {"eta_s", s.eta_s < 0 ? Json(nullptr) : Json(s.eta_s)},
+            {"request", request_json(s.request)}};
+  if (s.state == JobState::Queued) j["queue_position"] = s.queue_position;
+  if (!s.error.empty()) j["error"] = s.error;
+  if (with_images && !s.preview.empty()) j["preview"] = {{"step", s.preview_step}, {"b64_png", base64(s.preview)}};
+  if (with_images && s.state == JobState::Done) {
+    Json images = Json::array();
+    for (const auto& png : s.images) images.push_back({{"b64_json", base64(png)}});
+    j["images"] = images;
+  }
+  return j;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServeCommand cmd;
+  LoadedPipeline lp;
+  Precision precision = Precision::F32;
+  RequestDefaults defaults;
+  std::optional<float> default_guidance;
+  httplib::Server http;
+  std::unique_ptr<JobQueue> jobs;
+  std::atomic<bool> stopping{false};
+  std::mutex stop_mu;
+  std::string stop_fate;
+  bool stopped = false;
+
+  Result<std::vector<Png>> run_job(const ImageRequest& r, JobProgress& progress) {
+    const ScopedPrecision p(precision);
+    const Pipeline& pipe = *lp.pipeline;
+    const GenerateOptions o = pipe.with_defaults(r.options);
+    MD_RETURN_IF_ERROR(pipe.validate(o));
+    ScopedStepWatch watch([&](int64_t step, int64_t steps, const Tensor& latents) -> Status {
+      Png preview;
+      if (progress.wants_preview(step, steps)) {
+        // A latent layout without a projection gets no preview, not a failed job.
+        auto png = latent_preview_png(latents, o.width, o.height);
+        if (png.ok()) preview = std::move(*png);
+      }
+      return progress.step(step, steps, std::move(preview));
+    });
+    MD_TRY(Tensor images, pipe.generate(o));
+    PngText extra;
+    if (!lp.transformer.empty()) extra.push_back({"transformer", lp.transformer});
+    return encode_pngs(images, o, lp.model, extra);
+  }
+
+  // Before a request is queued: what the pipeline would refuse is refused now, as a 400.
+  Status validate(const ImageRequest& r) const {
+    const Pipeline& pipe = *lp.pipeline;
+    auto st = pipe.validate(pipe.with_defaults(r.options));
+    if (!st.ok()) return make_error("options: " + st.error().message);
+    return ok_status();
+  }
+
+  // Waits for a job to finish (the synchronous endpoints). nullopt if it was forgotten meanwhile.
+  std::optional<JobSnapshot> wait_done(const std::string& id) {
+    uint64_t seen = 0;
+    for (;;) {
+      auto s = jobs->wait(id, seen, std::chrono::milliseconds(500));
+      if (!s || finished(s->state)) return s;
+      seen = s->version;
+    }
+  }
+
+  // Parses, validates and queues; on failure the response is already the error.
+  std::optional<std::string> submit(const Result<ImageRequest>& r, httplib::Response& res) {
+    if (!r.ok()) {
+      send_parse_error(res, r.error());
+      return std::nullopt;
+    }
+    if (auto st = validate(r.value()); !st.ok()) {
+      send_parse_error(res, st.error());
+      return std::nullopt;
+    }
+    auto id = jobs->submit(r.value());
+    if (!id.ok()) {
+      send_error(res, 503, "queue", error_detail(id.error()));
+      return std::nullopt;
+    }
+    return *id;
+  }
+
+  // A finished job that did not end done: its error response. True when it did.
+  static bool check_done(const JobSnapshot& s, httplib::Response& res) {
+    if (s.state == JobState::Done) return true;
+    if (s.state == JobState::Cancelled)
+      send_error(res, 409, "", "job " + s.id + " " + s.error);
+    else
+      send_error(res, 500, "", "job " + s.id + " failed: " + s.error);
+    return false;
+  }
+
+  void routes();
+};
+
+void Server::Impl::routes() {
+  http.new_task_queue = [] { return new httplib::ThreadPool(16); };
+  http.set_payload_max_length(cmd.max_body_bytes);
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // The page is static and holds nothing secret; it asks for the key and sends it with every call.
+    if (cmd.api_key.empty() || req.path == "/health" || req.path == "/") return httplib::Server::HandlerResponse::Unhandled;
+    const std::string want = "Bearer " + cmd.api_key;
+    const std::string got = req.get_header_value("Authorization");
+    if (got.empty()) {
+      send_error(res, 401, "Authorization", "missing: send 'Authorization: Bearer <key>'");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (got != want) {
+      send_error(res, 401, "Authorization", "wrong API key");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // httplib's own refusals (413 body too large, 404 no route, 400 unreadable request) get a JSON body too.
+  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (res.status == 413)
+      send_error(res, 413, "body", "request body over the server's limit");
+    else if (res.status == 404)
+      send_error(res, 404, "path", "no route " + req.method + " " + req.path);
+    else
+      send_error(res, res.status, "", "HTTP error " + std::to_string(res.status));
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, "", "internal error: " + what);
+  });
+  if (cmd.verbose)
+    http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      std::fprintf(stderr, "meshdit serve: %s %s -> %d\n", req.method.c_str(), req.path.c_str(), res.status);
+    });
+
+  http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(serve_page_html(), "text/html; charset=utf-8");
+  });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, {{"status", stopping ? "stopping" : "ok"}, {"queued", jobs->waiting()}});
+  });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    Json defaults = {{"width", this->defaults.width}, {"height", this->defaults.height}, {"steps", this->defaults.steps}};
+    if (default_guidance) defaults["guidance"] = *default_guidance;
+    const ServeLimits& l = cmd.limits;
+    Json model = {{"id", lp.builtin ? std::string("tiny-shapes") : lp.model},
+                  {"object", "model"},
+                  {"owned_by", "meshdit"},
+                  {"pipeline", lp.class_name},
+                  {"path", lp.model},
+                  {"defaults", defaults},
+                  {"limits",
+                   {{"max_side", l.max_side},
+                    {"multiple_of", 16},
+                    {"max_steps", l.max_steps},
+                    {"max_images", l.max_images},
+                    {"max_prompt_bytes", l.max_prompt_bytes},
+                    {"max_body_bytes", cmd.max_body_bytes},
+                    {"queue", cmd.queue}}}};
+    send_json(res, {{"object", "list"}, {"data", Json::array({model})}});
+  });
+  http.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
+    auto id = submit(parse_openai_request(req.body, defaults, cmd.limits), res);
+    if (!id) return;
+    auto s = wait_done(*id);
+    if (!s) return send_error(res, 500, "", "job " + *id + " was lost");
+    if (!check_done(*s, res)) return;
+    Json data = Json::array();
+    for (const auto& png : s->images) data.push_back({{"b64_json", base64(png)}});
+    send_json(res, {{"created", int64_t(std::time(nullptr))}, {"data", data}, {"seed", s->request.options.seed}});
+  });
+  http.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
+    auto id = submit(parse_a1111_request(req.body, defaults, cmd.limits), res);
+    if (!id) return;
+    auto s = wait_done(*id);
+    if (!s) return send_error(res, 500, "", "job " + *id + " was lost");
+    if (!check_done(*s, res)) return;
+    Json images = Json::array();
+    for (const auto& png : s->images) images.push_back(base64(png));
+    const GenerateOptions o = lp.pipeline->with_defaults(s->request.options);
+    Json info = {{"prompt", o.prompt[0]},
+                 {"negative_prompt", o.negative_prompt.empty() ? "" : o.negative_prompt[0]},
+                 {"seed", o.seed},
+                 {"all_seeds", Json::array()},
+                 {"width", o.width},
+                 {"height", o.height},
+                 {"steps", o.steps},
+                 {"cfg_scale", o.guidance_scale ? Json(*o.guidance_scale) : Json(nullptr)},
+                 {"batch_size", o.num_images_per_prompt},
+                 {"sd_model_name", lp.builtin ? std::string("tiny-shapes") : lp.model},
+                 {"pipeline", lp.class_name}};
+    // One seed for the batch: its images differ by their place in one noise draw.
+    for (int64_t i = 0; i < o.num_images_per_prompt; ++i) info["all_seeds"].push_back(o.seed);
+    Json params = Json::parse(req.body, nullptr, false);
+    send_json(res, {{"images", images}, {"parameters", params.is_discarded() ? Json::object() : params},
+                    {"info", info.dump()}});
+  });
+  http.Post("/v1/jobs", [this](const httplib::Request& req, httplib::Response& res) {
+    auto id = submit(parse_openai_request(req.body, defaults, cmd.limits), res);
+    if (!id) return;
+    auto s = jobs->get(*id);
+    res.status = 202;
+    send_json(res, s ? job_json(*s, false) : Json{{"id", *id}});
+  });
+  const std::string job_path = R"(/v1/jobs/([A-Za-z0-9-]+))";
+  http.Get(job_path, [this](const httplib::Request& req, httplib::Response& res) {
+    auto s = jobs->get(req.matches[1]);
+    if (!s) return send_error(res, 404, "id", "no job " + std::string(req.matches[1]));
+    send_json(res, job_json(*s, true));
+  });
+  http.Delete(job_path, [this](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1];
+    auto before = jobs->get(id);
+    if (!before) return send_error(res, 404, "id", "no job " + id);
+    if (!jobs->cancel(id))
+      return send_error(res, 409, "id", "job " + id + " has already finished (" + job_state_name(before->state) + ")");
+    auto s = jobs->get(id);
+    send_json(res, s ? job_json(*s, false) : Json{{"id", id}});
+  });
+  http.Get(job_path + "/events", [this](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1];
+    if (!jobs->get(id)) return send_error(res, 404, "id", "no job " + id);
+    struct Stream {
+      uint64_t seen = 0;
+      int64_t preview_step = -1;
+      std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
+    };
+    auto st = std::make_shared<Stream>();
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream", [this, id, st](size_t, httplib::DataSink& sink) {
+      // One event per change of the job; a comment line every 15 s keeps proxies from closing the stream.
+      auto s = jobs->wait(id, st->seen, std::chrono::milliseconds(250));
+      if (!s) {
+        sink.done();
+        return true;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (s->version == st->seen) {
+        if (stopping) {
+          sink.done();
+          return true;
+        }
+        if (now - st->last_write > std::chrono::seconds(15)) {
+          st->last_write = now;
+          return sink.write(": keep-alive\n\n", 14);
+        }
+        return true;
+      }
+      st->seen = s->version;
+      st->last_write = now;
+      const bool done = finished(s->state);
+      Json j = job_json(*s, done);
+      if (!s->preview.empty() && s->preview_step != st->preview_step) {
+        st->preview_step = s->preview_step;
+        j["preview"] = {{"step", s->preview_step}, {"b64_png", base64(s->preview)}};
+      }
+      const std::string ev = std::string("event: ") + (done ? "done" : "progress") + "\ndata: " + j.dump() + "\n\n";
+      if (!sink.write(ev.data(), ev.size())) return false;
+      if (done) sink.done();
+      return true;
+    });
+  });
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { stop(true); }
+
+Result<std::unique_ptr<Server>> Server::create(const ServeCommand& cmd) {
+  auto impl = std::make_unique<Impl>();
+  impl->cmd = cmd;
+  if (cmd.precision.empty()) {
+    impl->precision = default_compute_precision();
+  } else {
+    MD_TRY(impl->precision, parse_precision(cmd.precision));
+  }
+  LoadOptions from;
+  from.transformer_file = cmd.transformer;
+  GenerateOptions shape = with_builtin_defaults({}, cmd.model.empty());
+  MD_TRY(impl->lp, load_pipeline(cmd.model, MeshShape::parse_or_row("", 1).value(), "", shape, from));
+  const GenerateOptions d = impl->lp.pipeline->with_defaults(shape);
+  impl->defaults = RequestDefaults{d.width, d.height, d.steps};
+  impl->default_guidance = d.guidance_scale;
+  Impl* p = impl.get();
+  JobQueueOptions qo;
+  qo.capacity = cmd.queue;
+  qo.preview_every = cmd.preview_every;
+  impl->jobs = std::make_unique<JobQueue>(
+      [p](const ImageRequest& r, JobProgress& progress) { return p->run_job(r, progress); }, qo);
+  impl->routes();
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Result<int> Server::bind() {
+  Impl& m = *impl_;
+  if (m.cmd.port == 0) {
+    const int port = m.http.bind_to_any_port(m.cmd.host);
+    if (port < 0) return make_error("--host " + m.cmd.host + ": cannot bind a port");
+    return port;
+  }
+  if (!m.http.bind_to_port(m.cmd.host, m.cmd.port))
+    return make_error("--host " + m.cmd.host + " --port " + std::to_string(m.cmd.port) +
+                      ": cannot bind (in use, or not an address of this machine)");
+  return m.cmd.port;
+}
+
+void Server::run() { impl_->http.listen_after_bind(); }
+
+std::string Server::stop(bool cancel_running) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.stop_mu);
+  if (m.stopped) return m.stop_fate;
+  m.stopped = true;
+  m.stopping = true;
+  // The jobs first: the requests waiting on them then answer, and the event streams end.
+  m.stop_fate = m.jobs->shutdown(cancel_running);
+  m.http.stop();
+  return m.stop_fate;
+}
+
+const RequestDefaults& Server::defaults() const { return impl_->defaults; }
+
+int run_serve(const ServeCommand& cmd) {
+  auto fail = [](const std::string& msg) {
+    std::fprintf(stderr, "meshdit serve: %s\n", msg.c_str());
+    return 1;
+  };
+  if (world_communicator()->size() > 1)
+    return fail("under mpirun: serving a mesh (rank 0 serving, requests broadcast to every rank) is not built yet");
+  // Every thread started from here on inherits the blocked signals; one watcher thread takes them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::fprintf(stderr, "meshdit serve: loading %s\n", cmd.model.empty() ? "the built-in model" : cmd.model.c_str());
+  auto server = Server::create(cmd);
+  if (!server.ok()) return fail(server.error().message);
+  auto port = (*server)->bind();
+  if (!port.ok()) return fail(port.error().message);
+  std::fprintf(stderr, "meshdit serve: listening on http://%s:%d/%s\n", cmd.host.c_str(), *port,
+               cmd.api_key.empty() ? "" : " (API key required)");
+  std::atomic<bool> done{false};
+  Server* s = server->get();
+  std::thread watcher([&] {
+    const timespec tick{0, 200 * 1000 * 1000};
+    while (!done) {
+      const int sig = sigtimedwait(&signals, nullptr, &tick);
+      if (sig != SIGINT && sig != SIGTERM) continue;
+      std::fprintf(stderr, "meshdit serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      const std::string fate = s->stop(true);
+      std::fprintf(stderr, "meshdit serve: running job: %s\n",
+                   fate == "none" ? "none" : fate == "cancelled" ? "cancelled between two steps" : "finished");
+      return;
+    }
+  });
+  s->run();
+  done = true;
+  watcher.join();
+  server->reset();
+  std::fprintf(stderr, "meshdit serve: stopped\n");
+  return 0;
+}
+
+}  // namespace meshdit
