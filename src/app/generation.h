@@ -17,9 +17,9 @@ namespace meshdit {
 
 // A pipeline loaded on this rank's share of a mesh.
 struct LoadedPipeline {
-  std::string model;       // the folder it came from (the built-in model's resolved)
-  bool builtin = false;    // models/tiny-shapes, taken when no folder was named
-  std::string class_name;  // model_index.json's _class_name
+  std::string model;        // the folder it came from (the built-in model's resolved)
+  bool builtin = false;     // models/tiny-shapes, taken when no folder was named
+  std::string class_name;   // model_index.json's _class_name
   std::string transformer;  // LoadOptions::transformer_file; "" = the folder's
   std::unique_ptr<Pipeline> pipeline;
   Mesh mesh = Mesh::single();

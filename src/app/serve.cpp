@@ -40,18 +40,17 @@ std::string base64(const std::vector<uint8_t>& in) {
 // OpenAI's error shape, with the field also under "field": {"error": {"message", "type", "param", "field"}}.
 void send_error(httplib::Response& res, int status, const std::string& field, const std::string& message) {
   const char* type = status == 401 ? "authentication_error" : status >= 500 ? "server_error" : "invalid_request_error";
-  Json j = {{"error", {{"message", field.empty() ? message : field + ": " + message},
-                       {"type", type},
-                       {"param", field.empty() ? Json(nullptr) : Json(field)},
-                       {"field", field.empty() ? Json(nullptr) : Json(field)},
-                       {"code", status}}}};
+  Json j = {{"error",
+             {{"message", field.empty() ? message : field + ": " + message},
+              {"type", type},
+              {"param", field.empty() ? Json(nullptr) : Json(field)},
+              {"field", field.empty() ? Json(nullptr) : Json(field)},
+              {"code", status}}}};
   res.status = status;
   res.set_content(j.dump(), "application/json");
 }
 
-void send_parse_error(httplib::Response& res, const Error& e) {
-  send_error(res, 400, error_field(e), error_detail(e));
-}
+void send_parse_error(httplib::Response& res, const Error& e) { send_error(res, 400, error_field(e), error_detail(e)); }
 
 void send_json(httplib::Response& res, const Json& j) { res.set_content(j.dump(), "application/json"); }
 
@@ -178,7 +177,8 @@ void Server::Impl::routes() {
   http.set_payload_max_length(cmd.max_body_bytes);
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     // The page is static and holds nothing secret; it asks for the key and sends it with every call.
-    if (cmd.api_key.empty() || req.path == "/health" || req.path == "/") return httplib::Server::HandlerResponse::Unhandled;
+    if (cmd.api_key.empty() || req.path == "/health" || req.path == "/")
+      return httplib::Server::HandlerResponse::Unhandled;
     const std::string want = "Bearer " + cmd.api_key;
     const std::string got = req.get_header_value("Authorization");
     if (got.empty()) {
@@ -192,7 +192,7 @@ void Server::Impl::routes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
   // httplib's own refusals (413 body too large, 404 no route, 400 unreadable request) get a JSON body too.
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     if (res.status == 413)
       send_error(res, 413, "body", "request body over the server's limit");
@@ -201,7 +201,7 @@ void Server::Impl::routes() {
     else
       send_error(res, res.status, "", "HTTP error " + std::to_string(res.status));
     return httplib::Server::HandlerResponse::Handled;
-  });
+  }));
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown exception";
     try {
@@ -224,7 +224,8 @@ void Server::Impl::routes() {
     send_json(res, {{"status", stopping ? "stopping" : "ok"}, {"queued", jobs->waiting()}});
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    Json defaults = {{"width", this->defaults.width}, {"height", this->defaults.height}, {"steps", this->defaults.steps}};
+    Json defaults = {
+        {"width", this->defaults.width}, {"height", this->defaults.height}, {"steps", this->defaults.steps}};
     if (default_guidance) defaults["guidance"] = *default_guidance;
     const ServeLimits& l = cmd.limits;
     Json model = {{"id", lp.builtin ? std::string("tiny-shapes") : lp.model},
@@ -276,8 +277,9 @@ void Server::Impl::routes() {
     // One seed for the batch: its images differ by their place in one noise draw.
     for (int64_t i = 0; i < o.num_images_per_prompt; ++i) info["all_seeds"].push_back(o.seed);
     Json params = Json::parse(req.body, nullptr, false);
-    send_json(res, {{"images", images}, {"parameters", params.is_discarded() ? Json::object() : params},
-                    {"info", info.dump()}});
+    send_json(
+        res,
+        {{"images", images}, {"parameters", params.is_discarded() ? Json::object() : params}, {"info", info.dump()}});
   });
   http.Post("/v1/jobs", [this](const httplib::Request& req, httplib::Response& res) {
     auto id = submit(parse_openai_request(req.body, defaults, cmd.limits), res);
@@ -435,7 +437,9 @@ int run_serve(const ServeCommand& cmd) {
       std::fprintf(stderr, "meshdit serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
       const std::string fate = s->stop(true);
       std::fprintf(stderr, "meshdit serve: running job: %s\n",
-                   fate == "none" ? "none" : fate == "cancelled" ? "cancelled between two steps" : "finished");
+                   fate == "none"        ? "none"
+                   : fate == "cancelled" ? "cancelled between two steps"
+                                         : "finished");
       return;
     }
   });

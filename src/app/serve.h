@@ -17,7 +17,7 @@ struct ServeCommand {
   std::string model;        // "" = the built-in model
   std::string transformer;  // as generate's --transformer
   std::string host = "127.0.0.1";
-  int port = 8080;  // 0: any free port (tests)
+  int port = 8080;      // 0: any free port (tests)
   std::string api_key;  // non-empty: every route but /health and the page needs "Authorization: Bearer KEY"
   size_t queue = 16;    // jobs waiting
   size_t max_body_bytes = size_t(4) << 20;

@@ -1,5 +1,6 @@
 #include "app/serve_jobs.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -11,11 +12,16 @@ using Clock = std::chrono::steady_clock;
 
 const char* job_state_name(JobState s) {
   switch (s) {
-    case JobState::Queued: return "queued";
-    case JobState::Running: return "running";
-    case JobState::Done: return "done";
-    case JobState::Failed: return "failed";
-    case JobState::Cancelled: return "cancelled";
+    case JobState::Queued:
+      return "queued";
+    case JobState::Running:
+      return "running";
+    case JobState::Done:
+      return "done";
+    case JobState::Failed:
+      return "failed";
+    case JobState::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -103,7 +109,8 @@ std::optional<JobSnapshot> JobQueue::get(const std::string& id) const {
   return snapshot_locked(*it->second);
 }
 
-std::optional<JobSnapshot> JobQueue::wait(const std::string& id, uint64_t seen, std::chrono::milliseconds timeout) const {
+std::optional<JobSnapshot> JobQueue::wait(const std::string& id, uint64_t seen,
+                                          std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return std::nullopt;

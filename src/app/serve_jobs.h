@@ -42,7 +42,7 @@ struct JobSnapshot {
   std::vector<Png> images;      // done: the PNGs
   Png preview;                  // the latest preview (running), may be empty
   int64_t preview_step = -1;
-  uint64_t version = 0;         // increases with every change
+  uint64_t version = 0;  // increases with every change
 };
 
 // What a running job reports through.

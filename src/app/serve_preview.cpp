@@ -11,10 +11,10 @@ namespace {
 
 // ComfyUI's Flux.latent_rgb_factors: channel c's contribution to R, G, B.
 constexpr float kFluxLatentRgb[16][3] = {
-    {-0.0346f, 0.0244f, 0.0681f},  {0.0034f, 0.0210f, 0.0687f},   {0.0275f, -0.0668f, -0.0433f},
-    {-0.0174f, 0.0160f, 0.0617f},  {0.0859f, 0.0721f, 0.0329f},   {0.0004f, 0.0383f, 0.0115f},
+    {-0.0346f, 0.0244f, 0.0681f},  {0.0034f, 0.0210f, 0.0687f},    {0.0275f, -0.0668f, -0.0433f},
+    {-0.0174f, 0.0160f, 0.0617f},  {0.0859f, 0.0721f, 0.0329f},    {0.0004f, 0.0383f, 0.0115f},
     {0.0405f, 0.0861f, 0.0915f},   {-0.0236f, -0.0185f, -0.0259f}, {-0.0245f, 0.0250f, 0.1180f},
-    {0.1008f, 0.0755f, -0.0421f},  {-0.0515f, 0.0201f, 0.0011f},  {0.0428f, -0.0012f, -0.0036f},
+    {0.1008f, 0.0755f, -0.0421f},  {-0.0515f, 0.0201f, 0.0011f},   {0.0428f, -0.0012f, -0.0036f},
     {0.0817f, 0.0765f, 0.0749f},   {-0.1264f, -0.0522f, -0.1103f}, {-0.0280f, -0.0881f, -0.0499f},
     {-0.1262f, -0.0982f, -0.0778f}};
 constexpr int64_t kChannels = 16;
@@ -32,7 +32,8 @@ Result<std::vector<uint8_t>> latent_preview_rgb(const Tensor& latents, int64_t w
   const int64_t h = height / 8, w = width / 8;
   const bool packed = latents.dim() == 3 && latents.size(2) == kChannels * 4 && h % 2 == 0 && w % 2 == 0 &&
                       latents.size(1) == (h / 2) * (w / 2);
-  const bool planar = latents.dim() == 4 && latents.size(1) == kChannels && latents.size(2) == h && latents.size(3) == w;
+  const bool planar =
+      latents.dim() == 4 && latents.size(1) == kChannels && latents.size(2) == h && latents.size(3) == w;
   if ((!packed && !planar) || latents.size(0) < 1)
     return make_error("no preview for latents of shape " + shape_str(latents) + " at " + std::to_string(width) + "x" +
                       std::to_string(height) + " (16-channel latents only)");

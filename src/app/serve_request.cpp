@@ -1,8 +1,9 @@
 #include "app/serve_request.h"
 
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -34,7 +35,8 @@ Result<Json> parse_object(const std::string& body) {
 }
 
 Status check_known(const Json& j, const std::set<std::string>& known) {
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& key = item.key();
     if (known.count(key)) continue;
     std::string list;
     for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
@@ -53,8 +55,8 @@ Result<std::string> get_text(const Json& j, const std::string& field, const Serv
   const std::string s = v.get<std::string>();
   if (required && s.empty()) return field_error(field, "must not be empty");
   if (s.size() > limits.max_prompt_bytes)
-    return field_error(field, std::to_string(s.size()) + " bytes, over the limit of " +
-                                  std::to_string(limits.max_prompt_bytes));
+    return field_error(
+        field, std::to_string(s.size()) + " bytes, over the limit of " + std::to_string(limits.max_prompt_bytes));
   return s;
 }
 
@@ -62,14 +64,13 @@ Result<std::string> get_text(const Json& j, const std::string& field, const Serv
 Result<int64_t> get_int(const Json& j, const std::string& field, int64_t lo, int64_t hi, int64_t fallback) {
   if (!j.contains(field)) return fallback;
   const Json& v = j[field];
-  if (!v.is_number_integer())
-    return field_error(field, "must be an integer, not " + type_name(v));
+  if (!v.is_number_integer()) return field_error(field, "must be an integer, not " + type_name(v));
   if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi))
     return field_error(field, "must be at most " + std::to_string(hi));
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
-    return field_error(field, std::to_string(x) + " is out of range [" + std::to_string(lo) + ", " +
-                                  std::to_string(hi) + "]");
+    return field_error(field,
+                       std::to_string(x) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return x;
 }
 
@@ -95,8 +96,8 @@ Result<int64_t> check_side(const std::string& field, int64_t v, const ServeLimit
 
 // Seed: absent or -1: drawn here; otherwise an integer in [0, 2^64).
 Status read_seed(const Json& j, const std::string& field, ImageRequest& r) {
-  if (!j.contains(field) || j[field].is_null() || (j[field].is_number_integer() && j[field].get<int64_t>() == -1 &&
-                                                    !j[field].is_number_unsigned())) {
+  if (!j.contains(field) || j[field].is_null() ||
+      (j[field].is_number_integer() && j[field].get<int64_t>() == -1 && !j[field].is_number_unsigned())) {
     // 32 bits: a seed a browser's JavaScript numbers carry exactly.
     static thread_local std::mt19937_64 rng{std::random_device{}()};
     r.options.seed = rng() & 0xffffffffu;
@@ -172,8 +173,9 @@ Result<ImageRequest> parse_openai_request(const std::string& body, const Request
     const Json& v = j["response_format"];
     if (!v.is_string()) return field_error("response_format", "must be a string, not " + type_name(v));
     if (v.get<std::string>() != "b64_json")
-      return field_error("response_format", "'" + v.get<std::string>() +
-                                                "' is not supported: only b64_json (the server keeps no files to link)");
+      return field_error(
+          "response_format",
+          "'" + v.get<std::string>() + "' is not supported: only b64_json (the server keeps no files to link)");
   }
   o.width = defaults.width;
   o.height = defaults.height;
@@ -212,12 +214,13 @@ Result<ImageRequest> parse_a1111_request(const std::string& body, const RequestD
   MD_TRY(o.num_images_per_prompt, get_int(j, "batch_size", 1, limits.max_images, 1));
   MD_TRY(int64_t n_iter, get_int(j, "n_iter", 1, 1, 1));
   (void)n_iter;
-  for (const auto& [f, want] : {std::pair<const char*, bool>{"send_images", true}, {"save_images", false}}) {
+  using Flag = std::pair<const char*, bool>;
+  for (const auto& [f, want] : {Flag{"send_images", true}, Flag{"save_images", false}}) {
     if (!j.contains(f)) continue;
     if (!j[f].is_boolean()) return field_error(f, "must be a boolean, not " + type_name(j[f]));
     if (j[f].get<bool>() != want)
-      return field_error(f, want ? "must be true: images come back in the response"
-                                 : "must be false: the server never writes files");
+      return field_error(
+          f, want ? "must be true: images come back in the response" : "must be false: the server never writes files");
   }
   MD_TRY(int64_t w, get_int(j, "width", 16, limits.max_side, defaults.width));
   MD_TRY(int64_t h, get_int(j, "height", 16, limits.max_side, defaults.height));

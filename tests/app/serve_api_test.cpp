@@ -2,8 +2,6 @@
 // built-in model (64x64, 4 steps), driven by cpp-httplib's client. Both image endpoints give the PNG the
 // generation API (and `meshdit generate`) gives for the same seed; jobs report progress and previews as
 // server-sent events and cancel between steps; bad input is a 4xx JSON error naming the field.
-#include "app/serve.h"
-
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -12,6 +10,7 @@
 
 #include "../test_util.h"
 #include "app/generation.h"
+#include "app/serve.h"
 #include "io/png.h"
 
 using namespace meshdit;
