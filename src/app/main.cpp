@@ -13,8 +13,8 @@
 #include "app/generate.h"
 #include "app/info_cmd.h"
 #include "app/plan_cmd.h"
-#include "app/serve.h"
 #include "app/runners.h"
+#include "app/serve.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
 #include "pipelines/pipeline.h"
@@ -194,8 +194,9 @@ int run(int argc, char** argv) {
                   "max_consecutive=N, order=1|2 (TaylorSeer). E.g. --cache dbcache:F8B0,threshold=0.12");
 
   auto* serve = app.add_subcommand(
-      "serve", "Load the pipeline once and serve it over HTTP: OpenAI /v1/images/generations, AUTOMATIC1111 "
-               "/sdapi/v1/txt2img, jobs with live progress (/v1/jobs), a web page at /; stops on SIGINT/SIGTERM");
+      "serve",
+      "Load the pipeline once and serve it over HTTP: OpenAI /v1/images/generations, AUTOMATIC1111 "
+      "/sdapi/v1/txt2img, jobs with live progress (/v1/jobs), a web page at /; stops on SIGINT/SIGTERM");
   meshdit::ServeCommand sv;
   serve->add_option("--model", sv.model,
                     "diffusers pipeline folder (as generate's --model); default: the built-in tiny-shapes model");

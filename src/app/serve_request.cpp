@@ -24,7 +24,8 @@ Result<Json> parse_object(const std::string& body) {
     // Parsed again for the position of the fault: the non-throwing parse only says that it failed.
     std::string why = "not valid JSON";
     try {
-      (void)Json::parse(body);
+      const Json again = Json::parse(body);
+      (void)again;
     } catch (const Json::parse_error& e) {
       why = "malformed JSON at byte " + std::to_string(e.byte);
     }
