@@ -206,6 +206,10 @@ TEST_F(ServeApi, A1111ImageEqualsTheGenerationApi) {
 TEST_F(ServeApi, JobWithEventsThenResult) {
   ASSERT_TRUE(server_->ok());
   auto c = server_->client();
+  // A job ahead of it keeps it queued until its event stream is open: every step of it is then seen.
+  auto ahead = c.Post("/v1/jobs", R"({"prompt": "ahead", "size": "64x64", "steps": 8})", "application/json");
+  ASSERT_TRUE(ahead);
+  ASSERT_EQ(ahead->status, 202) << ahead->body;
   auto sub = c.Post("/v1/jobs", R"({"prompt": "a green triangle", "size": "64x64", "steps": 4, "seed": 3})",
                     "application/json");
   ASSERT_TRUE(sub);
