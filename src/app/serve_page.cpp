@@ -83,7 +83,7 @@ function showError(msg) { $('error').textContent = msg; }
 async function readError(res) {
   try {
     const j = await res.json();
-    if (j.error) return (j.error.field ? '[' + j.error.field + '] ' : '') + j.error.message;
+    if (j.error) return j.error.message;
   } catch (e) {}
   return 'HTTP ' + res.status;
 }
