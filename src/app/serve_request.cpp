@@ -66,8 +66,10 @@ Result<int64_t> get_int(const Json& j, const std::string& field, int64_t lo, int
   if (!j.contains(field)) return fallback;
   const Json& v = j[field];
   if (!v.is_number_integer()) return field_error(field, "must be an integer, not " + type_name(v));
+  // Non-negative integers parse as unsigned: one above int64's range is out of range, not wrapped.
   if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi))
-    return field_error(field, "must be at most " + std::to_string(hi));
+    return field_error(field, std::to_string(v.get<uint64_t>()) + " is out of range [" + std::to_string(lo) + ", " +
+                                  std::to_string(hi) + "]");
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
     return field_error(field,

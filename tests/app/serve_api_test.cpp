@@ -11,6 +11,7 @@
 #include "../test_util.h"
 #include "app/generation.h"
 #include "app/serve.h"
+#include "backend/precision.h"
 #include "io/png.h"
 
 using namespace meshdit;
@@ -109,6 +110,8 @@ Running* ServeApi::server_ = nullptr;
 
 // What the generation API gives for a request's options (the server's own path, without HTTP).
 std::vector<uint8_t> reference_png(GenerateOptions o) {
+  // The precision the server (and meshdit generate) runs at.
+  const ScopedPrecision precision(default_compute_precision());
   static auto lp = load_pipeline("", MeshShape::parse_or_row("", 1).value(), "", with_builtin_defaults({}, true), {});
   EXPECT_TRUE(lp.ok());
   o = lp->pipeline->with_defaults(with_builtin_defaults(o, true));

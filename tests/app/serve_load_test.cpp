@@ -13,6 +13,7 @@
 #include "../test_util.h"
 #include "app/generation.h"
 #include "app/serve.h"
+#include "backend/precision.h"
 #include "core/memory_info.h"
 #include "io/png.h"
 
@@ -68,6 +69,7 @@ TEST(ServeLoad, FortyRequestsFromEightClients) {
   auto lp = load_pipeline("", MeshShape::parse_or_row("", 1).value(), "", with_builtin_defaults({}, true), {});
   ASSERT_TRUE(lp.ok()) << lp.error().message;
   std::map<uint64_t, std::vector<uint8_t>> reference;
+  const ScopedPrecision precision(default_compute_precision());  // the server's
   for (const Pair& p : kPairs) {
     GenerateOptions o;
     o.prompt = {p.prompt};
