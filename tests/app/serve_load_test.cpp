@@ -130,5 +130,7 @@ TEST(ServeLoad, FortyRequestsFromEightClients) {
   std::printf(
       "serve load: %d requests from %d clients in %.2f s; anonymous RSS %.1f MB after the first, %.1f MB after\n",
       kClients * kPerClient, kClients, seconds, after_first, after_run);
-  if (after_first > 0) EXPECT_LE(after_run, after_first * 1.10) << "memory grew over the run";
+  if (after_first > 0) {
+    EXPECT_LE(after_run, after_first * 1.10) << "memory grew over the run";
+  }
 }
