@@ -1,7 +1,11 @@
 #include "app/serve.h"
 
+#include <dirent.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cstdio>
@@ -88,6 +92,47 @@ Json job_json(const JobSnapshot& s, bool with_images) {
   return j;
 }
 
+// The socket of a request's connection, or -1. Debian's cpp-httplib (0.11) gives a handler no handle on its
+// connection (later versions have Request::is_connection_closed), so it is found among this process's open
+// descriptors by its two ends' ports and the peer's address. httplib keeps it open until the handler
+// returns, so the descriptor cannot be reused meanwhile.
+int connection_fd(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(dir)) continue;
+    sockaddr_storage peer{}, self{};
+    socklen_t pn = sizeof peer, sn = sizeof self;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pn) != 0) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sn) != 0) continue;
+    char peer_host[NI_MAXHOST], peer_port[NI_MAXSERV], self_port[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<sockaddr*>(&peer), pn, peer_host, sizeof peer_host, peer_port, sizeof peer_port,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0 ||
+        getnameinfo(reinterpret_cast<sockaddr*>(&self), sn, nullptr, 0, self_port, sizeof self_port, NI_NUMERICSERV) !=
+            0)
+      continue;
+    if (std::atoi(peer_port) == req.remote_port && std::atoi(self_port) == req.local_port &&
+        req.remote_addr == peer_host) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// Whether the client closed its end: a hang-up, or readable with nothing left to read.
+bool peer_closed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, short(POLLIN | POLLRDHUP), 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return true;
+  char c;
+  return (p.revents & POLLIN) && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -131,13 +176,22 @@ struct Server::Impl {
     return ok_status();
   }
 
-  // Waits for a job to finish (the synchronous endpoints). nullopt if it was forgotten meanwhile.
-  std::optional<JobSnapshot> wait_done(const std::string& id) {
+  // Waits for a job to finish (the synchronous endpoints); a client that goes away meanwhile has its job
+  // cancelled. nullopt if the job was forgotten meanwhile.
+  std::optional<JobSnapshot> wait_done(const std::string& id, const httplib::Request& req) {
+    const int fd = connection_fd(req);
+    bool gone = false;
     uint64_t seen = 0;
     for (;;) {
-      auto s = jobs->wait(id, seen, std::chrono::milliseconds(500));
+      auto s = jobs->wait(id, seen, std::chrono::milliseconds(200));
       if (!s || finished(s->state)) return s;
       seen = s->version;
+      if (!gone && peer_closed(fd)) {
+        gone = true;
+        jobs->cancel(id, "cancelled: the client disconnected");
+        if (cmd.verbose)
+          std::fprintf(stderr, "meshdit serve: %s: the client disconnected, job cancelled\n", id.c_str());
+      }
     }
   }
 
@@ -247,7 +301,7 @@ void Server::Impl::routes() {
   http.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
     auto id = submit(parse_openai_request(req.body, defaults, cmd.limits), res);
     if (!id) return;
-    auto s = wait_done(*id);
+    auto s = wait_done(*id, req);
     if (!s) return send_error(res, 500, "", "job " + *id + " was lost");
     if (!check_done(*s, res)) return;
     Json data = Json::array();
@@ -257,7 +311,7 @@ void Server::Impl::routes() {
   http.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
     auto id = submit(parse_a1111_request(req.body, defaults, cmd.limits), res);
     if (!id) return;
-    auto s = wait_done(*id);
+    auto s = wait_done(*id, req);
     if (!s) return send_error(res, 500, "", "job " + *id + " was lost");
     if (!check_done(*s, res)) return;
     Json images = Json::array();
@@ -287,6 +341,11 @@ void Server::Impl::routes() {
     auto s = jobs->get(*id);
     res.status = 202;
     send_json(res, s ? job_json(*s, false) : Json{{"id", *id}});
+  });
+  http.Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
+    Json list = Json::array();
+    for (const auto& s : jobs->list()) list.push_back(job_json(s, false));
+    send_json(res, {{"object", "list"}, {"data", list}});
   });
   const std::string job_path = R"(/v1/jobs/([A-Za-z0-9-]+))";
   http.Get(job_path, [this](const httplib::Request& req, httplib::Response& res) {

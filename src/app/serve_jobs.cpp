@@ -30,6 +30,7 @@ struct JobQueue::Job {
   JobSnapshot s;
   std::atomic<bool> cancel{false};
   std::string cancel_why;
+  uint64_t number = 0;  // submission order
   Clock::time_point started;
 };
 
@@ -93,6 +94,8 @@ Result<std::string> JobQueue::submit(ImageRequest request) {
   std::snprintf(id, sizeof id, "job-%llu-%08llx", (unsigned long long)++next_,
                 (unsigned long long)(rng() & 0xffffffffull));
   job->s.id = id;
+  job->number = next_;
+  order_[next_] = job->s.id;
   job->s.request = std::move(request);
   job->s.steps = job->s.request.options.steps;
   jobs_[job->s.id] = job;
@@ -107,6 +110,19 @@ std::optional<JobSnapshot> JobQueue::get(const std::string& id) const {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return std::nullopt;
   return snapshot_locked(*it->second);
+}
+
+std::vector<JobSnapshot> JobQueue::list() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<JobSnapshot> out;
+  for (const auto& [number, id] : order_) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) continue;
+    out.push_back(snapshot_locked(*it->second));
+    out.back().images.clear();
+    out.back().preview.clear();
+  }
+  return out;
 }
 
 std::optional<JobSnapshot> JobQueue::wait(const std::string& id, uint64_t seen,
@@ -212,7 +228,10 @@ void JobQueue::work() {
     job->s.preview.clear();
     finished_ids_.push_back(job->s.id);
     while (finished_ids_.size() > options_.keep_finished) {
-      jobs_.erase(finished_ids_.front());
+      if (auto it = jobs_.find(finished_ids_.front()); it != jobs_.end()) {
+        order_.erase(it->second->number);
+        jobs_.erase(it);
+      }
       finished_ids_.pop_front();
     }
     notify_locked(*job);

@@ -73,6 +73,8 @@ class JobQueue {
   // Queues a job and returns its id; an error when the queue is full or shut down.
   Result<std::string> submit(ImageRequest request);
   std::optional<JobSnapshot> get(const std::string& id) const;
+  // Every job still known (queued, running and the last finished ones) in submission order, without images.
+  std::vector<JobSnapshot> list() const;
   // The job once its version passes `seen` (or at `timeout`, unchanged); nullopt for an unknown id.
   std::optional<JobSnapshot> wait(const std::string& id, uint64_t seen, std::chrono::milliseconds timeout) const;
   // Cancels a queued job at once and a running one at its next step; false for an unknown or finished job.
@@ -94,6 +96,7 @@ class JobQueue {
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_, change_cv_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;
+  std::map<uint64_t, std::string> order_;  // submission number -> id
   std::deque<std::shared_ptr<Job>> pending_;
   std::deque<std::string> finished_ids_;
   std::shared_ptr<Job> running_;

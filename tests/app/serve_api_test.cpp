@@ -309,3 +309,30 @@ TEST(ServeApiKey, EveryRouteButHealthNeedsTheKey) {
   ASSERT_TRUE(m);
   EXPECT_EQ(m->status, 200) << m->body;
 }
+
+TEST_F(ServeApi, AClientThatDisconnectsHasItsJobCancelled) {
+  ASSERT_TRUE(server_->ok());
+  {
+    httplib::Client gone("127.0.0.1", server_->port());
+    gone.set_read_timeout(1, 0);  // gives up long before 200 steps
+    auto res =
+        gone.Post("/v1/images/generations", R"({"prompt": "gone", "size": "64x64", "steps": 200})", "application/json");
+    EXPECT_FALSE(res) << "the request was meant to time out";
+  }
+  auto c = server_->client();
+  Json job;
+  for (int i = 0; i < 500; ++i) {
+    const Json list = Json::parse(c.Get("/v1/jobs")->body);
+    for (const auto& j : list["data"])
+      if (j["request"]["prompt"] == "gone") job = j;
+    if (!job.is_null() && job["state"] != "running" && job["state"] != "queued") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(job.is_null());
+  EXPECT_EQ(job["state"], "cancelled") << job.dump();
+  EXPECT_NE(job.value("error", "").find("disconnected"), std::string::npos) << job.dump();
+  EXPECT_LT(job["step"].get<int>(), 200);
+  auto h = c.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+}
