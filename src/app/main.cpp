@@ -217,6 +217,7 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   serve->add_option("--precision", sv.precision, kPrecisionHelp)->check(CLI::IsMember({"f32", "bf16"}));
   serve->add_flag("!--quiet", sv.verbose, "no line per request on stderr");
+  add_mesh_options(serve, sv.mesh, sv.parallel);
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);

@@ -92,6 +92,58 @@ Json job_json(const JobSnapshot& s, bool with_images) {
   return j;
 }
 
+// A text from `root` to every rank (Communicator moves floats: one byte each, exact; lengths are far below
+// 2^24).
+std::string broadcast_text(Communicator& c, const std::string& text, int root) {
+  float n = float(text.size());
+  c.broadcast(&n, 1, root);
+  std::vector<float> buf(static_cast<size_t>(n));
+  if (c.rank() == root)
+    for (size_t i = 0; i < buf.size(); ++i) buf[i] = float(uint8_t(text[i]));
+  c.broadcast(buf.data(), int64_t(buf.size()), root);
+  std::string out(buf.size(), '\0');
+  for (size_t i = 0; i < buf.size(); ++i) out[i] = char(uint8_t(buf[i]));
+  return out;
+}
+
+// A job's (defaulted) options as the lead sends them to the other ranks of a mesh.
+Json options_to_json(const GenerateOptions& o) {
+  Json j = {{"prompt", o.prompt},
+            {"negative_prompt", o.negative_prompt},
+            {"n", o.num_images_per_prompt},
+            {"width", o.width},
+            {"height", o.height},
+            {"steps", o.steps},
+            {"seed", o.seed},
+            {"frames", o.num_frames},
+            {"max_sequence_length", o.max_sequence_length},
+            {"cache", cache_options_str(o.cache)}};
+  if (o.guidance_scale) j["guidance"] = *o.guidance_scale;
+  if (o.guidance_scale_2) j["guidance_2"] = *o.guidance_scale_2;
+  if (o.true_cfg_scale) j["true_cfg"] = *o.true_cfg_scale;
+  return j;
+}
+
+Result<GenerateOptions> options_from_json(const std::string& text) {
+  const Json j = Json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error("a job from rank 0 that is not JSON");
+  GenerateOptions o;
+  o.prompt = j["prompt"].get<std::vector<std::string>>();
+  o.negative_prompt = j["negative_prompt"].get<std::vector<std::string>>();
+  o.num_images_per_prompt = j["n"];
+  o.width = j["width"];
+  o.height = j["height"];
+  o.steps = j["steps"];
+  o.seed = j["seed"];
+  o.num_frames = j["frames"];
+  o.max_sequence_length = j["max_sequence_length"];
+  MD_TRY(o.cache, parse_cache_options(j["cache"].get<std::string>()));
+  if (j.contains("guidance")) o.guidance_scale = j["guidance"].get<float>();
+  if (j.contains("guidance_2")) o.guidance_scale_2 = j["guidance_2"].get<float>();
+  if (j.contains("true_cfg")) o.true_cfg_scale = j["true_cfg"].get<float>();
+  return o;
+}
+
 // The socket of a request's connection, or -1. Debian's cpp-httplib (0.11) gives a handler no handle on its
 // connection (later versions have Request::is_connection_closed), so it is found among this process's open
 // descriptors by its two ends' ports and the peer's address. httplib keeps it open until the handler
@@ -147,12 +199,45 @@ struct Server::Impl {
   std::mutex stop_mu;
   std::string stop_fate;
   bool stopped = false;
+  bool on_mesh = false;  // more than one rank: jobs are broadcast
+  bool lead = true;      // rank 0: serves HTTP and runs the queue
+
+  Communicator& world() const { return lp.mesh.world(); }
+
+  // Every rank takes the lead's verdict after each step: a cancel stops all of them at the same step.
+  Status mesh_step_verdict(Status mine) const {
+    if (!on_mesh) return mine;
+    float stop = mine.ok() ? 0.0f : 1.0f;
+    world().broadcast(&stop, 1, 0);
+    if (stop == 0.0f) return ok_status();
+    return mine.ok() ? Status(cancelled_error()) : mine;
+  }
+
+  // A rank other than the lead: runs each job the lead broadcasts, until it says "stop".
+  void follow() {
+    const std::string who = "[rank " + std::to_string(world().rank()) + "] meshdit serve: ";
+    for (;;) {
+      const std::string msg = broadcast_text(world(), "", 0);
+      if (msg == "stop") return;
+      auto o = options_from_json(msg);
+      if (!o.ok()) {
+        std::fprintf(stderr, "%s%s\n", who.c_str(), o.error().message.c_str());
+        continue;
+      }
+      const ScopedPrecision p(precision);
+      ScopedStepWatch watch([&](int64_t, int64_t, const Tensor&) { return mesh_step_verdict(ok_status()); });
+      auto images = lp.pipeline->generate(*o);
+      if (!images.ok() && !is_cancelled(images.error()))
+        std::fprintf(stderr, "%s%s\n", who.c_str(), images.error().message.c_str());
+    }
+  }
 
   Result<std::vector<Png>> run_job(const ImageRequest& r, JobProgress& progress) {
     const ScopedPrecision p(precision);
     const Pipeline& pipe = *lp.pipeline;
     const GenerateOptions o = pipe.with_defaults(r.options);
     MD_RETURN_IF_ERROR(pipe.validate(o));
+    if (on_mesh) broadcast_text(world(), options_to_json(o).dump(), 0);
     ScopedStepWatch watch([&](int64_t step, int64_t steps, const Tensor& latents) -> Status {
       Png preview;
       if (progress.wants_preview(step, steps)) {
@@ -160,7 +245,7 @@ struct Server::Impl {
         auto png = latent_preview_png(latents, o.width, o.height);
         if (png.ok()) preview = std::move(*png);
       }
-      return progress.step(step, steps, std::move(preview));
+      return mesh_step_verdict(progress.step(step, steps, std::move(preview)));
     });
     MD_TRY(Tensor images, pipe.generate(o));
     PngText extra;
@@ -422,7 +507,10 @@ Result<std::unique_ptr<Server>> Server::create(const ServeCommand& cmd) {
   LoadOptions from;
   from.transformer_file = cmd.transformer;
   GenerateOptions shape = with_builtin_defaults({}, cmd.model.empty());
-  MD_TRY(impl->lp, load_pipeline(cmd.model, MeshShape::parse_or_row("", 1).value(), "", shape, from));
+  MD_TRY(MeshShape mesh, MeshShape::parse_or_row(cmd.mesh, world_communicator()->size()));
+  MD_TRY(impl->lp, load_pipeline(cmd.model, mesh, cmd.parallel, shape, from));
+  impl->on_mesh = impl->lp.mesh.world().size() > 1;
+  impl->lead = impl->lp.mesh.rank() == 0;
   const GenerateOptions d = impl->lp.pipeline->with_defaults(shape);
   impl->defaults = RequestDefaults{d.width, d.height, d.steps};
   impl->default_guidance = d.guidance_scale;
@@ -430,6 +518,8 @@ Result<std::unique_ptr<Server>> Server::create(const ServeCommand& cmd) {
   JobQueueOptions qo;
   qo.capacity = cmd.queue;
   qo.preview_every = cmd.preview_every;
+  // MPI is initialised for calls from the main thread only (FUNNELED): on a mesh it runs the jobs.
+  qo.own_worker = !impl->on_mesh;
   impl->jobs = std::make_unique<JobQueue>(
       [p](const ImageRequest& r, JobProgress& progress) { return p->run_job(r, progress); }, qo);
   impl->routes();
@@ -449,7 +539,26 @@ Result<int> Server::bind() {
   return m.cmd.port;
 }
 
-void Server::run() { impl_->http.listen_after_bind(); }
+bool Server::lead() const { return impl_->lead; }
+
+void Server::run() {
+  Impl& m = *impl_;
+  // A stop() before listening began (a signal, a failed bind) must not leave it listening.
+  if (!m.on_mesh) {
+    if (!m.stopping) m.http.listen_after_bind();
+    return;
+  }
+  if (!m.lead) {
+    m.follow();
+    return;
+  }
+  std::thread http([&m] {
+    if (!m.stopping) m.http.listen_after_bind();
+  });
+  m.jobs->run_worker();  // until stop()
+  broadcast_text(m.world(), "stop", 0);
+  http.join();
+}
 
 std::string Server::stop(bool cancel_running) {
   Impl& m = *impl_;
@@ -470,8 +579,6 @@ int run_serve(const ServeCommand& cmd) {
     std::fprintf(stderr, "meshdit serve: %s\n", msg.c_str());
     return 1;
   };
-  if (world_communicator()->size() > 1)
-    return fail("under mpirun: serving a mesh (rank 0 serving, requests broadcast to every rank) is not built yet");
   // Every thread started from here on inherits the blocked signals; one watcher thread takes them.
   sigset_t signals;
   sigemptyset(&signals);
@@ -482,12 +589,22 @@ int run_serve(const ServeCommand& cmd) {
   std::fprintf(stderr, "meshdit serve: loading %s\n", cmd.model.empty() ? "the built-in model" : cmd.model.c_str());
   auto server = Server::create(cmd);
   if (!server.ok()) return fail(server.error().message);
-  auto port = (*server)->bind();
-  if (!port.ok()) return fail(port.error().message);
+  Server* s = server->get();
+  if (!s->lead()) {
+    // Every job comes from rank 0, and so does the end; signals are rank 0's to act on.
+    s->run();
+    return 0;
+  }
+  auto port = s->bind();
+  // On a mesh the other ranks wait for jobs: a lead that cannot listen tells them to stop.
+  if (!port.ok()) {
+    s->stop(true);
+    s->run();
+    return fail(port.error().message);
+  }
   std::fprintf(stderr, "meshdit serve: listening on http://%s:%d/%s\n", cmd.host.c_str(), *port,
                cmd.api_key.empty() ? "" : " (API key required)");
   std::atomic<bool> done{false};
-  Server* s = server->get();
   std::thread watcher([&] {
     const timespec tick{0, 200 * 1000 * 1000};
     while (!done) {

@@ -24,6 +24,8 @@ struct ServeCommand {
   int64_t preview_every = 2;  // steps between previews of a job
   ServeLimits limits;
   std::string precision;  // "" = default_compute_precision()
+  std::string mesh;       // "RxC" under mpirun: rank 0 serves, every rank runs each job; "" = 1 x the ranks
+  std::string parallel;   // --parallel overrides of the automatic config
   bool verbose = true;    // one line per request on stderr
 };
 
@@ -35,9 +37,13 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Binds cmd.host:cmd.port (port 0: a free one) and returns the port.
+  // Whether this rank serves HTTP (rank 0; every rank of a single process).
+  bool lead() const;
+  // Binds cmd.host:cmd.port (port 0: a free one) and returns the port; the lead rank only.
   Result<int> bind();
-  // Serves until stop(); call after bind().
+  // Serves until stop() (the lead, after bind()). On a mesh the lead runs the jobs on this (the main)
+  // thread, broadcasting each one to every rank, and the other ranks' run() follows them until the lead
+  // stops.
   void run();
   // From any thread (a signal watcher, a test): stops taking requests, cancels the running job or lets it
   // finish, and makes run() return. Returns what became of the running job: "none", "finished", "cancelled".

@@ -61,8 +61,10 @@ class JobQueue::Progress : public JobProgress {
 };
 
 JobQueue::JobQueue(JobRunner run, JobQueueOptions options) : run_(std::move(run)), options_(options) {
-  worker_ = std::thread([this] { work(); });
+  if (options_.own_worker) worker_ = std::thread([this] { work(); });
 }
+
+void JobQueue::run_worker() { work(); }
 
 JobQueue::~JobQueue() { shutdown(true); }
 
@@ -160,7 +162,7 @@ std::string JobQueue::shutdown(bool cancel_running) {
   std::string fate = "none";
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!worker_.joinable()) return fate;
+    if (stopping_) return fate;
     stopping_ = true;
     for (auto& job : pending_) {
       job->s.state = JobState::Cancelled;
@@ -177,7 +179,7 @@ std::string JobQueue::shutdown(bool cancel_running) {
     }
     work_cv_.notify_all();
   }
-  worker_.join();
+  if (worker_.joinable()) worker_.join();
   return fate;
 }
 

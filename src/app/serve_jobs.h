@@ -61,6 +61,9 @@ struct JobQueueOptions {
   size_t capacity = 16;       // jobs waiting (the running one not counted)
   int64_t preview_every = 2;  // steps
   size_t keep_finished = 64;  // finished jobs kept for GET (the oldest are forgotten)
+  // false: no thread of its own; the caller runs run_worker() (on a mesh, MPI is called from the main thread
+  // only, and a job's collectives with it).
+  bool own_worker = true;
 };
 
 class JobQueue {
@@ -79,8 +82,11 @@ class JobQueue {
   std::optional<JobSnapshot> wait(const std::string& id, uint64_t seen, std::chrono::milliseconds timeout) const;
   // Cancels a queued job at once and a running one at its next step; false for an unknown or finished job.
   bool cancel(const std::string& id, const std::string& why = "cancelled by request");
+  // Runs the jobs on the calling thread until shutdown (own_worker = false).
+  void run_worker();
   // Takes no more jobs, cancels the queued ones and either cancels the running one or lets it finish, then
-  // stops the worker. Returns what became of the running job: "none", "finished" or "cancelled".
+  // stops the worker (joins its own; run_worker() returns once the running job has ended). Returns what
+  // became of the running job: "none", "finished" or "cancelled".
   std::string shutdown(bool cancel_running);
   size_t waiting() const;
 
