@@ -185,6 +185,8 @@ bool peer_closed(int fd) {
   return (p.revents & POLLIN) && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
+volatile sig_atomic_t g_signal = 0;  // SIGINT or SIGTERM once received
+
 }  // namespace
 
 struct Server::Impl {
@@ -579,12 +581,14 @@ int run_serve(const ServeCommand& cmd) {
     std::fprintf(stderr, "meshdit serve: %s\n", msg.c_str());
     return 1;
   };
-  // Every thread started from here on inherits the blocked signals; one watcher thread takes them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A handler rather than blocked signals: MPI's own threads (under mpirun) do not block them, and a signal
+  // delivered to one of those would end the process. The handler only records it; a watcher thread acts.
+  struct sigaction sa {};
+  sa.sa_handler = [](int sig) { g_signal = sig; };
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // the interrupted calls (MPI, sockets) carry on
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
 
   std::fprintf(stderr, "meshdit serve: loading %s\n", cmd.model.empty() ? "the built-in model" : cmd.model.c_str());
   auto server = Server::create(cmd);
@@ -606,9 +610,9 @@ int run_serve(const ServeCommand& cmd) {
                cmd.api_key.empty() ? "" : " (API key required)");
   std::atomic<bool> done{false};
   std::thread watcher([&] {
-    const timespec tick{0, 200 * 1000 * 1000};
     while (!done) {
-      const int sig = sigtimedwait(&signals, nullptr, &tick);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const int sig = g_signal;
       if (sig != SIGINT && sig != SIGTERM) continue;
       std::fprintf(stderr, "meshdit serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
       const std::string fate = s->stop(true);
