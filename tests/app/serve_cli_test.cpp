@@ -1,5 +1,6 @@
 // `meshdit serve` as a process: it answers on its port, and SIGTERM (or SIGINT) stops it cleanly, saying
 // what became of the running job, with exit status 0.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
@@ -49,9 +50,11 @@ TEST_P(ServeCli, SignalStopsItCleanly) {
   const int port = free_port();
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
+  const std::string p = std::to_string(port);
   if (pid == 0) {
-    const std::string p = std::to_string(port);
-    if (!freopen(log.c_str(), "w", stderr)) _exit(127);
+    // Only async-signal-safe calls between fork and exec (the test process has threads).
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || dup2(fd, 2) < 0) _exit(127);
     execl(MESHDIT_CLI, MESHDIT_CLI, "serve", "--port", p.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
