@@ -10,6 +10,9 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -17,6 +20,7 @@
 #include "app/generation.h"
 #include "app/serve_jobs.h"
 #include "app/serve_preview.h"
+#include "app/video_output.h"
 #include "backend/precision.h"
 #include "core/step_watch.h"
 #include "parallel/mpi_comm.h"
@@ -73,7 +77,7 @@ Json request_json(const ImageRequest& r) {
   return j;
 }
 
-Json job_json(const JobSnapshot& s, bool with_images) {
+Json job_json(const JobSnapshot& s, bool with_images, const char* mime = "image/png") {
   Json j = {{"id", s.id},
             {"state", job_state_name(s.state)},
             {"step", s.step},
@@ -86,10 +90,35 @@ Json job_json(const JobSnapshot& s, bool with_images) {
   if (with_images && !s.preview.empty()) j["preview"] = {{"step", s.preview_step}, {"b64_png", base64(s.preview)}};
   if (with_images && s.state == JobState::Done) {
     Json images = Json::array();
-    for (const auto& png : s.images) images.push_back({{"b64_json", base64(png)}});
+    for (const auto& png : s.images) images.push_back({{"b64_json", base64(png)}, {"mime_type", mime}});
     j["images"] = images;
   }
   return j;
+}
+
+// Videos [B, F, H, W, 3] as MP4 files' bytes. The encoder writes files: each goes through a folder of the
+// server's own making under the temp dir, removed at once (a request never names a path).
+Result<std::vector<std::vector<uint8_t>>> encode_mp4s(const Tensor& videos, double fps) {
+  namespace fs = std::filesystem;
+  std::string tmpl = (fs::temp_directory_path() / "meshdit-serve-XXXXXX").string();
+  if (!mkdtemp(tmpl.data())) return make_error("cannot make a temporary folder for the MP4: " + tmpl);
+  const fs::path dir = tmpl;
+  std::vector<std::vector<uint8_t>> out;
+  Status st = ok_status();
+  for (int64_t b = 0; b < videos.size(0) && st.ok(); ++b) {
+    const std::string path = (dir / "video.mp4").string();
+    auto written = write_video_output(path, videos.select(0, b), fps);
+    if (!written.ok()) {
+      st = written.error();
+      break;
+    }
+    std::ifstream f(path, std::ios::binary);
+    out.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!st.ok()) return st.error();
+  return out;
 }
 
 // A text from `root` to every rank (Communicator moves floats: one byte each, exact; lengths are far below
@@ -201,10 +230,12 @@ struct Server::Impl {
   std::mutex stop_mu;
   std::string stop_fate;
   bool stopped = false;
-  bool on_mesh = false;  // more than one rank: jobs are broadcast
-  bool lead = true;      // rank 0: serves HTTP and runs the queue
+  const VideoPipelineInfo* video = nullptr;  // a video pipeline: the results are MP4s
+  bool on_mesh = false;                      // more than one rank: jobs are broadcast
+  bool lead = true;                          // rank 0: serves HTTP and runs the queue
 
   Communicator& world() const { return lp.mesh.world(); }
+  const char* mime() const { return video ? "video/mp4" : "image/png"; }
 
   // Every rank takes the lead's verdict after each step: a cancel stops all of them at the same step.
   Status mesh_step_verdict(Status mine) const {
@@ -250,6 +281,7 @@ struct Server::Impl {
       return mesh_step_verdict(progress.step(step, steps, std::move(preview)));
     });
     MD_TRY(Tensor images, pipe.generate(o));
+    if (video) return encode_mp4s(images, video->fps);
     PngText extra;
     if (!lp.transformer.empty()) extra.push_back({"transformer", lp.transformer});
     return encode_pngs(images, o, lp.model, extra);
@@ -392,7 +424,7 @@ void Server::Impl::routes() {
     if (!s) return send_error(res, 500, "", "job " + *id + " was lost");
     if (!check_done(*s, res)) return;
     Json data = Json::array();
-    for (const auto& png : s->images) data.push_back({{"b64_json", base64(png)}});
+    for (const auto& png : s->images) data.push_back({{"b64_json", base64(png)}, {"mime_type", mime()}});
     send_json(res, {{"created", int64_t(std::time(nullptr))}, {"data", data}, {"seed", s->request.options.seed}});
   });
   http.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
@@ -438,7 +470,7 @@ void Server::Impl::routes() {
   http.Get(job_path, [this](const httplib::Request& req, httplib::Response& res) {
     auto s = jobs->get(req.matches[1]);
     if (!s) return send_error(res, 404, "id", "no job " + std::string(req.matches[1]));
-    send_json(res, job_json(*s, true));
+    send_json(res, job_json(*s, true, mime()));
   });
   http.Delete(job_path, [this](const httplib::Request& req, httplib::Response& res) {
     const std::string id = req.matches[1];
@@ -481,7 +513,7 @@ void Server::Impl::routes() {
       st->seen = s->version;
       st->last_write = now;
       const bool done = finished(s->state);
-      Json j = job_json(*s, done);
+      Json j = job_json(*s, done, mime());
       if (!s->preview.empty() && s->preview_step != st->preview_step) {
         st->preview_step = s->preview_step;
         j["preview"] = {{"step", s->preview_step}, {"b64_png", base64(s->preview)}};
@@ -511,6 +543,7 @@ Result<std::unique_ptr<Server>> Server::create(const ServeCommand& cmd) {
   GenerateOptions shape = with_builtin_defaults({}, cmd.model.empty());
   MD_TRY(MeshShape mesh, MeshShape::parse_or_row(cmd.mesh, world_communicator()->size()));
   MD_TRY(impl->lp, load_pipeline(cmd.model, mesh, cmd.parallel, shape, from));
+  impl->video = video_pipeline_info(impl->lp.class_name);
   impl->on_mesh = impl->lp.mesh.world().size() > 1;
   impl->lead = impl->lp.mesh.rank() == 0;
   const GenerateOptions d = impl->lp.pipeline->with_defaults(shape);

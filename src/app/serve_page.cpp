@@ -31,7 +31,7 @@ const char* serve_page_html() {
   #error { color: #b00; white-space: pre-wrap; margin-top: 8px; }
   #gallery { display: flex; flex-wrap: wrap; gap: 12px; padding: 0 20px 20px; }
   figure { margin: 0; background: #fff; padding: 8px; border-radius: 8px; box-shadow: 0 1px 3px #0002; max-width: 280px; }
-  figure img { width: 256px; display: block; }
+  figure img, figure video { width: 256px; display: block; }
   figcaption { font-size: 12px; color: #555; margin-top: 4px; word-break: break-word; }
 </style>
 </head>
@@ -121,9 +121,10 @@ function finish(j) {
     $('state').textContent = 'Done in ' + j.elapsed_s.toFixed(1) + ' s.';
     for (const im of j.images || []) {
       const fig = document.createElement('figure');
-      const img = document.createElement('img');
-      img.src = 'data:image/png;base64,' + im.b64_json;
-      $('preview').src = img.src;
+      const video = im.mime_type === 'video/mp4';
+      const img = document.createElement(video ? 'video' : 'img');
+      img.src = 'data:' + (im.mime_type || 'image/png') + ';base64,' + im.b64_json;
+      if (video) { img.controls = img.loop = img.muted = img.autoplay = true; } else { $('preview').src = img.src; }
       const r = j.request;
       const cap = document.createElement('figcaption');
       cap.textContent = r.prompt + ' | ' + r.width + 'x' + r.height + ', ' + r.steps + ' steps, seed ' + r.seed +

@@ -29,6 +29,9 @@ std::string shape_str(const Tensor& t) {
 
 Result<std::vector<uint8_t>> latent_preview_rgb(const Tensor& latents, int64_t width, int64_t height, int* out_w,
                                                 int* out_h) {
+  // A video's latents [B, 16, F, h, w]: its first latent frame.
+  if (latents.dim() == 5 && latents.size(1) == kChannels)
+    return latent_preview_rgb(latents.select(2, 0), width, height, out_w, out_h);
   const int64_t h = height / 8, w = width / 8;
   const bool packed = latents.dim() == 3 && latents.size(2) == kChannels * 4 && h % 2 == 0 && w % 2 == 0 &&
                       latents.size(1) == (h / 2) * (w / 2);

@@ -14,7 +14,8 @@ namespace meshdit {
 
 // The first image of `latents` at latent resolution (height/8 x width/8) as RGB bytes. Takes Flux's packed
 // latents [B, (H/16)*(W/16), 64] (2x2 patches of 16 channels, as diffusers' _pack_latents lays them out) or
-// unpacked ones [B, 16, H/8, W/8]; other shapes are an error naming the shape.
+// unpacked ones [B, 16, H/8, W/8], or a video's [B, 16, F, H/8, W/8] (its first latent frame); other shapes
+// are an error naming the shape.
 Result<std::vector<uint8_t>> latent_preview_rgb(const Tensor& latents, int64_t width, int64_t height, int* out_w,
                                                 int* out_h);
 

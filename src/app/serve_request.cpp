@@ -162,7 +162,7 @@ Result<ImageRequest> parse_openai_request(const std::string& body, const Request
   MD_TRY(Json j, parse_object(body));
   // model and user are part of OpenAI's request; the server has one model and keeps no users.
   MD_RETURN_IF_ERROR(check_known(j, {"prompt", "negative_prompt", "n", "size", "response_format", "steps", "guidance",
-                                     "seed", "true_cfg", "cache", "model", "user"}));
+                                     "seed", "true_cfg", "cache", "frames", "model", "user"}));
   for (const char* f : {"model", "user"})
     if (j.contains(f) && !j[f].is_string()) return field_error(f, "must be a string, not " + type_name(j[f]));
   ImageRequest r;
@@ -194,6 +194,8 @@ Result<ImageRequest> parse_openai_request(const std::string& body, const Request
     MD_TRY(o.height, check_side("size", h, limits));
   }
   MD_TRY(o.steps, get_int(j, "steps", 1, limits.max_steps, defaults.steps));
+  // Video pipelines: the frame count (the pipeline checks that its VAE makes it); 0: the model's.
+  MD_TRY(o.num_frames, get_int(j, "frames", 1, limits.max_frames, 0));
   MD_TRY(o.guidance_scale, get_number(j, "guidance", 0, 100));
   MD_TRY(o.true_cfg_scale, get_number(j, "true_cfg", 0, 100));
   MD_RETURN_IF_ERROR(read_seed(j, "seed", r));

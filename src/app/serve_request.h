@@ -15,6 +15,7 @@ namespace meshdit {
 struct ServeLimits {
   int64_t max_side = 2048;  // width and height, pixels
   int64_t max_steps = 200;
+  int64_t max_frames = 257;         // video pipelines
   int64_t max_images = 8;           // OpenAI n, A1111 batch_size
   size_t max_prompt_bytes = 16384;  // prompt and negative prompt, each
   double memory_bytes = 0;          // what a generation may need; 0: the machine's available memory
