@@ -3,12 +3,17 @@
 # libdnnl-dev (oneDNN) is the CPU backend's GEMM; ocl-icd-opencl-dev because its CMake config requires
 # OpenCL (Debian builds it with an OpenCL GPU runtime) and fails configure without it. libopenblas-dev is
 # only bench/gemm_bench's point of comparison.
+# libcpp-httplib-dev is `meshdit serve`'s HTTP server. With --tests (tools/test.sh) also chromium, nodejs and
+# npm, for the serve page's browser test (tests/app/serve_browser_test.cpp; playwright-core comes from
+# `npm ci` in tools/browser), which users who only build and generate do not need.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
       libopenblas-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
       ocl-icd-opencl-dev
       libopenmpi-dev openmpi-bin libsentencepiece-dev libpng-dev libutf8proc-dev
-      libavcodec-dev libavformat-dev libswscale-dev libavutil-dev)
+      libavcodec-dev libavformat-dev libswscale-dev libavutil-dev
+      libcpp-httplib-dev)
+[ "${1:-}" = "--tests" ] && PKGS+=(chromium nodejs npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,7 +3,9 @@
 # fuzzers for FUZZ_SECONDS (default 60) each. Exit status non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup-debian.sh
+tools/setup-debian.sh --tests
+# The serve page's browser test drives Debian's Chromium through playwright-core, pinned in tools/browser.
+(cd tools/browser && npm ci --no-audit --no-fund --loglevel=error)
 JOBS=${JOBS:-$(nproc)}
 
 echo "== release build and tests"

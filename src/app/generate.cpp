@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 
+#include "app/generation.h"
 #include "app/info_cmd.h"
 #include "app/runners.h"
 #include "app/video_output.h"
@@ -227,18 +228,10 @@ int run_generate(const GenerateCommand& cmd) {
   o.cache = *cache_options;
   CacheReport cache_report;
   if (o.cache.enabled()) o.cache_report = &cache_report;
-  if (builtin) {  // the built-in model was trained at 128 x 128 with 20 steps
-    if (o.height == 0) o.height = 128;
-    if (o.width == 0) o.width = 128;
-    if (o.steps == 0) o.steps = 20;
-  }
-  auto traits = (*entry)->traits(model, o, from);
-  if (!traits.ok()) return fail(traits.error().message);
-  auto mesh = make_mesh(shape, cmd.parallel, *traits);
-  if (!mesh.ok()) return fail(mesh.error().message);
-  auto loaded = (*entry)->load(model, *mesh, from);
+  o = with_builtin_defaults(o, builtin);
+  auto loaded = load_pipeline(cmd.model, shape, cmd.parallel, o, from);
   if (!loaded.ok()) return fail(loaded.error().message);
-  const Pipeline& pipe = **loaded;
+  const Pipeline& pipe = *loaded->pipeline;
   o = pipe.with_defaults(o);
   if (auto st = pipe.validate(o); !st.ok()) return fail(st.error().message);
   // Checked apart from the other options so that a shape that does not fit names the file it came from.
@@ -253,7 +246,7 @@ int run_generate(const GenerateCommand& cmd) {
                  what.c_str(), (long long)o.width, (long long)o.height, (long long)o.steps, noise.c_str(),
                  num_threads(), precision_description(compute_precision()).c_str());
     if (shape.size() > 1)
-      std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), mesh->config().str().c_str());
+      std::fprintf(stderr, " per rank, mesh %s: %s", shape.str().c_str(), loaded->mesh.config().str().c_str());
     if (o.cache.enabled()) std::fprintf(stderr, ", cache %s", cache_options_str(o.cache).c_str());
     std::fputc('\n', stderr);
   }
@@ -278,7 +271,7 @@ int run_generate(const GenerateCommand& cmd) {
                  cached.empty() ? "none" : cached.c_str(), (long long)cache_report.blocks_run,
                  (long long)cache_report.blocks_total,
                  100.0 * double(cache_report.blocks_run) / double(std::max<int64_t>(1, cache_report.blocks_total)),
-                 mesh->config().cfg > 1 ? ", on rank 0's guidance branch" : "");
+                 loaded->mesh.config().cfg > 1 ? ", on rank 0's guidance branch" : "");
   }
 
   if (lead && video) {
@@ -291,18 +284,10 @@ int run_generate(const GenerateCommand& cmd) {
     const Tensor& im = images.value();
     for (int64_t b = 0; b < im.size(0); ++b) {
       const std::string out = numbered_path(output, size_t(b), n_images);
-      const size_t prompt_index = size_t(b / std::max<int64_t>(1, o.num_images_per_prompt));
-      PngText text = {
-          {"Software", "meshdit"},          {"prompt", o.prompt[prompt_index]}, {"model", model},
-          {"seed", std::to_string(o.seed)}, {"batch_index", std::to_string(b)}, {"steps", std::to_string(o.steps)}};
-      if (o.guidance_scale) text.push_back({"guidance_scale", std::to_string(*o.guidance_scale)});
-      if (o.guidance_scale_2) text.push_back({"guidance_scale_2", std::to_string(*o.guidance_scale_2)});
-      text.push_back({"width", std::to_string(o.width)});
-      text.push_back({"height", std::to_string(o.height)});
-      if (!o.negative_prompt.empty()) text.push_back({"negative_prompt", o.negative_prompt[prompt_index]});
-      if (!cmd.transformer.empty()) text.push_back({"transformer", cmd.transformer});
-      if (!cmd.latents.empty()) text.push_back({"latents", latents_src.str()});
-      if (o.cache.enabled()) text.push_back({"cache", cache_options_str(o.cache)});
+      PngText extra;
+      if (!cmd.transformer.empty()) extra.push_back({"transformer", cmd.transformer});
+      if (!cmd.latents.empty()) extra.push_back({"latents", latents_src.str()});
+      const PngText text = png_parameters(o, model, b, extra);
       std::vector<uint8_t> rgb = to_rgb8(im.select(0, b));
       if (auto st = write_png(out, rgb.data(), int(o.width), int(o.height), text); !st.ok())
         return fail(st.error().message);

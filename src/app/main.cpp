@@ -14,6 +14,7 @@
 #include "app/info_cmd.h"
 #include "app/plan_cmd.h"
 #include "app/runners.h"
+#include "app/serve.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
 #include "pipelines/pipeline.h"
@@ -192,6 +193,32 @@ int run(int argc, char** argv) {
                   "the middle blocks are skipped), warmup=8 (calls never cached), max_cached=N,\n"
                   "max_consecutive=N, order=1|2 (TaylorSeer). E.g. --cache dbcache:F8B0,threshold=0.12");
 
+  auto* serve = app.add_subcommand(
+      "serve",
+      "Load the pipeline once and serve it over HTTP: OpenAI /v1/images/generations, AUTOMATIC1111 "
+      "/sdapi/v1/txt2img, jobs with live progress (/v1/jobs), a web page at /; stops on SIGINT/SIGTERM");
+  meshdit::ServeCommand sv;
+  serve->add_option("--model", sv.model,
+                    "diffusers pipeline folder (as generate's --model); default: the built-in tiny-shapes model");
+  serve->add_option("--transformer", sv.transformer, "transformer checkpoint instead of the folder's (as generate's)");
+  serve->add_option("--host", sv.host, "address to listen on (default 127.0.0.1: this machine only)");
+  serve->add_option("--port", sv.port, "TCP port (default 8080; 0: any free port)")->check(CLI::Range(0, 65535));
+  serve->add_option("--api-key", sv.api_key,
+                    "require 'Authorization: Bearer KEY' on every route but /health and the page");
+  serve->add_option("--queue", sv.queue, "jobs that may wait behind the running one (default 16)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--max-body", sv.max_body_bytes, "largest request body in bytes (default 4 MiB)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--max-side", sv.limits.max_side, "largest width or height a request may ask (default 2048)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--max-steps", sv.limits.max_steps, "most steps a request may ask (default 200)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--preview-every", sv.preview_every, "steps between a job's previews (default 2)")
+      ->check(CLI::PositiveNumber);
+  serve->add_option("--precision", sv.precision, kPrecisionHelp)->check(CLI::IsMember({"f32", "bf16"}));
+  serve->add_flag("!--quiet", sv.verbose, "no line per request on stderr");
+  add_mesh_options(serve, sv.mesh, sv.parallel);
+
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
   auto* bench_tr = bench->add_subcommand(
@@ -275,6 +302,7 @@ int run(int argc, char** argv) {
   if (threads > 0) meshdit::set_num_threads(threads);
   if (*check) return cmd_check(dirs, quiet, check_mesh, check_parallel, check_precision);
   if (*gen) return meshdit::run_generate(g);
+  if (*serve) return meshdit::run_serve(sv);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
   if (*bench_cache) return meshdit::run_bench_cache(bc);
   if (*compare) return meshdit::run_compare(compare_a, compare_b);

@@ -28,20 +28,24 @@ std::vector<uint8_t> to_rgb8(const Tensor& image_hwc) {
   return out;
 }
 
-Status write_png(const std::string& path, const uint8_t* rgb, int width, int height, const PngText& text) {
-  std::unique_ptr<FILE, FileCloser> f(std::fopen(path.c_str(), "wb"));
-  if (!f) return make_error(path + ": cannot open for writing: " + std::strerror(errno));
+namespace {
+
+// One encoder for files and memory: libpng writes through `write` (a FILE or a byte vector). `what` names the
+// destination in errors.
+Status encode(const std::string& what, png_rw_ptr write, png_voidp io, const uint8_t* rgb, int width, int height,
+              const PngText& text) {
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) {
     png_destroy_write_struct(&png, &info);
-    return make_error(path + ": libpng initialisation failed");
+    return make_error(what + ": libpng initialisation failed");
   }
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    return make_error(path + ": writing the PNG failed (disk full?)");
+    return make_error(what + ": writing the PNG failed (disk full?)");
   }
-  png_init_io(png, f.get());
+  // A flush function of our own: libpng's default one takes the destination for a FILE.
+  png_set_write_fn(png, io, write, [](png_structp) {});
   png_set_IHDR(png, info, png_uint_32(width), png_uint_32(height), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   std::vector<png_text> chunks(text.size());
@@ -57,8 +61,32 @@ Status write_png(const std::string& path, const uint8_t* rgb, int width, int hei
   for (int y = 0; y < height; ++y) png_write_row(png, const_cast<uint8_t*>(rgb + size_t(y) * size_t(width) * 3));
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
+  return ok_status();
+}
+
+void write_to_file(png_structp png, png_bytep data, png_size_t n) {
+  if (std::fwrite(data, 1, n, static_cast<FILE*>(png_get_io_ptr(png))) != n) png_error(png, "short write");
+}
+
+void write_to_vector(png_structp png, png_bytep data, png_size_t n) {
+  auto* out = static_cast<std::vector<uint8_t>*>(png_get_io_ptr(png));
+  out->insert(out->end(), data, data + n);
+}
+
+}  // namespace
+
+Status write_png(const std::string& path, const uint8_t* rgb, int width, int height, const PngText& text) {
+  std::unique_ptr<FILE, FileCloser> f(std::fopen(path.c_str(), "wb"));
+  if (!f) return make_error(path + ": cannot open for writing: " + std::strerror(errno));
+  MD_RETURN_IF_ERROR(encode(path, write_to_file, f.get(), rgb, width, height, text));
   if (std::fflush(f.get()) != 0) return make_error(path + ": write failed: " + std::strerror(errno));
   return ok_status();
+}
+
+Result<std::vector<uint8_t>> encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
+  std::vector<uint8_t> out;
+  MD_RETURN_IF_ERROR(encode("PNG in memory", write_to_vector, &out, rgb, width, height, text));
+  return out;
 }
 
 Result<std::vector<uint8_t>> read_png(const std::string& path, int* width, int* height, PngText* text) {

@@ -15,6 +15,9 @@ using PngText = std::vector<std::pair<std::string, std::string>>;
 // rgb: height x width x 3 bytes, row-major.
 Status write_png(const std::string& path, const uint8_t* rgb, int width, int height, const PngText& text = {});
 
+// The same PNG as write_png, as bytes (an HTTP response, a base64 field).
+Result<std::vector<uint8_t>> encode_png(const uint8_t* rgb, int width, int height, const PngText& text = {});
+
 // image [H, W, 3] float in [0, 1] -> bytes as diffusers' numpy_to_pil does: round(x * 255).
 std::vector<uint8_t> to_rgb8(const Tensor& image_hwc);
 

@@ -8,6 +8,7 @@
 #include "backend/model_ops.h"
 #include "backend/ops.h"
 #include "core/allocator.h"
+#include "core/step_watch.h"
 #include "core/trace.h"
 #include "parallel/collectives.h"
 
@@ -137,6 +138,7 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
     MD_TRY(latents, scheduler.step(v, t, latents));
     if (record) (*record)["latents.step" + std::to_string(i)] = latents;
     if (on_step) on_step(i, steps, span.elapsed_s());
+    MD_RETURN_IF_ERROR(notify_step(i, steps, latents));
   }
   // The activations kept for the next step are of no use to the VAE, whose buffers have other sizes.
   release_host_cache();
