@@ -8,6 +8,7 @@
 #include <map>
 
 #include "backend/ops.h"
+#include "io/gguf.h"
 #include "io/json_config.h"
 #include "io/torch_checkpoint.h"
 
@@ -27,14 +28,20 @@ bool is_directory(const std::string& p) {
 
 namespace {
 
-// A safetensors file or a PyTorch checkpoint, told apart by their first bytes.
+// A safetensors file, a GGUF file or a PyTorch checkpoint, told apart by their first bytes.
 Result<std::shared_ptr<SafetensorsFile>> open_tensor_file(const std::string& path, const std::string& prefix) {
   MD_TRY(auto map, MappedFile::open(path));
   if (is_zip_file(map->data(), map->size()) || is_legacy_torch_file(map->data(), map->size())) {
     MD_TRY(auto header, parse_torch_checkpoint(map->data(), map->size(), path, prefix));
     return SafetensorsFile::from_header(path, std::move(map), std::move(header));
   }
-  MD_TRY(auto header, parse_safetensors(map->data(), map->size(), path));
+  SafetensorsHeader header;
+  if (is_gguf_file(map->data(), map->size())) {
+    MD_TRY(GgufFile g, parse_gguf(map->data(), map->size(), path));
+    MD_TRY(header, gguf_to_header(g, path));
+  } else {
+    MD_TRY(header, parse_safetensors(map->data(), map->size(), path));
+  }
   if (!prefix.empty()) {
     std::vector<TensorInfo> kept;
     for (auto& t : header.tensors)
@@ -396,6 +403,22 @@ const char* shard_name(Shard s) {
       return "cols";
   }
   return "?";
+}
+
+std::string Checkpoint::file_metadata(const std::string& key) const {
+  for (const auto& f : files_) {
+    auto it = f->header().metadata.find(key);
+    if (it != f->header().metadata.end()) return it->second;
+  }
+  return "";
+}
+
+bool Checkpoint::has_gguf() const {
+  for (const auto& f : files_) {
+    auto it = f->header().metadata.find("format");
+    if (it != f->header().metadata.end() && it->second == "gguf") return true;
+  }
+  return false;
 }
 
 Result<Shape> Checkpoint::shape_of(const std::string& name) const {

@@ -82,6 +82,11 @@ class Checkpoint {
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
+  // A metadata value of its files (safetensors' __metadata__, a GGUF file's string values such as
+  // "general.architecture"): the first file's that has the key, else "".
+  std::string file_metadata(const std::string& key) const;
+  // Whether any of its files is a GGUF file.
+  bool has_gguf() const;
 
   // Rows [begin, end) of dim 0 of a stored tensor; end < 0 means to the last row.
   struct RowRange {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/thread_pool.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -166,11 +167,38 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
   const TensorInfo& info = header_.tensors[it->second];
   const uint8_t* p = map_->data() + header_.data_offset + info.begin;
+  if (info.quantized()) return dequantize(info, p);
   // Safetensors gives no alignment guarantee; the kernels read through memcpy-safe paths for 2-byte
   // types, but float32 data must be 4-aligned for direct use, so misaligned data is copied.
   Tensor t = Tensor::wrap(const_cast<uint8_t*>(p), info.shape, info.dtype, map_, /*read_only=*/true);
   if (reinterpret_cast<uintptr_t>(p) % dtype_size(info.dtype) != 0) t = t.clone();
   return t;
+}
+
+Tensor SafetensorsFile::dequantize(const TensorInfo& info, const uint8_t* p) const {
+  const QuantType type = *info.ggml_type;
+  const int64_t block = quant_block_size(type);
+  const size_t block_bytes = quant_block_bytes(type);
+  Tensor out = Tensor::empty(info.shape, info.dtype);
+  const int64_t blocks = shape_numel(info.shape) / block;
+  const bool to_bf16 = info.dtype == DType::BF16;
+  // Blocks are independent: each thread dequantizes a run of them through a small float buffer.
+  parallel_for(
+      blocks,
+      [&](int64_t begin, int64_t end, int) {
+        std::vector<float> buf(size_t(64 * block));
+        for (int64_t b = begin; b < end; b += 64) {
+          const int64_t n = std::min<int64_t>(64, end - b);
+          float* dst = to_bf16 ? buf.data() : out.data<float>() + b * block;
+          dequantize_row(type, p + size_t(b) * block_bytes, dst, n * block);
+          if (to_bf16) {
+            uint16_t* o = out.data<uint16_t>() + b * block;
+            for (int64_t i = 0; i < n * block; ++i) o[i] = f32_to_bf16(buf[size_t(i)]);
+          }
+        }
+      },
+      16);
+  return out;
 }
 
 Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::create(
