@@ -70,8 +70,8 @@ Result<WanConfig> WanConfig::from_json(const std::string& path) {
   if (c.num_layers < 0 || c.num_layers > 4096) r.fail("num_layers", "out of range");
   // WanRotaryPosEmbed splits head_dim into (t, h, w) parts of even sizes, h = w = 2 (head_dim / 6).
   if (c.attention_head_dim % 2 || c.attention_head_dim < 6)
-    r.fail("attention_head_dim",
-           "must be even and at least 6 (3-axis RoPE), got " + std::to_string(c.attention_head_dim));
+    r.fail("attention_head_dim", "must be even and at least 6 (3-axis RoPE), got " +
+                                     std::to_string(c.attention_head_dim));
   if (!(c.eps > 0) || c.eps > 1) r.fail("eps", "must be in (0, 1]");
   if (c.freq_dim % 2) r.fail("freq_dim", "must be even (sin and cos halves)");
   MD_RETURN_IF_ERROR(r.status());
