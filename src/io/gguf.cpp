@@ -6,6 +6,8 @@
 #include <limits>
 #include <set>
 
+#include "core/thread_pool.h"
+
 namespace meshdit {
 namespace {
 
@@ -560,7 +562,16 @@ Status GgufWriter::write(const Tensor& t) {
                       "; only float tensors are written to GGUF");
   const Tensor f = t.to(DType::F32).contiguous();
   std::vector<uint8_t> buf(static_cast<size_t>(next_bytes()));
-  quantize_row(e.type, f.data<float>(), buf.data(), f.numel());
+  // Blocks are independent: each thread encodes a run of them.
+  const int64_t block = quant_block_size(e.type);
+  const size_t block_bytes = quant_block_bytes(e.type);
+  const float* src = f.data<float>();
+  parallel_for(
+      f.numel() / block,
+      [&](int64_t begin, int64_t end, int) {
+        quantize_row(e.type, src + begin * block, buf.data() + size_t(begin) * block_bytes, (end - begin) * block);
+      },
+      64);
   return write(buf.data(), buf.size());
 }
 

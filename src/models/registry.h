@@ -117,6 +117,9 @@ struct TransformerArch {
   // The general.architecture values of GGUF files of this model (city96's ComfyUI-GGUF names: "flux", "sd3",
   // "wan", "qwen_image"); a GGUF file naming none of the registered ones is refused.
   std::vector<std::string> gguf_architectures;
+  // Stored-name parts of the tensors those tools keep in float rather than quantize (embedders, final layer, Wan's
+  // modulation): a tensor whose name contains one (at a name component's start) stays F32/F16/BF16.
+  std::vector<std::string> gguf_keep_float;
 
   // This rank's shard (par: its TP/SP groups; nullptr: one device). Running it on Checkpoint::meta() yields
   // the weight spec. Empty while the model's forward has not landed (`plan` still works from `spec`).
