@@ -46,9 +46,19 @@ std::string human_bytes(uint64_t bytes) {
 // intermediate of its dot products).
 bool gguf_output_type(QuantType t) {
   switch (t) {
-    case QuantType::F32: case QuantType::F16: case QuantType::BF16: case QuantType::Q4_0: case QuantType::Q4_1:
-    case QuantType::Q5_0: case QuantType::Q5_1: case QuantType::Q8_0: case QuantType::Q2_K: case QuantType::Q3_K:
-    case QuantType::Q4_K: case QuantType::Q5_K: case QuantType::Q6_K:
+    case QuantType::F32:
+    case QuantType::F16:
+    case QuantType::BF16:
+    case QuantType::Q4_0:
+    case QuantType::Q4_1:
+    case QuantType::Q5_0:
+    case QuantType::Q5_1:
+    case QuantType::Q8_0:
+    case QuantType::Q2_K:
+    case QuantType::Q3_K:
+    case QuantType::Q4_K:
+    case QuantType::Q5_K:
+    case QuantType::Q6_K:
       return true;
     default:
       return false;
@@ -85,8 +95,8 @@ Status convert_to_gguf(const ConvertCommand& c, std::FILE* progress) {
     std::string known;
     for (const auto& a : transformer_archs())
       if (!a.gguf_architectures.empty()) known += (known.empty() ? "" : ", ") + a.name;
-    return make_error(c.source + ": a " + arch->name + " transformer has no GGUF architecture name (GGUF output: " +
-                      known + ")");
+    return make_error(c.source + ": a " + arch->name +
+                      " transformer has no GGUF architecture name (GGUF output: " + known + ")");
   }
   // Names as the model's single-file layout has them (city96 converts from those files), else diffusers'.
   std::vector<GgufPlan> plan;

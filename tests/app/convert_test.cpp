@@ -278,7 +278,7 @@ TEST(ConvertGguf, KeepsWhatCity96Keeps) {
   EXPECT_TRUE(gguf_keeps_float(flux, "img_in.weight", {3072, 64}, QuantType::Q8_0));
   EXPECT_TRUE(gguf_keeps_float(flux, "final_layer.linear.weight", {64, 3072}, QuantType::Q8_0));
   EXPECT_TRUE(gguf_keeps_float(flux, "double_blocks.0.img_mlp.2.weight", {3072, 128}, QuantType::Q4_K));  // 128 < 256
-  EXPECT_TRUE(gguf_keeps_float(flux, "tiny.weight", {32, 32}, QuantType::Q8_0));  // 1024 values
+  EXPECT_TRUE(gguf_keeps_float(flux, "tiny.weight", {32, 32}, QuantType::Q8_0));                          // 1024 values
   EXPECT_FALSE(gguf_keeps_float(flux, "double_blocks.0.img_mlp.2.weight", {3072, 12288}, QuantType::Q4_K));
   EXPECT_FALSE(gguf_keeps_float(flux, "double_blocks.0.xfinal_layer.weight", {64, 3072}, QuantType::Q8_0));
   EXPECT_TRUE(gguf_keeps_float({"modulation"}, "blocks.3.modulation", {1, 6, 5120}, QuantType::Q8_0));
