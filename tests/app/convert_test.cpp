@@ -173,6 +173,19 @@ const GgufTensor* tensor_named(const GgufFile& g, const std::string& name) {
   return nullptr;
 }
 
+// The tensors of GGUF file `src` (parsed as `g`) copied as stored into `dst`, under `prefix`, with `metadata`.
+void rewrite(const std::string& src, const GgufFile& g, const std::string& dst, const std::string& prefix,
+             std::vector<std::pair<std::string, GgufValue>> metadata) {
+  std::ifstream f(src, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<GgufWriter::Entry> entries;
+  for (const auto& t : g.tensors) entries.push_back({prefix + t.name, t.type, t.shape});
+  auto w = GgufWriter::create(dst, std::move(metadata), entries);
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  for (const auto& t : g.tensors) ASSERT_TRUE((*w)->write(bytes.data() + g.data_offset + t.offset, t.bytes).ok());
+  ASSERT_TRUE((*w)->finish().ok());
+}
+
 // A 64x64, 4-step image of the built-in model with `extra` options; its samples in [0, 1].
 std::vector<float> generate(const test::TempDir& dir, const std::string& name, const std::string& extra) {
   const std::string out = dir.str() + "/" + name + ".png";
@@ -227,16 +240,15 @@ TEST(ConvertGguf, TinyShapesToQ8_0LoadsAndGeneratesCloseToBf16) {
 
   // stable-diffusion.cpp's flavour of the same tensors: no metadata, under "model.diffusion_model.".
   const std::string sdcpp = dir.str() + "/tiny-sdcpp.gguf";
-  {
-    std::ifstream f(c.output, std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::vector<GgufWriter::Entry> entries;
-    for (const auto& t : g->tensors) entries.push_back({"model.diffusion_model." + t.name, t.type, t.shape});
-    auto w = GgufWriter::create(sdcpp, {}, entries);
-    ASSERT_TRUE(w.ok()) << w.error().message;
-    for (const auto& t : g->tensors) ASSERT_TRUE((*w)->write(bytes.data() + g->data_offset + t.offset, t.bytes).ok());
-    ASSERT_TRUE((*w)->finish().ok());
-  }
+  rewrite(c.output, *g, sdcpp, "model.diffusion_model.", {});
+  // The same tensors claiming another architecture: refused, naming both.
+  const std::string wrong = dir.str() + "/tiny-as-sd3.gguf";
+  rewrite(c.output, *g, wrong, "", {{"general.architecture", GgufValue::string("sd3")}});
+  auto bad = open_transformer(wrong);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("GGUF architecture 'sd3', but its tensors are a flux transformer's (flux-bfl"),
+            std::string::npos)
+      << bad.error().message;
 
   const auto bf16 = generate(dir, "bf16", "");
   const auto q8 = generate(dir, "q8", "--transformer " + c.output);
