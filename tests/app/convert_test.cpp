@@ -232,11 +232,14 @@ TEST(ConvertGguf, TinyShapesToQ8_0LoadsAndGeneratesCloseToBf16) {
   EXPECT_EQ(tensor_named(*g, "final_layer.linear.weight")->type, QuantType::BF16);
   EXPECT_EQ(tensor_named(*g, "double_blocks.0.img_attn.qkv.bias")->type, QuantType::F32);
 
-  // It opens as a Flux transformer in the BFL layout.
-  auto o = open_transformer(c.output);
-  ASSERT_TRUE(o.ok()) << o.error().message;
-  EXPECT_EQ(o->arch->name, "flux");
-  EXPECT_EQ(o->layout, "flux-bfl");
+  // It opens as a Flux transformer in the BFL layout (its config comes from a folder: the inference of a Flux config
+  // knows only FLUX.1's RoPE axes).
+  std::string layout;
+  auto ck = open_transformer_checkpoint(c.output, &layout);
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  EXPECT_EQ(layout, "flux-bfl");
+  ASSERT_NE(transformer_arch_of(*ck, layout), nullptr);
+  EXPECT_EQ(transformer_arch_of(*ck, layout)->name, "flux");
 
   // stable-diffusion.cpp's flavour of the same tensors: no metadata, under "model.diffusion_model.".
   const std::string sdcpp = dir.str() + "/tiny-sdcpp.gguf";
@@ -244,7 +247,9 @@ TEST(ConvertGguf, TinyShapesToQ8_0LoadsAndGeneratesCloseToBf16) {
   // The same tensors claiming another architecture: refused, naming both.
   const std::string wrong = dir.str() + "/tiny-as-sd3.gguf";
   rewrite(c.output, *g, wrong, "", {{"general.architecture", GgufValue::string("sd3")}});
-  auto bad = open_transformer(wrong);
+  auto wrong_ck = open_transformer_checkpoint(wrong, &layout);
+  ASSERT_TRUE(wrong_ck.ok()) << wrong_ck.error().message;
+  const Status bad = check_gguf_architecture(*wrong_ck, *transformer_arch_of(*wrong_ck, layout), layout);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find("GGUF architecture 'sd3', but its tensors are a flux transformer's (flux-bfl"),
             std::string::npos)

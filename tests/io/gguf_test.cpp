@@ -305,7 +305,7 @@ TEST(Gguf, BadTensorInfosAreNamed) {
   }
   {
     Builder b = valid();
-    b.tensors[1].name = "w";
+    b.tensors[1].name = b.tensors[0].name;
     expect_error(b, "tensor 'w' appears twice");
   }
   {
