@@ -330,6 +330,7 @@ void release_mapped_pages(const Tensor& w) {
 void Checkpoint::release_resident() const {
   if (meta_) return;
   for (const auto& name : stored_names()) {
+    if (info(where_.at(name)).quantized()) continue;  // not a mapping: nothing to drop, and taking it dequantizes
     auto t = get_stored(name);
     if (t.ok()) release_mapped_pages(*t);
   }

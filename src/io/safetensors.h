@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,11 +65,15 @@ class SafetensorsFile {
   Result<Tensor> get(const std::string& name) const;
 
  private:
-  Tensor dequantize(const TensorInfo& info, const uint8_t* p) const;
+  Tensor dequantize(size_t index, const uint8_t* p) const;
   std::string path_;
   std::shared_ptr<MappedFile> map_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
+  // Dequantized tensors while anything still holds one: the aliases of a fused tensor (q, k, v as row ranges)
+  // share one copy instead of each keeping a whole one alive.
+  mutable std::mutex dequant_mu_;
+  mutable std::map<size_t, std::weak_ptr<void>> dequantized_;
 };
 
 // Writes a safetensors file one tensor at a time: the header (every name, dtype and shape, in order) first,

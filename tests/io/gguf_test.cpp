@@ -164,6 +164,14 @@ TEST(Gguf, WriteReadRoundTripThroughCheckpoint) {
   auto row = ck->get("row1");
   ASSERT_TRUE(row.ok());
   EXPECT_EQ(row->shape(), (Shape{1, 64}));
+  {
+    // While one is held, every alias of a quantized tensor reads the same dequantized copy.
+    auto whole = ck->get("blocks.0.q8");
+    ASSERT_TRUE(whole.ok());
+    auto again = ck->get("row1");
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(static_cast<const char*>(again->raw()), static_cast<const char*>(whole->raw()) + 64 * 2);
+  }
   // The file as parsed: the 5-D tensor's stored dims are 4.
   std::ifstream f(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
