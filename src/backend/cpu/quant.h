@@ -59,8 +59,7 @@ uint64_t quant_row_bytes(QuantType t, int64_t n);
 // Dequantizes n values (a multiple of the block size) of a float or block type to float. Integer types are
 // not weights: the caller rejects them first.
 void dequantize_row(QuantType t, const void* src, float* dst, int64_t n);
-// Quantizes n values (a multiple of the block size) to a float or block type (not Q8_K's bsums-consumers:
-// its bsums are filled too, so it round-trips).
+// Quantizes n values (a multiple of the block size) to a float or block type (Q8_K with its bsums filled in).
 void quantize_row(QuantType t, const float* src, void* dst, int64_t n);
 
 }  // namespace meshdit
