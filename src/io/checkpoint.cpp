@@ -126,7 +126,7 @@ std::string weight_variant(const std::string& name) {
 
 Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::string& prefix) {
   struct Group {
-    std::vector<std::string> index, files, bin_index, bin_files;
+    std::vector<std::string> index, files, bin_index, bin_files, gguf_files;
   };
   std::map<std::string, Group> by_variant;
   std::error_code ec;
@@ -142,12 +142,15 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::strin
       g.bin_index.push_back(e.path().string());
     else if (ends_with(n, ".bin"))
       g.bin_files.push_back(e.path().string());
+    else if (ends_with(n, ".gguf"))
+      g.gguf_files.push_back(e.path().string());
   }
   if (ec) return make_error(dir + ": cannot list folder: " + ec.message());
   // A folder holding diffusers variants side by side (genmo/mochi-1-preview ships f32 and bf16): the bf16
   // variant, which is what meshdit computes from anyway and half the pages to map; else the plain weights.
   auto has_weights = [](const Group& g) {
-    return !g.index.empty() || !g.files.empty() || !g.bin_index.empty() || !g.bin_files.empty();
+    return !g.index.empty() || !g.files.empty() || !g.bin_index.empty() || !g.bin_files.empty() ||
+           !g.gguf_files.empty();
   };
   Group chosen;
   for (const char* v : {"bf16", "", "fp16", "fp32"})
@@ -156,14 +159,16 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::strin
       break;
     }
   std::vector<std::string> index = std::move(chosen.index), files = std::move(chosen.files);
-  // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those.
+  // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those, one with only
+  // GGUF files (a quantized transformer downloaded into its own folder) those.
   if (index.empty() && files.empty()) {
     index = std::move(chosen.bin_index);
     files = std::move(chosen.bin_files);
   }
+  if (index.empty() && files.empty()) files = std::move(chosen.gguf_files);
   if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json (or *.bin.index.json)");
   if (index.size() == 1) return open_index(index[0], prefix);
-  if (files.empty()) return make_error(dir + ": no .safetensors file (nor a PyTorch .bin)");
+  if (files.empty()) return make_error(dir + ": no .safetensors file (nor a PyTorch .bin, nor a .gguf)");
   std::sort(files.begin(), files.end());
   Checkpoint c;
   c.origin_ = dir;

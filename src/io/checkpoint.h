@@ -59,7 +59,7 @@ class Checkpoint {
   static Result<Checkpoint> open_file(const std::string& path, const std::string& prefix = "");
   static Result<Checkpoint> open_index(const std::string& index_json, const std::string& prefix = "");
   // A folder: the one *.safetensors.index.json it holds, else its *.safetensors files (all of them); without
-  // either, the same for PyTorch files (*.bin.index.json, else *.bin).
+  // either, the same for PyTorch files (*.bin.index.json, else *.bin); without those, its *.gguf files.
   static Result<Checkpoint> open_dir(const std::string& dir, const std::string& prefix = "");
   // A file or a folder.
   static Result<Checkpoint> open(const std::string& path, const std::string& prefix = "");

@@ -172,6 +172,10 @@ TEST(Gguf, WriteReadRoundTripThroughCheckpoint) {
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(static_cast<const char*>(again->raw()), static_cast<const char*>(whole->raw()) + 64 * 2);
   }
+  // Its folder opens as a checkpoint too (a folder with only GGUF files).
+  auto folder = Checkpoint::open(dir.str());
+  ASSERT_TRUE(folder.ok()) << folder.error().message;
+  EXPECT_TRUE(folder->has("blocks.0.q4k"));
   // The file as parsed: the 5-D tensor's stored dims are 4.
   std::ifstream f(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
