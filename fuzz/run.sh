@@ -9,7 +9,7 @@ seconds="${1:-60}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BUILD_DIR:-$root/build-fuzz}"
 jobs="${JOBS:-2}"
-targets=(safetensors torch_checkpoint config)
+targets=(safetensors torch_checkpoint config gguf)
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMESHDIT_FUZZ=ON -DMESHDIT_SANITIZE=ON -DMESHDIT_BENCH=OFF >/dev/null

@@ -1,12 +1,17 @@
 // `meshdit convert`: any checkpoint Checkpoint opens (a PyTorch .bin read without running its pickle, a
-// safetensors file, a sharded index, a folder) written as one file of another format. The output format
-// is chosen by the output's extension, through TensorSink: safetensors now; GGUF is meant to be one more sink.
+// safetensors or GGUF file, a sharded index, a folder) written as one file of another format, chosen by the
+// output's extension: .safetensors through TensorSink (every tensor, names as stored), or .gguf: a transformer
+// (a diffusers pipeline folder, its transformer folder or a single file in any registered layout) written as
+// city96's ComfyUI-GGUF tools write one: general.architecture set, tensors named as the model's single-file
+// layout names them (BFL's for Flux, Stability's for SD3; diffusers names for a model without one), weights
+// quantized to --type except what those tools keep in float.
 #pragma once
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "backend/cpu/quant.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -17,6 +22,7 @@ struct ConvertCommand {
   std::string output;
   std::string prefix;          // keep only tensors under it, removing it from their names
   std::string dtype = "keep";  // keep, bf16 or f32: the floating-point tensors' dtype in the output
+  std::string type;            // GGUF output: the weights' ggml type ("q8_0", "q4_k", ...); "" = as stored
   bool progress = true;
 };
 
@@ -38,6 +44,13 @@ class TensorSink {
 // The sink for the format of `path`, by its extension (.safetensors), writing to `write_to`; an unknown
 // extension is an error naming the known ones.
 Result<std::unique_ptr<TensorSink>> sink_for(const std::string& path, const std::string& write_to);
+
+// Whether city96's tools keep a tensor (its stored name and shape) in float rather than quantizing it to `type`:
+// vectors and anything of at most 1024 values, names with one of the model's `keep` parts at a name component's
+// start (TransformerArch::gguf_keep_float: embedders, final layer, Wan's modulation), and rows that are not whole
+// blocks of `type`.
+bool gguf_keeps_float(const std::vector<std::string>& keep, const std::string& name, const Shape& shape,
+                      QuantType type);
 
 // Converts; `progress` (may be null) gets one line per tensor. The output is written to OUTPUT.partial and
 // renamed when complete, so a failed conversion leaves no truncated file behind.

@@ -274,14 +274,19 @@ int run(int argc, char** argv) {
   meshdit::add_plan_command(app);  // runs from its callback
 
   auto* conv = app.add_subcommand(
-      "convert", "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, a folder) to "
-                 "a .safetensors file");
+      "convert", "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, GGUF, a "
+                 "folder) to a .safetensors file, or a transformer to a city96-style .gguf file (quantized by --type)");
   meshdit::ConvertCommand cv;
   conv->add_option("source", cv.source, "checkpoint file, sharded index or folder")->required();
-  conv->add_option("-o,--output", cv.output, "output file; its extension picks the format (.safetensors)")->required();
+  conv->add_option("-o,--output", cv.output, "output file; its extension picks the format (.safetensors, .gguf)")
+      ->required();
   conv->add_option("--prefix", cv.prefix, "keep only tensors whose names start with it, removing it (e.g. dit.)");
   conv->add_option("--dtype", cv.dtype, "keep (default), bf16 or f32: floating-point tensors' dtype in the output")
       ->check(CLI::IsMember({"keep", "bf16", "f32"}));
+  conv->add_option("--type", cv.type,
+                   "GGUF output: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_0, q5_1, q4_0, q4_1, bf16, f16 or f32 for the "
+                   "weights (1-D tensors, embedders, final layer, modulation and rows that are not whole blocks keep "
+                   "their float type); default: as stored");
   conv->add_flag("!--no-progress", cv.progress, "no line per tensor on stderr");
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");

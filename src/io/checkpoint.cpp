@@ -8,6 +8,7 @@
 #include <map>
 
 #include "backend/ops.h"
+#include "io/gguf.h"
 #include "io/json_config.h"
 #include "io/torch_checkpoint.h"
 
@@ -27,14 +28,20 @@ bool is_directory(const std::string& p) {
 
 namespace {
 
-// A safetensors file or a PyTorch checkpoint, told apart by their first bytes.
+// A safetensors file, a GGUF file or a PyTorch checkpoint, told apart by their first bytes.
 Result<std::shared_ptr<SafetensorsFile>> open_tensor_file(const std::string& path, const std::string& prefix) {
   MD_TRY(auto map, MappedFile::open(path));
   if (is_zip_file(map->data(), map->size()) || is_legacy_torch_file(map->data(), map->size())) {
     MD_TRY(auto header, parse_torch_checkpoint(map->data(), map->size(), path, prefix));
     return SafetensorsFile::from_header(path, std::move(map), std::move(header));
   }
-  MD_TRY(auto header, parse_safetensors(map->data(), map->size(), path));
+  SafetensorsHeader header;
+  if (is_gguf_file(map->data(), map->size())) {
+    MD_TRY(GgufFile g, parse_gguf(map->data(), map->size(), path));
+    MD_TRY(header, gguf_to_header(g, path));
+  } else {
+    MD_TRY(header, parse_safetensors(map->data(), map->size(), path));
+  }
   if (!prefix.empty()) {
     std::vector<TensorInfo> kept;
     for (auto& t : header.tensors)
@@ -119,7 +126,7 @@ std::string weight_variant(const std::string& name) {
 
 Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::string& prefix) {
   struct Group {
-    std::vector<std::string> index, files, bin_index, bin_files;
+    std::vector<std::string> index, files, bin_index, bin_files, gguf_files;
   };
   std::map<std::string, Group> by_variant;
   std::error_code ec;
@@ -135,12 +142,15 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::strin
       g.bin_index.push_back(e.path().string());
     else if (ends_with(n, ".bin"))
       g.bin_files.push_back(e.path().string());
+    else if (ends_with(n, ".gguf"))
+      g.gguf_files.push_back(e.path().string());
   }
   if (ec) return make_error(dir + ": cannot list folder: " + ec.message());
   // A folder holding diffusers variants side by side (genmo/mochi-1-preview ships f32 and bf16): the bf16
   // variant, which is what meshdit computes from anyway and half the pages to map; else the plain weights.
   auto has_weights = [](const Group& g) {
-    return !g.index.empty() || !g.files.empty() || !g.bin_index.empty() || !g.bin_files.empty();
+    return !g.index.empty() || !g.files.empty() || !g.bin_index.empty() || !g.bin_files.empty() ||
+           !g.gguf_files.empty();
   };
   Group chosen;
   for (const char* v : {"bf16", "", "fp16", "fp32"})
@@ -149,14 +159,16 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir, const std::strin
       break;
     }
   std::vector<std::string> index = std::move(chosen.index), files = std::move(chosen.files);
-  // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those.
+  // safetensors first; a folder with only PyTorch files (an older diffusers release) reads those, one with only
+  // GGUF files (a quantized transformer downloaded into its own folder) those.
   if (index.empty() && files.empty()) {
     index = std::move(chosen.bin_index);
     files = std::move(chosen.bin_files);
   }
+  if (index.empty() && files.empty()) files = std::move(chosen.gguf_files);
   if (index.size() > 1) return make_error(dir + ": more than one *.safetensors.index.json (or *.bin.index.json)");
   if (index.size() == 1) return open_index(index[0], prefix);
-  if (files.empty()) return make_error(dir + ": no .safetensors file (nor a PyTorch .bin)");
+  if (files.empty()) return make_error(dir + ": no .safetensors file (nor a PyTorch .bin, nor a .gguf)");
   std::sort(files.begin(), files.end());
   Checkpoint c;
   c.origin_ = dir;
@@ -323,6 +335,7 @@ void release_mapped_pages(const Tensor& w) {
 void Checkpoint::release_resident() const {
   if (meta_) return;
   for (const auto& name : stored_names()) {
+    if (info(where_.at(name)).quantized()) continue;  // not a mapping: nothing to drop, and taking it dequantizes
     auto t = get_stored(name);
     if (t.ok()) release_mapped_pages(*t);
   }
@@ -396,6 +409,22 @@ const char* shard_name(Shard s) {
       return "cols";
   }
   return "?";
+}
+
+std::string Checkpoint::file_metadata(const std::string& key) const {
+  for (const auto& f : files_) {
+    auto it = f->header().metadata.find(key);
+    if (it != f->header().metadata.end()) return it->second;
+  }
+  return "";
+}
+
+bool Checkpoint::has_gguf() const {
+  for (const auto& f : files_) {
+    auto it = f->header().metadata.find("format");
+    if (it != f->header().metadata.end() && it->second == "gguf") return true;
+  }
+  return false;
 }
 
 Result<Shape> Checkpoint::shape_of(const std::string& name) const {

@@ -59,7 +59,7 @@ class Checkpoint {
   static Result<Checkpoint> open_file(const std::string& path, const std::string& prefix = "");
   static Result<Checkpoint> open_index(const std::string& index_json, const std::string& prefix = "");
   // A folder: the one *.safetensors.index.json it holds, else its *.safetensors files (all of them); without
-  // either, the same for PyTorch files (*.bin.index.json, else *.bin).
+  // either, the same for PyTorch files (*.bin.index.json, else *.bin); without those, its *.gguf files.
   static Result<Checkpoint> open_dir(const std::string& dir, const std::string& prefix = "");
   // A file or a folder.
   static Result<Checkpoint> open(const std::string& path, const std::string& prefix = "");
@@ -82,6 +82,11 @@ class Checkpoint {
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
+  // A metadata value of its files (safetensors' __metadata__, a GGUF file's string values such as
+  // "general.architecture"): the first file's that has the key, else "".
+  std::string file_metadata(const std::string& key) const;
+  // Whether any of its files is a GGUF file.
+  bool has_gguf() const;
 
   // Rows [begin, end) of dim 0 of a stored tensor; end < 0 means to the last row.
   struct RowRange {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/thread_pool.h"
 #include "io/json_config.h"
 
 namespace meshdit {
@@ -166,11 +167,45 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
   const TensorInfo& info = header_.tensors[it->second];
   const uint8_t* p = map_->data() + header_.data_offset + info.begin;
+  if (info.quantized()) return dequantize(it->second, p);
   // Safetensors gives no alignment guarantee; the kernels read through memcpy-safe paths for 2-byte
   // types, but float32 data must be 4-aligned for direct use, so misaligned data is copied.
   Tensor t = Tensor::wrap(const_cast<uint8_t*>(p), info.shape, info.dtype, map_, /*read_only=*/true);
   if (reinterpret_cast<uintptr_t>(p) % dtype_size(info.dtype) != 0) t = t.clone();
   return t;
+}
+
+Tensor SafetensorsFile::dequantize(size_t index, const uint8_t* p) const {
+  const TensorInfo& info = header_.tensors[index];
+  std::lock_guard<std::mutex> lock(dequant_mu_);
+  std::shared_ptr<void> owner = dequantized_[index].lock();
+  // Not read-only: a read-only tensor is taken for a mapped one, whose pages may be dropped (madvise).
+  if (owner) return Tensor::wrap(owner.get(), info.shape, info.dtype, owner, /*read_only=*/false);
+  const QuantType type = *info.ggml_type;
+  const int64_t block = quant_block_size(type);
+  const size_t block_bytes = quant_block_bytes(type);
+  const int64_t numel = shape_numel(info.shape), blocks = numel / block;
+  auto* data = new uint8_t[size_t(numel) * dtype_size(info.dtype)];
+  owner = std::shared_ptr<void>(data, [](void* q) { delete[] static_cast<uint8_t*>(q); });
+  const bool to_bf16 = info.dtype == DType::BF16;
+  // Blocks are independent: each thread dequantizes a run of them through a small float buffer.
+  parallel_for(
+      blocks,
+      [&](int64_t begin, int64_t end, int) {
+        std::vector<float> buf(size_t(64 * block));
+        for (int64_t b = begin; b < end; b += 64) {
+          const int64_t n = std::min<int64_t>(64, end - b);
+          float* dst = to_bf16 ? buf.data() : reinterpret_cast<float*>(data) + b * block;
+          dequantize_row(type, p + size_t(b) * block_bytes, dst, n * block);
+          if (to_bf16) {
+            uint16_t* o = reinterpret_cast<uint16_t*>(data) + b * block;
+            for (int64_t i = 0; i < n * block; ++i) o[i] = f32_to_bf16(buf[size_t(i)]);
+          }
+        }
+      },
+      16);
+  dequantized_[index] = owner;
+  return Tensor::wrap(data, info.shape, info.dtype, owner, /*read_only=*/false);
 }
 
 Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::create(

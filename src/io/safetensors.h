@@ -6,9 +6,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "backend/cpu/quant.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -19,6 +22,9 @@ struct TensorInfo {
   DType dtype;
   Shape shape;
   uint64_t begin, end;  // byte offsets into the data section
+  // A GGUF tensor's ggml type as stored. A block type (Q8_0, Q4_K, ...) is dequantized to `dtype` by get().
+  std::optional<QuantType> ggml_type;
+  bool quantized() const { return ggml_type && quant_is_block(*ggml_type); }
 };
 
 struct SafetensorsHeader {
@@ -55,13 +61,19 @@ class SafetensorsFile {
   const SafetensorsHeader& header() const { return header_; }
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   std::vector<std::string> names() const;
+  // A view into the mapping; a block-quantized GGUF tensor is dequantized into a new tensor of its dtype.
   Result<Tensor> get(const std::string& name) const;
 
  private:
+  Tensor dequantize(size_t index, const uint8_t* p) const;
   std::string path_;
   std::shared_ptr<MappedFile> map_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
+  // Dequantized tensors while anything still holds one: the aliases of a fused tensor (q, k, v as row ranges)
+  // share one copy instead of each keeping a whole one alive.
+  mutable std::mutex dequant_mu_;
+  mutable std::map<size_t, std::weak_ptr<void>> dequantized_;
 };
 
 // Writes a safetensors file one tensor at a time: the header (every name, dtype and shape, in order) first,

@@ -279,6 +279,12 @@ Result<Checkpoint> open_single_file(const std::string& path_or_dir, const std::v
                                     const std::vector<std::string>& diffusers_detect,
                                     const std::vector<std::string>& diffusers_modules, std::string* detected_layout) {
   MD_TRY(Checkpoint ck, Checkpoint::open(path_or_dir));
+  return open_single_file(std::move(ck), layouts, diffusers_detect, diffusers_modules, detected_layout);
+}
+
+Result<Checkpoint> open_single_file(Checkpoint ck, const std::vector<SingleFileLayout>& layouts,
+                                    const std::vector<std::string>& diffusers_detect,
+                                    const std::vector<std::string>& diffusers_modules, std::string* detected_layout) {
   const std::vector<std::string> stored = ck.stored_names();
   const bool prefixed =
       std::any_of(stored.begin(), stored.end(), [](const std::string& n) { return starts_with(n, kComfyPrefix); });

@@ -133,6 +133,10 @@ Result<NamedTensors> single_file_tensors(const SingleFileLayout& layout, const N
 Result<Checkpoint> open_single_file(const std::string& path_or_dir, const std::vector<SingleFileLayout>& layouts,
                                     const std::vector<std::string>& diffusers_detect,
                                     const std::vector<std::string>& diffusers_modules, std::string* detected_layout);
+// The same for a checkpoint already opened (one whose metadata the caller checked first: a GGUF architecture).
+Result<Checkpoint> open_single_file(Checkpoint ck, const std::vector<SingleFileLayout>& layouts,
+                                    const std::vector<std::string>& diffusers_detect,
+                                    const std::vector<std::string>& diffusers_modules, std::string* detected_layout);
 
 // The config.json in the folder of a checkpoint (the folder itself, or the one holding the file).
 std::string config_json_beside(const std::string& path_or_dir);

@@ -123,7 +123,23 @@ Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, s
     detect.insert(detect.end(), a.diffusers_detect.begin(), a.diffusers_detect.end());
     modules.insert(modules.end(), a.diffusers_modules.begin(), a.diffusers_modules.end());
   }
-  return open_single_file(path_or_dir, layouts, detect, modules, detected_layout);
+  MD_TRY(Checkpoint ck, Checkpoint::open(path_or_dir));
+  // A GGUF file names its architecture (city96's files do; stable-diffusion.cpp's do not, and are told by their
+  // tensors alone): one no registered model reads is refused by name before its tensors are looked at.
+  const std::string gguf_arch = ck.file_metadata("general.architecture");
+  if (ck.has_gguf() && !gguf_arch.empty()) {
+    std::string supported;
+    bool known = false;
+    for (const auto& a : transformer_archs())
+      for (const auto& g : a.gguf_architectures) {
+        supported += (supported.empty() ? "" : ", ") + g;
+        known = known || g == gguf_arch;
+      }
+    if (!known)
+      return make_error(ck.origin() + ": GGUF architecture '" + gguf_arch +
+                        "' is not supported (supported: " + supported + ")");
+  }
+  return open_single_file(std::move(ck), layouts, detect, modules, detected_layout);
 }
 
 const TransformerArch* transformer_arch_of(const Checkpoint& ck, const std::string& layout) {
@@ -139,11 +155,22 @@ const TransformerArch* transformer_arch_of(const Checkpoint& ck, const std::stri
   return nullptr;
 }
 
+Status check_gguf_architecture(const Checkpoint& ck, const TransformerArch& arch, const std::string& layout) {
+  const std::string g = ck.file_metadata("general.architecture");
+  if (!ck.has_gguf() || g.empty()) return ok_status();
+  const auto& names = arch.gguf_architectures;
+  if (std::find(names.begin(), names.end(), g) == names.end())
+    return make_error(ck.origin() + ": GGUF architecture '" + g + "', but its tensors are a " + arch.name +
+                      " transformer's (" + layout + " layout)");
+  return ok_status();
+}
+
 Result<OpenedTransformer> open_transformer(const std::string& path_or_dir) {
   OpenedTransformer o;
   MD_TRY(o.ck, open_transformer_checkpoint(path_or_dir, &o.layout));
   o.arch = transformer_arch_of(o.ck, o.layout);
   if (!o.arch) return make_error(o.ck.origin() + ": no registered transformer matches its tensors");
+  MD_RETURN_IF_ERROR(check_gguf_architecture(o.ck, *o.arch, o.layout));
   const std::string cfg = config_json_beside(path_or_dir);
   if (path_exists(cfg)) {
     MD_TRY(o.config, o.arch->parse_config(cfg));

@@ -114,6 +114,12 @@ struct TransformerArch {
   // Single-file layouts, and the top-level modules of its diffusers names (the first list identifies it).
   std::vector<SingleFileLayout> layouts;
   std::vector<std::string> diffusers_detect, diffusers_modules;
+  // The general.architecture values of GGUF files of this model (city96's ComfyUI-GGUF names: "flux", "sd3",
+  // "wan", "qwen_image"); a GGUF file naming none of the registered ones is refused.
+  std::vector<std::string> gguf_architectures;
+  // Stored-name parts of the tensors those tools keep in float rather than quantize (embedders, final layer, Wan's
+  // modulation): a tensor whose name contains one (at a name component's start) stays F32/F16/BF16.
+  std::vector<std::string> gguf_keep_float;
 
   // This rank's shard (par: its TP/SP groups; nullptr: one device). Running it on Checkpoint::meta() yields
   // the weight spec. Empty while the model's forward has not landed (`plan` still works from `spec`).
@@ -169,6 +175,8 @@ Result<Checkpoint> open_transformer_checkpoint(const std::string& path_or_dir, s
 // whose diffusers_detect names it has; nullptr when none.
 const TransformerArch* transformer_arch_of(const Checkpoint& ck, const std::string& layout);
 Result<OpenedTransformer> open_transformer(const std::string& path_or_dir);
+// A GGUF file's general.architecture must be one of `arch`'s (a file whose tensors say otherwise is refused).
+Status check_gguf_architecture(const Checkpoint& ck, const TransformerArch& arch, const std::string& layout);
 
 // Adds an entry. Each model file defines `void register_<model>()` calling this; models/registry.cpp lists
 // those functions (a static library links only what is referenced, so self-registering objects would vanish).

@@ -25,6 +25,7 @@ Result<TransformerSource> open_transformer_file(const std::string& dir, const st
   MD_TRY(t.ck, open_transformer_checkpoint(file, &layout));
   const TransformerArch* arch = transformer_arch_of(t.ck, layout);
   if (!arch) return make_error(file + ": no registered transformer matches its tensors");
+  MD_RETURN_IF_ERROR(check_gguf_architecture(t.ck, *arch, layout));
   if (arch != wanted)
     return make_error(file + ": a " + arch->name + " transformer (" + layout + " layout), but " + dir + " is a " +
                       folder.class_name + " whose transformer is " + wanted_class + " (" + wanted->name + ")");

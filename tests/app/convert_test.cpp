@@ -9,7 +9,11 @@
 #include "../io/torch_checkpoint_writer.h"
 #include "../test_util.h"
 #include "app/convert_cmd.h"
+#include "core/image_metrics.h"
+#include "io/gguf.h"
+#include "io/png.h"
 #include "io/safetensors.h"
+#include "models/registry.h"
 
 namespace fs = std::filesystem;
 using namespace meshdit;
@@ -99,10 +103,21 @@ TEST(Convert, ErrorsNameTheProblemAndLeaveNoOutput) {
   test::TempDir dir;
   ConvertCommand c;
   c.source = write_bin(dir.path());
-  c.output = dir.str() + "/out.gguf";
+  c.output = dir.str() + "/out.npz";
   auto st = convert_checkpoint(c, nullptr);
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.error().message.find("unknown output format '.gguf' (known: .safetensors)"), std::string::npos);
+  EXPECT_NE(st.error().message.find("unknown output format '.npz' (known: .safetensors, .gguf)"), std::string::npos);
+  // GGUF output is for transformers: this .bin is none.
+  c.output = dir.str() + "/out.gguf";
+  st = convert_checkpoint(c, nullptr);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("fits no known transformer layout"), std::string::npos) << st.error().message;
+  c.type = "q8_0";
+  c.output = dir.str() + "/out.safetensors";
+  st = convert_checkpoint(c, nullptr);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("--type 'q8_0' is for a GGUF output"), std::string::npos) << st.error().message;
+  c.type = "";
   c.output = dir.str() + "/out.safetensors";
   c.prefix = "text_encoder.";
   st = convert_checkpoint(c, nullptr);
@@ -140,6 +155,150 @@ TEST(Convert, CommandLine) {
   EXPECT_NE(test::run_command(std::string(MESHDIT_CLI) + " convert " + src + " -o " + out + " --dtype f16", &log), 0);
   ASSERT_EQ(test::run_command(std::string(MESHDIT_CLI) + " convert --help", &log), 0);
   EXPECT_NE(log.find("--prefix"), std::string::npos) << log;
+}
+
+// --- GGUF output ------------------------------------------------------------------------------------------------
+
+std::string tiny_shapes() { return test::repo_dir() + "/models/tiny-shapes"; }
+
+Result<GgufFile> parse_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return parse_gguf(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path);
+}
+
+const GgufTensor* tensor_named(const GgufFile& g, const std::string& name) {
+  for (const auto& t : g.tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+// The tensors of GGUF file `src` (parsed as `g`) copied as stored into `dst`, under `prefix`, with `metadata`.
+void rewrite(const std::string& src, const GgufFile& g, const std::string& dst, const std::string& prefix,
+             std::vector<std::pair<std::string, GgufValue>> metadata) {
+  std::ifstream f(src, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<GgufWriter::Entry> entries;
+  for (const auto& t : g.tensors) entries.push_back({prefix + t.name, t.type, t.shape});
+  auto w = GgufWriter::create(dst, std::move(metadata), entries);
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  for (const auto& t : g.tensors) ASSERT_TRUE((*w)->write(bytes.data() + g.data_offset + t.offset, t.bytes).ok());
+  ASSERT_TRUE((*w)->finish().ok());
+}
+
+// A 64x64, 4-step image of the built-in model with `extra` options; its samples in [0, 1].
+std::vector<float> generate(const test::TempDir& dir, const std::string& name, const std::string& extra) {
+  const std::string out = dir.str() + "/" + name + ".png";
+  std::string log;
+  const int rc = test::run_command(std::string(MESHDIT_CLI) +
+                                       " generate --no-progress --prompt 'a large red circle in the center on a blue "
+                                       "background' --seed 42 --width 64 --height 64 --steps 4 -o " +
+                                       out + " " + extra,
+                                   &log);
+  EXPECT_EQ(rc, 0) << log;
+  int w = 0, h = 0;
+  PngText text;
+  auto px = read_png(out, &w, &h, &text);
+  EXPECT_TRUE(px.ok()) << (px.ok() ? "" : px.error().message);
+  return px.ok() ? unit_samples(*px) : std::vector<float>{};
+}
+
+double psnr_of(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || a.size() != 64 * 64 * 3) return 0;
+  return psnr(ImageView{a.data(), 64, 64, 3}, ImageView{b.data(), 64, 64, 3});
+}
+
+TEST(ConvertGguf, TinyShapesToQ8_0LoadsAndGeneratesCloseToBf16) {
+  test::TempDir dir;
+  ConvertCommand c;
+  c.source = tiny_shapes();  // the pipeline folder: its transformer
+  c.output = dir.str() + "/tiny-q8_0.gguf";
+  c.type = "q8_0";
+  const Status st = convert_checkpoint(c, nullptr);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_FALSE(fs::exists(c.output + ".partial"));
+
+  // city96's layout: the architecture named, BFL's tensor names, embedders/final layer/vectors in float.
+  auto g = parse_file(c.output);
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  EXPECT_EQ(g->string_value("general.architecture"), "flux");
+  const GgufTensor* qkv = tensor_named(*g, "double_blocks.0.img_attn.qkv.weight");
+  ASSERT_NE(qkv, nullptr);
+  EXPECT_EQ(qkv->type, QuantType::Q8_0);
+  EXPECT_EQ(qkv->shape, (Shape{384, 128}));
+  ASSERT_NE(tensor_named(*g, "img_in.weight"), nullptr);
+  EXPECT_EQ(tensor_named(*g, "img_in.weight")->type, QuantType::BF16);
+  ASSERT_NE(tensor_named(*g, "final_layer.linear.weight"), nullptr);
+  EXPECT_EQ(tensor_named(*g, "final_layer.linear.weight")->type, QuantType::BF16);
+  EXPECT_EQ(tensor_named(*g, "double_blocks.0.img_attn.qkv.bias")->type, QuantType::F32);
+
+  // It opens as a Flux transformer in the BFL layout (its config comes from a folder: the inference of a Flux config
+  // knows only FLUX.1's RoPE axes).
+  std::string layout;
+  auto ck = open_transformer_checkpoint(c.output, &layout);
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  EXPECT_EQ(layout, "flux-bfl");
+  ASSERT_NE(transformer_arch_of(*ck, layout), nullptr);
+  EXPECT_EQ(transformer_arch_of(*ck, layout)->name, "flux");
+
+  // stable-diffusion.cpp's flavour of the same tensors: no metadata, under "model.diffusion_model.".
+  const std::string sdcpp = dir.str() + "/tiny-sdcpp.gguf";
+  rewrite(c.output, *g, sdcpp, "model.diffusion_model.", {});
+  // The same tensors claiming another architecture: refused, naming both.
+  const std::string wrong = dir.str() + "/tiny-as-sd3.gguf";
+  rewrite(c.output, *g, wrong, "", {{"general.architecture", GgufValue::string("sd3")}});
+  auto wrong_ck = open_transformer_checkpoint(wrong, &layout);
+  ASSERT_TRUE(wrong_ck.ok()) << wrong_ck.error().message;
+  const Status bad = check_gguf_architecture(*wrong_ck, *transformer_arch_of(*wrong_ck, layout), layout);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("GGUF architecture 'sd3', but its tensors are a flux transformer's (flux-bfl"),
+            std::string::npos)
+      << bad.error().message;
+
+  const auto bf16 = generate(dir, "bf16", "");
+  const auto q8 = generate(dir, "q8", "--transformer " + c.output);
+  const auto sd = generate(dir, "sdcpp", "--transformer " + sdcpp);
+  const double p = psnr_of(bf16, q8);
+  std::printf("tiny-shapes 64x64 4 steps: q8_0 vs bf16 PSNR %.2f dB\n", p);
+  EXPECT_GT(p, 30.0);
+  EXPECT_EQ(q8, sd);  // the same tensors under the other naming: the same pixels
+}
+
+TEST(ConvertGguf, ErrorsNameTheProblem) {
+  test::TempDir dir;
+  ConvertCommand c;
+  c.source = tiny_shapes();
+  c.output = dir.str() + "/x.gguf";
+  c.type = "q4_k_m";
+  auto st = convert_checkpoint(c, nullptr);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("--type 'q4_k_m': expected one of q8_0"), std::string::npos) << st.error().message;
+  EXPECT_FALSE(fs::exists(c.output));
+
+  // A GGUF file of an architecture no registered model reads: refused by name, with the supported ones.
+  const std::string ltx = dir.str() + "/ltx.gguf";
+  auto w = GgufWriter::create(ltx, {{"general.architecture", GgufValue::string("ltxv")}},
+                              {{"transformer_blocks.0.attn1.to_q.weight", QuantType::F32, {32, 32}}});
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->write(Tensor::zeros({32, 32})).ok());
+  ASSERT_TRUE((*w)->finish().ok());
+  auto o = open_transformer(ltx);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.error().message.find("GGUF architecture 'ltxv' is not supported (supported: "), std::string::npos)
+      << o.error().message;
+  EXPECT_NE(o.error().message.find("flux"), std::string::npos) << o.error().message;
+}
+
+TEST(ConvertGguf, KeepsWhatCity96Keeps) {
+  const std::vector<std::string> flux{"img_in.", "final_layer."};
+  EXPECT_TRUE(gguf_keeps_float(flux, "double_blocks.0.img_attn.qkv.bias", {9216}, QuantType::Q8_0));
+  EXPECT_TRUE(gguf_keeps_float(flux, "img_in.weight", {3072, 64}, QuantType::Q8_0));
+  EXPECT_TRUE(gguf_keeps_float(flux, "final_layer.linear.weight", {64, 3072}, QuantType::Q8_0));
+  EXPECT_TRUE(gguf_keeps_float(flux, "double_blocks.0.img_mlp.2.weight", {3072, 128}, QuantType::Q4_K));  // 128 < 256
+  EXPECT_TRUE(gguf_keeps_float(flux, "tiny.weight", {32, 32}, QuantType::Q8_0));                          // 1024 values
+  EXPECT_FALSE(gguf_keeps_float(flux, "double_blocks.0.img_mlp.2.weight", {3072, 12288}, QuantType::Q4_K));
+  EXPECT_FALSE(gguf_keeps_float(flux, "double_blocks.0.xfinal_layer.weight", {64, 3072}, QuantType::Q8_0));
+  EXPECT_TRUE(gguf_keeps_float({"modulation"}, "blocks.3.modulation", {1, 6, 5120}, QuantType::Q8_0));
 }
 
 }  // namespace

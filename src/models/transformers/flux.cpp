@@ -369,6 +369,8 @@ void register_flux() {
       {"double_blocks.", "single_blocks."},
       {"img_in", "txt_in", "time_in", "vector_in", "guidance_in", "double_blocks", "single_blocks", "final_layer"},
       flux_bfl_keys}};
+  a.gguf_architectures = {"flux"};
+  a.gguf_keep_float = {"img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer."};
   a.diffusers_detect = {"x_embedder.weight", "single_transformer_blocks."};
   a.diffusers_modules = {
       "x_embedder", "context_embedder", "time_text_embed", "transformer_blocks", "single_transformer_blocks",

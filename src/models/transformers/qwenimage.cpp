@@ -316,6 +316,8 @@ void register_qwenimage() {
     return std::any(q);
   };
   // img_in / txt_in are names of Flux's BFL layout too: only txt_norm says Qwen-Image.
+  a.gguf_architectures = {"qwen_image"};
+  a.gguf_keep_float = {"img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out."};
   a.diffusers_detect = {"txt_norm."};
   a.diffusers_modules = {"img_in", "txt_norm", "txt_in", "time_text_embed", "transformer_blocks", "norm_out",
                          "proj_out"};

@@ -321,6 +321,8 @@ void register_sd3() {
       {"joint_blocks.", "x_embedder.proj."},
       {"x_embedder", "t_embedder", "y_embedder", "context_embedder", "joint_blocks", "final_layer", "pos_embed"},
       sd3_stability_keys}};
+  a.gguf_architectures = {"sd3"};
+  a.gguf_keep_float = {"x_embedder.", "t_embedder.", "y_embedder.", "context_embedder.", "pos_embed", "final_layer."};
   a.diffusers_detect = {"pos_embed.proj."};
   a.diffusers_modules = {"pos_embed",          "context_embedder", "time_text_embed",
                          "transformer_blocks", "norm_out",         "proj_out"};

@@ -343,6 +343,10 @@ void register_wan() {
     MD_TRY(WanConfig c, WanConfig::from_json(path));
     return std::any(c);
   };
+  a.gguf_architectures = {"wan"};
+  a.gguf_keep_float = {"patch_embedding.",    "text_embedding.",   "time_embedding.", "time_projection.",
+                       "img_emb.",            "head.",             "modulation",      "condition_embedder.",
+                       "scale_shift_table",   "proj_out."};
   a.diffusers_detect = {"patch_embedding.", "condition_embedder."};
   a.diffusers_modules = {"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"};
   a.infer_config = [](const Checkpoint& ck) -> Result<std::any> {
