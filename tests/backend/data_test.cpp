@@ -485,6 +485,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
       MESHDIT_ENTRY(row_l2),
       MESHDIT_ENTRY(scale_rows_by_ratio),
       MESHDIT_ENTRY(rope_half),
+      MESHDIT_ENTRY(l1_change_sums),
   };
 #undef MESHDIT_ENTRY
   // Every member but `name` and `device` is a pointer listed above: a kernel added to the table without a
