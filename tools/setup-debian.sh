@@ -13,7 +13,13 @@ PKGS=(cmake ninja-build g++ pkg-config clang libclang-rt-14-dev
       libopenmpi-dev openmpi-bin libsentencepiece-dev libpng-dev libutf8proc-dev
       libavcodec-dev libavformat-dev libswscale-dev libavutil-dev
       libcpp-httplib-dev)
-[ "${1:-}" = "--tests" ] && PKGS+=(chromium nodejs npm)
+if [ "${1:-}" = "--tests" ]; then
+  # By command, not package: a Node.js from elsewhere (NodeSource's bundles npm and conflicts with Debian's
+  # npm package) serves as well as Debian's.
+  command -v chromium >/dev/null || PKGS+=(chromium)
+  command -v node >/dev/null || PKGS+=(nodejs)
+  command -v npm >/dev/null || PKGS+=(npm)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
