@@ -134,7 +134,11 @@ TEST(CacheOnMesh, BuiltinModelTrueCfgSameStepsSameImages) {
     o.cache = *opts;
     const CachedRun ref = generate_cached(builtin_model_dir(), o, nullptr);
     expect_meaningful(ref.report, o.cache.threshold);
-    for (const auto& mode : modes_two_calls()) {
+    // Every mode for the first spec; the second (TaylorSeer's stored derivatives across the mesh) on the first
+    // mode and the last, which keeps the suite's time (ASan runs these ranks ~10x slower) in bounds.
+    std::vector<std::string> modes = modes_two_calls();
+    if (spec[0] != 'f' && modes.size() > 2) modes = {modes.front(), modes.back()};
+    for (const auto& mode : modes) {
       const CachedRun got = generate_cached(builtin_model_dir(), o, mode.c_str());
       const std::string what = std::string(spec) + " --parallel " + mode;
       expect_same_decisions(ref.report, got.report, what);
