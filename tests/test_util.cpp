@@ -19,6 +19,39 @@ namespace fs = std::filesystem;
 
 namespace meshdit::test {
 
+std::vector<uint8_t> unbase64(const std::string& s) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  std::vector<uint8_t> out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : s) {
+    const int v = val(c);
+    if (v < 0) continue;
+    acc = acc << 6 | uint32_t(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(uint8_t(acc >> bits & 0xff));
+    }
+  }
+  return out;
+}
+
+std::vector<uint8_t> png_pixels(const std::vector<uint8_t>& png, int* w, int* h, PngText* text) {
+  const TempDir dir("png");
+  const std::string path = (dir.path() / "x.png").string();
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(png.data()), std::streamsize(png.size()));
+  int pw = 0, ph = 0;
+  auto px = read_png(path, w ? w : &pw, h ? h : &ph, text);
+  EXPECT_TRUE(px.ok()) << px.error().message;
+  return px.ok() ? *px : std::vector<uint8_t>{};
+}
+
 std::string repo_dir() { return MESHDIT_SOURCE_DIR; }
 
 std::string shared_fixtures_dir() {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/png.h"
 #include "parallel/comm.h"
 
 namespace meshdit::test {
@@ -27,6 +28,13 @@ std::unique_ptr<Communicator> geometry_comm(int rank, int size);
 // full size, and no data is written (a sparse file, so multi-GB models cost nothing on disk). Only the header and
 // the few tensors a test reads are ever touched. Returns the path.
 std::string write_header_only(const std::filesystem::path& p, const std::vector<std::pair<std::string, Shape>>& shapes);
+// Standard base64 (as the serve API's b64_json / images fields carry files) back to bytes; other characters
+// (padding, line breaks) are skipped.
+std::vector<uint8_t> unbase64(const std::string& s);
+// The 8-bit RGB pixels of PNG bytes (through a scratch file: read_png reads files); a PNG that does not decode
+// fails the running test and gives no pixels. `text`, when given, receives its text chunks.
+std::vector<uint8_t> png_pixels(const std::vector<uint8_t>& png, int* w = nullptr, int* h = nullptr,
+                                PngText* text = nullptr);
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 // A fresh, empty folder under the system temp dir whose name carries this process's id: ctest runs test

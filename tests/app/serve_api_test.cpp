@@ -19,41 +19,6 @@ using Json = nlohmann::json;
 
 namespace {
 
-std::vector<uint8_t> unbase64(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::vector<uint8_t> out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = acc << 6 | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(uint8_t(acc >> bits & 0xff));
-    }
-  }
-  return out;
-}
-
-// Pixels of PNG bytes (through a file: read_png reads files).
-std::vector<uint8_t> pixels(const std::vector<uint8_t>& png, int* w, int* h, PngText* text = nullptr) {
-  const test::TempDir dir("png");
-  const std::string path = (dir.path() / "x.png").string();
-  FILE* f = std::fopen(path.c_str(), "wb");
-  std::fwrite(png.data(), 1, png.size(), f);
-  std::fclose(f);
-  auto px = read_png(path, w, h, text);
-  EXPECT_TRUE(px.ok()) << px.error().message;
-  return px.ok() ? *px : std::vector<uint8_t>{};
-}
-
 class Running {
  public:
   explicit Running(ServeCommand cmd) {
@@ -160,7 +125,7 @@ TEST_F(ServeApi, OpenAiImageEqualsMeshditGenerate) {
   ASSERT_EQ(res->status, 200) << res->body;
   const Json j = Json::parse(res->body);
   ASSERT_EQ(j["data"].size(), 1u);
-  const std::vector<uint8_t> png = unbase64(j["data"][0]["b64_json"].get<std::string>());
+  const std::vector<uint8_t> png = test::unbase64(j["data"][0]["b64_json"].get<std::string>());
 
   const test::TempDir dir;
   const std::string out = (dir.path() / "cli.png").string();
@@ -172,7 +137,7 @@ TEST_F(ServeApi, OpenAiImageEqualsMeshditGenerate) {
       << log;
   int w = 0, h = 0, cw = 0, ch = 0;
   PngText text;
-  const auto served = pixels(png, &w, &h, &text);
+  const auto served = test::png_pixels(png, &w, &h, &text);
   auto cli = read_png(out, &cw, &ch);
   ASSERT_TRUE(cli.ok());
   EXPECT_EQ(w, 64);
@@ -203,7 +168,7 @@ TEST_F(ServeApi, A1111ImageEqualsTheGenerationApi) {
   o.width = o.height = 64;
   o.steps = 4;
   o.seed = 7;
-  EXPECT_EQ(unbase64(j["images"][0].get<std::string>()), reference_png(o));
+  EXPECT_EQ(test::unbase64(j["images"][0].get<std::string>()), reference_png(o));
 }
 
 TEST_F(ServeApi, JobWithEventsThenResult) {
@@ -239,7 +204,7 @@ TEST_F(ServeApi, JobWithEventsThenResult) {
   o.width = o.height = 64;
   o.steps = 4;
   o.seed = 3;
-  EXPECT_EQ(unbase64(j["images"][0]["b64_json"].get<std::string>()), reference_png(o));
+  EXPECT_EQ(test::unbase64(j["images"][0]["b64_json"].get<std::string>()), reference_png(o));
   expect_error(c.Get("/v1/jobs/job-unknown"), 404, "id");
 }
 

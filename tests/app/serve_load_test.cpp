@@ -22,29 +22,6 @@ using Json = nlohmann::json;
 
 namespace {
 
-std::vector<uint8_t> unbase64(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::vector<uint8_t> out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = acc << 6 | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(uint8_t(acc >> bits & 0xff));
-    }
-  }
-  return out;
-}
-
 struct Pair {
   std::string prompt;
   uint64_t seed;
@@ -92,7 +69,7 @@ TEST(ServeLoad, FortyRequestsFromEightClients) {
       *err = res ? res->body : httplib::to_string(res.error());
       return {};
     }
-    return unbase64(Json::parse(res->body)["data"][0]["b64_json"].get<std::string>());
+    return test::unbase64(Json::parse(res->body)["data"][0]["b64_json"].get<std::string>());
   };
   httplib::Client first("127.0.0.1", *port);
   first.set_read_timeout(120, 0);

@@ -17,32 +17,7 @@ using namespace meshdit;
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
 
-namespace {
-
-std::vector<uint8_t> unbase64(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::vector<uint8_t> out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = acc << 6 | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(uint8_t(acc >> bits & 0xff));
-    }
-  }
-  return out;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST(ServeVideo, WanJobReturnsAnMp4) {
   const std::string shared = test::shared_fixtures_dir();
@@ -76,7 +51,7 @@ TEST(ServeVideo, WanJobReturnsAnMp4) {
   ASSERT_EQ(res->status, 200) << res->body;
   const Json j = Json::parse(res->body);
   EXPECT_EQ(j["data"][0]["mime_type"], "video/mp4");
-  const auto mp4 = unbase64(j["data"][0]["b64_json"].get<std::string>());
+  const auto mp4 = test::unbase64(j["data"][0]["b64_json"].get<std::string>());
   (*server)->stop(true);
   serving.join();
 

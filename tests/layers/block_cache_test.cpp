@@ -9,6 +9,7 @@
 #include <cmath>
 #include <functional>
 
+#include "../pipelines/echo_scheduler.h"
 #include "backend/ops.h"
 #include "parallel/comm.h"
 #include "pipelines/denoise.h"
@@ -85,8 +86,9 @@ TEST(CacheOptions, ParsesModesFieldsAndStacks) {
   EXPECT_EQ(db.stacks[0].fn, 8);
   EXPECT_FLOAT_EQ(db.threshold, 0.08f);
   EXPECT_EQ(db.warmup, 8);
-  const CacheOptions full = opts("dbcache+taylorseer:F4B0/F1B2,threshold=0.12,warmup=3,max_cached=5,"
-                                 "max_consecutive=2,order=2");
+  const CacheOptions full = opts(
+      "dbcache+taylorseer:F4B0/F1B2,threshold=0.12,warmup=3,max_cached=5,"
+      "max_consecutive=2,order=2");
   ASSERT_EQ(full.stacks.size(), 2u);
   EXPECT_EQ(full.stacks[1].fn, 1);
   EXPECT_EQ(full.stacks[1].bn, 2);
@@ -100,9 +102,9 @@ TEST(CacheOptions, ParsesModesFieldsAndStacks) {
 }
 
 TEST(CacheOptions, RefusesWhatItCannotRead) {
-  for (const char* bad : {"teacache", "none:F1B0", "dbcache:F0B0", "dbcache:F8", "dbcache:threshold=-1",
-                          "dbcache:threshold=x", "dbcache:warmup=-2", "dbcache:order=1", "dbcache+taylorseer:order=3",
-                          "dbcache:speed=fast"}) {
+  for (const char* bad :
+       {"teacache", "none:F1B0", "dbcache:F0B0", "dbcache:F8", "dbcache:threshold=-1", "dbcache:threshold=x",
+        "dbcache:warmup=-2", "dbcache:order=1", "dbcache+taylorseer:order=3", "dbcache:speed=fast"}) {
     auto o = parse_cache_options(bad);
     ASSERT_FALSE(o.ok()) << bad;
     EXPECT_NE(o.error().message.find("--cache"), std::string::npos) << o.error().message;
@@ -241,21 +243,11 @@ TEST(StepCache, BlockCountsThatLeaveNothingToCacheAreErrors) {
 // step (never cached); one cache for both would compare one branch with the other.
 namespace {
 
-class EchoScheduler final : public StepScheduler {
- public:
-  explicit EchoScheduler(std::vector<float> ts) : ts_(std::move(ts)) {}
-  std::vector<float> timesteps() const override { return ts_; }
-  Tensor timesteps_tensor() const override { return Tensor::from_f32({int64_t(ts_.size())}, ts_); }
-  Result<Tensor> step(const Tensor& model_output, float, const Tensor&) override { return model_output; }
+using test::EchoScheduler;
 
- private:
-  std::vector<float> ts_;
-};
-
-Predictor toy_predictor(int64_t* step_counter) {
+Predictor toy_predictor() {
   return [=](const Tensor& x, float t, Branch b, TensorMap*) -> Result<Tensor> {
     const int64_t s = int64_t(std::lround(10 - t));  // timesteps 10, 9, ...: step = 10 - t
-    (void)step_counter;
     ToyModel m{{3}, [&](int64_t block, int64_t) {
                  if (block == 0) return b == Branch::Uncond ? std::ldexp(1.0f, int(s)) : 1.0f;
                  return 0.5f;
@@ -268,9 +260,8 @@ Predictor toy_predictor(int64_t* step_counter) {
 }  // namespace
 
 TEST(StepCache, PromptAndNegativePromptHaveTheirOwnCaches) {
-  int64_t counter = 0;
   DenoiseSetup setup;
-  setup.experts = {Expert{"transformer", toy_predictor(&counter), 2.0f}};
+  setup.experts = {Expert{"transformer", toy_predictor(), 2.0f}};
   setup.guidance.mode = CfgMode::TwoCalls;
   setup.cache = opts("fbcache:threshold=0.5,warmup=2");
   CacheReport report;
@@ -290,10 +281,8 @@ TEST(StepCache, PromptAndNegativePromptHaveTheirOwnCaches) {
 }
 
 TEST(StepCache, ExpertSwitchStartsAfresh) {
-  int64_t counter = 0;
   DenoiseSetup setup;
-  setup.experts = {Expert{"transformer", toy_predictor(&counter), 1.0f},
-                   Expert{"transformer_2", toy_predictor(&counter), 1.0f}};
+  setup.experts = {Expert{"transformer", toy_predictor(), 1.0f}, Expert{"transformer_2", toy_predictor(), 1.0f}};
   setup.boundary = 7.5f;  // steps 0-2 (t = 10, 9, 8) the first expert, 3-5 the second
   setup.cache = opts("fbcache:threshold=0.5,warmup=2");
   CacheReport report;

@@ -21,41 +21,6 @@ using Json = nlohmann::json;
 
 namespace {
 
-std::vector<uint8_t> unbase64(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::vector<uint8_t> out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = acc << 6 | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(uint8_t(acc >> bits & 0xff));
-    }
-  }
-  return out;
-}
-
-std::vector<uint8_t> png_pixels(const std::vector<uint8_t>& png) {
-  const test::TempDir dir("png");
-  const std::string path = (dir.path() / "x.png").string();
-  FILE* f = std::fopen(path.c_str(), "wb");
-  std::fwrite(png.data(), 1, png.size(), f);
-  std::fclose(f);
-  int w = 0, h = 0;
-  auto px = read_png(path, &w, &h);
-  EXPECT_TRUE(px.ok()) << px.error().message;
-  return px.ok() ? *px : std::vector<uint8_t>{};
-}
-
 // One device's 8-bit image for the built-in model at 64x64, 4 steps, `seed` (the server's precision).
 std::vector<uint8_t> one_device_pixels(uint64_t seed) {
   const ScopedPrecision precision(default_compute_precision());
@@ -109,11 +74,11 @@ TEST(ServeOnMesh, EveryRankRunsEachRequestAndTheLeadStopsThemAll) {
                       Json{{"prompt", prompt}, {"width", 64}, {"height", 64}, {"steps", 4}, {"seed", 8}}.dump(),
                       "application/json");
       if (a && a->status == 200)
-        got.push_back(png_pixels(unbase64(Json::parse(a->body)["data"][0]["b64_json"].get<std::string>())));
+        got.push_back(test::png_pixels(test::unbase64(Json::parse(a->body)["data"][0]["b64_json"].get<std::string>())));
       else
         ADD_FAILURE() << "OpenAI request: " << (a ? a->body : httplib::to_string(a.error()));
       if (b && b->status == 200)
-        got.push_back(png_pixels(unbase64(Json::parse(b->body)["images"][0].get<std::string>())));
+        got.push_back(test::png_pixels(test::unbase64(Json::parse(b->body)["images"][0].get<std::string>())));
       else
         ADD_FAILURE() << "A1111 request: " << (b ? b->body : httplib::to_string(b.error()));
       (*server)->stop(false);

@@ -9,22 +9,13 @@
 #include <set>
 
 #include "backend/ops.h"
+#include "echo_scheduler.h"
 
 using namespace meshdit;
 
 namespace {
 
-// Step = the model output: the "latents" after step i are the guided prediction of step i.
-class EchoScheduler final : public StepScheduler {
- public:
-  explicit EchoScheduler(std::vector<float> ts) : ts_(std::move(ts)) {}
-  std::vector<float> timesteps() const override { return ts_; }
-  Tensor timesteps_tensor() const override { return Tensor::from_f32({int64_t(ts_.size())}, ts_); }
-  Result<Tensor> step(const Tensor& model_output, float, const Tensor&) override { return model_output; }
-
- private:
-  std::vector<float> ts_;
-};
+using test::EchoScheduler;
 
 // A prediction of `value` everywhere, shaped like the latents.
 Tensor constant_like(const Tensor& x, float value) { return ops::full(x.shape(), value); }
