@@ -11,6 +11,7 @@
 #pragma once
 #include <vector>
 
+#include "backend/cpu/quant.h"
 #include "core/allocator.h"
 #include "core/tensor.h"
 
@@ -47,6 +48,9 @@ struct Backend {
   const char* name;
   // y[M, N] = act(x[M, K] . w[N, K]^T + b[N]); x rows may be strided (stride(0) >= K).
   void (*linear)(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y);
+  // The same with w kept block-quantized: rows U8 [N, bytes per row] of `type` blocks (GGUF layouts,
+  // backend/cpu/quant.h), K = x's columns a multiple of the block size.
+  void (*linear_quantized)(const Tensor& x, const Tensor& rows, QuantType type, const Tensor* bias, Act act, Tensor& y);
   void (*layer_norm)(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& y);
   void (*rms_norm)(const Tensor& x, const Tensor* w, float eps, Tensor& y);
   // y[b, l, :] = x[b, l, :] * (1 + scale[b, :]) + shift[b, :]

@@ -97,6 +97,19 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act) {
   return y.reshape(with_last(x.shape(), w.size(0)));
 }
 
+Tensor linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, int64_t K, const Tensor* bias, Act act) {
+  Span span("kernel", "linear");
+  MD_CHECK(rows.dim() == 2 && rows.dtype() == DType::U8 && x.size(-1) == K && K % quant_block_size(type) == 0 &&
+               uint64_t(rows.size(1)) == quant_row_bytes(type, K),
+           std::string("linear: input ") + shape_str(x.shape()) + " vs " + quant_type_name(type) + " weight of " +
+               std::to_string(K) + " columns stored as " + shape_str(rows.shape()) + " bytes");
+  const Device dev = common_device("linear", {&x, &rows, bias});
+  Tensor x2 = as_rows(x.dtype() == DType::F32 ? x : x.to(DType::F32));
+  Tensor y = Tensor::empty({x2.size(0), rows.size(0)}, DType::F32, dev);
+  backend_for(dev).linear_quantized(x2, rows.is_contiguous() ? rows : rows.contiguous(), type, bias, act, y);
+  return y.reshape(with_last(x.shape(), rows.size(0)));
+}
+
 Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps) {
   Span span("kernel", "layer_norm");
   const Device dev = common_device("layer_norm", {&x, weight, bias});

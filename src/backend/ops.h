@@ -20,6 +20,9 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> inputs
 
 // x [..., K] . w[N, K]^T + b -> [..., N], optionally followed by an activation.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor* bias = nullptr, Act act = Act::None);
+// The same with a weight kept block-quantized (io/checkpoint.h QuantizedWeight: rows [N, bytes per row], K columns).
+Tensor linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, int64_t K, const Tensor* bias = nullptr,
+                        Act act = Act::None);
 Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor* weight, float eps);
 // AdaLN modulation: x [B, L, C] * (1 + scale [B, C]) + shift [B, C].

@@ -335,8 +335,9 @@ void release_mapped_pages(const Tensor& w) {
 void Checkpoint::release_resident() const {
   if (meta_) return;
   for (const auto& name : stored_names()) {
-    if (info(where_.at(name)).quantized()) continue;  // not a mapping: nothing to drop, and taking it dequantizes
-    auto t = get_stored(name);
+    const Where& w = where_.at(name);
+    // A quantized tensor's pages are its blocks (kept quantized, or read once to dequantize): drop them too.
+    auto t = info(w).quantized() ? files_[w.file]->get_blocks(name) : get_stored(name);
     if (t.ok()) release_mapped_pages(*t);
   }
 }
@@ -387,8 +388,82 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
   return meta_ ? part : ops::place(part, device_);
 }
 
+Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(const std::string& name, const Shape& expect,
+                                                                 Shard shard,
+                                                                 const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                                                 int64_t padded_extent) const {
+  using None = std::optional<QuantizedWeight>;
+  if (!keep_quantized_ || meta_ || device_ != Device::CPU || expect.size() != 2) return None();
+  std::vector<RowRange> parts;
+  if (auto a = aliases_.find(name); a != aliases_.end())
+    parts = a->second.parts;
+  else if (stored_visible_ && where_.count(name))
+    parts.push_back(RowRange{name, 0, -1});
+  else
+    return None();
+  std::optional<QuantType> type;
+  int64_t rows = 0, cols = -1;
+  for (RowRange& p : parts) {
+    const TensorInfo& t = info(where_.at(p.source));
+    if (!t.quantized() || t.shape.size() != 2 || (type && *type != *t.ggml_type)) return None();
+    type = *t.ggml_type;
+    if (p.end < 0) p.end = t.shape[0];
+    rows += p.end - p.begin;
+    cols = t.shape[1];
+  }
+  if (Shape{rows, cols} != expect) return None();  // the float path reports the shape
+  const int64_t dim = shard == Shard::Cols ? 1 : 0;
+  if (shard != Shard::Replicated) {
+    for (const auto& [b, e] : ranges)
+      if (e > expect[size_t(dim)] || (padded_extent > 0 && padded_extent != expect[size_t(dim)])) return None();
+  }
+  std::vector<Tensor> stored;
+  for (const RowRange& p : parts) {
+    const Where& w = where_.at(p.source);
+    MD_TRY(Tensor blocks, files_[w.file]->get_blocks(p.source));
+    stored.push_back(blocks.slice(0, p.begin, p.end));
+  }
+  const Tensor whole = stored.size() == 1 ? stored[0] : concat(stored, 0);
+  QuantizedWeight q;
+  q.type = *type;
+  q.cols = cols;
+  Shape local = expect;
+  if (shard == Shard::Replicated) {
+    q.rows = whole;
+  } else if (shard == Shard::Rows) {
+    std::vector<Tensor> sel;
+    local[0] = 0;
+    for (const auto& [b, e] : ranges) {
+      sel.push_back(whole.slice(0, b, e));
+      local[0] += e - b;
+    }
+    q.rows = sel.size() == 1 ? sel[0] : concat(sel, 0);
+  } else {
+    const int64_t block = quant_block_size(q.type);
+    const int64_t block_bytes = int64_t(quant_block_bytes(q.type));
+    std::vector<Tensor> sel;
+    local[1] = 0;
+    for (const auto& [b, e] : ranges) {
+      if (b % block != 0 || e % block != 0)
+        return make_error(origin_ + ": tensor '" + name + "' is stored as " + quant_type_name(q.type) +
+                          ", in blocks of " + std::to_string(block) +
+                          " columns, and this tensor-parallel split cuts its columns at [" + std::to_string(b) + ", " +
+                          std::to_string(e) +
+                          "), not on a block boundary (use a tp that splits it on blocks, or a file of another type)");
+      sel.push_back(whole.slice(1, b / block * block_bytes, e / block * block_bytes).contiguous());
+      local[1] += e - b;
+    }
+    q.rows = sel.size() == 1 ? sel[0] : concat(sel, 1);
+    q.cols = local[1];
+  }
+  if (!q.rows.read_only())
+    for (const Tensor& t : stored) release_mapped_pages(t);
+  if (log_) log_->push_back(WeightRecord{name, expect, DType::BF16, shard, local, q.type});
+  return std::optional<QuantizedWeight>(std::move(q));
+}
+
 void Checkpoint::record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const {
-  if (log_) log_->push_back(WeightRecord{name, whole.shape(), whole.dtype(), shard, local});
+  if (log_) log_->push_back(WeightRecord{name, whole.shape(), whole.dtype(), shard, local, std::nullopt});
 }
 
 Checkpoint Checkpoint::meta(DType dtype, const std::string& origin) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,10 +38,23 @@ struct WeightRecord {
   DType dtype = DType::BF16;
   Shard shard = Shard::Replicated;
   Shape local;  // this rank's part
+  std::optional<QuantType> quant;  // kept block-quantized (a GGUF weight taken by get_quantized)
   int64_t local_numel() const { return shape_numel(local); }
-  size_t local_bytes() const { return size_t(local_numel()) * dtype_size(dtype); }
+  size_t local_bytes() const {
+    if (quant && local.size() == 2) return size_t(local[0]) * quant_row_bytes(*quant, local[1]);
+    return size_t(local_numel()) * dtype_size(dtype);
+  }
 };
 using WeightLog = std::vector<WeightRecord>;
+
+// A weight kept as its file stores it, block-quantized (a GGUF file's Q8_0, Q4_K, ...): this rank's rows as bytes,
+// which the products read block by block (ops::linear_quantized), so a quantized file takes as little memory as
+// it takes disk.
+struct QuantizedWeight {
+  Tensor rows;  // U8 [out features (this rank's), bytes per row]: a view into the mapping, or a copy of a shard
+  QuantType type = QuantType::Q8_0;
+  int64_t cols = 0;  // in features (this rank's)
+};
 
 class Checkpoint {
  public:
@@ -79,6 +93,18 @@ class Checkpoint {
   // keeps the stored shape and the padded local part, so a plan counts the zeros a rank holds.
   Result<Tensor> get_sharded(const std::string& name, const Shape& expect, Shard shard,
                              const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t padded_extent = 0) const;
+  // The same part of a weight kept block-quantized, when it is stored so (a GGUF Q* type) and keep_quantized() is
+  // on: nullopt for a float tensor, a tensor whose alias parts differ in type, zero padding past the stored
+  // extent, or a device other than the host, where the caller takes the float weight instead. Column ranges
+  // (row-parallel linears) must fall on block boundaries: otherwise an error naming the tensor, its type and
+  // block size. A missing tensor is nullopt too (the float path names it).
+  Result<std::optional<QuantizedWeight>> get_quantized(const std::string& name, const Shape& expect, Shard shard,
+                                                       const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                                       int64_t padded_extent = 0) const;
+  // On by default: a quantized file's weights stay quantized in memory. Off: get_quantized answers nullopt and
+  // every weight is taken dequantized (to BF16), as before the quantized products existed.
+  void set_keep_quantized(bool on) { keep_quantized_ = on; }
+  bool keep_quantized() const { return keep_quantized_; }
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
@@ -134,6 +160,7 @@ class Checkpoint {
   std::map<std::string, Alias> aliases_;
   bool stored_visible_ = true;
   bool meta_ = false;
+  bool keep_quantized_ = true;
   Device device_ = Device::CPU;
   DType meta_dtype_ = DType::BF16;
   std::shared_ptr<WeightLog> log_;

@@ -175,6 +175,18 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   return t;
 }
 
+Result<Tensor> SafetensorsFile::get_blocks(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
+  const TensorInfo& info = header_.tensors[it->second];
+  if (!info.quantized() || info.shape.empty())
+    return make_error(path_ + ": tensor '" + name + "' is not stored block-quantized");
+  const int64_t cols = info.shape.back(), rows = shape_numel(info.shape) / std::max<int64_t>(cols, 1);
+  const uint8_t* p = map_->data() + header_.data_offset + info.begin;
+  return Tensor::wrap(const_cast<uint8_t*>(p), {rows, int64_t(quant_row_bytes(*info.ggml_type, cols))}, DType::U8, map_,
+                      /*read_only=*/true);
+}
+
 Tensor SafetensorsFile::dequantize(size_t index, const uint8_t* p) const {
   const TensorInfo& info = header_.tensors[index];
   std::lock_guard<std::mutex> lock(dequant_mu_);

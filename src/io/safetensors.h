@@ -63,6 +63,9 @@ class SafetensorsFile {
   std::vector<std::string> names() const;
   // A view into the mapping; a block-quantized GGUF tensor is dequantized into a new tensor of its dtype.
   Result<Tensor> get(const std::string& name) const;
+  // A block-quantized GGUF tensor as stored, without dequantizing: its rows (every dim but the last) as bytes,
+  // U8 [rows, bytes per row], a view into the mapping. An error for a tensor that is not block-quantized.
+  Result<Tensor> get_blocks(const std::string& name) const;
 
  private:
   Tensor dequantize(size_t index, const uint8_t* p) const;

@@ -1,9 +1,31 @@
 #include "layers/linear.h"
 
 namespace meshdit {
+namespace {
+
+// The weight of this rank kept quantized when the checkpoint stores it so, else taken as floats by `take_float`.
+template <class F>
+Status take_weight(Linear& l, const Checkpoint& ck, const std::string& name, const Shape& shape, Shard shard,
+                   const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t padded, const F& take_float) {
+  MD_TRY(std::optional<QuantizedWeight> q, ck.get_quantized(name, shape, shard, ranges, padded));
+  if (q) {
+    l.weight = std::move(q->rows);
+    l.quant = q->type;
+    l.in = q->cols;
+    return ok_status();
+  }
+  MD_TRY(l.weight, take_float());
+  l.in = l.weight.size(1);
+  return ok_status();
+}
+
+}  // namespace
+
 Result<Linear> Linear::load(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out, bool has_bias) {
   Linear l;
-  MD_TRY(l.weight, ck.get(prefix + ".weight", {out, in}));
+  MD_RETURN_IF_ERROR(take_weight(l, ck, prefix + ".weight", {out, in}, Shard::Replicated, {}, 0, [&] {
+    return ck.get(prefix + ".weight", {out, in});
+  }));
   if (has_bias) {
     MD_TRY(l.bias, ck.get(prefix + ".bias", {out}));
   }
@@ -21,7 +43,9 @@ std::vector<std::pair<int64_t, int64_t>> pairs(const std::vector<Range>& r) {
 Result<Linear> Linear::load_rows(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                                  const std::vector<Range>& rows, bool has_bias, int64_t padded) {
   Linear l;
-  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Rows, pairs(rows), padded));
+  MD_RETURN_IF_ERROR(take_weight(l, ck, prefix + ".weight", {out, in}, Shard::Rows, pairs(rows), padded, [&] {
+    return ck.get_sharded(prefix + ".weight", {out, in}, Shard::Rows, pairs(rows), padded);
+  }));
   if (has_bias) {
     MD_TRY(l.bias, ck.get_sharded(prefix + ".bias", {out}, Shard::Rows, pairs(rows), padded));
   }
@@ -32,7 +56,9 @@ Result<Linear> Linear::load_cols(const Checkpoint& ck, const std::string& prefix
                                  const std::vector<Range>& cols, Communicator* reduce, bool has_bias,
                                  int64_t padded) {
   Linear l;
-  MD_TRY(l.weight, ck.get_sharded(prefix + ".weight", {out, in}, Shard::Cols, pairs(cols), padded));
+  MD_RETURN_IF_ERROR(take_weight(l, ck, prefix + ".weight", {out, in}, Shard::Cols, pairs(cols), padded, [&] {
+    return ck.get_sharded(prefix + ".weight", {out, in}, Shard::Cols, pairs(cols), padded);
+  }));
   if (has_bias) {  // added once, after the partial sums are reduced: whole on every rank
     MD_TRY(l.bias, ck.get(prefix + ".bias", {out}));
   }
@@ -41,8 +67,11 @@ Result<Linear> Linear::load_cols(const Checkpoint& ck, const std::string& prefix
 }
 
 Tensor Linear::operator()(const Tensor& x, Act act) const {
-  if (!reduce) return ops::linear(x, weight, bias.defined() ? &bias : nullptr, act);
-  Tensor y = ops::linear(x, weight);
+  auto product = [&](const Tensor* b, Act a) {
+    return quant ? ops::linear_quantized(x, weight, *quant, in, b, a) : ops::linear(x, weight, b, a);
+  };
+  if (!reduce) return product(bias.defined() ? &bias : nullptr, act);
+  Tensor y = product(nullptr, Act::None);
   all_reduce_(y, *reduce);
   if (bias.defined()) {
     Shape s(size_t(y.dim()), 1);

@@ -1,4 +1,5 @@
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -8,7 +9,9 @@
 
 namespace meshdit {
 
-// y = x W^T + b, weight [out, in] kept in its checkpoint dtype (a view into the mapped file).
+// y = x W^T + b, weight [out, in] kept in its checkpoint dtype (a view into the mapped file). A weight stored
+// block-quantized (a GGUF Q8_0, Q4_K, ... tensor) stays so: `weight` then holds its rows as bytes and `quant`
+// its type, and the product decodes the blocks as it goes (Checkpoint::get_quantized, ops::linear_quantized).
 //
 // Tensor parallelism (Megatron-style) is a matter of which part of W a rank holds:
 //  - column-parallel (load_rows): rows of W, i.e. a slice of the outputs. One range is a view into the
@@ -18,7 +21,9 @@ namespace meshdit {
 // padded (> 0): the outputs (load_rows) or inputs (load_cols) are zero-padded up to that many, and the ranges may
 // reach into the padding (attention heads padded to a multiple of tp: zero rows, zero bias, zero columns).
 struct Linear {
-  Tensor weight;
+  Tensor weight;                   // [out, in] floats, or U8 [out, bytes per row] when quant is set
+  std::optional<QuantType> quant;  // the block type of a weight kept quantized
+  int64_t in = 0;                  // in features (this rank's)
   Tensor bias;                     // undefined when the layer has none
   Communicator* reduce = nullptr;  // row-parallel: the group whose partial sums make the output
 
@@ -29,7 +34,7 @@ struct Linear {
   static Result<Linear> load_cols(const Checkpoint& ck, const std::string& prefix, int64_t in, int64_t out,
                                   const std::vector<Range>& cols, Communicator* reduce, bool has_bias = true,
                                   int64_t padded = 0);
-  int64_t in_features() const { return weight.size(1); }
+  int64_t in_features() const { return quant ? in : weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
   Tensor operator()(const Tensor& x, Act act = Act::None) const;
 };

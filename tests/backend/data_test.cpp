@@ -444,6 +444,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
 #define MESHDIT_ENTRY(m) Entry{#m, b.m != nullptr}
   const Entry entries[] = {
       MESHDIT_ENTRY(linear),
+      MESHDIT_ENTRY(linear_quantized),
       MESHDIT_ENTRY(layer_norm),
       MESHDIT_ENTRY(rms_norm),
       MESHDIT_ENTRY(modulate),

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <vector>
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -72,24 +73,57 @@ void parallel_tasks(int64_t n, const F& fn) {
   });
 }
 
-// Widens the block rows [n0, n0 + nb) x columns [k0, k0 + kc) of a [N, K] weight into dst (float32,
-// row-major, leading dimension kc).
-void widen_tile(const Tensor& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc, float* dst) {
-  const int64_t K = w.size(1);
-  if (w.dtype() == DType::F32) {
-    for (int64_t r = 0; r < nb; ++r) std::copy_n(w.data<float>() + (n0 + r) * K + k0, kc, dst + r * kc);
+// A weight as the products read it: N rows of K values, either a float dtype (F32, BF16, F16) or blocks of a
+// quantized type (GGUF layouts), row r at data + r * row_bytes.
+struct WeightRows {
+  const uint8_t* data = nullptr;
+  int64_t N = 0, K = 0, row_bytes = 0;
+  DType dtype = DType::F32;        // the float dtype, when not quantized
+  std::optional<QuantType> quant;  // the block type
+  int64_t block = 1;               // values per block (1 for float rows)
+
+  static WeightRows of(const Tensor& w) {
+    return {static_cast<const uint8_t*>(w.raw()),
+            w.size(0),
+            w.size(1),
+            w.size(1) * int64_t(dtype_size(w.dtype())),
+            w.dtype(),
+            std::nullopt,
+            1};
+  }
+  static WeightRows quantized(const Tensor& rows, QuantType t, int64_t K) {
+    return {static_cast<const uint8_t*>(rows.raw()), rows.size(0), K, rows.size(1), DType::F32, t, quant_block_size(t)};
+  }
+  bool is(DType t) const { return !quant && dtype == t; }
+  template <class T>
+  const T* row(int64_t n) const {
+    return reinterpret_cast<const T*>(data + n * row_bytes);
+  }
+};
+
+// Widens the block rows [n0, n0 + nb) x columns [k0, k0 + kc) of the weight into dst (float32, row-major,
+// leading dimension kc). A quantized weight is decoded here, so it stays quantized in memory: k0 and kc are
+// multiples of its block size.
+void widen_tile(const WeightRows& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc, float* dst) {
+  if (w.quant) {
+    const size_t block_bytes = quant_block_bytes(*w.quant);
+    for (int64_t r = 0; r < nb; ++r)
+      dequantize_row(*w.quant, w.row<uint8_t>(n0 + r) + k0 / w.block * block_bytes, dst + r * kc, kc);
     return;
   }
-  const uint16_t* s = w.data<uint16_t>() + n0 * K + k0;
-  if (w.dtype() == DType::BF16) {
+  if (w.dtype == DType::F32) {
+    for (int64_t r = 0; r < nb; ++r) std::copy_n(w.row<float>(n0 + r) + k0, kc, dst + r * kc);
+    return;
+  }
+  if (w.dtype == DType::BF16) {
     for (int64_t r = 0; r < nb; ++r) {
-      const uint16_t* sr = s + r * K;
+      const uint16_t* sr = w.row<uint16_t>(n0 + r) + k0;
       float* d = dst + r * kc;
       for (int64_t c = 0; c < kc; ++c) d[c] = bf16_to_f32(sr[c]);
     }
-  } else if (w.dtype() == DType::F16) {
+  } else if (w.dtype == DType::F16) {
     for (int64_t r = 0; r < nb; ++r) {
-      const uint16_t* sr = s + r * K;
+      const uint16_t* sr = w.row<uint16_t>(n0 + r) + k0;
       float* d = dst + r * kc;
       int64_t c = 0;
 #if defined(__F16C__)
@@ -99,7 +133,7 @@ void widen_tile(const Tensor& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc,
       for (; c < kc; ++c) d[c] = f16_to_f32(sr[c]);
     }
   } else {
-    MD_CHECK(false, std::string("linear: unsupported weight dtype ") + dtype_name(w.dtype()));
+    MD_CHECK(false, std::string("linear: unsupported weight dtype ") + dtype_name(w.dtype));
   }
 }
 
@@ -110,13 +144,13 @@ constexpr int64_t kSmallM = 8;
 
 // In bf16 precision x and each weight row are rounded to bf16 values kept in f32: the dot products of
 // bf16 operands with f32 accumulation, as the GEMM path computes them.
-void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act, Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+void linear_small_m(const Tensor& x, const WeightRows& w, const float* bias, Act act, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.N;
   int64_t ldx = x.stride(0);
   const float* xp = x.f32();
   float* yp = y.f32();
   const bool bf16 = compute_precision() == Precision::BF16;
-  const bool f32w = w.dtype() == DType::F32 && !bf16;
+  const bool f32w = w.is(DType::F32) && !bf16;
   std::vector<float> xr;
   if (bf16) {
     xr.resize(size_t(M * K));
@@ -133,14 +167,14 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
     if (!f32w && int64_t(buf.size()) < K) buf.resize(size_t(K));
     for (int64_t n = n0; n < n1; ++n) {
       const float* wr;
-      if (w.dtype() == DType::BF16) {
+      if (w.is(DType::BF16)) {
         // A bf16 row is its own bf16 rounding: dotted as stored, read once, no widened copy.
-        const uint16_t* row = w.data<uint16_t>() + n * K;
+        const uint16_t* row = w.row<uint16_t>(n);
         for (int64_t m = 0; m < M; ++m) yp[m * N + n] = dot_bf16(xp + m * ldx, row, K) + (bias ? bias[n] : 0.0f);
         continue;
       }
       if (f32w) {
-        wr = w.data<float>() + n * K;
+        wr = w.row<float>(n);
       } else {
         widen_tile(w, n, 1, 0, K, buf.data());
         if (bf16)
@@ -167,14 +201,14 @@ void linear_small_m(const Tensor& x, const Tensor& w, const float* bias, Act act
 // In bf16 precision (compute_precision()) x is rounded to bf16 once per call and there are no K chunks;
 // a bf16 weight is used as stored, any other weight tile [nb x K] is rounded to bf16 by the thread that
 // uses it (per call: weights stay as loaded, so switching precision needs no reload).
-void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act act, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.N;
   const int64_t ldx = x.stride(0);
   const float* xp = x.f32();
   float* yp = y.f32();
   std::vector<float> bias_f;
   if (bias) bias_f = bias->to_vector();
-  const bool f32w = w.dtype() == DType::F32;
+  const bool f32w = w.is(DType::F32);
   if (M < kSmallM) {
     linear_small_m(x, w, bias ? bias_f.data() : nullptr, act, y);
     return;
@@ -213,15 +247,36 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
       m_tiles *= 2;
   }
   if (M * N * K < 64 * 64 * 64) m_tiles = n_tiles = 1;  // tiny: threading costs more than it saves
-  const int64_t k_chunks = f32w || bf16 ? 1 : std::max<int64_t>(1, (K + kKc - 1) / kKc);
+  const int64_t k_chunks =
+      f32w || bf16 ? 1 : std::clamp<int64_t>((K + kKc - 1) / kKc, 1, std::max<int64_t>(1, K / w.block));
 
   parallel_tasks(m_tiles * n_tiles, [&](int64_t tile, int) {
     const int64_t ni = tile % n_tiles, mi = tile / n_tiles;
     const int64_t n0 = N * ni / n_tiles, n1 = N * (ni + 1) / n_tiles, nb = n1 - n0;
     const int64_t m0 = M * mi / m_tiles, m1 = M * (mi + 1) / m_tiles, mb = m1 - m0;
     if (nb == 0 || mb == 0) return;
-    if (bf16) {
-      const uint16_t* wb = w.dtype() == DType::BF16 ? w.data<uint16_t>() + n0 * K : nullptr;
+    if (bf16 && w.quant) {
+      // Decoded chunk by chunk of K, one row at a time through a row buffer that stays in L1, straight into the
+      // bf16 tile the GEMM reads: a whole [nb x K] tile decoded at once (12 MB for a 12288-wide weight) left the
+      // cache and ran the products at half speed.
+      thread_local std::vector<uint16_t> wtile;
+      auto& row = scratch(0);
+      if (int64_t(wtile.size()) < nb * kKc) wtile.resize(size_t(nb * kKc));
+      const int64_t chunks = std::clamp<int64_t>((K + kKc - 1) / kKc, 1, K / w.block);
+      for (int64_t kc_i = 0; kc_i < chunks; ++kc_i) {
+        const int64_t k0 = K * kc_i / chunks / w.block * w.block;
+        const int64_t k1 = kc_i + 1 == chunks ? K : K * (kc_i + 1) / chunks / w.block * w.block, kc = k1 - k0;
+        if (int64_t(row.size()) < kc) row.resize(size_t(kc));
+        if (int64_t(wtile.size()) < nb * kc) wtile.resize(size_t(nb * kc));
+        for (int64_t r = 0; r < nb; ++r) {
+          widen_tile(w, n0 + r, 1, k0, kc, row.data());
+          to_bf16(row.data(), kc, wtile.data() + r * kc);
+        }
+        gemm(mb, nb, kc, 1.0f, {xb + m0 * K + k0, DType::BF16, K, false}, {wtile.data(), DType::BF16, kc, true},
+             kc_i == 0 ? 0.0f : 1.0f, yp + m0 * N + n0, N);
+      }
+    } else if (bf16) {
+      const uint16_t* wb = w.is(DType::BF16) ? w.row<uint16_t>(n0) : nullptr;
       if (!wb) {
         thread_local std::vector<uint16_t> wtile;
         auto& buf = scratch(0);
@@ -235,11 +290,13 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
            N);
     }
     for (int64_t kc_i = 0; kc_i < (bf16 ? 0 : k_chunks); ++kc_i) {
-      const int64_t k0 = K * kc_i / k_chunks, k1 = K * (kc_i + 1) / k_chunks, kc = k1 - k0;
+      // Chunk bounds on whole blocks of a quantized weight (its K is a multiple of the block size).
+      const int64_t k0 = K * kc_i / k_chunks / w.block * w.block;
+      const int64_t k1 = kc_i + 1 == k_chunks ? K : K * (kc_i + 1) / k_chunks / w.block * w.block, kc = k1 - k0;
       const float* wp;
       int64_t ldw;
       if (f32w) {
-        wp = w.data<float>() + n0 * K + k0;
+        wp = w.row<float>(n0) + k0;
         ldw = K;
       } else {
         auto& buf = scratch(0);
@@ -261,6 +318,17 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
       apply_act(row, nb, act);
     }
   });
+}
+
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y) {
+  linear_rows(x, WeightRows::of(w), bias, act, y);
+}
+
+// A quantized weight runs the same tiles: each thread decodes the weight tile it is about to use (to f32, then
+// to bf16 in bf16 precision) into its own buffer, so only the blocks stay resident and the decode is amortised
+// over the tile's rows of x.
+void linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, const Tensor* bias, Act act, Tensor& y) {
+  linear_rows(x, WeightRows::quantized(rows, type, x.size(1)), bias, act, y);
 }
 
 void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& y) {
@@ -420,6 +488,7 @@ const Backend& cpu_backend() {
   static const Backend b{
       .name = "cpu",
       .linear = cpu::linear,
+      .linear_quantized = cpu::linear_quantized,
       .layer_norm = cpu::layer_norm,
       .rms_norm = cpu::rms_norm,
       .modulate = cpu::modulate,

@@ -272,12 +272,14 @@ void dq_q3_k(const uint8_t* b, float* y) {
 void dq_q4_k(const uint8_t* b, float* y) {
   const float d = h2f(b), dmin = h2f(b + 2);
   const uint8_t *scales = b + 4, *qs = b + 16;
-  for (int e = 0; e < 256; ++e) {
-    const int c = e / 64, r = e % 64;
-    int sc, m;
-    scale_min_k4(e / 32, scales, &sc, &m);
-    const int q = r < 32 ? qs[c * 32 + r] & 0xF : qs[c * 32 + r - 32] >> 4;
-    y[e] = d * float(sc) * float(q) - dmin * float(m);
+  // 64 values per step: sub-block 2c in the low nibbles of 32 bytes, 2c + 1 in their high nibbles.
+  for (int c = 0; c < 4; ++c, qs += 32, y += 64) {
+    int sc0, m0, sc1, m1;
+    scale_min_k4(2 * c, scales, &sc0, &m0);
+    scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+    const float d0 = d * float(sc0), min0 = dmin * float(m0), d1 = d * float(sc1), min1 = dmin * float(m1);
+    for (int r = 0; r < 32; ++r) y[r] = d0 * float(qs[r] & 0xF) - min0;
+    for (int r = 0; r < 32; ++r) y[32 + r] = d1 * float(qs[r] >> 4) - min1;
   }
 }
 void dq_q5_k(const uint8_t* b, float* y) {
