@@ -11,6 +11,7 @@
 #include "app/runners.h"
 #include "core/image_metrics.h"
 #include "io/checkpoint.h"
+#include "mesh_generate.h"
 #include "parallel/mpi_comm.h"
 #include "pipelines/pipeline.h"
 
@@ -18,50 +19,18 @@ using namespace meshdit;
 
 namespace {
 
-int world_size() { return world_communicator()->size(); }
-MeshShape mesh_shape() { return world_size() == 4 ? MeshShape{2, 2} : MeshShape{1, world_size()}; }
+using test::world_size;
 
 struct CachedRun {
   Tensor images;
   CacheReport report;
 };
 
-// One generation of `model` on `mesh` (built from the world with `parallel`), or on one device when
-// `parallel` is null.
+// One generation of `model` on a mesh built with `parallel`, or on one device when `parallel` is null.
 CachedRun generate_cached(const std::string& model, GenerateOptions o, const char* parallel) {
   CachedRun run;
-  auto entry = pipeline_for_folder(model);
-  if (!entry.ok()) {
-    ADD_FAILURE() << entry.error().message;
-    return run;
-  }
-  Mesh mesh = Mesh::single();
-  if (parallel) {
-    auto traits = (*entry)->traits(model, o, LoadOptions{});
-    if (!traits.ok()) {
-      ADD_FAILURE() << traits.error().message;
-      return run;
-    }
-    auto m = make_mesh(mesh_shape(), parallel, *traits);
-    if (!m.ok()) {
-      ADD_FAILURE() << parallel << ": " << m.error().message;
-      return run;
-    }
-    mesh = std::move(*m);
-  }
-  auto pipe = (*entry)->load(model, mesh, LoadOptions{});
-  if (!pipe.ok()) {
-    ADD_FAILURE() << pipe.error().message;
-    return run;
-  }
   o.cache_report = &run.report;
-  o = (*pipe)->with_defaults(o);
-  auto images = (*pipe)->generate(o);
-  if (!images.ok()) {
-    ADD_FAILURE() << images.error().message;
-    return run;
-  }
-  run.images = *images;
+  run.images = test::generate_on_mesh(model, o, parallel);
   return run;
 }
 
