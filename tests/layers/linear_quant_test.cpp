@@ -61,7 +61,14 @@ TEST_P(QuantizedLinearTypes, EqualsTheProductWithTheDecodedWeight) {
       const Tensor want =
           ops::linear(x, p == Precision::BF16 ? q.decoded.to(DType::BF16) : q.decoded, &bias, Act::SiLU);
       ASSERT_EQ(got.shape(), (Shape{M, N}));
-      EXPECT_LT(max_rel_diff(got, want), 1e-5) << quant_type_name(type) << " M=" << M << " " << precision_name(p);
+      // Few rows of x against Q8_0 / Q4_K in bf16 precision: integer dot products with x rounded to 8 bits
+      // (backend/cpu/quant_dot.h, tested there), so only close.
+      const bool int8 = p == Precision::BF16 && M < 8 && (type == QuantType::Q8_0 || type == QuantType::Q4_K);
+      if (int8) {
+        EXPECT_LT(test::rel_l2(got, want), 1e-2) << quant_type_name(type) << " M=" << M;
+      } else {
+        EXPECT_LT(max_rel_diff(got, want), 1e-5) << quant_type_name(type) << " M=" << M << " " << precision_name(p);
+      }
       // And it is the quantized weight that ran, not the original one.
       const Tensor orig = ops::linear(x, w, &bias, Act::SiLU);
       EXPECT_GT(test::rel_l2(got, orig), 1e-5) << quant_type_name(type) << " M=" << M;

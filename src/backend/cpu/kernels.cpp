@@ -18,6 +18,7 @@
 #include "backend/cpu/elementwise.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/model_kernels.h"
+#include "backend/cpu/quant_dot.h"
 #include "backend/cpu/vec_math.h"
 #include "backend/precision.h"
 #include "core/thread_pool.h"
@@ -144,6 +145,30 @@ constexpr int64_t kSmallM = 8;
 
 // In bf16 precision x and each weight row are rounded to bf16 values kept in f32: the dot products of
 // bf16 operands with f32 accumulation, as the GEMM path computes them.
+// Few rows of x against a Q8_0 / Q4_K weight in bf16 precision: x quantized to 8 bits per block of 32, then
+// integer dot products straight from the weight's blocks (quant_dot.h), each weight byte read once and never
+// decoded to floats.
+void linear_small_m_int8(const Tensor& x, const WeightRows& w, const float* bias, Act act, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.N, nb = K / kQ8Block;
+  std::vector<int8_t> q(size_t(M * K));
+  std::vector<float> d(size_t(M * nb));
+  std::vector<int32_t> sums(size_t(M * nb));
+  for (int64_t m = 0; m < M; ++m)
+    quantize_row_q8(x.f32() + m * x.stride(0), K, q.data() + m * K, d.data() + m * nb, sums.data() + m * nb);
+  float* yp = y.f32();
+  constexpr int64_t kRows = 64;  // weight rows per task
+  auto run = [&](int64_t task, int) {
+    const int64_t n0 = task * kRows, n1 = std::min(N, n0 + kRows);
+    float out[kSmallM];
+    for (int64_t n = n0; n < n1; ++n) {
+      quant_dot_rows(*w.quant, w.row<uint8_t>(n), K, q.data(), d.data(), sums.data(), M, out);
+      for (int64_t m = 0; m < M; ++m) yp[m * N + n] = out[m] + (bias ? bias[n] : 0.0f);
+    }
+    for (int64_t m = 0; m < M; ++m) apply_act(yp + m * N + n0, n1 - n0, act);
+  };
+  parallel_tasks((N + kRows - 1) / kRows, run);
+}
+
 void linear_small_m(const Tensor& x, const WeightRows& w, const float* bias, Act act, Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = w.N;
   int64_t ldx = x.stride(0);
@@ -151,6 +176,10 @@ void linear_small_m(const Tensor& x, const WeightRows& w, const float* bias, Act
   float* yp = y.f32();
   const bool bf16 = compute_precision() == Precision::BF16;
   const bool f32w = w.is(DType::F32) && !bf16;
+  if (bf16 && w.quant && quant_dot_supported(*w.quant)) {
+    linear_small_m_int8(x, w, bias, act, y);
+    return;
+  }
   std::vector<float> xr;
   if (bf16) {
     xr.resize(size_t(M * K));
