@@ -4,6 +4,7 @@
 
 #include "backend/cpu/cpu_info.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/quant_dot.h"
 #include "backend/precision.h"
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
@@ -18,7 +19,9 @@ std::string cpu_kernel_summary() {
   return (c.model.empty() ? c.vendor : c.model) + " [" + flags + "]";
 }
 
-std::string gemm_kernel_summary() { return cpu::gemm_kernel_line(); }
+std::string gemm_kernel_summary() {
+  return cpu::gemm_kernel_line() + ", quantized (GGUF) few-row dots " + cpu::quant_dot_isa_name(cpu::quant_dot_isa());
+}
 
 int run_info() {
   const cpu::CpuInfo& c = cpu::cpu_info();
@@ -35,6 +38,9 @@ int run_info() {
   std::printf("  bf16:   %s\n", k.bf16_available ? k.bf16_impl.c_str() : "none (no bf16 matmul kernel for this CPU)");
   std::printf("  precision: default %s for generate / bench transformer (check: f32); bf16 here is %s\n",
               precision_name(default_compute_precision()), native_bf16() ? "native" : "emulated");
+  std::printf("quantized: GGUF weights stay quantized; products over many rows decode each weight tile to bf16 (f32)\n"
+              "          for the GEMM above; over 1-7 rows in bf16 precision, Q8_0 / Q4_K run integer dot products: %s\n",
+              cpu::quant_dot_isa_name(cpu::quant_dot_isa()).c_str());
   std::printf("threads:  %d (our pool; each GEMM call is single-threaded inside one of its tasks)\n", num_threads());
   std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
               mpi::launched() ? "launched by mpirun" : "not launched: single process");

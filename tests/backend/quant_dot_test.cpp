@@ -103,7 +103,9 @@ TEST(QuantDot, EveryIsaThisCpuRunsGivesThePortableNumbers) {
           EXPECT_NEAR(got[size_t(m)], want[size_t(m)], 1e-4 * (std::fabs(want[size_t(m)]) + 1))
               << quant_type_name(t) << " " << quant_dot_isa_name(isa) << " M=" << M << " row " << m;
       }
-      if (__builtin_cpu_supports("avx2")) EXPECT_GT(ran, 0);
+      if (__builtin_cpu_supports("avx2")) {
+        EXPECT_GT(ran, 0);
+      }
     }
   }
 }
