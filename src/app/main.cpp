@@ -259,7 +259,8 @@ int run(int argc, char** argv) {
   auto* rand_config_opt = bench_rand->add_option(
       "--config", rand_config,
       "a diffusers config.json of the --arch model, used instead of the preset's (its block counts too), e.g. a "
-      "real-width transformer with the text width of a small text encoder");
+      "real-width transformer with the text width of a small text encoder; the file then has diffusers' names, for "
+      "that config's folder");
 
   auto* bench_cache = bench->add_subcommand(
       "cache", "Step caching's speed and image quality: one generation uncached, then one per --mode with the "
