@@ -93,8 +93,11 @@ Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, i
   MD_TRY(WeightLog spec, weight_spec(*r.arch, r.config, /*tp=*/1, /*tp_rank=*/0, DType::BF16));
   NamedShapes diffusers;
   for (const auto& w : spec) diffusers.emplace_back(w.name, w.shape);
-  if (r.arch->layouts.empty()) {
-    r.tensors = std::move(diffusers);  // loaded back by diffusers_detect and infer_config
+  // A --config file is a diffusers config.json, and the checkpoint goes beside it (a pipeline folder's
+  // transformer/, whose weights are read by diffusers names): diffusers names then, as for a model without a
+  // single-file layout (loaded back by diffusers_detect and infer_config).
+  if (r.arch->layouts.empty() || !config_json.empty()) {
+    r.tensors = std::move(diffusers);
   } else {
     r.layout = &r.arch->layouts[0];
     MD_TRY(r.tensors, single_file_shapes(*r.layout, diffusers));

@@ -33,7 +33,8 @@ struct RandomCheckpointSpec {
 };
 // config_json: a diffusers config.json of the preset's model used instead of the preset's config, block counts
 // included (blocks and single_blocks are then not used): a checkpoint of any width or depth, e.g. a real-width
-// transformer whose text width matches a small text encoder.
+// transformer whose text width matches a small text encoder, written with diffusers' names for the folder that
+// config belongs to (without it: the model's single-file layout, as released).
 Result<RandomCheckpointSpec> random_checkpoint_spec(const std::string& preset, int64_t blocks, int64_t single_blocks,
                                                     const std::string& config_json = "");
 // The presets it takes, with their layouts, for --help and messages.

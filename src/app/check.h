@@ -39,6 +39,11 @@ struct CaseContext {
   // Marks every output meta.json lists whose name satisfies `which`.
   void skip_outputs(const std::function<bool(const std::string&)>& which, const std::string& why) const;
   Result<Tensor> input(const std::string& name) const;
+  // `check --quantize TYPE`: a transformer runner takes its weights from a GGUF file of that ggml type written
+  // as `meshdit convert --type TYPE` writes one ("" = the case's weights as stored), and says in `quantized` what
+  // the file holds ("q8_0: 12 of 40 tensors quantized") for the report.
+  std::string quantize;
+  mutable std::string quantized;
 };
 
 using TensorMap = std::map<std::string, Tensor>;
@@ -65,7 +70,13 @@ Comparison compare_tensor(const std::string& name, const Tensor& got, const Tens
 struct CheckReport {
   std::string dir, cls;
   std::vector<Comparison> outputs;
+  // Set when the weights were quantized (CaseContext::quantized): the errors are reported, and no tolerance is
+  // applied, so the report claims no pass.
+  std::string quantized;
   bool pass() const;
+  // The case did not run as it should: an output outside its tolerance, or (quantized) one missing, of the wrong
+  // shape or NaN.
+  bool failed() const;
   std::string format() const;
 };
 
@@ -90,6 +101,9 @@ struct CheckOptions {
   std::string parallel;
   // The products' precision for the run; BF16 also widens every tolerance with bf16_tolerance().
   Precision precision = Precision::F32;
+  // A ggml type ("q8_0", "q4_k"): run a transformer case from its weights quantized to it (CaseContext::quantize);
+  // only for transformers with a GGUF architecture.
+  std::string quantize;
 };
 Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts = {});
 

@@ -81,9 +81,11 @@ Status convert_to_gguf(const ConvertCommand& c, std::FILE* progress) {
   if (c.dtype != "keep") return make_error("--dtype: for a GGUF output give --type instead");
   bool as_stored = c.type.empty();
   QuantType type = QuantType::F32;
-  if (!as_stored && (!quant_type_from_name(c.type, &type) || !gguf_output_type(type)))
-    return make_error("--type '" + c.type +
-                      "': expected one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32");
+  if (!as_stored) {
+    auto t = gguf_type_named(c.type);
+    if (!t.ok()) return make_error("--type " + t.error().message);
+    type = *t;
+  }
   // A pipeline folder: its transformer.
   std::string source = c.source;
   if (is_directory(source) && path_exists(source + "/model_index.json")) source += "/transformer";
@@ -178,6 +180,14 @@ Status convert_to_gguf(const ConvertCommand& c, std::FILE* progress) {
 }
 
 }  // namespace
+
+Result<QuantType> gguf_type_named(const std::string& name) {
+  QuantType type = QuantType::F32;
+  if (!quant_type_from_name(name, &type) || !gguf_output_type(type))
+    return make_error("'" + name +
+                      "': expected one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32");
+  return type;
+}
 
 bool gguf_keeps_float(const std::vector<std::string>& keep, const std::string& name, const Shape& shape,
                       QuantType type) {

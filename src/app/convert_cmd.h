@@ -45,6 +45,10 @@ class TensorSink {
 // extension is an error naming the known ones.
 Result<std::unique_ptr<TensorSink>> sink_for(const std::string& path, const std::string& write_to);
 
+// The ggml type a GGUF output's weights can be written in ("q8_0", "q4_k", "bf16", ...: llama.cpp's file types),
+// or an error quoting `name` and listing them.
+Result<QuantType> gguf_type_named(const std::string& name);
+
 // Whether city96's tools keep a tensor (its stored name and shape) in float rather than quantizing it to `type`:
 // vectors and anything of at most 1024 values, names with one of the model's `keep` parts at a name component's
 // start (TransformerArch::gguf_keep_float: embedders, final layer, Wan's modulation), and rows that are not whole

@@ -2,10 +2,20 @@
 // the same loaders as the pipelines.
 #include "app/runners.h"
 
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+
 #include "app/check.h"
+#include "app/convert_cmd.h"
 #include "io/checkpoint.h"
+#include "io/gguf.h"
+#include "io/safetensors.h"
 #include "models/registry.h"
 #include "parallel/collectives.h"
+
+namespace fs = std::filesystem;
 
 namespace meshdit {
 namespace {
@@ -54,6 +64,51 @@ Result<const Mesh*> transformer_mesh(const CaseContext& c, const TransformerArch
   return mesh;
 }
 
+// "12 of 40 tensors quantized" for a GGUF file: what the conversion's rules left in float matters to the figures.
+Result<std::string> gguf_quantized_count(const std::string& path) {
+  MD_TRY(auto map, MappedFile::open(path));
+  MD_TRY(GgufFile g, parse_gguf(map->data(), map->size(), path));
+  size_t blocks = 0;
+  for (const auto& t : g.tensors) blocks += quant_is_block(t.type);
+  return std::to_string(blocks) + " of " + std::to_string(g.tensors.size()) + " tensors quantized";
+}
+
+// The weights of a transformer case. With `check --quantize TYPE` they go through a GGUF file written by
+// `meshdit convert --type TYPE`'s code and opened the way a user's --transformer FILE.gguf is (layout, GGUF
+// architecture), so the figures are those of the loading path a real quantized file takes. The file is removed
+// once opened: the checkpoint holds its mapping.
+Result<Checkpoint> case_weights(const CaseContext& c, const TransformerArch& arch) {
+  const std::string weights = c.dir + "/diffusion_pytorch_model.safetensors";
+  if (c.quantize.empty()) return Checkpoint::open(weights);
+  static std::atomic<int> serial{0};
+  const fs::path dir =
+      fs::temp_directory_path() / ("meshdit-check-" + std::to_string(::getpid()) + "-" + std::to_string(serial++));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(dir.string() + ": cannot create the folder for the quantized weights: " + ec.message());
+  struct Remove {
+    fs::path p;
+    ~Remove() {
+      std::error_code e;
+      fs::remove_all(p, e);
+    }
+  } remove{dir};
+  ConvertCommand cv;
+  cv.source = weights;
+  cv.output = (dir / (fs::path(c.dir).filename().string() + "-" + c.quantize + ".gguf")).string();
+  cv.type = c.quantize;
+  cv.progress = false;
+  MD_RETURN_IF_ERROR(convert_checkpoint(cv, nullptr));
+  std::string layout;
+  MD_TRY(Checkpoint ck, open_transformer_checkpoint(cv.output, &layout));
+  if (transformer_arch_of(ck, layout) != &arch)
+    return make_error(cv.output + ": its tensors (" + layout + " layout) are not a " + arch.name + " transformer's");
+  MD_RETURN_IF_ERROR(check_gguf_architecture(ck, arch, layout));
+  MD_TRY(std::string count, gguf_quantized_count(cv.output));
+  c.quantized = c.quantize + ", " + count + ", " + layout + " names";
+  return ck;
+}
+
 // Any registered transformer: its config.json and weights in the case folder, the forward's inputs by the
 // names the entry lists, batched inputs split over the cfg group of a mesh.
 CaseRunner transformer_runner(const TransformerArch& arch) {
@@ -72,7 +127,7 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     MD_TRY(const Mesh* mesh,
            transformer_mesh(c, arch, arch.dims(cfg).heads, x.size(0), arch.tokens_of_inputs(cfg, in), &split));
     const ParallelContext par = mesh->context();
-    MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+    MD_TRY(Checkpoint ck, case_weights(c, arch));
     MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, &par));
     for (const auto& i : arch.inputs)
       if (i.batched && in.count(i.name)) in[i.name] = split.take(in[i.name]);

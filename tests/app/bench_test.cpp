@@ -42,7 +42,7 @@ void expect_same_config(const TransformerArch& arch, const std::any& got, const 
 }
 
 TEST(Bench, RandomCheckpointOfEveryPresetLoadsAsThatPreset) {
-  // The CPU peer's benchmarks read the first three; Qwen-Image's and Wan's files have diffusers' names.
+  // The CPU peer's benchmarks read the first three; Qwen-Image's file has diffusers' names, Wan's Wan-AI's.
   std::set<std::string> names;
   for (const auto& p : presets_with_layouts()) names.insert(p.name);
   for (const char* n : {"flux-dev", "flux-schnell", "sd35-large", "qwen-image", "wan22-t2v-a14b"})
@@ -77,7 +77,9 @@ TEST(Bench, RandomCheckpointFromAConfigTakesItsWidthsAndDepth) {
   bool text_40 = false;
   for (const auto& [name, shape] : spec->tensors)
     if (name == "condition_embedder.text_embedder.linear_1.weight") text_40 = shape == Shape{32, 40};
-  EXPECT_TRUE(text_40) << "the text embedder should take the config's text_dim 40 into its 2 x 16 width";
+  EXPECT_TRUE(text_40) << "the text embedder should take the config's text_dim 40 into its 2 x 16 width, under "
+                          "diffusers' name (the file goes into the diffusers folder of that config)";
+  EXPECT_EQ(spec->layout_name(), "diffusers");
   std::set<std::string> blocks;
   for (const auto& [name, shape] : spec->tensors)
     if (name.rfind("blocks.", 0) == 0) blocks.insert(name.substr(0, name.find('.', 7)));
@@ -116,9 +118,11 @@ TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
   EXPECT_NE(spec.error().message.find("unknown --arch 'flux-pro'"), std::string::npos) << spec.error().message;
   EXPECT_FALSE(random_checkpoint_spec("flux-dev", -1, 4).ok());
 
-  // Wan has no single-file layout of its own: its file is written with diffusers' names and read back by
-  // diffusers_detect and infer_config, as Qwen-Image's.
-  EXPECT_NE(spec.error().message.find("wan22-t2v-a14b (diffusers layout)"), std::string::npos) << spec.error().message;
+  // Qwen-Image has no single-file layout of its own: its file is written with diffusers' names and read back by
+  // diffusers_detect and infer_config. Wan's is written in Wan-AI's original names.
+  EXPECT_NE(spec.error().message.find("qwen-image (diffusers layout)"), std::string::npos) << spec.error().message;
+  EXPECT_NE(spec.error().message.find("wan22-t2v-a14b (wan-original layout)"), std::string::npos)
+      << spec.error().message;
 }
 
 }  // namespace

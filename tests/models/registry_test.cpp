@@ -11,6 +11,7 @@
 #include "app/plan.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "io/single_file.h"
 
 using namespace meshdit;
 
@@ -138,6 +139,44 @@ TEST(Registry, PlanBytesEqualLoadedBytesAtFourHeads) {
     ASSERT_TRUE(save_safetensors(tmp.str() + "/diffusion_pytorch_model.safetensors", tensors).ok());
     for (int tp : {1, 2, 4}) expect_plan_matches_loader(a, tmp.str(), tp);
   }
+}
+
+// Every transformer fixture is recognised in each naming its model has: its diffusers file as "diffusers", and the
+// same tensors renamed by each single-file layout (Wan's original names share patch_embedding and blocks with its
+// diffusers names) as that layout, plain and under ComfyUI's prefix; each answers to its own entry.
+TEST(Registry, EveryNamingOfEveryFixtureIsDetectedAsItsModel) {
+  int layouts_seen = 0;
+  for (const auto& a : transformer_archs()) {
+    const std::string dir = fixture_of(a.classes[0]);
+    ASSERT_NE(dir, "");
+    const std::string weights = dir + "/diffusion_pytorch_model.safetensors";
+    std::string layout;
+    auto ck = open_transformer_checkpoint(weights, &layout);
+    ASSERT_TRUE(ck.ok()) << a.name << ": " << ck.error().message;
+    EXPECT_EQ(layout, "diffusers") << a.name;
+    EXPECT_EQ(transformer_arch_of(*ck, layout), &a) << a.name;
+    std::vector<std::pair<std::string, Tensor>> diffusers;
+    for (const auto& n : ck->names()) diffusers.emplace_back(n, ck->get(n).value());
+    for (const auto& l : a.layouts) {
+      auto stored = single_file_tensors(l, diffusers);
+      ASSERT_TRUE(stored.ok()) << l.name << ": " << stored.error().message;
+      for (const std::string prefix : {"", "model.diffusion_model."}) {
+        SCOPED_TRACE(l.name + " prefix '" + prefix + "'");
+        auto named = *stored;
+        for (auto& kv : named) kv.first = prefix + kv.first;
+        const test::TempDir tmp(a.name);
+        const std::string file = tmp.str() + "/single.safetensors";
+        ASSERT_TRUE(save_safetensors(file, named).ok());
+        auto sf = open_transformer_checkpoint(file, &layout);
+        ASSERT_TRUE(sf.ok()) << sf.error().message;
+        EXPECT_EQ(layout, l.name);
+        EXPECT_EQ(transformer_arch_of(*sf, layout), &a);
+        EXPECT_EQ(sf->names(), ck->names());
+      }
+      ++layouts_seen;
+    }
+  }
+  EXPECT_GE(layouts_seen, 3) << "flux-bfl, sd3-stability and wan-original at least";
 }
 
 }  // namespace

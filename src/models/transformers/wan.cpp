@@ -300,8 +300,8 @@ double wan_flops(const WanConfig& c, int64_t N, int64_t L) {
   return double(c.num_layers) * (self + cross + ff) + embed + out;
 }
 
-// A config from the tensors of a diffusers-named file without config.json. The head size is not in the weights
-// (the q/k norms span all heads): Wan's 128.
+// A config from the tensors of a file without config.json (diffusers names: the original's are aliased). The head
+// size is not in the weights (the q/k norms span all heads): Wan's 128.
 Result<WanConfig> infer_wan_config(const Checkpoint& ck) {
   WanConfig c;
   c.num_layers = block_count(ck.names(), "blocks.");
@@ -331,6 +331,45 @@ Result<WanConfig> infer_wan_config(const Checkpoint& ck) {
   return c;
 }
 
+// Wan-AI's original names (Wan2.1/2.2 .safetensors, city96's and QuantStack's GGUFs) against diffusers': the
+// key map of diffusers' scripts/convert_wan_to_diffusers.py. Every tensor keeps its shape: the Conv3d patch
+// embedding is [dim, C, pt, ph, pw] in both, and the original's `modulation` parameters are diffusers'
+// scale_shift_table ([1, 6, dim] per block, [1, 2, dim] in the head), chunked in the same (shift, scale, gate)
+// order. The original calls its norms norm1 (self-attention, no weights), norm3 (before the cross-attention:
+// affine when cross_attn_norm) and norm2 (before the FFN, no weights); diffusers orders them 1, 2, 3, so the
+// original's norm3 is diffusers' norm2.
+Result<KeyRules> wan_original_keys(const LayoutNames& n) {
+  if (const std::string t = n.find("img_emb.", "condition_embedder.image_embedder."); !t.empty())
+    return n.reject(t, "image-to-video Wan transformers (image embedder) are not supported yet");
+  if (const std::string t = n.find("_img.", "add_k_proj."); !t.empty())
+    return n.reject(t, "image-to-video Wan transformers (image cross-attention) are not supported yet");
+  KeyRules m;
+  m.linear("patch_embedding", "patch_embedding");
+  m.linear("text_embedding.0", "condition_embedder.text_embedder.linear_1");
+  m.linear("text_embedding.2", "condition_embedder.text_embedder.linear_2");
+  m.linear("time_embedding.0", "condition_embedder.time_embedder.linear_1");
+  m.linear("time_embedding.2", "condition_embedder.time_embedder.linear_2");
+  m.linear("time_projection.1", "condition_embedder.time_proj");
+  for (int64_t i = 0, N = n.blocks("blocks.", "blocks."); i < N; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    for (const auto& [s, d] : {std::pair{"self_attn.", "attn1."}, {"cross_attn.", "attn2."}}) {
+      m.linear(b + s + "q", b + d + "to_q");
+      m.linear(b + s + "k", b + d + "to_k");
+      m.linear(b + s + "v", b + d + "to_v");
+      m.linear(b + s + "o", b + d + "to_out.0");
+      m.whole(b + s + "norm_q.weight", b + d + "norm_q.weight");
+      m.whole(b + s + "norm_k.weight", b + d + "norm_k.weight");
+    }
+    if (n.has(b + "norm3.weight", b + "norm2.weight")) m.linear(b + "norm3", b + "norm2");  // cross_attn_norm
+    m.linear(b + "ffn.0", b + "ffn.net.0.proj");
+    m.linear(b + "ffn.2", b + "ffn.net.2");
+    m.whole(b + "modulation", b + "scale_shift_table");
+  }
+  m.linear("head.head", "proj_out");
+  m.whole("head.modulation", "scale_shift_table");
+  return m;
+}
+
 }  // namespace
 
 void register_wan() {
@@ -347,7 +386,13 @@ void register_wan() {
   a.gguf_keep_float = {"patch_embedding.",    "text_embedding.",   "time_embedding.", "time_projection.",
                        "img_emb.",            "head.",             "modulation",      "condition_embedder.",
                        "scale_shift_table",   "proj_out."};
-  a.diffusers_detect = {"patch_embedding.", "condition_embedder."};
+  a.layouts = {SingleFileLayout{
+      "wan-original",
+      {"text_embedding.", "time_embedding.", "time_projection.", "head.head."},
+      {"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head", "img_emb"},
+      wan_original_keys}};
+  // Both namings have patch_embedding and blocks: the diffusers one is told by its condition embedder.
+  a.diffusers_detect = {"condition_embedder."};
   a.diffusers_modules = {"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"};
   a.infer_config = [](const Checkpoint& ck) -> Result<std::any> {
     MD_TRY(WanConfig c, infer_wan_config(ck));
