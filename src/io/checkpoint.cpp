@@ -65,6 +65,7 @@ Status Checkpoint::add_file(const std::string& path, const std::string& prefix) 
   const auto& tensors = f->header().tensors;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const std::string& name = tensors[i].name;
+    if (f->hidden(name)) continue;  // an FP8 weight's scale: read with its weight
     auto it = where_.find(name);
     if (it != where_.end())
       return make_error(path + ": tensor '" + name + "' also appears in " + files_[it->second.file]->path());
@@ -336,6 +337,7 @@ void Checkpoint::release_resident() const {
   if (meta_) return;
   for (const auto& name : stored_names()) {
     const Where& w = where_.at(name);
+    if (info(w).fp8 != TensorInfo::Fp8::None) continue;  // decoded when taken: its copy is not a mapping
     // A quantized tensor's pages are its blocks (kept quantized, or read once to dequantize): drop them too.
     auto t = info(w).quantized() ? files_[w.file]->get_blocks(name) : get_stored(name);
     if (t.ok()) release_mapped_pages(*t);

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
@@ -93,10 +94,15 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
     TensorInfo info;
     info.name = name;
     const std::string dt = e["dtype"].get<std::string>();
-    if (!dtype_from_name(dt, &info.dtype)) return make_error(where + ": unknown dtype '" + dt + "'");
+    if (dt == "F8_E4M3" || dt == "F8_E5M2") {
+      info.fp8 = dt == "F8_E4M3" ? TensorInfo::Fp8::E4M3 : TensorInfo::Fp8::E5M2;
+      info.dtype = DType::BF16;  // what get() decodes it to
+    } else if (!dtype_from_name(dt, &info.dtype)) {
+      return make_error(where + ": unknown dtype '" + dt + "'");
+    }
     if (!e.contains("shape") || !e["shape"].is_array()) return make_error(where + ": missing shape array");
     // Byte size over the non-zero dimensions, bounded so every partial product of the shape fits an int64.
-    uint64_t bytes = dtype_size(info.dtype);
+    uint64_t bytes = info.fp8 != TensorInfo::Fp8::None ? 1 : dtype_size(info.dtype);
     bool empty = false;
     for (const auto& d : e["shape"]) {
       MD_TRY(uint64_t v, as_u64(d, where + ": shape entry"));
@@ -121,9 +127,8 @@ Result<SafetensorsHeader> parse_safetensors(const uint8_t* bytes, uint64_t size,
                         " bytes (file truncated?)");
     const uint64_t expect = empty ? 0 : bytes;
     if (info.end - info.begin != expect)
-      return make_error(where + ": shape " + shape_str(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
-                        std::to_string(expect) + " bytes but data_offsets span " +
-                        std::to_string(info.end - info.begin));
+      return make_error(where + ": shape " + shape_str(info.shape) + " of " + dt + " needs " + std::to_string(expect) +
+                        " bytes but data_offsets span " + std::to_string(info.end - info.begin));
     h.tensors.push_back(std::move(info));
   }
   std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -153,7 +158,49 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::from_header(const std::string&
   f->map_ = std::move(map);
   f->header_ = std::move(header);
   for (size_t i = 0; i < f->header_.tensors.size(); ++i) f->index_[f->header_.tensors[i].name] = i;
+  f->tie_fp8_scales();
   return f;
+}
+
+namespace {
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+}  // namespace
+
+void SafetensorsFile::tie_fp8_scales() {
+  std::vector<std::string> hidden;
+  bool any_fp8 = false;
+  for (auto& t : header_.tensors) {
+    if (t.fp8 == TensorInfo::Fp8::None) continue;
+    any_fp8 = true;
+    if (!ends_with(t.name, ".weight")) continue;
+    const std::string stem = t.name.substr(0, t.name.size() - 7);
+    for (const char* s : {".weight_scale", ".scale_weight"})
+      if (auto it = index_.find(stem + s); it != index_.end()) {
+        t.scale_index = int(it->second);
+        hidden.push_back(stem + s);
+      }
+    for (const char* s : {".input_scale", ".scale_input"})
+      if (index_.count(stem + s)) hidden.push_back(stem + s);
+  }
+  if (!any_fp8) return;
+  if (index_.count("scaled_fp8")) hidden.push_back("scaled_fp8");
+  for (const auto& h : hidden) {
+    hidden_.insert(h);
+    index_.erase(h);
+  }
+}
+
+// One FP8 byte as a float: E4M3 (bias 7, no infinities, S.1111.111 is NaN, max 448) or E5M2 (the top byte of an
+// IEEE half).
+float fp8_to_f32(uint8_t b, TensorInfo::Fp8 kind) {
+  if (kind == TensorInfo::Fp8::E5M2) return f16_to_f32(uint16_t(b) << 8);
+  const int exp = (b >> 3) & 0xF, man = b & 7;
+  const float sign = b & 0x80 ? -1.0f : 1.0f;
+  if (exp == 0xF && man == 7) return std::numeric_limits<float>::quiet_NaN();
+  if (exp == 0) return sign * std::ldexp(float(man), -9);  // subnormal: man / 8 * 2^-6
+  return sign * std::ldexp(float(8 + man), exp - 10);      // (1 + man / 8) * 2^(exp - 7)
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
@@ -167,7 +214,7 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
   const TensorInfo& info = header_.tensors[it->second];
   const uint8_t* p = map_->data() + header_.data_offset + info.begin;
-  if (info.quantized()) return dequantize(it->second, p);
+  if (info.quantized() || info.fp8 != TensorInfo::Fp8::None) return dequantize(it->second, p);
   // Safetensors gives no alignment guarantee; the kernels read through memcpy-safe paths for 2-byte
   // types, but float32 data must be 4-aligned for direct use, so misaligned data is copied.
   Tensor t = Tensor::wrap(const_cast<uint8_t*>(p), info.shape, info.dtype, map_, /*read_only=*/true);
@@ -187,12 +234,53 @@ Result<Tensor> SafetensorsFile::get_blocks(const std::string& name) const {
                       /*read_only=*/true);
 }
 
-Tensor SafetensorsFile::dequantize(size_t index, const uint8_t* p) const {
+Result<std::vector<float>> SafetensorsFile::fp8_scale(const TensorInfo& info) const {
+  if (info.scale_index < 0) return std::vector<float>{1.0f};
+  const TensorInfo& s = header_.tensors[size_t(info.scale_index)];
+  const int64_t n = shape_numel(s.shape), rows = info.shape.empty() ? 1 : info.shape[0];
+  if (s.fp8 != TensorInfo::Fp8::None || (n != 1 && n != rows))
+    return make_error(path_ + ": tensor '" + s.name + "' (" + shape_str(s.shape) + ") is not a scale of '" + info.name +
+                      "' " + shape_str(info.shape) + ": expected one float or one per row");
+  const uint8_t* p = map_->data() + header_.data_offset + s.begin;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (s.dtype == DType::F32) {
+      std::memcpy(&v[size_t(i)], p + 4 * i, 4);
+    } else if (s.dtype == DType::BF16 || s.dtype == DType::F16) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      v[size_t(i)] = s.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    } else {
+      return make_error(path_ + ": scale '" + s.name + "' has dtype " + dtype_name(s.dtype) +
+                        "; expected F32, BF16 or F16");
+    }
+  }
+  return v;
+}
+
+Result<Tensor> SafetensorsFile::dequantize(size_t index, const uint8_t* p) const {
   const TensorInfo& info = header_.tensors[index];
   std::lock_guard<std::mutex> lock(dequant_mu_);
   std::shared_ptr<void> owner = dequantized_[index].lock();
   // Not read-only: a read-only tensor is taken for a mapped one, whose pages may be dropped (madvise).
   if (owner) return Tensor::wrap(owner.get(), info.shape, info.dtype, owner, /*read_only=*/false);
+  if (info.fp8 != TensorInfo::Fp8::None) {
+    MD_TRY(std::vector<float> scale, fp8_scale(info));
+    const int64_t numel = shape_numel(info.shape);
+    const int64_t per_scale = scale.size() == 1 ? numel : numel / int64_t(scale.size());
+    auto* data = new uint16_t[size_t(numel)];
+    owner = std::shared_ptr<void>(data, [](void* q) { delete[] static_cast<uint16_t*>(q); });
+    float table[256];
+    for (int b = 0; b < 256; ++b) table[b] = fp8_to_f32(uint8_t(b), info.fp8);
+    parallel_for(
+        numel,
+        [&](int64_t begin, int64_t end, int) {
+          for (int64_t i = begin; i < end; ++i) data[i] = f32_to_bf16(table[p[i]] * scale[size_t(i / per_scale)]);
+        },
+        1 << 16);
+    dequantized_[index] = owner;
+    return Tensor::wrap(data, info.shape, info.dtype, owner, /*read_only=*/false);
+  }
   const QuantType type = *info.ggml_type;
   const int64_t block = quant_block_size(type);
   const size_t block_bytes = quant_block_bytes(type);

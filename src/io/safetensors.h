@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,11 @@ struct TensorInfo {
   // A GGUF tensor's ggml type as stored. A block type (Q8_0, Q4_K, ...) is dequantized to `dtype` by get().
   std::optional<QuantType> ggml_type;
   bool quantized() const { return ggml_type && quant_is_block(*ggml_type); }
+  // An FP8 safetensors tensor (F8_E4M3, torch's float8_e4m3fn, or F8_E5M2), one byte a value: get() decodes it to
+  // `dtype` (BF16), times its scale when the file has one (see SafetensorsFile).
+  enum class Fp8 : uint8_t { None, E4M3, E5M2 };
+  Fp8 fp8 = Fp8::None;
+  int scale_index = -1;  // the tensor in the header holding its weight scale (one value, or one per row)
 };
 
 struct SafetensorsHeader {
@@ -60,19 +66,31 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   const SafetensorsHeader& header() const { return header_; }
   bool has(const std::string& name) const { return index_.count(name) != 0; }
+  // An FP8 weight's scale or marker, not a tensor of its own (header() still lists it).
+  bool hidden(const std::string& name) const { return hidden_.count(name) != 0; }
   std::vector<std::string> names() const;
-  // A view into the mapping; a block-quantized GGUF tensor is dequantized into a new tensor of its dtype.
+  // A view into the mapping; a block-quantized GGUF tensor, or an FP8 one, is decoded into a new tensor of its dtype.
+  //
+  // FP8 checkpoints as released carry their scales beside the weights: `X.weight` in F8_E4M3 with `X.weight_scale`
+  // or `X.scale_weight` (one float, or one per output row), and optionally `X.input_scale` / `X.scale_input` (the
+  // activations' scale for an FP8 product) and a `scaled_fp8` marker (ComfyUI). On opening, the scales are tied to
+  // their weights and hidden with the marker, so the file lists the same tensors as its bf16 original: get() gives
+  // the weight times its scale, and the input scales (meaningful only to FP8 products, which the CPU does not run)
+  // are not read.
   Result<Tensor> get(const std::string& name) const;
   // A block-quantized GGUF tensor as stored, without dequantizing: its rows (every dim but the last) as bytes,
   // U8 [rows, bytes per row], a view into the mapping. An error for a tensor that is not block-quantized.
   Result<Tensor> get_blocks(const std::string& name) const;
 
  private:
-  Tensor dequantize(size_t index, const uint8_t* p) const;
+  Result<Tensor> dequantize(size_t index, const uint8_t* p) const;
+  Result<std::vector<float>> fp8_scale(const TensorInfo& info) const;
+  void tie_fp8_scales();
   std::string path_;
   std::shared_ptr<MappedFile> map_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
+  std::set<std::string> hidden_;  // FP8 scales and markers, read through their weights only
   // Dequantized tensors while anything still holds one: the aliases of a fused tensor (q, k, v as row ranges)
   // share one copy instead of each keeping a whole one alive.
   mutable std::mutex dequant_mu_;
