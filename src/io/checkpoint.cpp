@@ -333,6 +333,23 @@ void release_mapped_pages(const Tensor& w) {
 
 }  // namespace
 
+namespace {
+
+// Ranges that follow one another as one: a modulation linear's k chunks on a one-rank group are the whole weight,
+// which stays a view into the mapping instead of a copy of it.
+std::vector<std::pair<int64_t, int64_t>> merge_adjacent(const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& r : ranges) {
+    if (!out.empty() && out.back().second == r.first)
+      out.back().second = r.second;
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
+}  // namespace
+
 void Checkpoint::release_resident() const {
   if (meta_) return;
   for (const auto& name : stored_names()) {
@@ -345,8 +362,9 @@ void Checkpoint::release_resident() const {
 }
 
 Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& expect, Shard shard,
-                                       const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                       const std::vector<std::pair<int64_t, int64_t>>& ranges_in,
                                        int64_t padded_extent) const {
+  const std::vector<std::pair<int64_t, int64_t>> ranges = merge_adjacent(ranges_in);
   const int64_t dim = shard == Shard::Cols ? 1 : 0;
   if (shard == Shard::Replicated || int64_t(expect.size()) <= dim || ranges.empty() ||
       (padded_extent > 0 && padded_extent < expect[size_t(dim)]))
@@ -390,10 +408,10 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
   return meta_ ? part : ops::place(part, device_);
 }
 
-Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(const std::string& name, const Shape& expect,
-                                                                 Shard shard,
-                                                                 const std::vector<std::pair<int64_t, int64_t>>& ranges,
-                                                                 int64_t padded_extent) const {
+Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
+    const std::string& name, const Shape& expect, Shard shard,
+    const std::vector<std::pair<int64_t, int64_t>>& ranges_in, int64_t padded_extent) const {
+  const std::vector<std::pair<int64_t, int64_t>> ranges = merge_adjacent(ranges_in);
   using None = std::optional<QuantizedWeight>;
   if (!keep_quantized_ || meta_ || device_ != Device::CPU || expect.size() != 2) return None();
   std::vector<RowRange> parts;
