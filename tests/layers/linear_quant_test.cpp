@@ -147,6 +147,13 @@ TEST(QuantizedLinear, ShardsOnWholeRowsAndWholeBlocks) {
   EXPECT_EQ(max_rel_diff(yr.slice(1, 0, 16).contiguous(), y.slice(1, 0, 16).contiguous()), 0.0);
   EXPECT_EQ(max_rel_diff(yr.slice(1, 16, 32).contiguous(), y.slice(1, 32, 48).contiguous()), 0.0);
 
+  // Chunks that follow one another (a modulation linear's on a one-rank group) are the whole weight: a view.
+  auto adjacent = Linear::load_rows(*ck, "l", 512, 64, {Range{0, 32}, Range{32, 64}});
+  ASSERT_TRUE(adjacent.ok()) << adjacent.error().message;
+  EXPECT_TRUE(adjacent->weight.read_only());
+  EXPECT_EQ(adjacent->weight.raw(), whole->weight.raw());
+  EXPECT_FALSE(rows->weight.read_only());  // two separate ranges: a copy of just them
+
   // Row-parallel on a block boundary (Q4_K: 256 columns a block): this rank's half of the inputs.
   auto cols = Linear::load_cols(*ck, "l", 512, 64, {Range{256, 512}}, nullptr);
   ASSERT_TRUE(cols.ok()) << cols.error().message;
