@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/quant.h"
+#include "backend/cpu/quant_dot.h"
 #include "backend/ops.h"
 #include "backend/precision.h"
 #include "core/thread_pool.h"
@@ -212,6 +214,39 @@ void BM_linear(benchmark::State& st, DType wdt, bool via_ops, meshdit::Precision
   set_flops(st, M, N, K);
 }
 
+// A GGUF weight kept quantized (issue 16): the backend's linear_quantized on the blocks of `type`, bf16 precision
+// (tiles decoded to bf16 for the GEMM; 1-7 rows of x: integer dots). Compare with kernel_bf16_precision.
+void BM_linear_quantized(benchmark::State& st, meshdit::QuantType type) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const meshdit::ScopedPrecision scoped(meshdit::Precision::BF16);
+  const Tensor& x = input(M, K);
+  const std::vector<float> w = weight(N, K, DType::F32).to_vector();
+  const size_t rb = meshdit::quant_row_bytes(type, K);
+  Tensor rows = Tensor::empty({N, int64_t(rb)}, DType::U8);
+  for (int64_t n = 0; n < N; ++n) meshdit::quantize_row(type, w.data() + n * K, rows.data<uint8_t>() + n * rb, K);
+  Tensor y = Tensor::empty({M, N});
+  const meshdit::Backend& be = meshdit::cpu_backend();
+  for (auto _ : st) {
+    be.linear_quantized(x, rows, type, nullptr, meshdit::Act::None, y);
+    benchmark::DoNotOptimize(y.raw());
+    benchmark::ClobberMemory();
+  }
+  st.SetLabel(std::string(meshdit::quant_type_name(type)) + ", few-row dots " +
+              meshdit::cpu::quant_dot_isa_name(meshdit::cpu::quant_dot_isa()));
+  set_flops(st, M, N, K);
+}
+
+void quant_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"M", "N", "K"});
+  // Flux's products: a 512-token attention projection, the MLP's two, and a one-row modulation.
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{512, 3072, 3072},
+                         {512, 12288, 3072},
+                         {512, 3072, 12288},
+                         {1, 18432, 3072}})
+    b->Args({m, n, k});
+  b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"M", "N", "K"});
   for (int64_t m : {1024, 333, 1357})
@@ -230,6 +265,9 @@ BENCHMARK_CAPTURE(BM_linear, kernel_f32, DType::F32, false, GemmPrecision::F32)-
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16, DType::BF16, false, GemmPrecision::F32)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, ops_bf16, DType::BF16, true, GemmPrecision::F32)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(quant_shapes);
+BENCHMARK_CAPTURE(BM_linear_quantized, q8_0, meshdit::QuantType::Q8_0)->Apply(quant_shapes);
+BENCHMARK_CAPTURE(BM_linear_quantized, q4_k, meshdit::QuantType::Q4_K)->Apply(quant_shapes);
 
 }  // namespace
 
