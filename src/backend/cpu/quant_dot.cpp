@@ -1,18 +1,12 @@
 #include "backend/cpu/quant_dot.h"
 
-// GCC 12's AVX-512 intrinsics pass undefined vectors as the unused merge source of their masked builtins, and
-// -W(maybe-)uninitialized reports it wherever they are inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/isa_choice.h"
 #include "core/dtype.h"
 
 namespace meshdit::cpu {
@@ -186,7 +180,10 @@ bool cpu_runs(QuantDotIsa isa) {
   return false;
 }
 
-std::atomic<int> g_isa{-1};  // -1: not chosen yet
+IsaChoice<QuantDotIsa>& choice() {
+  static IsaChoice<QuantDotIsa> c(best_quant_dot_isa, cpu_runs, quant_dot_isa_name, "quantized dot products");
+  return c;
+}
 
 const Kernels& kernels() {
   switch (quant_dot_isa()) {
@@ -229,20 +226,9 @@ QuantDotIsa best_quant_dot_isa() {
   return QuantDotIsa::Portable;
 }
 
-QuantDotIsa quant_dot_isa() {
-  int v = g_isa.load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = int(best_quant_dot_isa());
-    g_isa.store(v, std::memory_order_relaxed);
-  }
-  return QuantDotIsa(v);
-}
+QuantDotIsa quant_dot_isa() { return choice().get(); }
 
-Status set_quant_dot_isa(QuantDotIsa isa) {
-  if (!cpu_runs(isa)) return make_error("quantized dot products: this CPU does not run " + quant_dot_isa_name(isa));
-  g_isa.store(int(isa), std::memory_order_relaxed);
-  return ok_status();
-}
+Status set_quant_dot_isa(QuantDotIsa isa) { return choice().set(isa); }
 
 std::string quant_dot_isa_name(QuantDotIsa isa) {
   switch (isa) {

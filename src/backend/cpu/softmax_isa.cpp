@@ -8,9 +8,9 @@
 #endif
 #include <immintrin.h>
 
-#include <atomic>
 #include <cmath>
 
+#include "backend/cpu/isa_choice.h"
 #include "backend/cpu/vec_math.h"
 
 namespace meshdit::cpu {
@@ -157,7 +157,10 @@ bool cpu_runs(SoftmaxIsa isa) {
   return false;
 }
 
-std::atomic<int> g_isa{-1};  // -1: not chosen yet
+IsaChoice<SoftmaxIsa>& choice() {
+  static IsaChoice<SoftmaxIsa> c(best_softmax_isa, cpu_runs, softmax_isa_name, "softmax kernels");
+  return c;
+}
 
 }  // namespace
 
@@ -167,14 +170,7 @@ SoftmaxIsa best_softmax_isa() {
   return SoftmaxIsa::Portable;
 }
 
-SoftmaxIsa softmax_isa() {
-  int v = g_isa.load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = int(best_softmax_isa());
-    g_isa.store(v, std::memory_order_relaxed);
-  }
-  return SoftmaxIsa(v);
-}
+SoftmaxIsa softmax_isa() { return choice().get(); }
 
 const SoftmaxKernels& softmax_kernels() {
   switch (softmax_isa()) {
@@ -188,11 +184,7 @@ const SoftmaxKernels& softmax_kernels() {
   return kPortable;
 }
 
-Status set_softmax_isa(SoftmaxIsa isa) {
-  if (!cpu_runs(isa)) return make_error("softmax kernels: this CPU does not run " + softmax_isa_name(isa));
-  g_isa.store(int(isa), std::memory_order_relaxed);
-  return ok_status();
-}
+Status set_softmax_isa(SoftmaxIsa isa) { return choice().set(isa); }
 
 std::string softmax_isa_name(SoftmaxIsa isa) {
   switch (isa) {
