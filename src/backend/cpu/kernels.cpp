@@ -143,8 +143,6 @@ void widen_tile(const WeightRows& w, int64_t n0, int64_t nb, int64_t k0, int64_t
 // buffer and dotted with every row of x instead. The weight is read exactly once.
 constexpr int64_t kSmallM = 8;
 
-// In bf16 precision x and each weight row are rounded to bf16 values kept in f32: the dot products of
-// bf16 operands with f32 accumulation, as the GEMM path computes them.
 // Few rows of x against a Q8_0 / Q4_K weight in bf16 precision: x quantized to 8 bits per block of 32, then
 // integer dot products straight from the weight's blocks (quant_dot.h), each weight byte read once and never
 // decoded to floats.
@@ -169,6 +167,8 @@ void linear_small_m_int8(const Tensor& x, const WeightRows& w, const float* bias
   parallel_tasks((N + kRows - 1) / kRows, run);
 }
 
+// In bf16 precision x and each weight row are rounded to bf16 values kept in f32: the dot products of
+// bf16 operands with f32 accumulation, as the GEMM path computes them.
 void linear_small_m(const Tensor& x, const WeightRows& w, const float* bias, Act act, Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = w.N;
   int64_t ldx = x.stride(0);
