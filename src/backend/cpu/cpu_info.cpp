@@ -66,7 +66,11 @@ CpuInfo detect() {
     info.amx_bf16 = bit(l7.d, 22) && os_amx;
     info.amx_tile = bit(l7.d, 24) && os_amx;
     info.amx_int8 = bit(l7.d, 25) && os_amx;
-    if (l7.a >= 1) info.avx512_bf16 = bit(cpuid(7, 1).a, 5) && os_avx512;
+    if (l7.a >= 1) {
+      const Regs l71 = cpuid(7, 1);
+      info.avx_vnni = bit(l71.a, 4) && os_avx;
+      info.avx512_bf16 = bit(l71.a, 5) && os_avx512;
+    }
   }
 
   if (cpuid(0x80000000).a >= 0x80000004) {
@@ -87,11 +91,22 @@ CpuInfo detect() {
 
 std::vector<std::string> CpuInfo::flags() const {
   const std::pair<const char*, bool> all[] = {
-      {"sse4_1", sse41},           {"avx", avx},           {"avx2", avx2},
-      {"fma", fma},                {"f16c", f16c},         {"avx512f", avx512f},
-      {"avx512dq", avx512dq},      {"avx512bw", avx512bw}, {"avx512vl", avx512vl},
-      {"avx512_vnni", avx512_vnni}, {"avx512_bf16", avx512_bf16}, {"avx512_fp16", avx512_fp16},
-      {"amx_tile", amx_tile},      {"amx_bf16", amx_bf16}, {"amx_int8", amx_int8},
+      {"sse4_1", sse41},
+      {"avx", avx},
+      {"avx2", avx2},
+      {"fma", fma},
+      {"f16c", f16c},
+      {"avx512f", avx512f},
+      {"avx512dq", avx512dq},
+      {"avx512bw", avx512bw},
+      {"avx512vl", avx512vl},
+      {"avx_vnni", avx_vnni},
+      {"avx512_vnni", avx512_vnni},
+      {"avx512_bf16", avx512_bf16},
+      {"avx512_fp16", avx512_fp16},
+      {"amx_tile", amx_tile},
+      {"amx_bf16", amx_bf16},
+      {"amx_int8", amx_int8},
   };
   std::vector<std::string> out;
   for (const auto& [name, on] : all)

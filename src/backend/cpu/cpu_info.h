@@ -10,7 +10,7 @@ struct CpuInfo {
   std::string vendor;  // "GenuineIntel", "AuthenticAMD"
   std::string model;   // brand string, e.g. "Intel(R) Xeon(R) Platinum 8488C"
   int family = 0, model_id = 0;
-  bool sse41 = false, avx = false, avx2 = false, fma = false, f16c = false;
+  bool sse41 = false, avx = false, avx2 = false, fma = false, f16c = false, avx_vnni = false;
   bool avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
   bool avx512_vnni = false, avx512_bf16 = false, avx512_fp16 = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;

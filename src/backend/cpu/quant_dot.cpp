@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/cpu_info.h"
 #include "backend/cpu/isa_choice.h"
 #include "core/dtype.h"
 
@@ -165,17 +166,19 @@ constexpr Kernels kAvx2{q8_0_avx2, q4_k_avx2};
 constexpr Kernels kAvxVnni{q8_0_avxvnni, q4_k_avxvnni};
 constexpr Kernels kAvx512Vnni{q8_0_avx512vnni, q4_k_avx512vnni};
 
+// From cpuid (cpu_info.h), not __builtin_cpu_supports: clang 14 does not know AVX-VNNI's name there.
 bool cpu_runs(QuantDotIsa isa) {
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const CpuInfo& c = cpu_info();
+  const bool avx2 = c.avx2 && c.fma;
   switch (isa) {
     case QuantDotIsa::Portable:
       return true;
     case QuantDotIsa::Avx2:
       return avx2;
     case QuantDotIsa::AvxVnni:
-      return avx2 && __builtin_cpu_supports("avxvnni");
+      return avx2 && c.avx_vnni;
     case QuantDotIsa::Avx512Vnni:
-      return avx2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+      return avx2 && c.avx512vl && c.avx512_vnni;
   }
   return false;
 }
