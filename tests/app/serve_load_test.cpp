@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -107,7 +108,10 @@ TEST(ServeLoad, FortyRequestsFromEightClients) {
   std::printf(
       "serve load: %d requests from %d clients in %.2f s; anonymous RSS %.1f MB after the first, %.1f MB after\n",
       kClients * kPerClient, kClients, seconds, after_first, after_run);
+  // A leak worth finding (a model, a latent or an image per request) grows this by tens of MB over 40 requests. The
+  // eight client threads live in this process too: their stacks and malloc arenas add a few MB that a bound of 10 %
+  // alone mistook for growth once the process's baseline fell to ~47 MB.
   if (after_first > 0) {
-    EXPECT_LE(after_run, after_first * 1.10) << "memory grew over the run";
+    EXPECT_LE(after_run, after_first + std::max(0.10 * after_first, 16.0)) << "memory grew over the run";
   }
 }
