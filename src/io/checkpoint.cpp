@@ -331,10 +331,6 @@ void release_mapped_pages(const Tensor& w) {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
-}  // namespace
-
-namespace {
-
 // Ranges that follow one another as one: a modulation linear's k chunks on a one-rank group are the whole weight,
 // which stays a view into the mapping instead of a copy of it.
 std::vector<std::pair<int64_t, int64_t>> merge_adjacent(const std::vector<std::pair<int64_t, int64_t>>& ranges) {
@@ -446,7 +442,6 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
   const Tensor whole = stored.size() == 1 ? stored[0] : concat(stored, 0);
   QuantizedWeight q;
   q.type = *type;
-  q.cols = cols;
   Shape local = expect;
   if (shard == Shard::Replicated) {
     q.rows = whole;
@@ -474,8 +469,8 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
       local[1] += e - b;
     }
     q.rows = sel.size() == 1 ? sel[0] : concat(sel, 1);
-    q.cols = local[1];
   }
+  q.cols = local[1];
   if (!q.rows.read_only())
     for (const Tensor& t : stored) release_mapped_pages(t);
   if (log_) log_->push_back(WeightRecord{name, expect, DType::BF16, shard, local, q.type});

@@ -162,19 +162,13 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::from_header(const std::string&
   return f;
 }
 
-namespace {
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-}  // namespace
-
 void SafetensorsFile::tie_fp8_scales() {
   std::vector<std::string> hidden;
   bool any_fp8 = false;
   for (auto& t : header_.tensors) {
     if (t.fp8 == TensorInfo::Fp8::None) continue;
     any_fp8 = true;
-    if (!ends_with(t.name, ".weight")) continue;
+    if (!t.name.ends_with(".weight")) continue;
     const std::string stem = t.name.substr(0, t.name.size() - 7);
     for (const char* s : {".weight_scale", ".scale_weight"})
       if (auto it = index_.find(stem + s); it != index_.end()) {
@@ -192,6 +186,8 @@ void SafetensorsFile::tie_fp8_scales() {
   }
 }
 
+namespace {
+
 // One FP8 byte as a float: E4M3 (bias 7, no infinities, S.1111.111 is NaN, max 448) or E5M2 (the top byte of an
 // IEEE half).
 float fp8_to_f32(uint8_t b, TensorInfo::Fp8 kind) {
@@ -203,6 +199,8 @@ float fp8_to_f32(uint8_t b, TensorInfo::Fp8 kind) {
   return sign * std::ldexp(float(8 + man), exp - 10);      // (1 + man / 8) * 2^(exp - 7)
 }
 
+}  // namespace
+
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> n;
   for (const auto& kv : index_) n.push_back(kv.first);
@@ -213,8 +211,13 @@ Result<Tensor> SafetensorsFile::get(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) return make_error(path_ + ": no tensor named '" + name + "'");
   const TensorInfo& info = header_.tensors[it->second];
+  if (info.quantized() || info.fp8 != TensorInfo::Fp8::None)
+    return dequantize(it->second, map_->data() + header_.data_offset + info.begin);
+  return view(info);
+}
+
+Tensor SafetensorsFile::view(const TensorInfo& info) const {
   const uint8_t* p = map_->data() + header_.data_offset + info.begin;
-  if (info.quantized() || info.fp8 != TensorInfo::Fp8::None) return dequantize(it->second, p);
   // Safetensors gives no alignment guarantee; the kernels read through memcpy-safe paths for 2-byte
   // types, but float32 data must be 4-aligned for direct use, so misaligned data is copied.
   Tensor t = Tensor::wrap(const_cast<uint8_t*>(p), info.shape, info.dtype, map_, /*read_only=*/true);
@@ -241,21 +244,10 @@ Result<std::vector<float>> SafetensorsFile::fp8_scale(const TensorInfo& info) co
   if (s.fp8 != TensorInfo::Fp8::None || (n != 1 && n != rows))
     return make_error(path_ + ": tensor '" + s.name + "' (" + shape_str(s.shape) + ") is not a scale of '" + info.name +
                       "' " + shape_str(info.shape) + ": expected one float or one per row");
-  const uint8_t* p = map_->data() + header_.data_offset + s.begin;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    if (s.dtype == DType::F32) {
-      std::memcpy(&v[size_t(i)], p + 4 * i, 4);
-    } else if (s.dtype == DType::BF16 || s.dtype == DType::F16) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      v[size_t(i)] = s.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-    } else {
-      return make_error(path_ + ": scale '" + s.name + "' has dtype " + dtype_name(s.dtype) +
-                        "; expected F32, BF16 or F16");
-    }
-  }
-  return v;
+  if (s.dtype != DType::F32 && s.dtype != DType::BF16 && s.dtype != DType::F16)
+    return make_error(path_ + ": scale '" + s.name + "' has dtype " + dtype_name(s.dtype) +
+                      "; expected F32, BF16 or F16");
+  return view(s).to_vector();
 }
 
 Result<Tensor> SafetensorsFile::dequantize(size_t index, const uint8_t* p) const {

@@ -83,6 +83,8 @@ class SafetensorsFile {
   Result<Tensor> get_blocks(const std::string& name) const;
 
  private:
+  // A plain (float or integer) tensor in place: a view into the mapping, or a copy when misaligned.
+  Tensor view(const TensorInfo& info) const;
   Result<Tensor> dequantize(size_t index, const uint8_t* p) const;
   Result<std::vector<float>> fp8_scale(const TensorInfo& info) const;
   void tie_fp8_scales();

@@ -15,7 +15,6 @@ Status take_weight(Linear& l, const Checkpoint& ck, const std::string& name, con
     return ok_status();
   }
   MD_TRY(l.weight, take_float());
-  l.in = l.weight.size(1);
   return ok_status();
 }
 

@@ -23,7 +23,7 @@ namespace meshdit {
 struct Linear {
   Tensor weight;                   // [out, in] floats, or U8 [out, bytes per row] when quant is set
   std::optional<QuantType> quant;  // the block type of a weight kept quantized
-  int64_t in = 0;                  // in features (this rank's)
+  int64_t in = 0;                  // a quantized weight's in features (this rank's); a float one's are its size(1)
   Tensor bias;                     // undefined when the layer has none
   Communicator* reduce = nullptr;  // row-parallel: the group whose partial sums make the output
 

@@ -276,8 +276,11 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
       m_tiles *= 2;
   }
   if (M * N * K < 64 * 64 * 64) m_tiles = n_tiles = 1;  // tiny: threading costs more than it saves
-  const int64_t k_chunks =
-      f32w || bf16 ? 1 : std::clamp<int64_t>((K + kKc - 1) / kKc, 1, std::max<int64_t>(1, K / w.block));
+  // K in chunks of about kKc, bounded on whole blocks of a quantized weight (its K is a multiple of the block size):
+  // f32 products of a widened weight, and the bf16 products of a quantized one, which is decoded chunk by chunk.
+  const int64_t k_chunks = std::clamp<int64_t>((K + kKc - 1) / kKc, 1, std::max<int64_t>(1, K / w.block));
+  auto k_bound = [&](int64_t i, int64_t chunks) { return i == chunks ? K : K * i / chunks / w.block * w.block; };
+  const int64_t f32_chunks = f32w || bf16 ? 1 : k_chunks;
 
   parallel_tasks(m_tiles * n_tiles, [&](int64_t tile, int) {
     const int64_t ni = tile % n_tiles, mi = tile / n_tiles;
@@ -290,11 +293,8 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
       // cache and ran the products at half speed.
       thread_local std::vector<uint16_t> wtile;
       auto& row = scratch(0);
-      if (int64_t(wtile.size()) < nb * kKc) wtile.resize(size_t(nb * kKc));
-      const int64_t chunks = std::clamp<int64_t>((K + kKc - 1) / kKc, 1, K / w.block);
-      for (int64_t kc_i = 0; kc_i < chunks; ++kc_i) {
-        const int64_t k0 = K * kc_i / chunks / w.block * w.block;
-        const int64_t k1 = kc_i + 1 == chunks ? K : K * (kc_i + 1) / chunks / w.block * w.block, kc = k1 - k0;
+      for (int64_t kc_i = 0; kc_i < k_chunks; ++kc_i) {
+        const int64_t k0 = k_bound(kc_i, k_chunks), kc = k_bound(kc_i + 1, k_chunks) - k0;
         if (int64_t(row.size()) < kc) row.resize(size_t(kc));
         if (int64_t(wtile.size()) < nb * kc) wtile.resize(size_t(nb * kc));
         for (int64_t r = 0; r < nb; ++r) {
@@ -318,10 +318,8 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
       gemm(mb, nb, K, 1.0f, {xb + m0 * K, DType::BF16, K, false}, {wb, DType::BF16, K, true}, 0.0f, yp + m0 * N + n0,
            N);
     }
-    for (int64_t kc_i = 0; kc_i < (bf16 ? 0 : k_chunks); ++kc_i) {
-      // Chunk bounds on whole blocks of a quantized weight (its K is a multiple of the block size).
-      const int64_t k0 = K * kc_i / k_chunks / w.block * w.block;
-      const int64_t k1 = kc_i + 1 == k_chunks ? K : K * (kc_i + 1) / k_chunks / w.block * w.block, kc = k1 - k0;
+    for (int64_t kc_i = 0; kc_i < (bf16 ? 0 : f32_chunks); ++kc_i) {
+      const int64_t k0 = k_bound(kc_i, f32_chunks), kc = k_bound(kc_i + 1, f32_chunks) - k0;
       const float* wp;
       int64_t ldw;
       if (f32w) {
