@@ -254,6 +254,15 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
 }
 
+// SD3.5-Large at 256x256: 256 image and 154 text tokens, each stream with its own weights (the products
+// with few rows where a step's GEMMs run slowest).
+void sd35_256_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"M", "N", "K"});
+  for (int64_t m : {256, 154})
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{2432, 2432}, {9728, 2432}, {2432, 9728}}) b->Args({m, n, k});
+  b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
+}
+
 BENCHMARK(BM_openblas)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, plain, false)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, packed, true)->Apply(shapes);
@@ -266,6 +275,8 @@ BENCHMARK_CAPTURE(BM_linear, kernel_bf16, DType::BF16, false, GemmPrecision::F32
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, ops_bf16, DType::BF16, true, GemmPrecision::F32)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(quant_shapes);
+BENCHMARK_CAPTURE(BM_onednn_bf16, plain, false)->Apply(sd35_256_shapes);
+BENCHMARK_CAPTURE(BM_linear, kernel_bf16_precision, DType::BF16, false, GemmPrecision::BF16)->Apply(sd35_256_shapes);
 BENCHMARK_CAPTURE(BM_linear_quantized, q8_0, meshdit::QuantType::Q8_0)->Apply(quant_shapes);
 BENCHMARK_CAPTURE(BM_linear_quantized, q4_k, meshdit::QuantType::Q4_K)->Apply(quant_shapes);
 

@@ -257,15 +257,17 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
         },
         16);
   }
-  // Tile sizes measured on the SD3.5 shapes with oneDNN (bench/README.md, 2026-12-01): narrow weight
-  // tiles with long K chunks (256 x 2432: the widened chunk, 2.4 MB, is copied once into oneDNN's blocked
-  // layout per call) took 10-15 % less CPU time on bf16 weights than 768 x 1024 chunks, which also pass
-  // over each output tile once per chunk; f32 weights were the same either way.
-  constexpr int64_t kMb = 768, kNb = 256, kKc = 2432;
+  // Tile sizes measured with oneDNN (bench/README.md): output tiles about 768 columns wide, as many per thread.
+  // Narrower tiles (256, chosen on a Zen 4 on 2026-12-01) ran the bf16 products of SD3.5's 154- and 256-row
+  // shapes and Flux's 512-row ones 15-25 % slower on a Zen 5: every tile is one oneDNN call that packs its own
+  // copy of the x panel, three times as many of them. An even split across threads matters when tiles are this
+  // few (N = 2432 on 2 threads: 4 tiles of 608, not 3 of 811); tiles stay at least 64 columns wide.
+  constexpr int64_t kMb = 768, kNb = 768, kKc = 2432;
 
   const int64_t T = num_threads();
   int64_t m_tiles = std::max<int64_t>(1, (M + kMb - 1) / kMb);
-  int64_t n_tiles = std::max<int64_t>(1, (N + kNb - 1) / kNb);
+  int64_t n_tiles = std::min(T * std::max<int64_t>(1, std::llround(double(N) / double(kNb * T))),
+                             std::max<int64_t>(1, N / 64));
   // Too few tiles to keep every thread busy: halve the longer side, keeping tiles at least 64 wide.
   while (m_tiles * n_tiles < 2 * T) {
     const bool split_n = N / (2 * n_tiles) >= 64, split_m = M / (2 * m_tiles) >= 64;
