@@ -256,6 +256,8 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   std::printf("host buffer cache: %.1f MB waiting of %.0f MB, %llu reused, %llu fresh, %llu evicted\n",
               double(hc.cached_bytes) / 1048576.0, double(hc.limit_bytes) / 1048576.0, (unsigned long long)hc.hits,
               (unsigned long long)hc.misses, (unsigned long long)hc.evictions);
+  std::printf("host tensors: %.1f MB held now, at most %.1f MB at once\n", double(hc.live_bytes) / 1048576.0,
+              double(hc.peak_live_bytes) / 1048576.0);
   const std::vector<double> tail(times.size() > 1 ? times.begin() + 1 : times.begin(), times.end());
   const double med = median(tail);
   std::printf("GFLOP/s %.1f\n", flops / med / 1e9);

@@ -54,14 +54,26 @@ BufferCache& cache() {
   return *c;
 }
 
+std::atomic<size_t> g_live{0}, g_peak_live{0};
+
 class HostAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes) override {
-    if (MESHDIT_HOST_CACHE && bytes >= kLarge) return cache().allocate(bytes);
-    // aligned_alloc wants a size that is a multiple of the alignment.
-    return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void* p = nullptr;
+    if (MESHDIT_HOST_CACHE && bytes >= kLarge)
+      p = cache().allocate(bytes);
+    else  // aligned_alloc wants a size that is a multiple of the alignment.
+      p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (p) {
+      const size_t live = g_live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+      size_t peak = g_peak_live.load(std::memory_order_relaxed);
+      while (live > peak && !g_peak_live.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
+      }
+    }
+    return p;
   }
   void deallocate(void* p, size_t bytes) override {
+    g_live.fetch_sub(bytes, std::memory_order_relaxed);
     if (MESHDIT_HOST_CACHE && bytes >= kLarge) return cache().deallocate(p, bytes);
     std::free(p);
   }
@@ -93,7 +105,8 @@ Allocator& host_allocator() {
 
 HostCacheStats host_cache_stats() {
   const BufferCache::Stats s = cache().stats();
-  return HostCacheStats{s.cached_bytes, s.limit_bytes, s.hits, s.misses, s.evictions};
+  return HostCacheStats{s.cached_bytes, s.limit_bytes, s.hits, s.misses, s.evictions,
+                        g_live.load(std::memory_order_relaxed), g_peak_live.load(std::memory_order_relaxed)};
 }
 
 void release_host_cache() { cache().release_all(); }

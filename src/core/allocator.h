@@ -30,6 +30,9 @@ Allocator& host_allocator();
 struct HostCacheStats {
   size_t cached_bytes = 0, limit_bytes = 0;
   uint64_t hits = 0, misses = 0, evictions = 0;
+  // Bytes of host tensor storage held by tensors now, and the most ever held at once (without what waits in
+  // the cache): the activation memory a run needs, apart from the weights' mapping.
+  size_t live_bytes = 0, peak_live_bytes = 0;
 };
 HostCacheStats host_cache_stats();
 // Returns every cached host buffer to the OS: between stages whose buffers differ (after the denoising loop,
