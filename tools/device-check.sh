@@ -70,6 +70,9 @@ CMAKE_ARGS=(-DCMAKE_PREFIX_PATH="$PREFIX/usr;$LIBDIR/cmake" -DGTest_DIR="$LIBDIR
             -Dnlohmann_json_DIR="$PREFIX/usr/share/cmake/nlohmann_json" -Ddnnl_DIR="$LIBDIR/cmake/dnnl"
             -DOpenCL_INCLUDE_DIR="$PREFIX/usr/include" -DOpenCL_LIBRARY="$LIBDIR/libOpenCL.so.1")
 [[ -e $LIBDIR/cmake/GTest ]] || CMAKE_ARGS=(-DCMAKE_PREFIX_PATH="$PREFIX/usr")
+if command -v ccache >/dev/null; then
+  CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
 
 status=0
 build_ok=false
