@@ -26,9 +26,9 @@ namespace {
 
 bool cuda_listed() { return find_backend(Device::CUDA) != nullptr; }
 
-#define SKIP_WITHOUT_CUDA()                                                                                  \
-  do {                                                                                                       \
-    if (!cuda_listed())                                                                                      \
+#define SKIP_WITHOUT_CUDA()                                                                                 \
+  do {                                                                                                      \
+    if (!cuda_listed())                                                                                     \
       GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
   } while (0)
 

@@ -39,10 +39,10 @@ template <int DI>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnArgs a) {
   constexpr int Dp = 32 * DI;
   extern __shared__ float smem[];
-  float* qs = smem;                      // [kRows][Dp]
-  float* ks = qs + kRows * Dp;           // [kKeys][Dp + 1]
-  float* vs = ks + kKeys * (Dp + 1);     // [kKeys][Dp]
-  float* ps = vs + kKeys * Dp;           // [kWarps][kKeys]
+  float* qs = smem;                   // [kRows][Dp]
+  float* ks = qs + kRows * Dp;        // [kKeys][Dp + 1]
+  float* vs = ks + kKeys * (Dp + 1);  // [kKeys][Dp]
+  float* ps = vs + kKeys * Dp;        // [kWarps][kKeys]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i0 = int64_t(blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z;
   const int64_t D = a.D;
@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttnArgs a) {
 template <int DI>
 void launch(const AttnArgs& a) {
   constexpr int Dp = 32 * DI;
-  const size_t smem = sizeof(float) * (size_t(kRows) * Dp + size_t(kKeys) * (Dp + 1) + size_t(kKeys) * Dp + kWarps * kKeys);
+  const size_t smem =
+      sizeof(float) * (size_t(kRows) * Dp + size_t(kKeys) * (Dp + 1) + size_t(kKeys) * Dp + kWarps * kKeys);
   static const bool configured = [smem] {  // above 48 KiB a kernel must ask for its shared memory
     MD_CUDA(cudaFuncSetAttribute(attention_kernel<DI>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
@@ -203,14 +204,30 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   a.max = st.max.f32();
   a.sum = st.sum.f32();
   switch ((D + 31) / 32) {
-    case 1: launch<1>(a); break;
-    case 2: launch<2>(a); break;
-    case 3: launch<3>(a); break;
-    case 4: launch<4>(a); break;
-    case 5: launch<5>(a); break;
-    case 6: launch<6>(a); break;
-    case 7: launch<7>(a); break;
-    default: launch<8>(a); break;
+    case 1:
+      launch<1>(a);
+      break;
+    case 2:
+      launch<2>(a);
+      break;
+    case 3:
+      launch<3>(a);
+      break;
+    case 4:
+      launch<4>(a);
+      break;
+    case 5:
+      launch<5>(a);
+      break;
+    case 6:
+      launch<6>(a);
+      break;
+    case 7:
+      launch<7>(a);
+      break;
+    default:
+      launch<8>(a);
+      break;
   }
 }
 

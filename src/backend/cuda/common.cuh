@@ -17,9 +17,9 @@ namespace meshdit::cuda {
 [[noreturn]] void fail(const char* call, cudaError_t e, const char* file, int line);
 
 // Every runtime call is checked: the message names the call and the runtime's error string.
-#define MD_CUDA(call)                                                                 \
-  do {                                                                                \
-    const cudaError_t md_cuda_err_ = (call);                                          \
+#define MD_CUDA(call)                                                                                \
+  do {                                                                                               \
+    const cudaError_t md_cuda_err_ = (call);                                                         \
     if (md_cuda_err_ != cudaSuccess) ::meshdit::cuda::fail(#call, md_cuda_err_, __FILE__, __LINE__); \
   } while (0)
 // After a kernel launch: a bad configuration is reported at once, with the kernel's name.
@@ -46,12 +46,12 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 // A grid-stride kernel over n elements on the backend's stream (nothing when n is 0), checked.
-#define MD_LAUNCH(kernel, n, ...)                                  \
-  do {                                                             \
-    if ((n) > 0) {                                                 \
+#define MD_LAUNCH(kernel, n, ...)                                                                                     \
+  do {                                                                                                                \
+    if ((n) > 0) {                                                                                                    \
       kernel<<<::meshdit::cuda::grid_for(n), ::meshdit::cuda::kThreads, 0, ::meshdit::cuda::stream()>>>(__VA_ARGS__); \
-      MD_CUDA_LAUNCHED(kernel);                                    \
-    }                                                              \
+      MD_CUDA_LAUNCHED(kernel);                                                                                       \
+    }                                                                                                                 \
   } while (0)
 
 // Upper bound of tensor ranks the strided kernels take (patchify's views have 6).
@@ -137,13 +137,20 @@ __device__ inline uint16_t f32_to_f16_bits(float f) {
 // Element i of an array of dtype t as a float (float dtypes; integers by value).
 __device__ inline float load_float(const void* p, DType t, int64_t i) {
   switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::F16: return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::F64: return float(static_cast<const double*>(p)[i]);
-    case DType::I64: return float(double(static_cast<const int64_t*>(p)[i]));
-    case DType::I32: return float(static_cast<const int32_t*>(p)[i]);
-    case DType::U8: return float(static_cast<const uint8_t*>(p)[i]);
+    case DType::F32:
+      return static_cast<const float*>(p)[i];
+    case DType::BF16:
+      return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F16:
+      return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::F64:
+      return float(static_cast<const double*>(p)[i]);
+    case DType::I64:
+      return float(double(static_cast<const int64_t*>(p)[i]));
+    case DType::I32:
+      return float(static_cast<const int32_t*>(p)[i]);
+    case DType::U8:
+      return float(static_cast<const uint8_t*>(p)[i]);
   }
   return 0.0f;
 }

@@ -45,8 +45,8 @@ void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
     fill(y, 0.0f);
   } else {
     const Tensor wf = f32_contiguous(w);
-    const bool direct = kh == 1 && kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0 &&
-                        p.pad_left == 0 && p.pad_bottom == 0 && p.pad_right == 0;
+    const bool direct = kh == 1 && kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0 && p.pad_left == 0 &&
+                        p.pad_bottom == 0 && p.pad_right == 0;
     const int64_t tile = std::min(P, std::max<int64_t>(1, kColFloats / K));
     Tensor col = direct ? Tensor() : Tensor::empty({K * tile}, DType::F32, Device::CUDA);
     for (int64_t b = 0; b < B; ++b) {

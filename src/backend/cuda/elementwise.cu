@@ -9,9 +9,7 @@
 namespace meshdit::cuda {
 namespace {
 
-__global__ void act_kernel(float* y, int64_t n, Act act) {
-  MD_GRID_LOOP(i, n) y[i] = act_value(y[i], act);
-}
+__global__ void act_kernel(float* y, int64_t n, Act act) { MD_GRID_LOOP(i, n) y[i] = act_value(y[i], act); }
 
 __global__ void modulate_kernel(const float* x, const float* shift, int64_t shift_b, const float* scale,
                                 int64_t scale_b, float* y, int64_t L, int64_t C, int64_t n) {
@@ -33,9 +31,7 @@ __global__ void add_gated_kernel(float* x, const float* gate, int64_t gate_b, co
   }
 }
 
-__global__ void fill_kernel(float* y, int64_t n, float v) {
-  MD_GRID_LOOP(i, n) y[i] = v;
-}
+__global__ void fill_kernel(float* y, int64_t n, float v) { MD_GRID_LOOP(i, n) y[i] = v; }
 __global__ void affine_kernel(const float* x, float a, float b, float* y, int64_t n) {
   MD_GRID_LOOP(i, n) y[i] = x[i] * a + b;
 }

@@ -8,16 +8,22 @@ namespace meshdit::cuda {
 // sigmoid-based ones), with the device's accurate expf / erff / tanhf.
 __device__ inline float act_value(float x, Act act) {
   switch (act) {
-    case Act::None: return x;
+    case Act::None:
+      return x;
     case Act::GeluTanh: {
       const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
       return x / (1.0f + expf(-2.0f * u));
     }
-    case Act::GeluErf: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case Act::SiLU: return x / (1.0f + expf(-x));
-    case Act::QuickGelu: return x / (1.0f + expf(-1.702f * x));
-    case Act::Relu: return x > 0.0f ? x : 0.0f;
-    case Act::Tanh: return tanhf(x);
+    case Act::GeluErf:
+      return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case Act::SiLU:
+      return x / (1.0f + expf(-x));
+    case Act::QuickGelu:
+      return x / (1.0f + expf(-1.702f * x));
+    case Act::Relu:
+      return x > 0.0f ? x : 0.0f;
+    case Act::Tanh:
+      return tanhf(x);
   }
   return x;
 }

@@ -38,8 +38,7 @@ __global__ void argmax_rows_kernel(const int64_t* p, int64_t L, int64_t* out, in
   }
 }
 
-__global__ void find_rows_kernel(const int64_t* p, int64_t L, int64_t value, int64_t missing, int64_t* out,
-                                 int64_t R) {
+__global__ void find_rows_kernel(const int64_t* p, int64_t L, int64_t value, int64_t missing, int64_t* out, int64_t R) {
   MD_GRID_LOOP(r, R) {
     int64_t at = missing;
     for (int64_t i = 0; i < L; ++i)
@@ -74,7 +73,8 @@ void gather_bias(const Tensor& table, const Tensor& buckets, Tensor& out) {
   if (bad >= 0) {
     int64_t id = 0;
     copy_to_host(&id, buckets.data<int64_t>() + bad, sizeof(id));
-    MD_CHECK(false, "gather_bias: bucket " + std::to_string(id) + " outside the table of " + std::to_string(V) + " rows");
+    MD_CHECK(false,
+             "gather_bias: bucket " + std::to_string(id) + " outside the table of " + std::to_string(V) + " rows");
   }
   MD_LAUNCH(gather_bias_kernel, H * n, table.f32(), buckets.data<int64_t>(), out.f32(), H, n, H * n);
 }

@@ -6,9 +6,8 @@
 //   F32:  x and w in float32 (a bf16/f16 weight widened into a scratch buffer), float32 products.
 //   BF16: x rounded to bf16 into a contiguous scratch buffer, w used as stored when bf16 (rounded once per call
 //         otherwise), bf16 x bf16 products with float32 accumulation and a float32 output.
-#include <dlfcn.h>
-
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <cstring>
 #include <map>
@@ -145,8 +144,9 @@ bool gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   MD_LT(l.layout_create(&ld, CUDA_R_32F, uint64_t(m), uint64_t(n), ldd));
 
   const uint32_t al_a = alignment(a.data), al_b = alignment(b.data), al_d = alignment(d);
-  const Key key{m, n, k, a.ld, b.ld, ldd, int(a.type), int(b.type), int(a.transposed) * 2 + int(b.transposed),
-                int(epi), int(f32), al_a, al_b, al_d};
+  const Key key{
+      m,        n,        k,    a.ld, b.ld, ldd, int(a.type), int(b.type), int(a.transposed) * 2 + int(b.transposed),
+      int(epi), int(f32), al_a, al_b, al_d};
   std::pair<bool, cublasLtMatmulHeuristicResult_t> found{};
   bool cached = false;
   {

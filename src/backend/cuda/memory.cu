@@ -165,22 +165,50 @@ __global__ void copy_kernel(const char* src, DType st, Strided ss, char* dst, DT
     const int64_t so = strided_offset(ss, i), dof = strided_offset(ds, i);
     double v;
     switch (st) {
-      case DType::F32: v = reinterpret_cast<const float*>(src)[so]; break;
-      case DType::BF16: v = bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]); break;
-      case DType::F16: v = f16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]); break;
-      case DType::I64: v = double(reinterpret_cast<const int64_t*>(src)[so]); break;
-      case DType::F64: v = reinterpret_cast<const double*>(src)[so]; break;
-      case DType::I32: v = reinterpret_cast<const int32_t*>(src)[so]; break;
-      default: v = reinterpret_cast<const uint8_t*>(src)[so]; break;
+      case DType::F32:
+        v = reinterpret_cast<const float*>(src)[so];
+        break;
+      case DType::BF16:
+        v = bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
+        break;
+      case DType::F16:
+        v = f16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
+        break;
+      case DType::I64:
+        v = double(reinterpret_cast<const int64_t*>(src)[so]);
+        break;
+      case DType::F64:
+        v = reinterpret_cast<const double*>(src)[so];
+        break;
+      case DType::I32:
+        v = reinterpret_cast<const int32_t*>(src)[so];
+        break;
+      default:
+        v = reinterpret_cast<const uint8_t*>(src)[so];
+        break;
     }
     switch (dt) {
-      case DType::F32: reinterpret_cast<float*>(dst)[dof] = float(v); break;
-      case DType::BF16: reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_bf16_bits(float(v)); break;
-      case DType::F16: reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_f16_bits(float(v)); break;
-      case DType::I64: reinterpret_cast<int64_t*>(dst)[dof] = int64_t(v); break;
-      case DType::F64: reinterpret_cast<double*>(dst)[dof] = v; break;
-      case DType::I32: reinterpret_cast<int32_t*>(dst)[dof] = int32_t(v); break;
-      default: reinterpret_cast<uint8_t*>(dst)[dof] = uint8_t(v); break;
+      case DType::F32:
+        reinterpret_cast<float*>(dst)[dof] = float(v);
+        break;
+      case DType::BF16:
+        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_bf16_bits(float(v));
+        break;
+      case DType::F16:
+        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_f16_bits(float(v));
+        break;
+      case DType::I64:
+        reinterpret_cast<int64_t*>(dst)[dof] = int64_t(v);
+        break;
+      case DType::F64:
+        reinterpret_cast<double*>(dst)[dof] = v;
+        break;
+      case DType::I32:
+        reinterpret_cast<int32_t*>(dst)[dof] = int32_t(v);
+        break;
+      default:
+        reinterpret_cast<uint8_t*>(dst)[dof] = uint8_t(v);
+        break;
     }
   }
 }

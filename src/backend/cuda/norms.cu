@@ -145,7 +145,7 @@ Tensor row_sums(const F& f, int64_t R, int64_t n) {
   const int chunks = int(std::clamp<int64_t>((n + kChunkElems - 1) / kChunkElems, 1, kMaxChunks));
   Tensor partial = Tensor::empty({R * chunks}, DType::F64, Device::CUDA);
   partial_sums_kernel<<<dim3(unsigned(chunks), unsigned(R)), kThreads, 0, stream()>>>(f, n, chunks,
-                                                                                       partial.data<double>());
+                                                                                      partial.data<double>());
   MD_CUDA_LAUNCHED(partial_sums_kernel);
   MD_LAUNCH(finish_sums_kernel, R, partial.data<double>(), chunks, R, out.data<double>());
   return out;
@@ -158,15 +158,11 @@ __global__ void mean_kernel(const double* sums, double n, float* mean, int64_t R
 __global__ void rstd_kernel(const double* ssd, double n, double eps, float* rstd, int64_t R) {
   MD_GRID_LOOP(r, R) rstd[r] = float(1.0 / sqrt(ssd[r] / n + eps));
 }
-__global__ void to_f32_kernel(const double* s, float* out, int64_t R) {
-  MD_GRID_LOOP(r, R) out[r] = float(s[r]);
-}
+__global__ void to_f32_kernel(const double* s, float* out, int64_t R) { MD_GRID_LOOP(r, R) out[r] = float(s[r]); }
 __global__ void std_kernel(const double* ssd, double div, float* out, int64_t R) {
   MD_GRID_LOOP(r, R) out[r] = float(sqrt(ssd[r] / div));
 }
-__global__ void sqrt_kernel(const double* ss, float* out, int64_t R) {
-  MD_GRID_LOOP(r, R) out[r] = float(sqrt(ss[r]));
-}
+__global__ void sqrt_kernel(const double* ss, float* out, int64_t R) { MD_GRID_LOOP(r, R) out[r] = float(sqrt(ss[r])); }
 __global__ void moments_kernel(const float* s, double count, double eps, bool rstd, float* y, int64_t n) {
   MD_GRID_LOOP(i, n) y[i] = rstd ? float(1.0 / sqrt(double(s[i]) / count + eps)) : float(double(s[i]) / count);
 }
@@ -199,7 +195,7 @@ void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Te
   if (R == 0) return;
   const Tensor wf = w ? f32_contiguous(*w) : Tensor(), bf = b ? f32_contiguous(*b) : Tensor();
   layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), x.stride(0), w ? wf.f32() : nullptr,
-                                                           b ? bf.f32() : nullptr, eps, y.f32(), C, true);
+                                                            b ? bf.f32() : nullptr, eps, y.f32(), C, true);
   MD_CUDA_LAUNCHED(layer_norm_kernel);
 }
 
@@ -207,8 +203,8 @@ void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& y) {
   const int64_t R = x.size(0), C = x.size(1);
   if (R == 0) return;
   const Tensor wf = w ? f32_contiguous(*w) : Tensor();
-  layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), x.stride(0), w ? wf.f32() : nullptr, nullptr,
-                                                           eps, y.f32(), C, false);
+  layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), x.stride(0), w ? wf.f32() : nullptr, nullptr, eps,
+                                                            y.f32(), C, false);
   MD_CUDA_LAUNCHED(layer_norm_kernel);
 }
 

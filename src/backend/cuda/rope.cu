@@ -23,8 +23,7 @@ __global__ void rope_kernel(float* x, const float* c, const float* s, int64_t L,
 }
 
 // x [B, L, H, D]: dimension i pairs with i + D/2, frequency i at column 2i of the tables.
-__global__ void rope_half_kernel(float* x, const float* c, const float* s, int64_t L, int64_t H, int64_t D,
-                                 int64_t n) {
+__global__ void rope_half_kernel(float* x, const float* c, const float* s, int64_t L, int64_t H, int64_t D, int64_t n) {
   const int64_t half = D / 2;
   MD_GRID_LOOP(k, n) {
     const int64_t i = k % half, row = k / half, l = (row / H) % L;
@@ -49,8 +48,8 @@ __global__ void rope_tables_kernel(const float* pos, int64_t n_axes, const doubl
 
 // diffusers' float32 order of operations (backend/cpu/data.cpp), each step rounded to float32; exp, sin and
 // cos evaluated in float64 and rounded, which is what a correctly rounded libm gives.
-__global__ void timestep_kernel(const float* t, int half, int dim, bool flip, float shift, float scale,
-                                float neg_log, float* out, int64_t n) {
+__global__ void timestep_kernel(const float* t, int half, int dim, bool flip, float shift, float scale, float neg_log,
+                                float* out, int64_t n) {
   MD_GRID_LOOP(k, n) {
     const int i = int(k % half);
     const int64_t b = k / half;
@@ -95,7 +94,8 @@ void rope_tables(const Tensor& pos, const std::vector<int>& axes_dims, double th
   }
   const int64_t pairs = int64_t(freq.size()), n = L * pairs;
   if (n == 0) return;
-  const Tensor f = upload(freq.data(), freq.size() * sizeof(double)), ax = upload(axis.data(), axis.size() * sizeof(int));
+  const Tensor f = upload(freq.data(), freq.size() * sizeof(double)),
+               ax = upload(axis.data(), axis.size() * sizeof(int));
   MD_LAUNCH(rope_tables_kernel, n, pos.f32(), n_axes, f.data<double>(), ax.data<int>(), pairs, cos.f32(), sin.f32(), n);
 }
 
