@@ -73,16 +73,6 @@ Tensor fixture_tensor(const std::string& case_name, const std::string& file, con
   return t->to(DType::F32).contiguous();
 }
 
-double rel_l2(const Tensor& got, const Tensor& ref) {
-  const std::vector<float> a = got.contiguous().to_vector(), b = ref.contiguous().to_vector();
-  MD_CHECK(a.size() == b.size(), "rel_l2: " + shape_str(got.shape()) + " against " + shape_str(ref.shape()));
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 std::vector<std::string> case_names(const std::string& dir) {
   std::vector<std::string> v;
@@ -115,27 +105,7 @@ std::string write_header_only(const fs::path& p, const std::vector<std::pair<std
   return p.string();
 }
 
-Tensor random_tensor(const Shape& shape, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  Tensor t = Tensor::empty(shape);
-  float* p = t.f32();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = nd(rng);
-  return t;
-}
 
-int run_command(const std::string& cmd, std::string* output) {
-  std::string full = cmd + " 2>&1";
-  FILE* f = popen(full.c_str(), "r");
-  if (!f) return -1;
-  std::array<char, 4096> buf;
-  std::string out;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
-  int st = pclose(f);
-  if (output) *output = out;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 }  // namespace meshdit::test
 

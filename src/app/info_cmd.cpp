@@ -9,6 +9,9 @@
 #include "core/thread_pool.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/nccl_comm.h"
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace meshdit {
 
@@ -22,6 +25,31 @@ std::string cpu_kernel_summary() {
 std::string gemm_kernel_summary() {
   return cpu::gemm_kernel_line() + ", quantized (GGUF) few-row dots " + cpu::quant_dot_isa_name(cpu::quant_dot_isa());
 }
+
+namespace {
+
+// The CUDA devices the backend sees, or why there are none.
+void print_cuda_devices() {
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+  const std::vector<cuda::DeviceInfo> devs = cuda::devices();
+  if (devs.empty()) {
+    std::printf("cuda:     compiled, no device\n");
+    return;
+  }
+  for (size_t i = 0; i < devs.size(); ++i) {
+    const cuda::DeviceInfo& d = devs[i];
+    std::printf("cuda:     device %zu: %s, %.1f GiB", i, d.name.c_str(), double(d.total_bytes) / double(1 << 30));
+    if (d.free_bytes) std::printf(" (%.1f GiB free)", double(d.free_bytes) / double(1 << 30));
+    std::printf(", compute capability %d.%d, %d SMs%s\n", d.major, d.minor, d.multiprocessors,
+                i == 0 ? " (the backend's)" : "");
+  }
+  std::printf("  gemm:   %s; attention: float32 online-softmax kernel (CUDA cores)\n", cuda::gemm_library());
+#else
+  std::printf("cuda:     not compiled\n");
+#endif
+}
+
+}  // namespace
 
 int run_info() {
   const cpu::CpuInfo& c = cpu::cpu_info();
@@ -45,6 +73,7 @@ int run_info() {
   std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
               mpi::launched() ? "launched by mpirun" : "not launched: single process");
   std::printf("nccl:     %s\n", nccl_available() ? "built in (CUDA + NCCL)" : "not built in");
+  print_cuda_devices();
   const Status st = cpu::check_gemm_dispatch();
   if (!st.ok()) {
     std::printf("dispatch: BELOW THE CPU: %s\n", st.error().message.c_str());

@@ -3,6 +3,10 @@
 #include <array>
 #include <atomic>
 
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+#include "backend/cuda/cuda_backend.h"
+#endif
+
 namespace meshdit {
 namespace {
 
@@ -26,6 +30,10 @@ void set_up(const Backend& b) {
 const std::vector<const Backend*>& compiled_backends() {
   static const std::vector<const Backend*> list = [] {
     std::vector<const Backend*> v{&cpu_backend()};
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+    // Only with a device: a CUDA build on a machine without a GPU (CI) runs as a CPU-only one.
+    if (cuda::device_present()) v.push_back(&cuda_backend());
+#endif
     for (const Backend* b : v) set_up(*b);
     return v;
   }();
@@ -46,7 +54,8 @@ const Backend* set_backend_for_testing(Device d, const Backend* b) {
 
 const Backend& backend_for(Device d) {
   const Backend* b = find_backend(d);
-  MD_CHECK(b != nullptr, std::string("no backend compiled for device ") + device_name(d));
+  MD_CHECK(b != nullptr, std::string("no backend for device ") + device_name(d) +
+                            " (not compiled in, or no such device present)");
   return *b;
 }
 

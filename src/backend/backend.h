@@ -162,9 +162,10 @@ struct Backend {
 
 const Backend& cpu_backend();
 
-// Every backend compiled into this binary, the host's first. The first call sets each up: its allocator
-// and data movement registered with core (core/allocator.h, set_device_copy). A CUDA backend joins the
-// list, and every backend-parameterised test, by being compiled in.
+// Every backend compiled into this binary whose device is present, the host's first. The first call sets
+// each up: its allocator and data movement registered with core (core/allocator.h, set_device_copy). The
+// CUDA backend (backend/cuda/) joins the list, and every backend-parameterised test, when it is compiled in
+// and the runtime reports a device.
 const std::vector<const Backend*>& compiled_backends();
 // The backend of device d, or null when none is compiled in.
 const Backend* find_backend(Device d);
