@@ -247,21 +247,20 @@ void quant_shapes(benchmark::internal::Benchmark* b) {
   b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
+// One SD3.5-Large joint block's products, (N, K) in {q/k/v/out, ff up, ff down}, for the given token counts.
+void sd35_products(benchmark::internal::Benchmark* b, std::initializer_list<int64_t> rows) {
   b->ArgNames({"M", "N", "K"});
-  for (int64_t m : {1024, 333, 1357})
+  for (int64_t m : rows)
     for (auto [n, k] : {std::pair<int64_t, int64_t>{2432, 2432}, {9728, 2432}, {2432, 9728}}) b->Args({m, n, k});
   b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
 }
 
-// SD3.5-Large at 256x256: 256 image and 154 text tokens, each stream with its own weights (the products
-// with few rows where a step's GEMMs run slowest).
-void sd35_256_shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"M", "N", "K"});
-  for (int64_t m : {256, 154})
-    for (auto [n, k] : {std::pair<int64_t, int64_t>{2432, 2432}, {9728, 2432}, {2432, 9728}}) b->Args({m, n, k});
-  b->MeasureProcessCPUTime()->UseRealTime()->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.3)->MinTime(1.0);
-}
+// 1024x1024: 1024 image and 333 text tokens, and the two joined.
+void shapes(benchmark::internal::Benchmark* b) { sd35_products(b, {1024, 333, 1357}); }
+
+// 256x256: 256 image and 154 text tokens, each stream with its own weights (the products with few rows where a
+// step's GEMMs run slowest).
+void sd35_256_shapes(benchmark::internal::Benchmark* b) { sd35_products(b, {256, 154}); }
 
 BENCHMARK(BM_openblas)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_onednn, plain, false)->Apply(shapes);
