@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "app/convert_cmd.h"
+#include "backend/backend.h"
+#include "backend/ops.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "models/registry.h"
@@ -46,6 +48,23 @@ Result<Tensor> CaseContext::input(const std::string& name) const {
   auto it = inputs.find(name);
   if (it == inputs.end()) return make_error(dir + "/inputs.safetensors: missing input '" + name + "'");
   return it->second;
+}
+
+Result<Tensor> CaseContext::device_input(const std::string& name) const {
+  MD_TRY(Tensor t, input(name));
+  ran_on_device = device != Device::CPU;
+  return ops::to_device(t, device);
+}
+
+void CaseContext::place(Checkpoint& ck) const {
+  ck.place_on(device);
+  ran_on_device = device != Device::CPU;
+}
+
+Result<Checkpoint> CaseContext::open_weights(const std::string& path) const {
+  MD_TRY(Checkpoint ck, Checkpoint::open(path));
+  place(ck);
+  return ck;
 }
 
 void register_case_runner(const std::string& cls, CaseRunner runner) { registry()[cls] = std::move(runner); }
@@ -159,7 +178,9 @@ bool CheckReport::failed() const {
 
 std::string CheckReport::format() const {
   std::ostringstream os;
-  os << dir << " (" << cls << ")\n";
+  os << dir << " (" << cls << ")";
+  if (!device_note.empty()) os << " on " << device_note;
+  os << "\n";
   size_t width = 6;
   for (const auto& o : outputs) width = std::max(width, o.name.size());
   int passed = 0;
@@ -224,8 +245,18 @@ Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts) 
                         "' is not a transformer with GGUF files (quantized cases: " + known + ")");
     }
   }
+  if (opts.device != Device::CPU) {
+    if (!find_backend(opts.device))
+      return make_error(std::string("--device ") + device_name(opts.device) + ": no " + device_name(opts.device) +
+                        " device in this process (`meshdit info` lists the backends this binary has and the devices "
+                        "it found)");
+    if (opts.mesh.size() > 1)
+      return make_error(std::string("--device ") + device_name(opts.device) +
+                        ": a check on a mesh runs on CPU ranks only (the NCCL communicator is not wired to check)");
+  }
   const ScopedPrecision precision(opts.precision);
   CaseContext ctx;
+  ctx.device = opts.device;
   ctx.quantize = opts.quantize;
   ctx.dir = dir;
   ctx.mesh_shape = opts.mesh;
@@ -241,11 +272,18 @@ Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts) 
   MD_TRY(TensorMap refs, load_all(one_file ? combined : dir + "/outputs.safetensors"));
   if (one_file) ctx.inputs = refs;
   MD_TRY(TensorMap got, it->second(ctx));
+  // Compared on the host: the references are there.
+  for (auto& kv : got)
+    if (kv.second.defined() && kv.second.device() != Device::CPU) kv.second = ops::to_device(kv.second, Device::CPU);
   if (opts.mesh.size() > 1 && !ctx.mesh_)
     return make_error(dir + ": class '" + cls + "' does not run on a mesh yet (run it without --mesh)");
   CheckReport rep;
   rep.dir = dir;
   rep.cls = cls;
+  if (opts.device != Device::CPU)
+    rep.device_note = ctx.ran_on_device ? std::string(device_name(opts.device))
+                                        : std::string("the host: this component has no ") + device_name(opts.device) +
+                                              " path (it does no tensor work, or its runner does not place it yet)";
   if (!opts.quantize.empty()) {
     if (ctx.quantized.empty()) return make_error(dir + ": class '" + cls + "' ran without quantizing its weights");
     rep.quantized = ctx.quantized;

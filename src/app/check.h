@@ -9,6 +9,7 @@
 #include "backend/precision.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "parallel/mesh.h"
 
@@ -39,6 +40,14 @@ struct CaseContext {
   // Marks every output meta.json lists whose name satisfies `which`.
   void skip_outputs(const std::function<bool(const std::string&)>& which, const std::string& why) const;
   Result<Tensor> input(const std::string& name) const;
+  // `check --device cuda`: a runner whose component has a device path opens its weights placed there and takes
+  // its tensor inputs there (both set `ran_on_device`); run_check brings every output back to the host. A
+  // runner that never asks (tokenizers, schedulers: no device work) runs on the host, and the report says so.
+  Device device = Device::CPU;
+  Result<Tensor> device_input(const std::string& name) const;
+  void place(Checkpoint& ck) const;
+  Result<Checkpoint> open_weights(const std::string& path) const;
+  mutable bool ran_on_device = false;
   // `check --quantize TYPE`: a transformer runner takes its weights from a GGUF file of that ggml type written
   // as `meshdit convert --type TYPE` writes one ("" = the case's weights as stored), and says in `quantized` what
   // the file holds ("q8_0: 12 of 40 tensors quantized") for the report.
@@ -73,6 +82,8 @@ struct CheckReport {
   // Set when the weights were quantized (CaseContext::quantized): the errors are reported, and no tolerance is
   // applied, so the report claims no pass.
   std::string quantized;
+  // Where it ran: "" (the host, as asked), "cuda", or why it ran on the host although a device was asked.
+  std::string device_note;
   bool pass() const;
   // The case did not run as it should: an output outside its tolerance, or (quantized) one missing, of the wrong
   // shape or NaN.
@@ -104,6 +115,8 @@ struct CheckOptions {
   // A ggml type ("q8_0", "q4_k"): run a transformer case from its weights quantized to it (CaseContext::quantize);
   // only for transformers with a GGUF architecture.
   std::string quantize;
+  // The device the component runs on (weights and inputs placed there, outputs compared on the host).
+  Device device = Device::CPU;
 };
 Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts = {});
 

@@ -23,13 +23,13 @@ namespace {
 
 constexpr const char* kPrecisionHelp =
     "f32 or bf16: bf16 runs every linear on bf16 operands (weights and activations rounded) with f32 "
-      "accumulation, about 2x the f32 rate on CPUs with AVX512_BF16 or AMX; attention, norms, softmax, RoPE and "
-      "residuals stay f32. Default: bf16 where the CPU has native bf16 dot products, else f32 (bf16 is emulated "
-      "there, same numbers, no faster). `meshdit info` says which";
+    "accumulation, about 2x the f32 rate on CPUs with AVX512_BF16 or AMX; attention, norms, softmax, RoPE and "
+    "residuals stay f32. Default: bf16 where the CPU has native bf16 dot products, else f32 (bf16 is emulated "
+    "there, same numbers, no faster). `meshdit info` says which";
 
 // Under mpirun every rank runs every case; rank 0 reports, and the exit status is the worst of all ranks.
 int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::string& mesh, const std::string& parallel,
-              const std::string& precision, const std::string& quantize) {
+              const std::string& precision, const std::string& quantize, const std::string& device) {
   meshdit::register_builtin_runners();
   auto world = meshdit::world_communicator();
   const int rank = world->rank();
@@ -43,6 +43,7 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
   opts.mesh = *shape;
   opts.parallel = parallel;
   opts.quantize = quantize;
+  opts.device = device == "cuda" ? meshdit::Device::CUDA : meshdit::Device::CPU;  // CLI11 checked the name
   if (!precision.empty()) {
     auto p = meshdit::parse_precision(precision);
     if (!p.ok()) {
@@ -137,6 +138,13 @@ int run(int argc, char** argv) {
                     "run a transformer case from its weights quantized to TYPE (q8_0, q4_k, ...: `meshdit convert "
                     "--type`'s types) through a temporary GGUF file written as convert writes one; prints each "
                     "output's error against the f32 reference without applying the case's tolerances");
+  std::string check_device = "cpu";
+  check
+      ->add_option("--device", check_device,
+                   "cpu (default) or cuda: the component's weights and inputs on that device, outputs compared on the "
+                   "host; components without device work (tokenizers, schedulers) run on the host and the report "
+                   "says so")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   check->footer(
       "Exit status 0 only if every output of every case is within tolerance (with --quantize: if every case "
       "ran and produced its outputs).\n"
@@ -157,9 +165,10 @@ int run(int argc, char** argv) {
                   "config: a config.json beside the file, else --model's transformer/config.json, else inferred "
                   "from its tensors. It must be the architecture --model's pipeline uses");
   gen->add_option("-p,--prompt", g.prompts, "text prompt; repeat for several images")->required();
-  gen->add_option("--negative-prompt", g.negative_prompts,
-                  "one per prompt: the unconditional branch of classifier-free guidance (SD3.5, Wan: with --guidance > 1; "
-                  "Flux: with --true-cfg > 1)");
+  gen->add_option(
+      "--negative-prompt", g.negative_prompts,
+      "one per prompt: the unconditional branch of classifier-free guidance (SD3.5, Wan: with --guidance > 1; "
+      "Flux: with --true-cfg > 1)");
   gen->add_option("--steps", g.steps, "denoising steps (default: the model's, 28 for Flux and SD3.5)")
       ->check(CLI::PositiveNumber);
   gen->add_option("--guidance", g.guidance,
@@ -168,9 +177,10 @@ int run(int argc, char** argv) {
   gen->add_option("--guidance-2", g.guidance_2,
                   "Wan2.2: the low-noise expert's classifier-free guidance scale (default 3.0; --guidance when only "
                   "that is given)");
-  gen->add_option("--true-cfg", g.true_cfg,
-                  "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
-                  "4 for Qwen-Image)");
+  gen->add_option(
+      "--true-cfg", g.true_cfg,
+      "true classifier-free guidance scale, used with --negative-prompt (1 = off; default: the model's, 1 for Flux, "
+      "4 for Qwen-Image)");
   gen->add_option("--seed", g.seed, "noise seed; images equal diffusers' for the same seed (torch CPU generator)");
   gen->add_option("--latents", g.latents,
                   "initial noise instead of --seed's: a safetensors FILE holding a tensor named 'latents', or "
@@ -263,8 +273,9 @@ int run(int argc, char** argv) {
       "that config's folder");
 
   auto* bench_cache = bench->add_subcommand(
-      "cache", "Step caching's speed and image quality: one generation uncached, then one per --mode with the "
-               "same seed (PSNR/SSIM against the uncached image), the pipeline loaded once");
+      "cache",
+      "Step caching's speed and image quality: one generation uncached, then one per --mode with the "
+      "same seed (PSNR/SSIM against the uncached image), the pipeline loaded once");
   meshdit::BenchCacheCommand bc;
   bench_cache->add_option("--model", bc.model, "diffusers pipeline folder (default: the built-in model)");
   bench_cache->add_option("--transformer", bc.transformer,
@@ -284,8 +295,9 @@ int run(int argc, char** argv) {
   meshdit::add_plan_command(app);  // runs from its callback
 
   auto* conv = app.add_subcommand(
-      "convert", "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, GGUF, a "
-                 "folder) to a .safetensors file, or a transformer to a city96-style .gguf file (quantized by --type)");
+      "convert",
+      "Convert a checkpoint (a PyTorch .bin/.pt read without running its pickle, safetensors, GGUF, a "
+      "folder) to a .safetensors file, or a transformer to a city96-style .gguf file (quantized by --type)");
   meshdit::ConvertCommand cv;
   conv->add_option("source", cv.source, "checkpoint file, sharded index or folder")->required();
   conv->add_option("-o,--output", cv.output, "output file; its extension picks the format (.safetensors, .gguf)")
@@ -300,14 +312,16 @@ int run(int argc, char** argv) {
   conv->add_flag("!--no-progress", cv.progress, "no line per tensor on stderr");
 
   auto* classes = app.add_subcommand("classes", "List the component classes `check` can run");
-  auto* compare = app.add_subcommand("compare", "PSNR and SSIM of two PNGs of one size (e.g. a cached or quantized "
-                                                "generation against the exact one of the same seed)");
+  auto* compare = app.add_subcommand("compare",
+                                     "PSNR and SSIM of two PNGs of one size (e.g. a cached or quantized "
+                                     "generation against the exact one of the same seed)");
   std::string compare_a, compare_b;
   compare->add_option("a", compare_a, "first PNG")->required();
   compare->add_option("b", compare_b, "second PNG")->required();
   auto* info = app.add_subcommand(
-      "info", "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
-              "exit 1 when the GEMM runs below what the CPU supports");
+      "info",
+      "Print the CPU (model, ISA flags), the GEMM library and the kernels it chose, threads, MPI and NCCL; "
+      "exit 1 when the GEMM runs below what the CPU supports");
 
   try {
     app.parse(argc, argv);
@@ -315,7 +329,7 @@ int run(int argc, char** argv) {
     return app.exit(e);
   }
   if (threads > 0) meshdit::set_num_threads(threads);
-  if (*check) return cmd_check(dirs, quiet, check_mesh, check_parallel, check_precision, check_quantize);
+  if (*check) return cmd_check(dirs, quiet, check_mesh, check_parallel, check_precision, check_quantize, check_device);
   if (*gen) return meshdit::run_generate(g);
   if (*serve) return meshdit::run_serve(sv);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);

@@ -120,7 +120,7 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
     TensorMap in;
     for (const auto& i : arch.inputs) {
       if (i.optional && !c.inputs.count(i.name)) continue;
-      MD_TRY(in[i.name], c.input(i.name));
+      MD_TRY(in[i.name], c.device_input(i.name));
     }
     const Tensor& x = in.at(arch.inputs.at(0).name);
     BatchSplit split;
@@ -128,6 +128,7 @@ CaseRunner transformer_runner(const TransformerArch& arch) {
            transformer_mesh(c, arch, arch.dims(cfg).heads, x.size(0), arch.tokens_of_inputs(cfg, in), &split));
     const ParallelContext par = mesh->context();
     MD_TRY(Checkpoint ck, case_weights(c, arch));
+    c.place(ck);
     MD_TRY(std::shared_ptr<Transformer> model, arch.load(ck, cfg, &par));
     for (const auto& i : arch.inputs)
       if (i.batched && in.count(i.name)) in[i.name] = split.take(in[i.name]);

@@ -11,9 +11,9 @@ namespace {
 
 Result<TensorMap> run_clip_text(const CaseContext& c) {
   MD_TRY(CLIPTextConfig cfg, CLIPTextConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/model.safetensors"));
   MD_TRY(CLIPTextModel model, CLIPTextModel::load(ck, cfg));
-  MD_TRY(Tensor ids, c.input("input_ids"));
+  MD_TRY(Tensor ids, c.device_input("input_ids"));
   MD_TRY(CLIPTextOutput o, model.forward(ids));
   TensorMap out;
   out["last_hidden_state"] = o.last_hidden_state;
@@ -33,15 +33,15 @@ Result<T5Encoder> load_t5_family(const CaseContext& c, const T5Config& cfg) {
   if (mesh->config().sp > 1 || mesh->config().cfg > 1)
     return make_error(std::string("the ") + name + " runs with tensor parallelism only (--parallel tp=N)");
   const ParallelContext par = mesh->context();
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/model.safetensors"));
   return T5Encoder::load(ck, cfg, &par);
 }
 
 Result<TensorMap> run_t5(const CaseContext& c) {
   MD_TRY(T5Config cfg, T5Config::from_json(c.dir + "/config.json"));
   MD_TRY(T5Encoder model, load_t5_family(c, cfg));
-  MD_TRY(Tensor ids, c.input("input_ids"));
-  MD_TRY(Tensor mask, c.input("attention_mask"));
+  MD_TRY(Tensor ids, c.device_input("input_ids"));
+  MD_TRY(Tensor mask, c.device_input("attention_mask"));
   TensorMap out;
   std::vector<Tensor> hs;
   MD_TRY(out["last_hidden_state"], model.forward(ids, Tensor(), &hs));
@@ -66,14 +66,15 @@ Result<TensorMap> run_umt5(const CaseContext& c) {
   MD_TRY(T5Config cfg, T5Config::from_json(c.dir + "/config.json"));
   if (!cfg.bias_per_layer) return make_error(c.dir + "/config.json: model_type should be 'umt5' for UMT5EncoderModel");
   MD_TRY(T5Encoder model, load_t5_family(c, cfg));
-  MD_TRY(Tensor ids, c.input("input_ids"));
-  MD_TRY(Tensor mask, c.input("attention_mask"));
+  MD_TRY(Tensor ids, c.device_input("input_ids"));
+  MD_TRY(Tensor mask, c.device_input("attention_mask"));
+  MD_TRY(Tensor host_mask, c.input("attention_mask"));
   TensorMap out;
   std::vector<Tensor> hs;
   MD_TRY(Tensor last, model.forward(ids, mask, &hs));
   out["last_hidden_state"] = last;
   for (size_t i = 0; i < hs.size(); ++i) out["hidden_states." + std::to_string(i)] = hs[i];
-  MD_TRY(std::vector<int64_t> lens, mask_lengths(mask));
+  MD_TRY(std::vector<int64_t> lens, mask_lengths(host_mask));
   // The fixture's ids are already padded to the pipeline's max_sequence_length.
   MD_TRY(out["wan_prompt_embeds"], trim_prompt_embeds(last, lens, last.size(1)));
   return out;
@@ -87,10 +88,10 @@ Result<TensorMap> run_qwen25vl_text(const CaseContext& c) {
   if (mesh->config().sp > 1 || mesh->config().cfg > 1)
     return make_error("the Qwen2.5-VL text encoder runs with tensor parallelism only (--parallel tp=N)");
   const ParallelContext par = mesh->context();
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/model.safetensors"));
   MD_TRY(Qwen25VLTextEncoder model, Qwen25VLTextEncoder::load(ck, cfg, &par));
-  MD_TRY(Tensor ids, c.input("input_ids"));
-  MD_TRY(Tensor mask, c.input("attention_mask"));
+  MD_TRY(Tensor ids, c.device_input("input_ids"));
+  MD_TRY(Tensor mask, c.device_input("attention_mask"));
   TensorMap out;
   std::vector<Tensor> hs;
   MD_TRY(out["hidden_states_last"], model.forward(ids, mask, &hs));

@@ -20,14 +20,14 @@ Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
   // Asked even on one device: that is what makes the runner accept --mesh.
   MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKL", 1}));
   MD_TRY(AutoencoderKLConfig cfg, AutoencoderKLConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/diffusion_pytorch_model.safetensors"));
   MD_TRY(AutoencoderKL vae, AutoencoderKL::load(ck, cfg));
   const bool has_z = c.inputs.count("z") != 0, has_image = c.inputs.count("image") != 0;
   if (!has_z && !has_image) return make_error(c.dir + "/inputs.safetensors: neither 'z' nor 'image' to run");
   TensorMap out;
   Hooks hooks = collect_into(out);
   if (has_z) {
-    MD_TRY(Tensor z, c.input("z"));
+    MD_TRY(Tensor z, c.device_input("z"));
     if (mesh->vae().size() > 1) {
       MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae(), &hooks));
     } else {
@@ -35,7 +35,7 @@ Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
     }
   }
   if (has_image) {
-    MD_TRY(Tensor image, c.input("image"));
+    MD_TRY(Tensor image, c.device_input("image"));
     MD_TRY(DiagonalGaussian post, vae.encode(image, &hooks));
     out["posterior_mean"] = post.mean;
     out["posterior_logvar"] = post.logvar;
@@ -49,7 +49,7 @@ Result<TensorMap> run_autoencoder_kl(const CaseContext& c) {
 Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
   MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKLWan", 1}));
   MD_TRY(AutoencoderKLWanConfig cfg, AutoencoderKLWanConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/diffusion_pytorch_model.safetensors"));
   MD_TRY(AutoencoderKLWan vae, AutoencoderKLWan::load(ck, cfg));
   const char* pixels = c.inputs.count("video") ? "video" : "image";
   const bool has_z = c.inputs.count("z") != 0, has_pixels = c.inputs.count(pixels) != 0;
@@ -57,7 +57,7 @@ Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
   TensorMap out;
   Hooks hooks = collect_into(out);
   if (has_z) {
-    MD_TRY(Tensor z, c.input("z"));
+    MD_TRY(Tensor z, c.device_input("z"));
     if (mesh->vae().size() > 1) {
       MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae(), &hooks));
     } else {
@@ -65,7 +65,7 @@ Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
     }
   }
   if (has_pixels) {
-    MD_TRY(Tensor video, c.input(pixels));
+    MD_TRY(Tensor video, c.device_input(pixels));
     MD_TRY(DiagonalGaussian post, vae.encode(video));
     out["posterior_mean"] = post.mean;
     out["posterior_logvar"] = post.logvar;
@@ -78,9 +78,9 @@ Result<TensorMap> run_autoencoder_kl_wan(const CaseContext& c) {
 Result<TensorMap> run_autoencoder_kl_mochi(const CaseContext& c) {
   MD_TRY(const Mesh* mesh, c.mesh(ModelTraits{"AutoencoderKLMochi", 1}));
   MD_TRY(AutoencoderKLMochiConfig cfg, AutoencoderKLMochiConfig::from_json(c.dir + "/config.json"));
-  MD_TRY(Checkpoint ck, Checkpoint::open(c.dir + "/diffusion_pytorch_model.safetensors"));
+  MD_TRY(Checkpoint ck, c.open_weights(c.dir + "/diffusion_pytorch_model.safetensors"));
   MD_TRY(AutoencoderKLMochi vae, AutoencoderKLMochi::load(ck, cfg));
-  MD_TRY(Tensor z, c.input("z"));
+  MD_TRY(Tensor z, c.device_input("z"));
   TensorMap out;
   if (mesh->vae().size() > 1) {
     MD_TRY(out["decoded"], vae.decode_parallel(z, mesh->vae()));
