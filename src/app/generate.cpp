@@ -22,6 +22,7 @@
 #include "io/json_config.h"
 #include "io/png.h"
 #include "io/safetensors.h"
+#include "io/video.h"
 #include "parallel/mpi_comm.h"
 #include "pipelines/pipeline.h"
 
@@ -188,6 +189,9 @@ int run_generate(const GenerateCommand& cmd) {
                              : !video                 ? "out.png"
                              : cmd.frames_dir.empty() ? "out.mp4"
                                                       : "";
+  // Built without FFmpeg: an .mp4 is refused now, not after the frames are made.
+  if (is_mp4_path(output))
+    if (auto st = mp4_output_available(output); !st.ok()) return fail(st.error().message);
 
   // Refuse an unwritable output before minutes of work, not after.
   const size_t n_images = cmd.prompts.size() * size_t(std::max<int64_t>(1, cmd.batch));

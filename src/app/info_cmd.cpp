@@ -1,12 +1,15 @@
 #include "app/info_cmd.h"
 
 #include <cstdio>
+#include <string>
 
+#include "app/serve.h"
 #include "backend/cpu/cpu_info.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/quant_dot.h"
 #include "backend/precision.h"
 #include "core/thread_pool.h"
+#include "io/video.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/nccl_comm.h"
 #if defined(MESHDIT_HAVE_CUDA_BACKEND)
@@ -66,13 +69,22 @@ int run_info() {
   std::printf("  bf16:   %s\n", k.bf16_available ? k.bf16_impl.c_str() : "none (no bf16 matmul kernel for this CPU)");
   std::printf("  precision: default %s for generate / bench transformer (check: f32); bf16 here is %s\n",
               precision_name(default_compute_precision()), native_bf16() ? "native" : "emulated");
-  std::printf("quantized: GGUF weights stay quantized; products over many rows decode each weight tile to bf16 (f32)\n"
-              "          for the GEMM above; over 1-7 rows in bf16 precision, Q8_0 / Q4_K run integer dot products: %s\n",
-              cpu::quant_dot_isa_name(cpu::quant_dot_isa()).c_str());
+  std::printf(
+      "quantized: GGUF weights stay quantized; products over many rows decode each weight tile to bf16 (f32)\n"
+      "          for the GEMM above; over 1-7 rows in bf16 precision, Q8_0 / Q4_K run integer dot products: %s\n",
+      cpu::quant_dot_isa_name(cpu::quant_dot_isa()).c_str());
   std::printf("threads:  %d (our pool; each GEMM call is single-threaded inside one of its tasks)\n", num_threads());
   std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
               mpi::launched() ? "launched by mpirun" : "not launched: single process");
   std::printf("nccl:     %s\n", nccl_available() ? "built in (CUDA + NCCL)" : "not built in");
+  const std::string video = video_library(), http = http_library();
+  std::printf("ffmpeg:   %s\n",
+              video.empty() ? "not built in (no MP4 output; PNG frames only)" : (video + " (MP4 output)").c_str());
+  std::printf("httplib:  %s\n",
+              http.empty() ? "not built in (no `meshdit serve`)" : (http + " (`meshdit serve`)").c_str());
+  // The optional dependencies (CMake MESHDIT_WITH_MPI / _FFMPEG / _HTTPLIB), one line to grep.
+  std::printf("built with: MPI %s, FFmpeg %s, cpp-httplib %s\n", mpi::available() ? "yes" : "no",
+              video.empty() ? "no" : "yes", http.empty() ? "no" : "yes");
   print_cuda_devices();
   const Status st = cpu::check_gemm_dispatch();
   if (!st.ok()) {

@@ -609,6 +609,8 @@ std::string Server::stop(bool cancel_running) {
 
 const RequestDefaults& Server::defaults() const { return impl_->defaults; }
 
+std::string http_library() { return "cpp-httplib " CPPHTTPLIB_VERSION; }
+
 int run_serve(const ServeCommand& cmd) {
   auto fail = [](const std::string& msg) {
     std::fprintf(stderr, "meshdit serve: %s\n", msg.c_str());

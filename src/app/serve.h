@@ -58,8 +58,13 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
-// Runs `meshdit serve` until SIGINT or SIGTERM; returns the exit status.
+// Runs `meshdit serve` until SIGINT or SIGTERM; returns the exit status. Built without cpp-httplib
+// (CMake MESHDIT_WITH_HTTPLIB=OFF, or libcpp-httplib-dev not found) app/serve_none.cpp replaces app/serve.cpp:
+// Server::create and run_serve say so, and run_serve returns 1.
 int run_serve(const ServeCommand& cmd);
+
+// The HTTP library `serve` is built with ("cpp-httplib 0.11.4"), or "" when it was built without one.
+std::string http_library();
 
 // The page served at / (app/serve_page.cpp).
 const char* serve_page_html();

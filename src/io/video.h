@@ -21,6 +21,20 @@ struct Mp4Options {
   std::string preset = "medium";
 };
 
+// Built without FFmpeg (CMake MESHDIT_WITH_FFMPEG=OFF, or its libraries not found) io/video_none.cpp replaces
+// io/video.cpp: write_mp4 and read_video return an error saying so, write_png_frames works as ever.
+
+// The FFmpeg this build writes MP4 with ("FFmpeg 5.1.6"), or "" when it was built without FFmpeg.
+std::string video_library();
+
+// ok when this build can write `path` as MP4; otherwise the error write_mp4 would return (built without
+// FFmpeg), for refusing an .mp4 output before the work that makes the frames.
+Status mp4_output_available(const std::string& path);
+
+// Why `frames` cannot be a video (the error names `path`): not [F, H, W, 3] floating point, no frames, or
+// frames of no video size. write_mp4 and write_png_frames check it first.
+Status check_video_frames(const std::string& path, const Tensor& frames);
+
 // Writes frames [F, H, W, 3] (any float dtype, any device) as H.264 in yuv420p at `fps` into an MP4 whose
 // index is at the front (plays while downloading). yuv420p subsamples chroma 2x2, so odd widths or heights
 // are an error rather than a silent pad or crop: every video pipeline makes sizes divisible by 16, and an

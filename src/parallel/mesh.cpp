@@ -214,6 +214,9 @@ Result<ParallelConfig> resolve_parallel_config(const MeshShape& shape, const std
 Result<Mesh> make_mesh(const MeshShape& shape, const std::string& overrides, const ModelTraits& model) {
   MD_TRY(ParallelConfig pc, resolve_parallel_config(shape, overrides, model));
   if (shape.size() == 1) return Mesh::single();
+  if (!mpi::available())
+    return make_error("--mesh " + shape.str() + ": this meshdit was built without MPI (libopenmpi-dev): only the 1x1 " +
+                      "mesh runs (one process); rebuild with MPI installed (tools/setup-debian.sh) for a mesh");
   return Mesh::create(world_communicator(), shape, pc);
 }
 

@@ -9,7 +9,12 @@
 
 namespace meshdit {
 
+// Built without MPI (CMake MESHDIT_WITH_MPI=OFF, or no MPI found) parallel/mpi_none.cpp replaces mpi_comm.cpp:
+// the world is this one process (a LocalComm, the 1x1 mesh), and init() refuses a launch of more than one rank.
+
 namespace mpi {
+// True when this meshdit was built with MPI (meshes of more than one rank).
+bool available();
 // True when a launcher started this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK, ...).
 bool launched();
 // MPI_Init_thread(FUNNELED) once; a no-op when not launched. Errors name what failed.

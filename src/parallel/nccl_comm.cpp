@@ -6,15 +6,12 @@
 #include <nccl.h>
 
 #include <algorithm>
-#include <climits>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "parallel/mpi_comm.h"
-#include "parallel/mpi_util.h"
+#include "parallel/nccl_host.h"
 
 #if defined(NCCL_VERSION) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 #define MESHDIT_NCCL_HAS_SPLIT 1
@@ -60,15 +57,17 @@ class DeviceGuard {
   int prev_ = 0;
 };
 
-// An NCCL communicator over the ranks of `comm`: rank 0 makes the unique id, MPI carries it to the others.
-ncclComm_t init_over(MPI_Comm comm) {
-  int rank = 0, size = 1;
-  mpi::check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
-  mpi::check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+using nccl_host::Group;
+using nccl_host::Probe;
+
+// An NCCL communicator over the ranks of `host`: rank 0 makes the unique id, the host group (MPI) carries it to
+// the others.
+ncclComm_t init_over(Group& host) {
+  const int rank = host.rank(), size = host.size();
   ncclUniqueId id;
   std::memset(&id, 0, sizeof id);
   if (rank == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-  mpi::check(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, comm), "MPI_Bcast(ncclUniqueId)");
+  host.broadcast_bytes(&id, int(sizeof id), 0);
   ncclComm_t nc = nullptr;
   nccl_check(ncclCommInitRank(&nc, size, id, rank), "ncclCommInitRank");
   return nc;
@@ -76,17 +75,18 @@ ncclComm_t init_over(MPI_Comm comm) {
 
 class NcclComm final : public Communicator {
  public:
-  // Takes ownership of `mpi` (the same ranks in the same order as `nccl`, for bootstrap and host strings)
+  // Takes ownership of `host` (the same ranks in the same order as `nccl`, for bootstrap and host strings)
   // and of `nccl`.
-  NcclComm(MPI_Comm mpi, ncclComm_t nccl, int device) : mpi_(mpi), nccl_(nccl), device_(device) {
-    mpi::check(MPI_Comm_rank(mpi_, &rank_), "MPI_Comm_rank");
-    mpi::check(MPI_Comm_size(mpi_, &size_), "MPI_Comm_size");
+  NcclComm(std::unique_ptr<Group> host, ncclComm_t nccl, int device)
+      : host_(std::move(host)), nccl_(nccl), device_(device) {
+    rank_ = host_->rank();
+    size_ = host_->size();
     int nr = -1, ns = -1;
     nccl_check(ncclCommUserRank(nccl_, &nr), "ncclCommUserRank", nccl_);
     nccl_check(ncclCommCount(nccl_, &ns), "ncclCommCount", nccl_);
     MD_CHECK(nr == rank_ && ns == size_, "NCCL communicator: NCCL rank " + std::to_string(nr) + "/" +
-                                             std::to_string(ns) + " differs from MPI rank " + std::to_string(rank_) +
-                                             "/" + std::to_string(size_));
+                                             std::to_string(ns) + " differs from the host group's rank " +
+                                             std::to_string(rank_) + "/" + std::to_string(size_));
     DeviceGuard g(device_);
     cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     cuda_check(cudaMalloc(reinterpret_cast<void**>(&scratch_), sizeof(float)), "cudaMalloc");
@@ -101,7 +101,7 @@ class NcclComm final : public Communicator {
       if (scratch_) cudaFree(scratch_);
       if (stream_) cudaStreamDestroy(stream_);
     }
-    if (mpi_ != MPI_COMM_NULL && !mpi::finalized()) MPI_Comm_free(&mpi_);
+    // host_ goes after NCCL's communicator (MPI_Comm_free in the MPI build).
   }
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -186,19 +186,18 @@ class NcclComm final : public Communicator {
     MD_CHECK(color >= 0, "split: color " + std::to_string(color) + " must be >= 0");
     DeviceGuard g(device_);
     idle("split");
-    MPI_Comm sub = MPI_COMM_NULL;
-    mpi::check(MPI_Comm_split(mpi_, color, key, &sub), "MPI_Comm_split");
+    std::unique_ptr<Group> sub = host_->split(color, key);
     ncclComm_t nc = nullptr;
 #if MESHDIT_NCCL_HAS_SPLIT
     // Same ordering rule as MPI_Comm_split (key, then parent rank): the constructor checks the ranks agree.
     nccl_check(ncclCommSplit(nccl_, color, key, &nc, nullptr), "ncclCommSplit", nccl_);
 #else
-    nc = init_over(sub);
+    nc = init_over(*sub);
 #endif
-    return std::make_unique<NcclComm>(sub, nc, device_);
+    return std::make_unique<NcclComm>(std::move(sub), nc, device_);
   }
   std::vector<std::string> gather_strings(const std::string& s, int root) override {
-    return mpi::gather_strings(mpi_, s, root);
+    return host_->gather_strings(s, root);
   }
 
  private:
@@ -267,28 +266,13 @@ class NcclComm final : public Communicator {
     nccl_check(ncclGroupEnd(), "ncclGroupEnd", nccl_);
   }
 
-  MPI_Comm mpi_;
+  std::unique_ptr<Group> host_;
   ncclComm_t nccl_;
   int device_;
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
   float* scratch_ = nullptr;
   bool in_flight_ = false;
-};
-
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  const long x = std::strtol(v, &end, 10);
-  return (*end == '\0' && x >= 0 && x <= INT_MAX) ? int(x) : fallback;
-}
-
-// Why this rank cannot join (empty: it can), and its device.
-struct Probe {
-  std::string why;
-  int device = -1;
-  char bus[32] = {};
 };
 
 Probe probe_device(int local_rank) {
@@ -314,64 +298,16 @@ Probe probe_device(int local_rank) {
   return p;
 }
 
+void set_device(int device) { cuda_check(cudaSetDevice(device), "cudaSetDevice"); }
+
 }  // namespace
 
 bool nccl_available() { return true; }
 
 Result<std::unique_ptr<Communicator>> nccl_world_communicator() {
-  if (!mpi::initialized() || mpi::finalized())
-    return make_error(
-        "NCCL communicator: MPI is not initialised (NCCL is bootstrapped over MPI: start the job with mpirun)");
-  int world_rank = 0;
-  mpi::check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
-
-  // The ranks sharing this node: the local rank when the launcher does not say, and the GPU check.
-  MPI_Comm node = MPI_COMM_NULL;
-  mpi::check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
-  int node_rank = 0, node_size = 1;
-  mpi::check(MPI_Comm_rank(node, &node_rank), "MPI_Comm_rank");
-  mpi::check(MPI_Comm_size(node, &node_size), "MPI_Comm_size");
-  int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", -1);
-  if (local_rank < 0) local_rank = env_int("MPI_LOCALRANKID", -1);
-  if (local_rank < 0) local_rank = env_int("SLURM_LOCALID", -1);
-  if (local_rank < 0) local_rank = node_rank;
-
-  Probe p = probe_device(local_rank);
-  // NCCL needs one GPU per rank: two ranks of this node on one device (more ranks than GPUs, or a
-  // CUDA_VISIBLE_DEVICES that shows every rank the same one) would fail inside ncclCommInitRank.
-  constexpr int kBus = int(sizeof p.bus);
-  std::vector<char> buses(size_t(node_size) * size_t(kBus));
-  mpi::check(MPI_Allgather(p.bus, kBus, MPI_CHAR, buses.data(), kBus, MPI_CHAR, node), "MPI_Allgather");
-  mpi::check(MPI_Comm_free(&node), "MPI_Comm_free");
-  if (p.why.empty()) {
-    for (int q = 0; q < node_size; ++q) {
-      const char* other = buses.data() + size_t(q) * size_t(kBus);
-      if (q != node_rank && std::strncmp(other, p.bus, size_t(kBus)) == 0) {
-        p.why = "ranks " + std::to_string(std::min(q, node_rank)) + " and " + std::to_string(std::max(q, node_rank)) +
-                " of this node share GPU " + p.bus + " (NCCL needs one GPU per rank: start at most as many ranks " +
-                "per node as it has GPUs)";
-        break;
-      }
-    }
-  }
-
-  // Every rank learns whether all can join, and the first failing rank's reason.
-  const int mine = p.why.empty() ? INT_MAX : world_rank;
-  int first = INT_MAX;
-  mpi::check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
-  if (first != INT_MAX) {
-    int len = world_rank == first ? mpi::count(int64_t(p.why.size()), "nccl_world_communicator") : 0;
-    mpi::check(MPI_Bcast(&len, 1, MPI_INT, first, MPI_COMM_WORLD), "MPI_Bcast");
-    std::string why = world_rank == first ? p.why : std::string(size_t(len), '\0');
-    mpi::check(MPI_Bcast(why.data(), len, MPI_CHAR, first, MPI_COMM_WORLD), "MPI_Bcast");
-    return make_error("NCCL communicator: rank " + std::to_string(first) + ": " + why);
-  }
-
-  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
-  MPI_Comm world = MPI_COMM_NULL;
-  mpi::check(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");
-  ncclComm_t nc = init_over(world);
-  return std::unique_ptr<Communicator>(std::make_unique<NcclComm>(world, nc, p.device));
+  MD_TRY(nccl_host::World w, nccl_host::join_world(probe_device, set_device));
+  ncclComm_t nc = init_over(*w.group);
+  return std::unique_ptr<Communicator>(std::make_unique<NcclComm>(std::move(w.group), nc, w.device));
 }
 
 }  // namespace meshdit

@@ -4,7 +4,9 @@
 // communicator's CUDA stream) except send_recv_start, whose transfer completes in send_recv_wait; the
 // caller must not touch its buffers in between. For send_recv the receive count must equal the count the
 // peer sends (NCCL matches messages by count, not by capacity as MPI does). CUDA and NCCL failures abort
-// with a message naming the call (comm.h). gather_strings is host strings over MPI.
+// with a message naming the call (comm.h). gather_strings is host strings over MPI. Built without MPI
+// (MESHDIT_WITH_MPI=OFF) the world is this one process: an NCCL communicator of one rank on one GPU, whose
+// bootstrap, sub-groups and strings stay in the process (nccl_host.h).
 //
 // This header is present in every build; nccl_comm.cpp is compiled only when CMake found CUDA and NCCL
 // (MESHDIT_CUDA), otherwise nccl_stub.cpp, whose factory says the build has no NCCL.

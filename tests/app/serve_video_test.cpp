@@ -23,6 +23,7 @@ TEST(ServeVideo, WanJobReturnsAnMp4) {
   const std::string shared = test::shared_fixtures_dir();
   const std::string model = shared + "/pipe_wan22";
   if (shared.empty() || !fs::exists(model + "/model_index.json")) GTEST_SKIP() << "no shared pipe_wan22 fixture";
+  if (video_library().empty()) GTEST_SKIP() << "built without FFmpeg";
   ServeCommand cmd;
   cmd.model = model;
   cmd.port = 0;
