@@ -16,6 +16,8 @@
 #include <random>
 
 #include "app/info_cmd.h"
+#include "backend/backend.h"
+#include "backend/ops.h"
 #include "backend/precision.h"
 #include "core/allocator.h"
 #include "core/memory_info.h"
@@ -187,6 +189,9 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
       cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
   const ScopedPrecision run_precision(*precision);  // this run only
+  const Device dev = cmd.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (dev != Device::CPU && !find_backend(dev))
+    return fail("--device " + cmd.device + ": no " + cmd.device + " device in this process (`meshdit info` says why)");
   auto world = world_communicator();
   const bool lead = world->rank() == 0;
   auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());
@@ -205,19 +210,30 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto mesh = make_mesh(shape, cmd.parallel, traits);
   if (!mesh.ok()) return fail(mesh.error().message);
   if (lead && shape.size() > 1) std::printf("mesh %s: %s\n", shape.str().c_str(), mesh->config().str().c_str());
+  if (dev != Device::CPU && shape.size() > 1)
+    return fail("--device " + cmd.device + ": the benchmark runs on one device (a mesh runs on CPU ranks)");
   const ParallelContext par = mesh->context();
+  opened->ck.place_on(dev);
   auto model = arch.load(opened->ck, opened->config, &par);
   if (!model.ok()) return fail(model.error().message);
-  const TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, L);
+  TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, L);
+  for (auto& kv : inputs) kv.second = ops::to_device(kv.second, dev);
   const double flops = arch.flops(opened->config, N, L);
   std::fprintf(stderr, "%s (%s layout): %s; %lldx%lld -> %lld image + %lld text tokens\n", arch.name.c_str(),
                opened->layout.c_str(), arch.describe(opened->config).c_str(), (long long)cmd.width,
                (long long)cmd.height, (long long)N, (long long)L);
   std::shared_ptr<Transformer> m = *model;
   std::vector<double> times, cpu_times;
-  auto forward = [&]() { return m->forward(inputs); };
+  // On a device the kernels run asynchronously: the step is timed until its output is on the host.
+  auto forward = [&]() -> Result<Tensor> {
+    MD_TRY(Tensor y, m->forward(inputs));
+    return dev == Device::CPU ? y : ops::to_device(y, Device::CPU);
+  };
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
-  std::printf("gemm %s\n", gemm_kernel_summary().c_str());
+  if (dev == Device::CPU)
+    std::printf("gemm %s\n", gemm_kernel_summary().c_str());
+  else
+    std::printf("device %s (%s backend)\n", device_name(dev), backend_for(dev).name);
   std::printf("precision %s\n", precision_description(compute_precision()).c_str());
   warn_if_gemm_below_cpu();
   print_rss_per_rank(*world, "after load");

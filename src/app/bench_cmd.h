@@ -15,6 +15,7 @@ struct BenchTransformerCommand {
   std::string mesh, parallel;  // run on a mesh under mpirun (see `meshdit generate --mesh`)
   bool profile = false;        // print where steps 2..N spent their time, per kernel
   std::string trace_path;      // Chrome trace of the run ("" = none)
+  std::string device = "cpu";  // "cpu" or "cuda"
 };
 
 // Times `steps` forwards; prints each step and, last, "s_per_step <median of steps 2..N>". On a mesh every

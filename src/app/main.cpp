@@ -256,6 +256,11 @@ int run(int argc, char** argv) {
                      "after the steps, the time of steps 2..N per kernel (linear, attention, norms, ...) and outside "
                      "them");
   bench_tr->add_option("--trace", bt.trace_path, "write a Chrome trace of the run (open it in Perfetto)");
+  bench_tr
+      ->add_option("--device", bt.device,
+                   "cpu (default) or cuda: weights and inputs on that device; a step ends when its output is back "
+                   "on the host")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   add_mesh_options(bench_tr, bt.mesh, bt.parallel);
   auto* bench_rand = bench->add_subcommand("random-checkpoint",
                                            "Write a random bf16 transformer at real width in a single-file layout");

@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <set>
 
+#include "../stand_in_device.h"
 #include "../test_util.h"
 #include "app/bench_cmd.h"
+#include "backend/backend.h"
 #include "models/registry.h"
 
 using namespace meshdit;
@@ -108,6 +110,26 @@ TEST(Bench, TransformerProfileSplitsTheStepByKernelAndWritesATrace) {
   EXPECT_NE(log.find("(outside kernels)"), std::string::npos) << log;
   EXPECT_NE(log.find("page faults"), std::string::npos) << log;
   EXPECT_TRUE(std::filesystem::exists(trace));
+}
+
+// --device cuda on the stand-in device (CPU kernels under the CUDA tag): the weights and inputs go there and every
+// step's output comes back through the device's copies; without a device it is one clear error.
+TEST(Bench, TransformerRunsOnTheDeviceItIsGiven) {
+  if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA device is present: device-check.sh times it";
+  BenchTransformerCommand cmd;
+  cmd.path = test::fixtures_dir() + "/flux1_dev_transformer";
+  cmd.width = cmd.height = 32;
+  cmd.text_tokens = 8;
+  cmd.steps = 2;
+  cmd.device = "cuda";
+  EXPECT_EQ(run_bench_transformer(cmd), 1);  // no device yet
+  {
+    test::StandInDevice stand_in;
+    const int64_t up = test::g_uploads.load(), down = test::g_downloads.load();
+    EXPECT_EQ(run_bench_transformer(cmd), 0);
+    EXPECT_GT(test::g_uploads.load(), up) << "weights and inputs were not placed on the device";
+    EXPECT_GE(test::g_downloads.load() - down, 2) << "each step's output comes back to the host";
+  }
 }
 
 TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
