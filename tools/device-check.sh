@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
 # The GPU check, as one command, for whoever holds a GPU machine (CUDA toolkit, cmake, ninja, python3; none of
-# our Debian packages, no network). It builds core/ and backend/ with the CUDA backend and their tests
-# (-DMESHDIT_BACKEND_ONLY=ON: the rest of meshdit needs FFmpeg, MPI, ... which such a machine lacks), runs every
-# backend test (each backend-parameterised suite runs on CUDA when a device is present, plus
-# tests/backend/cuda_test.cpp) and writes one JSON of results:
-#   $OUT/device-check.json   summary: machine, GPU, build, test counts, failures
-#   $OUT/gtest.json          GoogleTest's own report
-#   $OUT/build.log, $OUT/tests.log
-# OUT defaults to ./device-check-out. Exit status: 0 when the build and every test pass.
+# our Debian packages, no network). It builds the whole CLI with the CUDA backend (MPI, FFmpeg and cpp-httplib are
+# optional: CMake leaves out what the machine lacks) and its tests, then
+#   1. runs the test suite with ctest (every backend-parameterised suite runs on CUDA when a device is present,
+#      tests/backend/cuda_test.cpp, the NCCL tests on one GPU: nccl_np1),
+#   2. runs `meshdit check --device cuda` on every fixture case in tests/fixtures, in f32 and in bf16 precision,
+#   3. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
+#      for Flux.1-dev, SD3.5-Large and Qwen-Image at 1024x1024 at two depths, and extrapolates to the full depth
+#      (time = fixed + per block x blocks, fitted on the two depths),
+# and writes one JSON of results:
+#   $OUT/device-check.json   summary: machine, GPU, build, test counts and failures, fixtures, forwards
+#   $OUT/ctest.xml, $OUT/build.log, $OUT/tests.log, $OUT/check.log, $OUT/bench.log
+# OUT defaults to ./device-check-out. Exit status: 0 when the build, every test and every fixture pass.
+# If the whole CLI does not build there, it falls back to core/ + backend/ and their tests (MESHDIT_BACKEND_ONLY)
+# and says so in the JSON (build_kind).
 #
-# The packages the build needs beyond the toolkit (nlohmann-json, oneDNN and its OpenCL headers, GoogleTest)
-# travel as Debian .deb files in tools/device-debs/ (git-ignored, ~8 MB), fetched on a Debian 12 machine with
+# The packages the build needs beyond the toolkit (nlohmann-json, oneDNN and its OpenCL headers, GoogleTest,
+# CLI11, sentencepiece, utf8proc, libpng, zlib, pkgconf) travel as Debian .deb files in tools/device-debs/
+# (git-ignored, ~12 MB), fetched on a Debian 12 machine with
 #   tools/device-check.sh --fetch-debs
 # and unpacked here with dpkg-deb -x into tools/device-debs/root (never into /), which CMake is pointed at.
-# Packages the machine already has are found first.
+# Packages the machine already has are found first. BENCH=0 skips the forwards; BENCH_SECONDS (default 240) is
+# what they may take.
 #
 # Without a GPU the script still builds and runs the tests (the CUDA ones skip) and says so: that is its
-# CPU-side check, the one CI can run.
+# CPU-side check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEBS=$ROOT/tools/device-debs
 PKGS=(nlohmann-json3-dev libdnnl-dev libdnnl2 ocl-icd-opencl-dev ocl-icd-libopencl1 opencl-c-headers
-      opencl-clhpp-headers libgtest-dev)
+      opencl-clhpp-headers libgtest-dev
+      libcli11-dev libsentencepiece-dev libsentencepiece0 libutf8proc-dev libutf8proc2 libpng-dev libpng16-16
+      zlib1g-dev pkgconf pkgconf-bin libpkgconf3)
 
 if [[ "${1:-}" == "--fetch-debs" ]]; then
   mkdir -p "$DEBS"
@@ -64,70 +74,203 @@ PY
 fi
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
 export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The unpacked .pc files say prefix=/usr: they are pointed at the prefix, and pkg-config searches there first.
+for pc in "$LIBDIR"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
+  [[ -e $pc ]] && sed -i "s|^prefix=/usr\$|prefix=$PREFIX/usr|" "$pc"
+done
+export PKG_CONFIG_PATH=$LIBDIR/pkgconfig:$PREFIX/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 # dnnl's CMake files and the libraries' symlinks name absolute /usr paths in some packages: CMake is given the
 # prefix's own folders.
 CMAKE_ARGS=(-DCMAKE_PREFIX_PATH="$PREFIX/usr;$LIBDIR/cmake" -DGTest_DIR="$LIBDIR/cmake/GTest"
             -Dnlohmann_json_DIR="$PREFIX/usr/share/cmake/nlohmann_json" -Ddnnl_DIR="$LIBDIR/cmake/dnnl"
             -DOpenCL_INCLUDE_DIR="$PREFIX/usr/include" -DOpenCL_LIBRARY="$LIBDIR/libOpenCL.so.1")
 [[ -e $LIBDIR/cmake/GTest ]] || CMAKE_ARGS=(-DCMAKE_PREFIX_PATH="$PREFIX/usr")
+if ! command -v pkg-config >/dev/null && [[ -x $PREFIX/usr/bin/pkgconf ]]; then
+  CMAKE_ARGS+=(-DPKG_CONFIG_EXECUTABLE="$PREFIX/usr/bin/pkgconf")
+fi
 if command -v ccache >/dev/null; then
   CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 fi
 
 status=0
 build_ok=false
-echo "== configure and build ($JOBS jobs) into $BUILD" | tee "$OUT/build.log"
-if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMESHDIT_BACKEND_ONLY=ON -DMESHDIT_CUDA=ON \
-     -DMESHDIT_BENCH=OFF "${CMAKE_ARGS[@]}" >>"$OUT/build.log" 2>&1 &&
+build_kind=full
+echo "== configure and build the CLI and its tests ($JOBS jobs) into $BUILD" | tee "$OUT/build.log"
+if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMESHDIT_CUDA=ON -DMESHDIT_BENCH=OFF \
+     "${CMAKE_ARGS[@]}" >>"$OUT/build.log" 2>&1 &&
    cmake --build "$BUILD" -j "$JOBS" >>"$OUT/build.log" 2>&1; then
   build_ok=true
 else
-  status=1
   tail -40 "$OUT/build.log"
+  echo "== the whole CLI did not build: core/ + backend/ and their tests instead" | tee -a "$OUT/build.log"
+  build_kind=backend-only
+  BUILD=$BUILD-backend
+  if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMESHDIT_BACKEND_ONLY=ON -DMESHDIT_CUDA=ON \
+       -DMESHDIT_BENCH=OFF "${CMAKE_ARGS[@]}" >>"$OUT/build.log" 2>&1 &&
+     cmake --build "$BUILD" -j "$JOBS" >>"$OUT/build.log" 2>&1; then
+    build_ok=true
+  else
+    tail -40 "$OUT/build.log"
+  fi
+  status=1
 fi
 BUILD_S=$(( $(date +%s) - START ))
 
 tests_rc=-1
 if $build_ok; then
-  echo "== backend tests"
+  echo "== tests"
   set +e
-  "$BUILD/meshdit_backend_tests" --gtest_output="json:$OUT/gtest.json" >"$OUT/tests.log" 2>&1
+  if [[ $build_kind == full ]]; then
+    # The browser test needs Chromium, which such a machine does not have (it skips without it).
+    timeout 300 ctest --test-dir "$BUILD" -j "$JOBS" --output-junit "$OUT/ctest.xml" >"$OUT/tests.log" 2>&1
+  else
+    timeout 300 "$BUILD/meshdit_backend_tests" --gtest_output="json:$OUT/gtest.json" >"$OUT/tests.log" 2>&1
+  fi
   tests_rc=$?
   set -e
   tail -5 "$OUT/tests.log"
   [[ $tests_rc -eq 0 ]] || status=1
 fi
 
+# Every fixture case on the GPU, in both precisions.
+: >"$OUT/check.log"
+if $build_ok && [[ $build_kind == full ]]; then
+  echo "== meshdit check --device cuda on every fixture case"
+  for precision in f32 bf16; do
+    for d in tests/fixtures/*/; do
+      [[ -e $d/meta.json ]] || continue
+      set +e
+      out=$(timeout 120 "$BUILD/meshdit" check --device cuda --precision "$precision" "${d%/}" 2>&1)
+      rc=$?
+      set -e
+      printf '=== %s %s rc=%d\n%s\n' "$precision" "${d%/}" "$rc" "$out" >>"$OUT/check.log"
+      [[ $rc -eq 0 ]] || status=1
+    done
+  done
+  grep -c "rc=0" "$OUT/check.log" | sed 's/^/cases passed: /'
+fi
+
+# One transformer forward per model at 1024x1024, random bf16 weights at real width, at two depths (the block stacks
+# scaled together), extrapolated to the full depth.
+: >"$OUT/bench.log"
+if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && [[ -n $(nvidia-smi -L 2>/dev/null) ]]; then
+  echo "== transformer forwards (bench transformer --device cuda)"
+  CK=${CKPT_DIR:-$BUILD/ckpt}
+  mkdir -p "$CK"
+  BENCH_START=$(date +%s)
+  # name  preset  depth1 (double single)  depth2  full  text tokens
+  while read -r name preset d1 s1 d2 s2 dfull sfull text; do
+    [[ -z $name ]] && continue
+    if (( $(date +%s) - BENCH_START > ${BENCH_SECONDS:-240} )); then
+      echo "--- $name skipped: over BENCH_SECONDS" >>"$OUT/bench.log"
+      continue
+    fi
+    for depth in "$d1 $s1" "$d2 $s2"; do
+      read -r d s <<<"$depth"
+      f=$CK/$name-$d-$s.safetensors
+      set +e
+      "$BUILD/meshdit" bench random-checkpoint --arch "$preset" --double "$d" --single "$s" -o "$f" >>"$OUT/bench.log" 2>&1
+      echo "--- $name double $d single $s full $dfull $sfull" >>"$OUT/bench.log"
+      timeout 180 "$BUILD/meshdit" bench transformer "$f" --device cuda --precision bf16 --width 1024 --height 1024 \
+        --text-tokens "$text" --steps 4 >>"$OUT/bench.log" 2>&1
+      set -e
+      rm -f "$f"
+    done
+  done <<'MODELS'
+flux-dev flux-dev 2 4 4 8 19 38 512
+sd35-large sd35-large 4 0 8 0 38 0 333
+qwen-image qwen-image 4 0 8 0 60 0 512
+MODELS
+fi
+
 GPU_LINE=$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>/dev/null || true)
 python3 - "$OUT" "$build_ok" "$tests_rc" "$BUILD_S" "$(( $(date +%s) - START ))" "$GPU_LINE" \
-  "$(nvcc --version 2>/dev/null | tail -1)" "$(git rev-parse HEAD 2>/dev/null || echo unknown)" <<'PY'
-import json, os, sys, platform
-out, build_ok, rc, build_s, total_s, gpu, nvcc, commit = sys.argv[1:9]
+  "$(nvcc --version 2>/dev/null | tail -1)" "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "$build_kind" <<'PY'
+import json, os, re, sys, platform
+import xml.etree.ElementTree as ET
+out, build_ok, rc, build_s, total_s, gpu, nvcc, commit, kind = sys.argv[1:10]
 res = {"commit": commit, "host": platform.node(), "cpus": os.cpu_count(), "gpu": gpu or None,
-       "gpu_present": bool(gpu), "nvcc": nvcc, "build_ok": build_ok == "true", "build_s": int(build_s),
-       "total_s": int(total_s), "tests_exit": int(rc)}
+       "gpu_present": bool(gpu), "nvcc": nvcc, "build_ok": build_ok == "true", "build_kind": kind,
+       "build_s": int(build_s), "total_s": int(total_s), "tests_exit": int(rc)}
+counts = {"run": 0, "passed": 0, "failed": 0, "skipped": 0}
+failures, cuda_run = [], 0
+def count(name, skipped, failure):
+    global cuda_run
+    if skipped:
+        counts["skipped"] += 1
+        return
+    counts["run"] += 1
+    if failure is not None:
+        counts["failed"] += 1
+        failures.append({"test": name, "message": failure[:2000]})
+    else:
+        counts["passed"] += 1
+    if "/cuda" in name or name.startswith("Cuda") or "Nccl" in name or name.startswith("nccl"):
+        cuda_run += 1
+x = os.path.join(out, "ctest.xml")
 g = os.path.join(out, "gtest.json")
-if os.path.exists(g):
-    rep = json.load(open(g))
-    counts = {"run": 0, "passed": 0, "failed": 0, "skipped": 0}
-    failures, cuda_run = [], 0
-    for suite in rep.get("testsuites", []):
+if os.path.exists(x):
+    for t in ET.parse(x).getroot().iter("testcase"):
+        fail = t.find("failure")
+        count(t.get("name", ""), t.get("status") in ("notrun", "disabled") or t.find("skipped") is not None,
+              None if fail is None else (fail.get("message") or "") + (t.findtext("system-out") or "")[-1500:])
+elif os.path.exists(g):
+    for suite in json.load(open(g)).get("testsuites", []):
         for t in suite.get("testsuite", []):
-            name = suite["name"] + "." + t["name"]
-            if t.get("result") == "SKIPPED" or t.get("status") == "NOTRUN":
-                counts["skipped"] += 1
-                continue
-            counts["run"] += 1
-            if t.get("failures"):
-                counts["failed"] += 1
-                failures.append({"test": name, "message": t["failures"][0].get("failure", "")[:2000]})
-            else:
-                counts["passed"] += 1
-            if name.endswith("/cuda") or suite["name"].startswith("Cuda"):
-                cuda_run += 1
-    res.update(tests=counts, cuda_tests_run=cuda_run, failures=failures)
+            count(suite["name"] + "." + t["name"], t.get("result") == "SKIPPED" or t.get("status") == "NOTRUN",
+                  t["failures"][0].get("failure", "") if t.get("failures") else None)
+res.update(tests=counts, cuda_tests_run=cuda_run, failures=failures)
+
+# Fixture cases: one entry per case and precision.
+cases = []
+log = open(os.path.join(out, "check.log")).read() if os.path.exists(os.path.join(out, "check.log")) else ""
+for m in re.finditer(r"^=== (\S+) (\S+) rc=(\d+)\n(.*?)(?=^=== |\Z)", log, re.M | re.S):
+    prec, case, code, body = m.groups()
+    where = re.search(r"\) on (.*)$", body, re.M)
+    cases.append({"case": os.path.basename(case), "precision": prec, "pass": code == "0",
+                  "ran_on": where.group(1)[:60] if where else "?", "report": body.strip()[-1500:] if code != "0" else ""})
+res["fixtures"] = {"cases": len(cases), "passed": sum(c["pass"] for c in cases),
+                   "on_cuda": sum(c["ran_on"] == "cuda" for c in cases), "results": cases}
+
+# Forwards: s_per_step at two depths -> fixed + per-unit fit -> full depth. Bars: the issue's eager PyTorch ms on
+# one H100 (diffusers 0.40, PyTorch 2.11, SDPA).
+bars = {"flux-dev": 183.0, "sd35-large": 108.5, "qwen-image": 196.4}
+runs, cur = {}, None
+blog = open(os.path.join(out, "bench.log")).read() if os.path.exists(os.path.join(out, "bench.log")) else ""
+for line in blog.splitlines():
+    m = re.match(r"--- (\S+) double (\d+) single (\d+) full (\d+) (\d+)", line)
+    if m:
+        cur = {"name": m.group(1), "double": int(m.group(2)), "single": int(m.group(3)),
+               "full": (int(m.group(4)), int(m.group(5)))}
+        runs.setdefault(cur["name"], []).append(cur)
+        continue
+    if cur is None:
+        continue
+    if (m := re.match(r"threads \d+, ([\d.]+) GFLOP per forward", line)):
+        cur["gflop"] = float(m.group(1))
+    elif (m := re.match(r"s_per_step ([\d.]+)", line)):
+        cur["ms"] = 1000 * float(m.group(1))
+forwards = []
+for name, rs in runs.items():
+    ok = [r for r in rs if "ms" in r]
+    e = {"model": name, "runs": [{k: r.get(k) for k in ("double", "single", "ms", "gflop")} for r in rs],
+         "eager_bar_ms": bars.get(name)}
+    for r in ok:
+        r["tflops"] = r["gflop"] / r["ms"] if r.get("gflop") else None
+    e["runs"] = [{k: r.get(k) for k in ("double", "single", "ms", "gflop", "tflops")} for r in rs]
+    if len(ok) == 2:
+        a, b = ok
+        units = lambda r: r["double"] + r["single"] / 2.0 if name == "flux-dev" else r["double"]
+        full_units = (a["full"][0] + a["full"][1] / 2.0) if name == "flux-dev" else a["full"][0]
+        per = (b["ms"] - a["ms"]) / (units(b) - units(a))
+        fixed = a["ms"] - per * units(a)
+        e["full_depth_ms_estimate"] = round(fixed + per * full_units, 2)
+        if e["eager_bar_ms"]:
+            e["speedup_vs_eager"] = round(e["eager_bar_ms"] / e["full_depth_ms_estimate"], 3)
+    forwards.append(e)
+res["forwards"] = forwards
 json.dump(res, open(os.path.join(out, "device-check.json"), "w"), indent=2)
-print(json.dumps({k: v for k, v in res.items() if k != "failures"}, indent=2))
+print(json.dumps({k: v for k, v in res.items() if k not in ("failures",)} | {"fixtures": {k: v for k, v in res["fixtures"].items() if k != "results"}}, indent=2))
 if not res["gpu_present"]:
     print("no GPU present: built, and the CUDA tests skipped (this is the CPU-side check)")
 PY
