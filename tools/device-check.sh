@@ -5,7 +5,8 @@
 #   1. runs the test suite with ctest (every backend-parameterised suite runs on CUDA when a device is present,
 #      tests/backend/cuda_test.cpp, the NCCL tests on one GPU: nccl_np1),
 #   2. runs `meshdit check --device cuda` on every fixture case in tests/fixtures, in f32 and in bf16 precision,
-#   3. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
+#   3. generates an image with the built-in model on the GPU (`meshdit generate --device cuda`: $OUT/builtin-cuda.png),
+#   4. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
 #      for Flux.1-dev, SD3.5-Large and Qwen-Image at 1024x1024 at two depths, and extrapolates to the full depth
 #      (time = fixed + per block x blocks, fitted on the two depths),
 # and writes one JSON of results:
@@ -148,6 +149,14 @@ if $build_ok && [[ $build_kind == full ]]; then
     done
   done
   grep -c "rc=0" "$OUT/check.log" | sed 's/^/cases passed: /'
+  echo "== meshdit generate --device cuda (the built-in model)"
+  set +e
+  "$BUILD/meshdit" generate --device cuda --prompt "a red cube on a table" -o "$OUT/builtin-cuda.png" \
+    >"$OUT/generate.log" 2>&1
+  gen_rc=$?
+  set -e
+  echo "generate rc=$gen_rc" | tee -a "$OUT/generate.log"
+  [[ $gen_rc -eq 0 ]] || status=1
 fi
 
 # One transformer forward per model at 1024x1024, random bf16 weights at real width, at two depths (the block stacks
@@ -229,6 +238,10 @@ for m in re.finditer(r"^=== (\S+) (\S+) rc=(\d+)\n(.*?)(?=^=== |\Z)", log, re.M 
     where = re.search(r"\) on (.*)$", body, re.M)
     cases.append({"case": os.path.basename(case), "precision": prec, "pass": code == "0",
                   "ran_on": where.group(1)[:60] if where else "?", "report": body.strip()[-1500:] if code != "0" else ""})
+gl = os.path.join(out, "generate.log")
+if os.path.exists(gl):
+    m = re.search(r"generate rc=(\d+)", open(gl).read())
+    res["generate_builtin_cuda_ok"] = bool(m) and m.group(1) == "0"
 res["fixtures"] = {"cases": len(cases), "passed": sum(c["pass"] for c in cases),
                    "on_cuda": sum(c["ran_on"] == "cuda" for c in cases), "results": cases}
 

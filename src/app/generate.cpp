@@ -213,6 +213,7 @@ int run_generate(const GenerateCommand& cmd) {
 
   LoadOptions from;
   from.transformer_file = cmd.transformer;
+  from.device = cmd.device == "cuda" ? Device::CUDA : Device::CPU;
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;

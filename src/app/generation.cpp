@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "app/runners.h"
+#include "backend/backend.h"
 
 namespace meshdit {
 
@@ -14,6 +15,17 @@ Result<LoadedPipeline> load_pipeline(const std::string& model, const MeshShape& 
   lp.transformer = from.transformer_file;
   MD_TRY(const PipelineEntry* entry, pipeline_for_folder(lp.model));
   lp.class_name = entry->class_name;
+  if (from.device != Device::CPU) {
+    if (!entry->runs_on_device)
+      return make_error(lp.model + ": " + entry->class_name + " does not place its components on " +
+                        device_name(from.device) + " yet (FluxPipeline does); run it without --device");
+    if (!find_backend(from.device))
+      return make_error(std::string("--device ") + device_name(from.device) + ": no " + device_name(from.device) +
+                        " device in this process (`meshdit info` says why)");
+    if (shape.size() > 1)
+      return make_error(std::string("--device ") + device_name(from.device) +
+                        ": generation on a mesh runs on CPU ranks (the NCCL communicator is not wired to pipelines)");
+  }
   MD_TRY(ModelTraits traits, entry->traits(lp.model, shape_options, from));
   MD_TRY(lp.mesh, make_mesh(shape, parallel, traits));
   MD_TRY(lp.pipeline, entry->load(lp.model, lp.mesh, from));

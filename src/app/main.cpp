@@ -158,6 +158,10 @@ int run(int argc, char** argv) {
   gen->add_option("--model", g.model,
                   "diffusers pipeline folder (model_index.json + subfolders) as downloaded: " + pipelines +
                       "; default: the built-in tiny-shapes model (128x128, 20 steps)");
+  gen->add_option("--device", g.device,
+                  "cpu (default) or cuda: every component's weights and work on that device (tokenizers and the "
+                  "scheduler's bookkeeping stay on the host); FluxPipeline (the built-in model's) so far")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_option("--transformer", g.transformer,
                   "transformer checkpoint to use instead of the folder's transformer/: a single file as released "
                   "(Stability's sd3.5_large.safetensors, BFL's flux1-dev.safetensors, a ComfyUI all-in-one) or "

@@ -78,6 +78,17 @@ Result<GenerateOptions> options_from_args(const CaseContext& c) {
   return o;
 }
 
+// `check --device`: the components on the case's device when the pipeline places them (else on the host, and the
+// report says so).
+LoadOptions placed(const CaseContext& c, const PipelineEntry& entry) {
+  LoadOptions from;
+  if (entry.runs_on_device) {
+    from.device = c.device;
+    c.ran_on_device = c.device != Device::CPU;
+  }
+  return from;
+}
+
 // diffusers.<PipelineClass>: any registered pipeline on its float64 reference case, every intermediate the
 // pipeline records compared.
 Result<TensorMap> run_pipeline_case(const CaseContext& c, const std::string& class_name) {
@@ -85,7 +96,7 @@ Result<TensorMap> run_pipeline_case(const CaseContext& c, const std::string& cla
   MD_TRY(GenerateOptions o, options_from_args(c));
   MD_TRY(ModelTraits traits, entry->traits(c.dir, o, {}));
   MD_TRY(const Mesh* mesh, c.mesh(traits));
-  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(c.dir, *mesh, {}));
+  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(c.dir, *mesh, placed(c, *entry)));
   // The reference names its final output after what the pipeline makes.
   const std::string result = c.meta["outputs"].contains("video") ? "video" : "image";
   TensorMap out;
@@ -115,7 +126,7 @@ Result<TensorMap> run_builtin_case(const CaseContext& c) {
   MD_TRY(const PipelineEntry* entry, pipeline_for_folder(builtin_model_dir()));
   MD_TRY(ModelTraits traits, entry->traits(builtin_model_dir(), o, {}));
   MD_TRY(const Mesh* mesh, c.mesh(traits));
-  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(builtin_model_dir(), *mesh, {}));
+  MD_TRY(std::unique_ptr<Pipeline> pipe, entry->load(builtin_model_dir(), *mesh, placed(c, *entry)));
   TensorMap out;
   out["latents"] = torch_randn(ref_latents.shape(), 42);
   // The built-in model is a Flux model: the case gives its noise unpacked.

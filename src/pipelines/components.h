@@ -13,13 +13,18 @@
 
 namespace meshdit {
 
-// A diffusers component folder: config.json and the (possibly sharded) weights beside it.
+// A diffusers component folder: config.json and the (possibly sharded) weights beside it, placed on `dev`.
 template <class Model, class Config, class... Extra>
-Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... extra) {
+Result<std::shared_ptr<Model>> load_component_on(Device dev, const std::string& dir, Extra... extra) {
   MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
   MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
+  ck.place_on(dev);
   MD_TRY(Model m, Model::load(ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));
+}
+template <class Model, class Config, class... Extra>
+Result<std::shared_ptr<Model>> load_component(const std::string& dir, Extra... extra) {
+  return load_component_on<Model, Config>(Device::CPU, dir, extra...);
 }
 
 // A transformer given apart from its pipeline folder (LoadOptions::transformer_file), opened in whichever
@@ -52,8 +57,10 @@ Result<Config> load_transformer_config(const std::string& dir, const LoadOptions
 // loads its transformer through this, so --transformer works for each without code of its own.
 template <class Model, class Config, class... Extra>
 Result<std::shared_ptr<Model>> load_transformer(const std::string& dir, const LoadOptions& from, Extra... extra) {
-  if (from.transformer_file.empty()) return load_component<Model, Config>(dir + "/transformer", extra...);
+  if (from.transformer_file.empty())
+    return load_component_on<Model, Config>(from.device, dir + "/transformer", extra...);
   MD_TRY(TransformerSource t, open_transformer_file(dir, from.transformer_file));
+  t.ck.place_on(from.device);
   MD_TRY(Config cfg, transformer_config_of<Config>(t));
   MD_TRY(Model m, Model::load(t.ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));

@@ -67,6 +67,7 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh
   FluxPipeline p;
   p.dir_ = dir;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(ClipTokenizer t, ClipTokenizer::load(folder.path("tokenizer")));
@@ -76,10 +77,10 @@ Result<FluxPipeline> FluxPipeline::load(const std::string& dir, const Mesh& mesh
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer_2")));
     p.tokenizer_2_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
-  MD_TRY(p.text_encoder_2_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_2"), &par)));
+  MD_TRY(p.text_encoder_, (load_component_on<CLIPTextModel, CLIPTextConfig>(p.device_, folder.path("text_encoder"))));
+  MD_TRY(p.text_encoder_2_, (load_component_on<T5Encoder, T5Config>(p.device_, folder.path("text_encoder_2"), &par)));
   MD_TRY(p.transformer_, (load_transformer<FluxTransformer, FluxConfig>(dir, from, &par)));
-  MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKL, AutoencoderKLConfig>(p.device_, folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
 }
@@ -115,11 +116,11 @@ Result<FluxPipeline::PromptEmbeds> FluxPipeline::encode_prompt(const std::vector
                    "T5 (text_encoder_2) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
     {
       Span s2("stage", "text_encoder (CLIP)");
-      MD_TRY(CLIPTextOutput o, text_encoder_->forward(clip_ids.input_ids));
+      MD_TRY(CLIPTextOutput o, text_encoder_->forward(ops::to_device(clip_ids.input_ids, device_)));
       e.pooled = o.pooler_output;
     }
     Span s3("stage", "text_encoder_2 (T5)");
-    MD_TRY(e.sequence, text_encoder_2_->forward(t5_ids.input_ids, Tensor()));
+    MD_TRY(e.sequence, text_encoder_2_->forward(ops::to_device(t5_ids.input_ids, device_), Tensor()));
   }
   e.text_ids = Tensor::zeros({e.sequence.size(1), 3}, DType::F32, e.sequence.device());
   return e;
@@ -150,8 +151,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   const int64_t vs = vae_scale_factor();
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
-  Tensor latents = packed_initial_latents(o, B, C, h, w);
-  const Tensor img_ids = flux_image_ids(h, w);
+  Tensor latents = ops::to_device(packed_initial_latents(o, B, C, h, w), device_);
+  const Tensor img_ids = ops::to_device(flux_image_ids(h, w), device_);
 
   // 3. Timesteps: sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len).
   MD_TRY(FlowMatchEulerScheduler scheduler, FlowMatchEulerScheduler::create(scheduler_config_));
@@ -167,8 +168,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
     if (branch == Branch::Pair) return make_error("FluxPipeline: true CFG runs as two calls, not a batch");
     const PromptEmbeds& e = branch == Branch::Cond ? pos : neg;
     const int64_t n = x.size(0);
-    const Tensor timestep = ops::full({n}, t / 1000.0f);
-    const Tensor guidance = tc.guidance_embeds ? ops::full({n}, distilled_guidance) : Tensor();
+    const Tensor timestep = ops::full({n}, t / 1000.0f, x.device());
+    const Tensor guidance = tc.guidance_embeds ? ops::full({n}, distilled_guidance, x.device()) : Tensor();
     if (inputs) {
       *inputs = {{"hidden_states", x},
                  {"timestep", timestep},
@@ -189,7 +190,8 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode.
-  return decode_images(*vae_, flux_unpack_latents(latents, h, w), mesh_.vae(), o.vae_tiling);
+  MD_TRY(Tensor images, decode_images(*vae_, flux_unpack_latents(latents, h, w), mesh_.vae(), o.vae_tiling));
+  return ops::to_device(images, Device::CPU);
 }
 
 PipelineEntry flux_pipeline_entry() {
@@ -197,7 +199,8 @@ PipelineEntry flux_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(FluxPipeline p, FluxPipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<FluxPipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

@@ -54,6 +54,7 @@ class FluxPipeline final : public Pipeline {
   std::shared_ptr<AutoencoderKL> vae_;
   FlowMatchConfig scheduler_config_;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // The registry's entry for "FluxPipeline" (pipelines/pipeline.cpp lists it).

@@ -30,7 +30,7 @@ struct GenerateOptions {
   std::optional<float> guidance_scale;
   std::optional<float> guidance_scale_2;  // Wan2.2: the low-noise expert's scale
   float guidance_rescale = 0.0f;          // phi of rescale_noise_cfg; 0: off
-  std::optional<float> true_cfg_scale;   // Flux: 1 (off), Qwen-Image: 4; needs negative prompts
+  std::optional<float> true_cfg_scale;    // Flux: 1 (off), Qwen-Image: 4; needs negative prompts
   uint64_t seed = 0;
   int64_t max_sequence_length = 0;
   Tensor latents;           // initial noise, packed as the pipeline packs it; undefined: torch.randn from seed
@@ -45,6 +45,9 @@ struct LoadOptions {
   // sd3.5_large.safetensors, BFL's flux1-dev.safetensors, a ComfyUI all-in-one) or diffusers names. Its config is
   // the config.json beside it, else the folder's transformer/config.json, else inferred from its tensors.
   std::string transformer_file;
+  // The device every component's weights go to (the tokenizers and the scheduler stay on the host); the
+  // images come back to the host. Only pipelines whose entry says runs_on_device take another than the CPU.
+  Device device = Device::CPU;
 };
 
 // Called after every denoising step: (step index from 0, number of steps, seconds the step took).
@@ -77,6 +80,8 @@ struct PipelineEntry {
   // shards of `mesh`.
   std::function<Result<std::unique_ptr<Pipeline>>(const std::string& dir, const Mesh& mesh, const LoadOptions& from)>
       load;
+  // Whether it places its components on LoadOptions::device (else a device other than the CPU is refused).
+  bool runs_on_device = false;
 };
 
 // Adds (or replaces) a class. The built-in pipelines are registered before the first lookup.

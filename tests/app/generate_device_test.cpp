@@ -1,0 +1,71 @@
+// `meshdit generate --device cuda` without a GPU: the built-in model (FluxPipeline) runs with every component on the
+// stand-in device (CPU kernels under the CUDA tag, tests/stand_in_device.h). The image must equal the host run's
+// bit for bit (same kernels), come back on the host, and leave no device buffer behind; a pipeline that does not
+// place its components yet, or a missing device, is refused before any work.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "../stand_in_device.h"
+#include "../test_util.h"
+#include "app/generation.h"
+#include "backend/backend.h"
+
+using namespace meshdit;
+
+namespace {
+
+Result<Tensor> generate_on(Device dev) {
+  GenerateOptions o = with_builtin_defaults({}, true);
+  o.prompt = {"a red cube"};
+  o.steps = 2;
+  o.height = o.width = 64;
+  o.seed = 7;
+  LoadOptions from;
+  from.device = dev;
+  MD_TRY(LoadedPipeline lp, load_pipeline("", MeshShape{}, "", o, from));
+  return lp.pipeline->generate(o);
+}
+
+TEST(GenerateDevice, BuiltinModelRunsOnAnotherDeviceBitForBit) {
+  if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA device is present: device-check.sh covers it";
+  auto host = generate_on(Device::CPU);
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  auto refused = generate_on(Device::CUDA);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("no cuda device"), std::string::npos) << refused.error().message;
+  test::StandInDevice stand_in;
+  {
+    const int64_t up = test::g_uploads.load();
+    auto on_dev = generate_on(Device::CUDA);
+    ASSERT_TRUE(on_dev.ok()) << on_dev.error().message;
+    EXPECT_GT(test::g_uploads.load(), up);
+    EXPECT_EQ(on_dev->device(), Device::CPU) << "the images come back to the host";
+    ASSERT_EQ(on_dev->shape(), host->shape());
+    const std::vector<float> a = on_dev->to_vector(), b = host->to_vector();
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "values differ";
+  }
+  EXPECT_EQ(stand_in.live(), 0) << "device buffers not returned";
+}
+
+TEST(GenerateDevice, APipelineThatDoesNotPlaceItsComponentsIsRefused) {
+  // A folder naming another registered pipeline: refused on the device before anything loads.
+  test::TempDir tmp;
+  {
+    std::FILE* f = std::fopen((tmp.path() / "model_index.json").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(R"({"_class_name": "StableDiffusion3Pipeline"})", f);
+    std::fclose(f);
+  }
+  test::StandInDevice stand_in;
+  GenerateOptions o;
+  o.prompt = {"x"};
+  LoadOptions from;
+  from.device = Device::CUDA;
+  auto lp = load_pipeline(tmp.path().string(), MeshShape{}, "", o, from);
+  ASSERT_FALSE(lp.ok());
+  EXPECT_NE(lp.error().message.find("does not place its components on cuda"), std::string::npos) << lp.error().message;
+}
+
+}  // namespace
