@@ -18,7 +18,7 @@ Result<LoadedPipeline> load_pipeline(const std::string& model, const MeshShape& 
   if (from.device != Device::CPU) {
     if (!entry->runs_on_device)
       return make_error(lp.model + ": " + entry->class_name + " does not place its components on " +
-                        device_name(from.device) + " yet (FluxPipeline does); run it without --device");
+                        device_name(from.device) + " yet; run it without --device");
     if (!find_backend(from.device))
       return make_error(std::string("--device ") + device_name(from.device) + ": no " + device_name(from.device) +
                         " device in this process (`meshdit info` says why)");

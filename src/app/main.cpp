@@ -160,7 +160,7 @@ int run(int argc, char** argv) {
                       "; default: the built-in tiny-shapes model (128x128, 20 steps)");
   gen->add_option("--device", g.device,
                   "cpu (default) or cuda: every component's weights and work on that device (tokenizers and the "
-                  "scheduler's bookkeeping stay on the host); FluxPipeline (the built-in model's) so far")
+                  "scheduler's bookkeeping stay on the host); every registered pipeline")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_option("--transformer", g.transformer,
                   "transformer checkpoint to use instead of the folder's transformer/: a single file as released "

@@ -53,6 +53,7 @@ Result<MochiPipeline> MochiPipeline::load(const std::string& dir, const Mesh& me
     return make_error(dir + "/model_index.json: pipeline class '" + folder.class_name + "' is not MochiPipeline");
   MochiPipeline p;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(Json index, load_json(dir + "/model_index.json"));
@@ -66,9 +67,9 @@ Result<MochiPipeline> MochiPipeline::load(const std::string& dir, const Mesh& me
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer")));
     p.tokenizer_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder"), &par)));
+  MD_TRY(p.text_encoder_, (load_component_on<T5Encoder, T5Config>(p.device_, folder.path("text_encoder"), &par)));
   MD_TRY(p.transformer_, (load_transformer<MochiTransformer, MochiConfig>(dir, from, &par)));
-  MD_TRY(p.vae_, (load_component<AutoencoderKLMochi, AutoencoderKLMochiConfig>(folder.path("vae"))));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKLMochi, AutoencoderKLMochiConfig>(p.device_, folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   const AutoencoderKLMochiConfig& vc = p.vae_->config();
   if (vc.latent_channels != p.transformer_->config().in_channels)
@@ -148,9 +149,10 @@ Result<MochiPipeline::PromptEmbeds> MochiPipeline::encode_prompt(const std::vect
   PromptEmbeds e;
   {
     Span s2("stage", "text_encoder (T5)");
-    MD_TRY(e.sequence, text_encoder_->forward(ids.input_ids, ids.attention_mask));
+    MD_TRY(e.sequence,
+           text_encoder_->forward(ops::to_device(ids.input_ids, device_), ops::to_device(ids.attention_mask, device_)));
   }
-  e.mask = ids.attention_mask;
+  e.mask = ops::to_device(ids.attention_mask, device_);
   return e;
 }
 
@@ -187,7 +189,8 @@ Result<Tensor> MochiPipeline::generate(const GenerateOptions& options, TensorMap
   // 2. Latents: one latent frame for the first video frame, one per 6 after it, at 1/8 resolution.
   const int64_t vs = vc.spatial_scale(), ts = vc.temporal_scale();
   const Shape shape{B, tc.in_channels, 1 + (o.num_frames - 1) / ts, o.height / vs, o.width / vs};
-  Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn(shape, o.seed);
+  Tensor latents =
+      ops::to_device(o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn(shape, o.seed), device_);
 
   // 3. Timesteps from the linear-quadratic sigmas (the scheduler inverts them: t rises from 0).
   MD_TRY(FlowMatchEulerScheduler scheduler, FlowMatchEulerScheduler::create(scheduler_config_));
@@ -228,7 +231,7 @@ Result<Tensor> MochiPipeline::generate(const GenerateOptions& options, TensorMap
   } else {
     MD_TRY(video, vae_->decode(z));
   }
-  return postprocess_video(video);
+  return ops::to_device(postprocess_video(video), Device::CPU);
 }
 
 PipelineEntry mochi_pipeline_entry() {
@@ -236,7 +239,8 @@ PipelineEntry mochi_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(MochiPipeline p, MochiPipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<MochiPipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

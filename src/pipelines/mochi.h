@@ -53,6 +53,7 @@ class MochiPipeline final : public Pipeline {
   FlowMatchConfig scheduler_config_;
   bool force_zeros_for_empty_prompt_ = false;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // The registry's entry for "MochiPipeline" (pipelines/pipeline.cpp lists it).

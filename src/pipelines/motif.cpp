@@ -176,6 +176,7 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
   if (!is_directory(dir)) return make_error(dir + ": not a folder");
   MotifImagePipeline p;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   auto tokenizer_dir = [&](const char* tok, const char* enc) {
     // openai/clip-vit-large-patch14 and google/flan-t5-xxl keep their tokenizer files beside the weights.
@@ -193,9 +194,9 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(tokenizer_dir("tokenizer_3", "text_encoder_3")));
     p.tokenizer_3_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(dir + "/text_encoder")));
-  MD_TRY(p.text_encoder_2_, (load_component<CLIPTextModel, CLIPTextConfig>(dir + "/text_encoder_2")));
-  MD_TRY(p.text_encoder_3_, (load_component<T5Encoder, T5Config>(dir + "/text_encoder_3", &par)));
+  MD_TRY(p.text_encoder_, (load_component_on<CLIPTextModel, CLIPTextConfig>(p.device_, dir + "/text_encoder")));
+  MD_TRY(p.text_encoder_2_, (load_component_on<CLIPTextModel, CLIPTextConfig>(p.device_, dir + "/text_encoder_2")));
+  MD_TRY(p.text_encoder_3_, (load_component_on<T5Encoder, T5Config>(p.device_, dir + "/text_encoder_3", &par)));
   MD_TRY(MotifConfig tc, motif_folder_config(dir));
   // The DiT's text projection (fixed at 4096 in the reference) takes T5's width, and CLIP-L ++ CLIP-G zero-padded to
   // it.
@@ -219,10 +220,11 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
     } else {
       return make_error(dir + ": no DiT weights (checkpoints/*.bin as released, or transformer/ with safetensors)");
     }
+    ck.place_on(p.device_);
     MD_TRY(MotifTransformer m, MotifTransformer::load(ck, tc, &par));
     p.transformer_ = std::make_shared<MotifTransformer>(std::move(m));
   }
-  MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(dir + "/vae")));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKL, AutoencoderKLConfig>(p.device_, dir + "/vae")));
   if (p.vae_->config().latent_channels != 16)
     return make_error(dir + "/vae: Motif needs the 16-channel SD3 VAE, this one has " +
                       std::to_string(p.vae_->config().latent_channels) + " latent channels");
@@ -264,13 +266,14 @@ Result<MotifImagePipeline::PromptEmbeds> MotifImagePipeline::encode_prompt(const
   MD_TRY(TokenizedBatch t5_ids, tokenizer_3_->encode(prompts, int(max_sequence_length)));
   warn_truncated(t5_ids,
                  "T5 (text_encoder_3) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
-  MD_TRY(Tensor t5, text_encoder_3_->forward(t5_ids.input_ids, t5_ids.attention_mask));
+  MD_TRY(Tensor t5, text_encoder_3_->forward(ops::to_device(t5_ids.input_ids, device_),
+                                             ops::to_device(t5_ids.attention_mask, device_)));
   e.t5 = zero_rows(t5, length_keep(t5_ids.lengths, t5.size(1)));
   auto clip = [&](const ClipTokenizer& tok, const CLIPTextModel& enc, const char* name, Tensor& seq,
                   Tensor& pooled) -> Status {
     MD_TRY(TokenizedBatch ids, tok.encode(prompts, int(kClipTokens)));
     warn_truncated(ids, std::string("CLIP (") + name + ") takes " + std::to_string(kClipTokens) + " tokens");
-    MD_TRY(CLIPTextOutput out, enc.forward(ids.input_ids));
+    MD_TRY(CLIPTextOutput out, enc.forward(ops::to_device(ids.input_ids, device_)));
     seq = zero_rows(out.last_hidden_state, clip_keep(tok, prompts, kClipTokens, tok.eos_id()));
     pooled = out.pooler_output;
     return ok_status();
@@ -310,8 +313,9 @@ Result<Tensor> MotifImagePipeline::generate(const GenerateOptions& options, Tens
   }
 
   // 2. Latents.
-  Tensor latents =
-      o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn({B, 16, o.height / 8, o.width / 8}, o.seed);
+  Tensor latents = ops::to_device(
+      o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn({B, 16, o.height / 8, o.width / 8}, o.seed),
+      device_);
 
   // 3. Sigmas, timesteps.
   MotifSamplerConfig sc;
@@ -347,7 +351,7 @@ Result<Tensor> MotifImagePipeline::generate(const GenerateOptions& options, Tens
   const AutoencoderKLConfig& vc = vae_->config();
   MD_TRY(Tensor image,
          decode_latents(*vae_, ops::div_add(latents, vc.scaling_factor, 0.0f), mesh_.vae(), o.vae_tiling));
-  return postprocess_images(ops::affine(image, 1.0f, vc.shift_factor));
+  return ops::to_device(postprocess_images(ops::affine(image, 1.0f, vc.shift_factor)), Device::CPU);
 }
 
 PipelineEntry motif_pipeline_entry() {
@@ -355,7 +359,8 @@ PipelineEntry motif_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(MotifImagePipeline p, MotifImagePipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<MotifImagePipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

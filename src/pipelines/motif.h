@@ -57,6 +57,7 @@ class MotifImagePipeline final : public Pipeline {
   std::shared_ptr<MotifTransformer> transformer_;
   std::shared_ptr<AutoencoderKL> vae_;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // Whether `dir` is laid out as a Motif-Image folder (a DiT checkpoint under checkpoints/ or transformer/ and

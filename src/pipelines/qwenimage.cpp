@@ -44,14 +44,16 @@ Result<QwenImagePipeline> QwenImagePipeline::load(const std::string& dir, const 
     return make_error(dir + "/model_index.json: pipeline class '" + folder.class_name + "' is not QwenImagePipeline");
   QwenImagePipeline p;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(Qwen2Tokenizer t, Qwen2Tokenizer::load(folder.path("tokenizer")));
     p.tokenizer_ = std::make_shared<Qwen2Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<Qwen25VLTextEncoder, Qwen25VLTextConfig>(folder.path("text_encoder"), &par)));
+  MD_TRY(p.text_encoder_,
+         (load_component_on<Qwen25VLTextEncoder, Qwen25VLTextConfig>(p.device_, folder.path("text_encoder"), &par)));
   MD_TRY(p.transformer_, (load_transformer<QwenImageTransformer, QwenImageConfig>(dir, from, &par)));
-  MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKLWan, AutoencoderKLWanConfig>(p.device_, folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
 }
@@ -89,7 +91,8 @@ Result<QwenImagePipeline::PromptEmbeds> QwenImagePipeline::encode_prompt(const s
   Tensor hidden;
   {
     Span s2("stage", "text_encoder (Qwen2.5-VL)");
-    MD_TRY(hidden, text_encoder_->forward(ids.input_ids, ids.attention_mask));
+    MD_TRY(hidden,
+           text_encoder_->forward(ops::to_device(ids.input_ids, device_), ops::to_device(ids.attention_mask, device_)));
   }
 
   // Each row's real tokens after the system turn; rows padded with zeros to the longest, as diffusers
@@ -150,7 +153,7 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
   const int64_t h = 2 * (o.height / (vs * 2)), w = 2 * (o.width / (vs * 2));
   const int64_t C = tc.in_channels / 4;
   // diffusers draws [B, 1, C, h, w]: the same numbers as [B, C, h, w].
-  Tensor latents = packed_initial_latents(o, B, C, h, w);
+  Tensor latents = ops::to_device(packed_initial_latents(o, B, C, h, w), device_);
   const std::array<int64_t, 3> grid{1, h / 2, w / 2};
 
   // 3. Timesteps: sigmas linspace(1, 1/N, N), shifted by mu(image_seq_len).
@@ -182,7 +185,8 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
 
   // 5. Decode one frame.
   const Tensor frame = flux_unpack_latents(latents, h, w).reshape({B, C, 1, h, w});
-  return decode_wan_images(*vae_, frame, mesh_.vae());
+  MD_TRY(Tensor images, decode_wan_images(*vae_, frame, mesh_.vae()));
+  return ops::to_device(images, Device::CPU);
 }
 
 PipelineEntry qwenimage_pipeline_entry() {
@@ -190,7 +194,8 @@ PipelineEntry qwenimage_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(QwenImagePipeline p, QwenImagePipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<QwenImagePipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

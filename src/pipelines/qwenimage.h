@@ -62,6 +62,7 @@ class QwenImagePipeline final : public Pipeline {
   std::shared_ptr<AutoencoderKLWan> vae_;
   FlowMatchConfig scheduler_config_;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // The registry's entry for "QwenImagePipeline" (pipelines/pipeline.cpp lists it).

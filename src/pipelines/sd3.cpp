@@ -44,6 +44,7 @@ Result<StableDiffusion3Pipeline> StableDiffusion3Pipeline::load(const std::strin
                       "' is not StableDiffusion3Pipeline");
   StableDiffusion3Pipeline p;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(ClipTokenizer t, ClipTokenizer::load(folder.path("tokenizer")));
@@ -58,13 +59,14 @@ Result<StableDiffusion3Pipeline> StableDiffusion3Pipeline::load(const std::strin
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer_3")));
     p.tokenizer_3_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder"))));
-  MD_TRY(p.text_encoder_2_, (load_component<CLIPTextModel, CLIPTextConfig>(folder.path("text_encoder_2"))));
+  MD_TRY(p.text_encoder_, (load_component_on<CLIPTextModel, CLIPTextConfig>(p.device_, folder.path("text_encoder"))));
+  MD_TRY(p.text_encoder_2_,
+         (load_component_on<CLIPTextModel, CLIPTextConfig>(p.device_, folder.path("text_encoder_2"))));
   if (!p.text_encoder_->has_projection() || !p.text_encoder_2_->has_projection())
     return make_error(dir + ": text_encoder and text_encoder_2 must be CLIPTextModelWithProjection");
-  MD_TRY(p.text_encoder_3_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder_3"), &par)));
+  MD_TRY(p.text_encoder_3_, (load_component_on<T5Encoder, T5Config>(p.device_, folder.path("text_encoder_3"), &par)));
   MD_TRY(p.transformer_, (load_transformer<SD3Transformer, SD3Config>(dir, from, &par)));
-  MD_TRY(p.vae_, (load_component<AutoencoderKL, AutoencoderKLConfig>(folder.path("vae"))));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKL, AutoencoderKLConfig>(p.device_, folder.path("vae"))));
   MD_TRY(p.scheduler_config_, FlowMatchConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
 }
@@ -103,7 +105,7 @@ Result<StableDiffusion3Pipeline::PromptEmbeds> StableDiffusion3Pipeline::encode_
     MD_TRY(TokenizedBatch ids, tok.encode(prompts, int(max_len)));
     warn_truncated(
         ids, std::string("CLIP (") + name + ") can only handle sequences up to " + std::to_string(max_len) + " tokens");
-    MD_TRY(CLIPTextOutput o, enc.forward(ids.input_ids));
+    MD_TRY(CLIPTextOutput o, enc.forward(ops::to_device(ids.input_ids, device_)));
     if (o.hidden_states.size() < 2) return make_error("CLIP text encoder: no penultimate hidden state");
     penultimate = o.hidden_states[o.hidden_states.size() - 2];
     pooled = o.text_embeds;
@@ -116,7 +118,7 @@ Result<StableDiffusion3Pipeline::PromptEmbeds> StableDiffusion3Pipeline::encode_
   MD_TRY(TokenizedBatch t5_ids, tokenizer_3_->encode(prompts, int(max_sequence_length)));
   warn_truncated(t5_ids,
                  "T5 (text_encoder_3) max_sequence_length is " + std::to_string(max_sequence_length) + " tokens");
-  MD_TRY(Tensor t5_seq, text_encoder_3_->forward(t5_ids.input_ids, Tensor()));
+  MD_TRY(Tensor t5_seq, text_encoder_3_->forward(ops::to_device(t5_ids.input_ids, device_), Tensor()));
 
   Tensor clip_seq = concat({l_seq, g_seq}, -1);
   const int64_t width = t5_seq.size(2), clip_width = clip_seq.size(2);
@@ -167,6 +169,7 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
   } else {
     latents = torch_randn({B, tc.in_channels, h, w}, o.seed);
   }
+  latents = ops::to_device(latents, device_);
 
   // 3. Timesteps: the scheduler's own schedule and static shift, unless its config asks for a shift that
   // follows the number of image tokens.
@@ -199,7 +202,8 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode.
-  return decode_images(*vae_, latents, mesh_.vae(), o.vae_tiling);
+  MD_TRY(Tensor images, decode_images(*vae_, latents, mesh_.vae(), o.vae_tiling));
+  return ops::to_device(images, Device::CPU);
 }
 
 PipelineEntry sd3_pipeline_entry() {
@@ -207,7 +211,8 @@ PipelineEntry sd3_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(StableDiffusion3Pipeline p, StableDiffusion3Pipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<StableDiffusion3Pipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

@@ -53,6 +53,7 @@ class StableDiffusion3Pipeline final : public Pipeline {
   std::shared_ptr<AutoencoderKL> vae_;
   FlowMatchConfig scheduler_config_;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // The registry's entry for "StableDiffusion3Pipeline" (pipelines/pipeline.cpp lists it).

@@ -81,6 +81,7 @@ Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, 
     return make_error(dir + "/model_index.json: pipeline class '" + folder.class_name + "' is not WanPipeline");
   WanPipeline p;
   p.mesh_ = mesh;
+  p.device_ = from.device;
   const ParallelContext par = p.mesh_.context();
   {
     MD_TRY(Json index, load_json(dir + "/model_index.json"));
@@ -95,7 +96,7 @@ Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, 
     MD_TRY(T5Tokenizer t, T5Tokenizer::load(folder.path("tokenizer")));
     p.tokenizer_ = std::make_shared<T5Tokenizer>(std::move(t));
   }
-  MD_TRY(p.text_encoder_, (load_component<T5Encoder, T5Config>(folder.path("text_encoder"), &par)));
+  MD_TRY(p.text_encoder_, (load_component_on<T5Encoder, T5Config>(p.device_, folder.path("text_encoder"), &par)));
   if (!p.boundary_ratio_) {
     MD_TRY(p.transformer_, (load_transformer<WanTransformer, WanConfig>(dir, from, &par)));
   } else {
@@ -108,13 +109,14 @@ Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, 
     for (int e = 0; e < 2; ++e) {
       MD_TRY(WanConfig cfg, WanConfig::from_json(folder.path(names[e]) + "/config.json"));
       MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path(names[e])));
+      ck.place_on(p.device_);
       MD_TRY(WanTransformer m, WanTransformer::load(ck, cfg, &par));
       *models[e] = std::make_shared<WanTransformer>(std::move(m));
       p.expert_ck_[e] = std::make_shared<Checkpoint>(std::move(ck));
       p.expert_ck_[e]->release_resident();  // loading touched nothing a step needs now
     }
   }
-  MD_TRY(p.vae_, (load_component<AutoencoderKLWan, AutoencoderKLWanConfig>(folder.path("vae"))));
+  MD_TRY(p.vae_, (load_component_on<AutoencoderKLWan, AutoencoderKLWanConfig>(p.device_, folder.path("vae"))));
   MD_TRY(p.scheduler_config_, UniPCConfig::load(folder.path("scheduler") + "/scheduler_config.json"));
   return p;
 }
@@ -182,7 +184,8 @@ Result<Tensor> WanPipeline::encode_prompt(const std::vector<std::string>& prompt
   Tensor h;
   {
     Span s2("stage", "text_encoder (UMT5)");
-    MD_TRY(h, text_encoder_->forward(ids.input_ids, ids.attention_mask));
+    MD_TRY(h,
+           text_encoder_->forward(ops::to_device(ids.input_ids, device_), ops::to_device(ids.attention_mask, device_)));
   }
   return trim_prompt_embeds(h, ids.lengths, max_sequence_length);
 }
@@ -209,7 +212,8 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
   // 2. Latents: one latent frame for the first video frame, one per 4 after it, at 1/8 resolution.
   const int64_t vs = vae_->config().spatial_scale(), ts = vae_->config().temporal_scale();
   const Shape shape{B, tc.in_channels, 1 + (o.num_frames - 1) / ts, o.height / vs, o.width / vs};
-  Tensor latents = o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn(shape, o.seed);
+  Tensor latents =
+      ops::to_device(o.latents.defined() ? o.latents.to(DType::F32).clone() : torch_randn(shape, o.seed), device_);
 
   // 3. Timesteps.
   MD_TRY(UniPCMultistepScheduler scheduler, UniPCMultistepScheduler::create(scheduler_config_));
@@ -244,7 +248,8 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
   MD_TRY(latents, denoise(setup, sched, latents, mesh_.cfg(), record, on_step));
 
   // 5. Decode every frame.
-  return decode_wan_video(*vae_, latents, mesh_.vae());
+  MD_TRY(Tensor video, decode_wan_video(*vae_, latents, mesh_.vae()));
+  return ops::to_device(video, Device::CPU);
 }
 
 PipelineEntry wan_pipeline_entry() {
@@ -252,7 +257,8 @@ PipelineEntry wan_pipeline_entry() {
           [](const std::string& dir, const Mesh& mesh, const LoadOptions& from) -> Result<std::unique_ptr<Pipeline>> {
             MD_TRY(WanPipeline p, WanPipeline::load(dir, mesh, from));
             return std::unique_ptr<Pipeline>(std::make_unique<WanPipeline>(std::move(p)));
-          }};
+          },
+          /*runs_on_device=*/true};
 }
 
 }  // namespace meshdit

@@ -56,6 +56,7 @@ class WanPipeline final : public Pipeline {
   UniPCConfig scheduler_config_;
   std::optional<double> boundary_ratio_;
   Mesh mesh_ = Mesh::single();
+  Device device_ = Device::CPU;  // where the components' weights are (LoadOptions::device)
 };
 
 // diffusers' prompt_clean: ftfy's fix_text (its deterministic part: encoders/tokenizers/fix_text.h), HTML

@@ -1,8 +1,9 @@
 // `meshdit check --device cuda` without a GPU: the CPU kernels stand in for one under the CUDA tag
 // (tests/stand_in_device.h), so the runners' placement is what is tested. Every transformer, VAE and text
-// encoder case must pass with its weights and inputs on that device (data crossing only through the device's
-// copies), report that it ran there and give every device buffer back; a tokenizer case runs on the host and
-// says so. On a real GPU, tools/device-check.sh runs the same command on every case.
+// encoder case, and every pipeline case whose pipeline places its components, must pass with its weights and inputs on
+// that device (data crossing only through the device's copies), report that it ran there and give every device buffer
+// back; a tokenizer case runs on the host and says so. On a real GPU, tools/device-check.sh runs the same command on
+// every case.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -12,12 +13,16 @@
 #include "app/check.h"
 #include "app/runners.h"
 #include "backend/backend.h"
+#include "pipelines/pipeline.h"
 
 using namespace meshdit;
 
 namespace {
 
 bool runs_on_device(const std::string& cls) {
+  // A pipeline case: when its pipeline places its components (PipelineEntry::runs_on_device).
+  const std::string pipeline = cls.rfind("diffusers.", 0) == 0 ? cls.substr(10) : cls;
+  if (auto e = find_pipeline(pipeline); e.ok()) return (*e)->runs_on_device;
   for (const char* kind : {"Transformer", "Autoencoder", "TextModel", "EncoderModel", "ForConditionalGeneration"})
     if (cls.find(kind) != std::string::npos) return true;
   return false;
@@ -33,7 +38,7 @@ TEST(CheckDevice, EveryModelCasePassesOnAnotherDevice) {
     const std::string path = dir + "/" + name;
     auto cls = case_class(path);
     ASSERT_TRUE(cls.ok()) << cls.error().message;
-    const bool model = runs_on_device(*cls) || *cls == "FluxPipeline" || *cls == "diffusers.FluxPipeline";
+    const bool model = runs_on_device(*cls);
     // One host-only case shows the report's note; the other pipelines do not place their components yet.
     if (!model && name != "tok_clip") continue;
     SCOPED_TRACE(name);

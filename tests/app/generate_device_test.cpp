@@ -11,6 +11,7 @@
 #include "../test_util.h"
 #include "app/generation.h"
 #include "backend/backend.h"
+#include "pipelines/pipeline.h"
 
 using namespace meshdit;
 
@@ -50,12 +51,19 @@ TEST(GenerateDevice, BuiltinModelRunsOnAnotherDeviceBitForBit) {
 }
 
 TEST(GenerateDevice, APipelineThatDoesNotPlaceItsComponentsIsRefused) {
-  // A folder naming another registered pipeline: refused on the device before anything loads.
+  // A pipeline registered without runs_on_device: refused on the device before anything loads.
+  register_pipeline({"HostOnlyTestPipeline",
+                     [](const std::string&, const GenerateOptions&, const LoadOptions&) -> Result<ModelTraits> {
+                       return make_error("traits must not be asked");
+                     },
+                     [](const std::string&, const Mesh&, const LoadOptions&) -> Result<std::unique_ptr<Pipeline>> {
+                       return make_error("load must not be called");
+                     }});
   test::TempDir tmp;
   {
     std::FILE* f = std::fopen((tmp.path() / "model_index.json").c_str(), "w");
     ASSERT_NE(f, nullptr);
-    std::fputs(R"({"_class_name": "StableDiffusion3Pipeline"})", f);
+    std::fputs(R"({"_class_name": "HostOnlyTestPipeline"})", f);
     std::fclose(f);
   }
   test::StandInDevice stand_in;
