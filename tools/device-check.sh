@@ -5,7 +5,8 @@
 #   1. runs the test suite with ctest (every backend-parameterised suite runs on CUDA when a device is present,
 #      tests/backend/cuda_test.cpp, the NCCL tests on one GPU: nccl_np1),
 #   2. runs `meshdit check --device cuda` on every fixture case in tests/fixtures, in f32 and in bf16 precision,
-#   3. generates an image with the built-in model on the GPU (`meshdit generate --device cuda`: $OUT/builtin-cuda.png),
+#   3. generates an image with the built-in model on the GPU (`meshdit generate --device cuda`: $OUT/builtin-cuda.png)
+#      (without a GPU, 2 and 3 run on the CPU, which checks the script),
 #   4. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
 #      for Flux.1-dev, SD3.5-Large and Qwen-Image at 1024x1024 at two depths, and extrapolates to the full depth
 #      (time = fixed + per block x blocks, fitted on the two depths),
@@ -133,15 +134,19 @@ if $build_ok; then
   [[ $tests_rc -eq 0 ]] || status=1
 fi
 
-# Every fixture case on the GPU, in both precisions.
+# Every fixture case on the GPU, in both precisions (without a GPU on the CPU, which checks the script itself).
+HAVE_GPU=false
+[[ -n $(nvidia-smi -L 2>/dev/null) ]] && HAVE_GPU=true
+DEV=cpu
+$HAVE_GPU && DEV=cuda
 : >"$OUT/check.log"
 if $build_ok && [[ $build_kind == full ]]; then
-  echo "== meshdit check --device cuda on every fixture case"
+  echo "== meshdit check --device $DEV on every fixture case"
   for precision in f32 bf16; do
     for d in tests/fixtures/*/; do
       [[ -e $d/meta.json ]] || continue
       set +e
-      out=$(timeout 120 "$BUILD/meshdit" check --device cuda --precision "$precision" "${d%/}" 2>&1)
+      out=$(timeout 120 "$BUILD/meshdit" check --device "$DEV" --precision "$precision" "${d%/}" 2>&1)
       rc=$?
       set -e
       printf '=== %s %s rc=%d\n%s\n' "$precision" "${d%/}" "$rc" "$out" >>"$OUT/check.log"
@@ -149,9 +154,9 @@ if $build_ok && [[ $build_kind == full ]]; then
     done
   done
   grep -c "rc=0" "$OUT/check.log" | sed 's/^/cases passed: /'
-  echo "== meshdit generate --device cuda (the built-in model)"
+  echo "== meshdit generate --device $DEV (the built-in model)"
   set +e
-  "$BUILD/meshdit" generate --device cuda --prompt "a red cube on a table" -o "$OUT/builtin-cuda.png" \
+  "$BUILD/meshdit" generate --device "$DEV" --prompt "a red cube on a table" -o "$OUT/builtin-$DEV.png" \
     >"$OUT/generate.log" 2>&1
   gen_rc=$?
   set -e
@@ -162,7 +167,7 @@ fi
 # One transformer forward per model at 1024x1024, random bf16 weights at real width, at two depths (the block stacks
 # scaled together), extrapolated to the full depth.
 : >"$OUT/bench.log"
-if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && [[ -n $(nvidia-smi -L 2>/dev/null) ]]; then
+if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && $HAVE_GPU; then
   echo "== transformer forwards (bench transformer --device cuda)"
   CK=${CKPT_DIR:-$BUILD/ckpt}
   mkdir -p "$CK"
@@ -241,8 +246,8 @@ for m in re.finditer(r"^=== (\S+) (\S+) rc=(\d+)\n(.*?)(?=^=== |\Z)", log, re.M 
 gl = os.path.join(out, "generate.log")
 if os.path.exists(gl):
     m = re.search(r"generate rc=(\d+)", open(gl).read())
-    res["generate_builtin_cuda_ok"] = bool(m) and m.group(1) == "0"
-res["fixtures"] = {"cases": len(cases), "passed": sum(c["pass"] for c in cases),
+    res["generate_builtin_ok"] = bool(m) and m.group(1) == "0"
+res["fixtures"] = {"device": "cuda" if gpu else "cpu", "cases": len(cases), "passed": sum(c["pass"] for c in cases),
                    "on_cuda": sum(c["ran_on"] == "cuda" for c in cases), "results": cases}
 
 # Forwards: s_per_step at two depths -> fixed + per-unit fit -> full depth. Bars: the eager PyTorch ms on
