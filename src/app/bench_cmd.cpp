@@ -202,7 +202,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   if (!opened.ok()) return fail(opened.error().message);
   const TransformerArch& arch = *opened->arch;
   if (!arch.load) return fail(cmd.path + ": the " + arch.name + " transformer's forward has not landed yet");
-  auto tokens = arch.image_tokens(opened->config, cmd.width, cmd.height, 1);
+  auto tokens = arch.image_tokens(opened->config, cmd.width, cmd.height, cmd.frames);
   if (!tokens.ok()) return fail(tokens.error().message);
   const int64_t N = *tokens, L = cmd.text_tokens;
   ModelTraits traits{"transformer", arch.dims(opened->config).heads, false, N};
@@ -216,7 +216,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   opened->ck.place_on(dev);
   auto model = arch.load(opened->ck, opened->config, &par);
   if (!model.ok()) return fail(model.error().message);
-  TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, L);
+  TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, cmd.frames, L);
   for (auto& kv : inputs) kv.second = ops::to_device(kv.second, dev);
   const double flops = arch.flops(opened->config, N, L);
   std::fprintf(stderr, "%s (%s layout): %s; %lldx%lld -> %lld image + %lld text tokens\n", arch.name.c_str(),

@@ -10,6 +10,7 @@ namespace meshdit {
 struct BenchTransformerCommand {
   std::string path;  // checkpoint file or folder (diffusers or single-file layout)
   int64_t width = 256, height = 256, text_tokens = 256, steps = 3;
+  int64_t frames = 1;  // video transformers (Wan: 4k+1, Mochi: 6k+1); image ones take 1
   int threads = 0;
   std::string precision;       // "f32" or "bf16"; "" = default_compute_precision()
   std::string mesh, parallel;  // run on a mesh under mpirun (see `meshdit generate --mesh`)

@@ -252,6 +252,8 @@ int run(int argc, char** argv) {
   bench_tr->add_option("--width", bt.width, "image width (pixels)");
   bench_tr->add_option("--height", bt.height, "image height (pixels)");
   bench_tr->add_option("--text-tokens", bt.text_tokens, "text tokens");
+  bench_tr->add_option("--frames", bt.frames, "video frames for Wan (4k+1) and Mochi (6k+1) transformers (default 1)")
+      ->check(CLI::PositiveNumber);
   bench_tr->add_option("--steps", bt.steps, "forwards to time; the median of steps 2..N is reported")
       ->check(CLI::PositiveNumber);
   bench_tr->add_option("--threads", bt.threads, "CPU threads");

@@ -135,7 +135,8 @@ struct TransformerArch {
   // Image tokens of a case's inputs (for the mesh's automatic config).
   std::function<int64_t(const std::any&, const TensorMap& inputs)> tokens_of_inputs;
   // Random inputs of a generation's shapes (batch 1), for `bench transformer`.
-  std::function<TensorMap(const std::any&, int64_t width, int64_t height, int64_t text_tokens)> random_inputs;
+  std::function<TensorMap(const std::any&, int64_t width, int64_t height, int64_t frames, int64_t text_tokens)>
+      random_inputs;
   // Multiply-adds x 2 of every linear and attention of one forward at batch 1.
   std::function<double(const std::any&, int64_t image_tokens, int64_t text_tokens)> flops;
   // For `plan`: which rows each weight multiplies, and the rest of a rank's forward.

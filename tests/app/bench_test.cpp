@@ -112,6 +112,18 @@ TEST(Bench, TransformerProfileSplitsTheStepByKernelAndWritesATrace) {
   EXPECT_TRUE(std::filesystem::exists(trace));
 }
 
+// A video transformer is timed on `--frames` frames: Wan's 5 frames are 2 latent frames (VAE stride 4), so 32x32
+// pixels with the fixture's (1, 2, 2) patch are 2 x 2 x 2 = 8 tokens; a frame count the VAE cannot take is refused.
+TEST(Bench, VideoTransformerTakesFrames) {
+  std::string log;
+  const std::string cmd = std::string(MESHDIT_CLI) + " bench transformer " + test::fixtures_dir() +
+                          "/wan22_t2v_transformer --width 32 --height 32 --text-tokens 8 --steps 1 --threads 1";
+  ASSERT_EQ(test::run_command(cmd + " --frames 5", &log), 0) << log;
+  EXPECT_NE(log.find("-> 8 image + 8 text tokens"), std::string::npos) << log;
+  EXPECT_NE(test::run_command(cmd + " --frames 4", &log), 0);
+  EXPECT_NE(log.find("Wan needs 4k+1 frames"), std::string::npos) << log;
+}
+
 // --device cuda on the stand-in device (CPU kernels under the CUDA tag): the weights and inputs go there and every
 // step's output comes back through the device's copies; without a device it is one clear error.
 TEST(Bench, TransformerRunsOnTheDeviceItIsGiven) {

@@ -406,7 +406,7 @@ void register_flux() {
     auto it = in.find("hidden_states");
     return it == in.end() || it->second.dim() < 2 ? int64_t(0) : it->second.size(1);
   };
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t /*frames*/, int64_t L) {
     const FluxConfig& f = cfg_of(c);
     const int64_t h = height / 8, w = width / 8, N = (h / 2) * (w / 2);
     TensorMap m;

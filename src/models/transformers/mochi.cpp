@@ -442,11 +442,11 @@ void register_mochi() {
     const Tensor& x = it->second;
     return x.size(2) * (x.size(3) / p) * (x.size(4) / p);
   };
-  // One latent frame (bench transformer sizes by width x height), every text token valid.
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  // frames video frames (6k+1: the VAE's stride 6 in time), width x height pixels, every text token valid.
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t frames, int64_t L) {
     const MochiConfig& m = cfg_of(c);
     TensorMap in;
-    in["hidden_states"] = torch_randn({1, m.in_channels, 1, height / 8, width / 8}, 1);
+    in["hidden_states"] = torch_randn({1, m.in_channels, (frames - 1) / 6 + 1, height / 8, width / 8}, 1);
     in["encoder_hidden_states"] = torch_randn({1, L, m.text_embed_dim}, 2);
     in["timestep"] = Tensor::from_f32({1}, {500.0f});
     in["encoder_attention_mask"] = Tensor::from_i64({1, L}, std::vector<int64_t>(size_t(L), 1));

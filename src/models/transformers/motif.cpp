@@ -431,7 +431,7 @@ void register_motif() {
     auto it = in.find("latent");
     return it == in.end() || it->second.dim() != 4 ? int64_t(0) : (it->second.size(2) / p) * (it->second.size(3) / p);
   };
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t /*frames*/, int64_t L) {
     const MotifConfig& m = cfg_of(c);
     // L counts the time token; the rest is CLIP (at most 77) then T5.
     const int64_t text = std::max<int64_t>(2, L - (m.use_time_token_in_attn ? 1 : 0));

@@ -30,8 +30,10 @@ Result<QwenImageConfig> QwenImageConfig::from_json(const std::string& path) {
   ConfigReader r(j, path);
   r.get("patch_size", c.patch_size);
   r.get("in_channels", c.in_channels);
-  if (j.contains("out_channels") && j["out_channels"].is_null()) c.out_channels = c.in_channels;
-  else r.get("out_channels", c.out_channels);
+  if (j.contains("out_channels") && j["out_channels"].is_null())
+    c.out_channels = c.in_channels;
+  else
+    r.get("out_channels", c.out_channels);
   r.get("num_layers", c.num_layers);
   r.get("attention_head_dim", c.attention_head_dim);
   r.get("num_attention_heads", c.num_attention_heads);
@@ -55,8 +57,8 @@ Result<QwenImageConfig> QwenImageConfig::from_json(const std::string& path) {
       r.fail(key, "must be between 1 and " + std::to_string(kMaxSize) + ", got " + std::to_string(v));
   int64_t rope_dim = 0;
   for (int d : c.axes_dims_rope) rope_dim += d;
-  if (c.axes_dims_rope.size() != 3 || std::any_of(c.axes_dims_rope.begin(), c.axes_dims_rope.end(),
-                                                  [](int d) { return d < 2 || d % 2; }) ||
+  if (c.axes_dims_rope.size() != 3 ||
+      std::any_of(c.axes_dims_rope.begin(), c.axes_dims_rope.end(), [](int d) { return d < 2 || d % 2; }) ||
       rope_dim != c.attention_head_dim)
     r.fail("axes_dims_rope", "must be three even sizes summing to attention_head_dim");
   MD_RETURN_IF_ERROR(r.status());
@@ -139,8 +141,7 @@ Result<QwenImageTransformer> QwenImageTransformer::load(const Checkpoint& ck, co
   m.time_text_embed_.flip_sin_to_cos = true;
   m.time_text_embed_.downscale_freq_shift = 0;
   m.time_text_embed_.scale = 1000;
-  MD_TRY(m.time_text_embed_.mlp,
-         Mlp2::load(ck, "time_text_embed.timestep_embedder", 256, dim, dim, Act::SiLU));
+  MD_TRY(m.time_text_embed_.mlp, Mlp2::load(ck, "time_text_embed.timestep_embedder", 256, dim, dim, Act::SiLU));
   MD_TRY(m.txt_norm_, RMSNorm::load(ck, "txt_norm", cfg.joint_attention_dim, 1e-6f));
   MD_TRY(m.img_in_, Linear::load(ck, "img_in", cfg.in_channels, dim));
   MD_TRY(m.txt_in_, Linear::load(ck, "txt_in", cfg.joint_attention_dim, dim));
@@ -181,7 +182,7 @@ Result<Tensor> QwenImageTransformer::forward(const Tensor& hidden_states, const 
   if (frames * h * w != N)
     return make_error("Qwen-Image transformer: " + std::to_string(N) + " image tokens are not a " +
                       (img_shape[0] ? std::to_string(frames) + "x" + std::to_string(h) + "x" + std::to_string(w)
-                                         : std::string("square")) +
+                                    : std::string("square")) +
                       " grid (img_shapes)");
 
   Tensor x = img_in_(hidden_states.to(DType::F32));
@@ -303,9 +304,8 @@ void register_qwenimage() {
     if (!args.contains("img_shapes")) return std::any(q);
     // [[(frame, height, width), ...] per sample]: the reference builds RoPE from the first sample's first shape.
     const Json& s = args["img_shapes"];
-    if (!s.is_array() || s.empty() || !s[0].is_array() || s[0].empty() || !s[0][0].is_array() ||
-        s[0][0].size() != 3 || !s[0][0][0].is_number_integer() || !s[0][0][1].is_number_integer() ||
-        !s[0][0][2].is_number_integer())
+    if (!s.is_array() || s.empty() || !s[0].is_array() || s[0].empty() || !s[0][0].is_array() || s[0][0].size() != 3 ||
+        !s[0][0][0].is_number_integer() || !s[0][0][1].is_number_integer() || !s[0][0][2].is_number_integer())
       return make_error("non_tensor_args.img_shapes: expected [[[frame, height, width]], ...], got " + s.dump());
     if (s[0].size() != 1) return make_error("non_tensor_args.img_shapes: several images per sample are not supported");
     for (int i = 0; i < 3; ++i) {
@@ -319,8 +319,8 @@ void register_qwenimage() {
   a.gguf_architectures = {"qwen_image"};
   a.gguf_keep_float = {"img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out."};
   a.diffusers_detect = {"txt_norm."};
-  a.diffusers_modules = {"img_in", "txt_norm", "txt_in", "time_text_embed", "transformer_blocks", "norm_out",
-                         "proj_out"};
+  a.diffusers_modules = {"img_in",   "txt_norm", "txt_in", "time_text_embed", "transformer_blocks",
+                         "norm_out", "proj_out"};
   a.load = [](const Checkpoint& ck, const std::any& c,
               const ParallelContext* par) -> Result<std::shared_ptr<Transformer>> {
     MD_TRY(QwenImageTransformer m, QwenImageTransformer::load(ck, cfg_of(c), par));
@@ -351,7 +351,7 @@ void register_qwenimage() {
     auto it = in.find("hidden_states");
     return it == in.end() || it->second.dim() < 2 ? int64_t(0) : it->second.size(1);
   };
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t /*frames*/, int64_t L) {
     const QwenImageConfig& q = cfg_of(c);
     const int64_t N = (height / 16) * (width / 16);
     TensorMap m;
@@ -372,8 +372,9 @@ void register_qwenimage() {
   };
   a.cost = [](const std::any& c, const RankShape& r) {
     const QwenImageConfig& q = cfg_of(c);
-    const MmditShape s{q.inner_dim(),         4 * q.inner_dim(), q.attention_head_dim, q.in_channels,
-                       q.joint_attention_dim, q.num_layers,      0,                    /*rope=*/true};
+    const MmditShape s{
+        q.inner_dim(), 4 * q.inner_dim(), q.attention_head_dim, q.in_channels, q.joint_attention_dim, q.num_layers, 0,
+        /*rope=*/true};
     ForwardCost k = mmdit_cost(s, r);
     // Per block: all-reduces of both attention outputs and both MLPs; the two 6 x dim modulations gathered.
     const int64_t n = r.n, L = r.L, D = s.dim;

@@ -363,7 +363,7 @@ void register_sd3() {
     auto it = in.find("hidden_states");
     return it == in.end() || it->second.dim() != 4 ? int64_t(0) : (it->second.size(2) / p) * (it->second.size(3) / p);
   };
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t /*frames*/, int64_t L) {
     const SD3Config& s = cfg_of(c);
     TensorMap m;
     m["hidden_states"] = torch_randn({1, s.in_channels, height / 8, width / 8}, 1);

@@ -70,8 +70,8 @@ Result<WanConfig> WanConfig::from_json(const std::string& path) {
   if (c.num_layers < 0 || c.num_layers > 4096) r.fail("num_layers", "out of range");
   // WanRotaryPosEmbed splits head_dim into (t, h, w) parts of even sizes, h = w = 2 (head_dim / 6).
   if (c.attention_head_dim % 2 || c.attention_head_dim < 6)
-    r.fail("attention_head_dim", "must be even and at least 6 (3-axis RoPE), got " +
-                                     std::to_string(c.attention_head_dim));
+    r.fail("attention_head_dim",
+           "must be even and at least 6 (3-axis RoPE), got " + std::to_string(c.attention_head_dim));
   if (!(c.eps > 0) || c.eps > 1) r.fail("eps", "must be in (0, 1]");
   if (c.freq_dim % 2) r.fail("freq_dim", "must be even (sin and cos halves)");
   MD_RETURN_IF_ERROR(r.status());
@@ -383,9 +383,9 @@ void register_wan() {
     return std::any(c);
   };
   a.gguf_architectures = {"wan"};
-  a.gguf_keep_float = {"patch_embedding.",    "text_embedding.",   "time_embedding.", "time_projection.",
-                       "img_emb.",            "head.",             "modulation",      "condition_embedder.",
-                       "scale_shift_table",   "proj_out."};
+  a.gguf_keep_float = {"patch_embedding.",  "text_embedding.", "time_embedding.", "time_projection.",
+                       "img_emb.",          "head.",           "modulation",      "condition_embedder.",
+                       "scale_shift_table", "proj_out."};
   a.layouts = {SingleFileLayout{
       "wan-original",
       {"text_embedding.", "time_embedding.", "time_projection.", "head.head."},
@@ -451,11 +451,11 @@ void register_wan() {
     const Tensor& x = it->second;
     return (x.size(2) / p[0]) * (x.size(3) / p[1]) * (x.size(4) / p[2]);
   };
-  // One latent frame (bench transformer sizes by width x height): a 1-frame video.
-  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t L) {
+  // frames video frames (4k+1: the VAE's stride 4 in time), width x height pixels.
+  a.random_inputs = [](const std::any& c, int64_t width, int64_t height, int64_t frames, int64_t L) {
     const WanConfig& w = cfg_of(c);
     TensorMap m;
-    m["hidden_states"] = torch_randn({1, w.in_channels, 1, height / 8, width / 8}, 1);
+    m["hidden_states"] = torch_randn({1, w.in_channels, (frames - 1) / 4 + 1, height / 8, width / 8}, 1);
     m["encoder_hidden_states"] = torch_randn({1, L, w.text_dim}, 2);
     m["timestep"] = Tensor::from_i64({1}, {500});
     return m;
