@@ -83,15 +83,22 @@ Result<FluxSingleTransformerBlock> FluxSingleTransformerBlock::load(const Checkp
 
 void FluxSingleTransformerBlock::operator()(Tensor& tokens, const Tensor& silu_temb, const RopeTables& rope,
                                             const SeqLayout* seq) const {
+  // Each activation is dropped as soon as it is consumed: the block's peak is then [attention, mlp] with its
+  // two parts (the 4x-wide MLP dominates), not that plus the normalized input and the q/k/v heads.
   auto [x, gate] = norm(tokens, silu_temb);
+  Tensor attn;
+  {
+    QKV::Heads h = qkv(x, heads);
+    ops::rope_(h.q, rope.cos, rope.sin);
+    ops::rope_(h.k, rope.cos, rope.sin);
+    const float scale = 1.0f / std::sqrt(float(h.q.size(3)));
+    attn = merge_heads(seq ? joint_attention(h.q, h.k, h.v, scale, *seq, &par) : ops::attention(h.q, h.k, h.v, scale));
+  }
   Tensor mlp = proj_mlp(x, Act::GeluTanh);
-  QKV::Heads h = qkv(x, heads);
-  ops::rope_(h.q, rope.cos, rope.sin);
-  ops::rope_(h.k, rope.cos, rope.sin);
-  const float scale = 1.0f / std::sqrt(float(h.q.size(3)));
-  Tensor attn =
-      merge_heads(seq ? joint_attention(h.q, h.k, h.v, scale, *seq, &par) : ops::attention(h.q, h.k, h.v, scale));
-  ops::add_gated_(tokens, gate, proj_out(concat({attn, mlp}, 2)));
+  x = Tensor();
+  Tensor attn_mlp = concat({attn, mlp}, 2);
+  attn = mlp = Tensor();
+  ops::add_gated_(tokens, gate, proj_out(attn_mlp));
 }
 
 Result<FluxTransformer> FluxTransformer::load(const Checkpoint& ck, const FluxConfig& cfg, const ParallelContext* par) {
