@@ -23,7 +23,7 @@
 #   tools/device-check.sh --fetch-debs
 # and unpacked here with dpkg-deb -x into tools/device-debs/root (never into /), which CMake is pointed at.
 # Packages the machine already has are found first. BENCH=0 skips the forwards; BENCH_SECONDS is
-# what they may take (default 150; the five models at two depths take longer on a slow
+# what they may take (default 120; the five models at two depths take longer on a slow
 # attention kernel, and the later ones are then listed as skipped).
 #
 # Without a GPU the script still builds and runs the tests (the CUDA ones skip) and says so: that is its
@@ -180,7 +180,7 @@ if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && $HAVE_GPU
   # name  preset  depth1 (double single)  depth2  full  text tokens  width height frames
   while read -r name preset d1 s1 d2 s2 dfull sfull text width height frames; do
     [[ -z $name ]] && continue
-    if (( $(date +%s) - BENCH_START > ${BENCH_SECONDS:-150} )); then
+    if (( $(date +%s) - BENCH_START > ${BENCH_SECONDS:-120} )); then
       echo "--- $name skipped: over BENCH_SECONDS" >>"$OUT/bench.log"
       continue
     fi
