@@ -15,6 +15,7 @@
 #include <memory>
 #include <random>
 
+#include "app/device_option.h"
 #include "app/info_cmd.h"
 #include "backend/backend.h"
 #include "backend/ops.h"
@@ -189,9 +190,8 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
       cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
   const ScopedPrecision run_precision(*precision);  // this run only
-  const Device dev = cmd.device == "cuda" ? Device::CUDA : Device::CPU;
-  if (dev != Device::CPU && !find_backend(dev))
-    return fail("--device " + cmd.device + ": no " + cmd.device + " device in this process (`meshdit info` says why)");
+  const Device dev = device_option(cmd.device);
+  if (auto st = require_device(dev); !st.ok()) return fail(st.error().message);
   auto world = world_communicator();
   const bool lead = world->rank() == 0;
   auto parsed_mesh = MeshShape::parse_or_row(cmd.mesh, world->size());

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "app/convert_cmd.h"
-#include "backend/backend.h"
+#include "app/device_option.h"
 #include "backend/ops.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -246,10 +246,7 @@ Result<CheckReport> run_check(const std::string& dir, const CheckOptions& opts) 
     }
   }
   if (opts.device != Device::CPU) {
-    if (!find_backend(opts.device))
-      return make_error(std::string("--device ") + device_name(opts.device) + ": no " + device_name(opts.device) +
-                        " device in this process (`meshdit info` lists the backends this binary has and the devices "
-                        "it found)");
+    MD_RETURN_IF_ERROR(require_device(opts.device));
     if (opts.mesh.size() > 1)
       return make_error(std::string("--device ") + device_name(opts.device) +
                         ": a check on a mesh runs on CPU ranks only (the NCCL communicator is not wired to check)");

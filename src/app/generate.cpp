@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 
+#include "app/device_option.h"
 #include "app/generation.h"
 #include "app/info_cmd.h"
 #include "app/runners.h"
@@ -213,7 +214,7 @@ int run_generate(const GenerateCommand& cmd) {
 
   LoadOptions from;
   from.transformer_file = cmd.transformer;
-  from.device = cmd.device == "cuda" ? Device::CUDA : Device::CPU;
+  from.device = device_option(cmd.device);
   GenerateOptions o;
   o.prompt = cmd.prompts;
   o.negative_prompt = cmd.negative_prompts;

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
+#include "app/device_option.h"
 #include "app/runners.h"
-#include "backend/backend.h"
 
 namespace meshdit {
 
@@ -19,9 +19,7 @@ Result<LoadedPipeline> load_pipeline(const std::string& model, const MeshShape& 
     if (!entry->runs_on_device)
       return make_error(lp.model + ": " + entry->class_name + " does not place its components on " +
                         device_name(from.device) + " yet; run it without --device");
-    if (!find_backend(from.device))
-      return make_error(std::string("--device ") + device_name(from.device) + ": no " + device_name(from.device) +
-                        " device in this process (`meshdit info` says why)");
+    MD_RETURN_IF_ERROR(require_device(from.device));
     if (shape.size() > 1)
       return make_error(std::string("--device ") + device_name(from.device) +
                         ": generation on a mesh runs on CPU ranks (the NCCL communicator is not wired to pipelines)");

@@ -10,6 +10,7 @@
 #include "app/bench_cmd.h"
 #include "app/check.h"
 #include "app/convert_cmd.h"
+#include "app/device_option.h"
 #include "app/generate.h"
 #include "app/info_cmd.h"
 #include "app/plan_cmd.h"
@@ -43,7 +44,7 @@ int cmd_check(const std::vector<std::string>& dirs, bool quiet, const std::strin
   opts.mesh = *shape;
   opts.parallel = parallel;
   opts.quantize = quantize;
-  opts.device = device == "cuda" ? meshdit::Device::CUDA : meshdit::Device::CPU;  // CLI11 checked the name
+  opts.device = meshdit::device_option(device);
   if (!precision.empty()) {
     auto p = meshdit::parse_precision(precision);
     if (!p.ok()) {

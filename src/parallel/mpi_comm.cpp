@@ -161,12 +161,6 @@ namespace mpi {
 
 bool available() { return true; }
 
-bool launched() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS"})
-    if (std::getenv(v)) return true;
-  return false;
-}
-
 Status init(int* argc, char*** argv) {
   if (!launched() || initialized()) return ok_status();
   int provided = 0;

@@ -30,12 +30,6 @@ namespace mpi {
 
 bool available() { return false; }
 
-bool launched() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS"})
-    if (std::getenv(v)) return true;
-  return false;
-}
-
 Status init(int*, char***) {
   if (!launched()) return ok_status();
   const long n = launched_size();
