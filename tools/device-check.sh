@@ -278,11 +278,10 @@ for line in blog.splitlines():
 forwards = []
 for name, rs in runs.items():
     ok = [r for r in rs if "ms" in r]
-    e = {"model": name, "runs": [{k: r.get(k) for k in ("double", "single", "ms", "gflop")} for r in rs],
-         "eager_bar_ms": bars.get(name)}
     for r in ok:
         r["tflops"] = r["gflop"] / r["ms"] if r.get("gflop") else None
-    e["runs"] = [{k: r.get(k) for k in ("double", "single", "ms", "gflop", "tflops")} for r in rs]
+    e = {"model": name, "runs": [{k: r.get(k) for k in ("double", "single", "ms", "gflop", "tflops")} for r in rs],
+         "eager_bar_ms": bars.get(name)}
     if len(ok) == 2:
         a, b = ok
         units = lambda r: r["double"] + r["single"] / 2.0 if name == "flux-dev" else r["double"]
