@@ -269,9 +269,11 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     }
   }
   const HostCacheStats hc = host_cache_stats();
-  std::printf("host buffer cache: %.1f MB waiting of %.0f MB, %llu reused, %llu fresh, %llu evicted\n",
-              double(hc.cached_bytes) / 1048576.0, double(hc.limit_bytes) / 1048576.0, (unsigned long long)hc.hits,
-              (unsigned long long)hc.misses, (unsigned long long)hc.evictions);
+  std::printf(
+      "host buffer cache: %.1f MB committed, %.1f MB of it freed and waiting (limit %.0f MB), %llu reused, "
+      "%llu fresh, %llu evicted\n",
+      double(hc.committed_bytes) / 1048576.0, double(hc.cached_bytes) / 1048576.0, double(hc.limit_bytes) / 1048576.0,
+      (unsigned long long)hc.hits, (unsigned long long)hc.misses, (unsigned long long)hc.evictions);
   std::printf("host tensors: %.1f MB held now, at most %.1f MB at once\n", double(hc.live_bytes) / 1048576.0,
               double(hc.peak_live_bytes) / 1048576.0);
   const std::vector<double> tail(times.size() > 1 ? times.begin() + 1 : times.begin(), times.end());

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
@@ -26,15 +27,34 @@ namespace {
 
 constexpr size_t kLarge = size_t(1) << 20;  // from here on buffers are mapped and cached
 
-void* map_anonymous(size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// Address space only (no memory, no commit charge): aligned to a huge page, so committed steps of 2 MiB can be
+// backed by transparent huge pages.
+void* reserve(size_t bytes) {
+  void* p = mmap(nullptr, bytes + kHugePage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return nullptr;
-  // One fault per 2 MiB instead of per 4 KiB where transparent huge pages are on request ("madvise").
-  if (bytes >= (size_t(2) << 20)) madvise(p, bytes, MADV_HUGEPAGE);
-  return p;
+  const uintptr_t raw = uintptr_t(p), base = (raw + kHugePage - 1) / kHugePage * kHugePage;
+  if (base > raw) munmap(p, base - raw);
+  if (raw + bytes + kHugePage > base + bytes) munmap(reinterpret_cast<void*>(base + bytes), raw + kHugePage - base);
+  return reinterpret_cast<void*>(base);
 }
 
-void unmap(void* p, size_t bytes) { munmap(p, bytes); }
+bool commit(void* p, size_t bytes) {
+  if (mprotect(p, bytes, PROT_READ | PROT_WRITE) != 0) return false;
+  // One fault per 2 MiB instead of per 4 KiB where transparent huge pages are on request ("madvise").
+  if (bytes >= kHugePage) madvise(p, bytes, MADV_HUGEPAGE);
+  return true;
+}
+
+void discard(void* p, size_t bytes) { madvise(p, bytes, MADV_DONTNEED); }
+
+void unreserve(void* p, size_t bytes) { munmap(p, bytes); }
+
+size_t physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+}
 
 size_t default_limit() {
   if (const char* env = std::getenv("MESHDIT_HOST_CACHE_MB")) {
@@ -42,15 +62,18 @@ size_t default_limit() {
     const unsigned long long mb = std::strtoull(env, &end, 10);
     if (end != env && *end == '\0') return size_t(mb) << 20;
   }
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  const size_t total = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+  const size_t total = physical_memory();
   const size_t cap = size_t(4) << 30;
   return total / 8 < cap ? total / 8 : cap;
 }
 
 BufferCache& cache() {
   // Never destroyed, like the allocator: tensors in statics give their buffers back after exit starts.
-  static BufferCache* c = new BufferCache({map_anonymous, unmap}, MESHDIT_HOST_CACHE ? default_limit() : 0);
+  // Regions as large as the machine's memory: one holds every buffer a run can have at once (address space is
+  // plentiful; only committed pages count), so freed ranges of it serve requests of any size.
+  static BufferCache* c =
+      new BufferCache({reserve, commit, discard, unreserve}, MESHDIT_HOST_CACHE ? default_limit() : 0,
+                      std::max(physical_memory(), size_t(1) << 30));
   return *c;
 }
 
@@ -105,8 +128,14 @@ Allocator& host_allocator() {
 
 HostCacheStats host_cache_stats() {
   const BufferCache::Stats s = cache().stats();
-  return HostCacheStats{s.cached_bytes, s.limit_bytes, s.hits, s.misses, s.evictions,
-                        g_live.load(std::memory_order_relaxed), g_peak_live.load(std::memory_order_relaxed)};
+  return HostCacheStats{s.cached_bytes,
+                        s.committed_bytes,
+                        s.limit_bytes,
+                        s.hits,
+                        s.misses,
+                        s.evictions,
+                        g_live.load(std::memory_order_relaxed),
+                        g_peak_live.load(std::memory_order_relaxed)};
 }
 
 void release_host_cache() { cache().release_all(); }

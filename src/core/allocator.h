@@ -21,14 +21,15 @@ class Allocator {
 };
 
 // Host buffers aligned to 64 bytes (cache lines; the widest vector loads). Buffers of 1 MiB and more are
-// mapped anonymous memory (transparent huge pages where the kernel allows them on request) and are kept for
-// reuse when freed (core/buffer_cache.h), up to a limit: MESHDIT_HOST_CACHE_MB, default an eighth of the
-// machine's memory and at most 4 GiB; 0 turns the cache off. Sanitizer builds do not cache (a reused
-// buffer would hide a use after free from them).
+// ranges of reserved anonymous address space (transparent huge pages where the kernel allows them on request),
+// kept resident for reuse when freed (core/buffer_cache.h) while the freed memory stays under a limit:
+// MESHDIT_HOST_CACHE_MB, default an eighth of the machine's memory and at most 4 GiB; 0 turns the cache off
+// (each buffer its own mapping). Sanitizer builds do not cache (a reused buffer would hide a use after free
+// from them).
 Allocator& host_allocator();
 
 struct HostCacheStats {
-  size_t cached_bytes = 0, limit_bytes = 0;
+  size_t cached_bytes = 0, committed_bytes = 0, limit_bytes = 0;
   uint64_t hits = 0, misses = 0, evictions = 0;
   // Bytes of host tensor storage held by tensors now, and the most ever held at once (without what waits in
   // the cache): the activation memory a run needs, apart from the weights' mapping.

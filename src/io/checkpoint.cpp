@@ -280,6 +280,21 @@ std::string Checkpoint::describe_alias(const std::string& name) const {
   return s;
 }
 
+namespace {
+
+// A shard copied out of a memory-mapped weight leaves the whole weight's pages resident in this process.
+// Dropping them keeps per-rank memory at its shard; the mapping is private and read-only, so a later read
+// (another shard of the same tensor) simply faults the file back in.
+void release_mapped_pages(const Tensor& w) {
+  if (!w.read_only() || w.raw() == nullptr) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (uintptr_t(w.raw()) + page - 1) / page * page;
+  const uintptr_t end = (uintptr_t(w.raw()) + w.nbytes()) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
 Result<Tensor> Checkpoint::get(const std::string& name) const {
   auto a = aliases_.find(name);
   if (a == aliases_.end()) {
@@ -296,7 +311,10 @@ Result<Tensor> Checkpoint::get(const std::string& name) const {
     rows.push_back(t.slice(0, p.begin, p.end));
   }
   if (rows.size() == 1) return rows[0];
-  return concat(rows, 0);
+  Tensor joined = concat(rows, 0);
+  // The copy is what the model reads from now on (a BFL final layer's swapped halves: 36 MiB for Flux).
+  for (const Tensor& r : rows) release_mapped_pages(r);
+  return joined;
 }
 
 Result<Tensor> Checkpoint::checked(const std::string& name, const Shape& expect) const {
@@ -319,17 +337,6 @@ Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) con
 }
 
 namespace {
-
-// A shard copied out of a memory-mapped weight leaves the whole weight's pages resident in this process.
-// Dropping them keeps per-rank memory at its shard; the mapping is private and read-only, so a later read
-// (another shard of the same tensor) simply faults the file back in.
-void release_mapped_pages(const Tensor& w) {
-  if (!w.read_only() || w.raw() == nullptr) return;
-  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (uintptr_t(w.raw()) + page - 1) / page * page;
-  const uintptr_t end = (uintptr_t(w.raw()) + w.nbytes()) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
 
 // Ranges that follow one another as one: a modulation linear's k chunks on a one-rank group are the whole weight,
 // which stays a view into the mapping instead of a copy of it.
