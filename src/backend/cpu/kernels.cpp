@@ -266,8 +266,8 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
 
   const int64_t T = num_threads();
   int64_t m_tiles = std::max<int64_t>(1, (M + kMb - 1) / kMb);
-  int64_t n_tiles = std::min(T * std::max<int64_t>(1, std::llround(double(N) / double(kNb * T))),
-                             std::max<int64_t>(1, N / 64));
+  int64_t n_tiles =
+      std::min(T * std::max<int64_t>(1, std::llround(double(N) / double(kNb * T))), std::max<int64_t>(1, N / 64));
   // Too few tiles to keep every thread busy: halve the longer side, keeping tiles at least 64 wide.
   while (m_tiles * n_tiles < 2 * T) {
     const bool split_n = N / (2 * n_tiles) >= 64, split_m = M / (2 * m_tiles) >= 64;
@@ -284,7 +284,27 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
   auto k_bound = [&](int64_t i, int64_t chunks) { return i == chunks ? K : K * i / chunks / w.block * w.block; };
   const int64_t f32_chunks = f32w || bf16 ? 1 : k_chunks;
 
-  parallel_tasks(m_tiles * n_tiles, [&](int64_t tile, int) {
+  // Each thread's weight buffers for this call, from the host allocator (so the memory serves the activations
+  // again once the product is done; per-thread vectors kept for the whole run held ~20 MB more at the peak).
+  // A chunk [k_bound(i), k_bound(i + 1)) is at most K / chunks + one block long; tiles at most N / n_tiles + 1 wide.
+  const int64_t max_nb = N / n_tiles + 1;
+  auto max_chunk = [&](int64_t chunks) { return chunks == 1 ? K : K / chunks + w.block; };
+  int64_t f32_floats = 0, bf16_values = 0;  // per thread
+  if (bf16 && w.quant) {
+    f32_floats = max_chunk(k_chunks);
+    bf16_values = max_nb * max_chunk(k_chunks);
+  } else if (bf16 && !w.is(DType::BF16)) {
+    f32_floats = bf16_values = max_nb * K;
+  } else if (!bf16 && !f32w) {
+    f32_floats = max_nb * max_chunk(f32_chunks);
+  }
+  const int64_t slot_bytes = (f32_floats * 4 + bf16_values * 2 + 63) / 64 * 64;
+  Tensor work;
+  if (slot_bytes > 0) work = Tensor::empty({T * slot_bytes}, DType::U8);
+  auto f32_buf = [&](int tid) { return reinterpret_cast<float*>(work.data<uint8_t>() + tid * slot_bytes); };
+  auto bf16_buf = [&](int tid) { return reinterpret_cast<uint16_t*>(f32_buf(tid) + f32_floats); };
+
+  parallel_tasks(m_tiles * n_tiles, [&](int64_t tile, int tid) {
     const int64_t ni = tile % n_tiles, mi = tile / n_tiles;
     const int64_t n0 = N * ni / n_tiles, n1 = N * (ni + 1) / n_tiles, nb = n1 - n0;
     const int64_t m0 = M * mi / m_tiles, m1 = M * (mi + 1) / m_tiles, mb = m1 - m0;
@@ -293,29 +313,23 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
       // Decoded chunk by chunk of K, one row at a time through a row buffer that stays in L1, straight into the
       // bf16 tile the GEMM reads: a whole [nb x K] tile decoded at once (12 MB for a 12288-wide weight) left the
       // cache and ran the products at half speed.
-      thread_local std::vector<uint16_t> wtile;
-      auto& row = scratch(0);
+      float* row = f32_buf(tid);
+      uint16_t* wtile = bf16_buf(tid);
       for (int64_t kc_i = 0; kc_i < k_chunks; ++kc_i) {
         const int64_t k0 = k_bound(kc_i, k_chunks), kc = k_bound(kc_i + 1, k_chunks) - k0;
-        if (int64_t(row.size()) < kc) row.resize(size_t(kc));
-        if (int64_t(wtile.size()) < nb * kc) wtile.resize(size_t(nb * kc));
         for (int64_t r = 0; r < nb; ++r) {
-          widen_tile(w, n0 + r, 1, k0, kc, row.data());
-          to_bf16(row.data(), kc, wtile.data() + r * kc);
+          widen_tile(w, n0 + r, 1, k0, kc, row);
+          to_bf16(row, kc, wtile + r * kc);
         }
-        gemm(mb, nb, kc, 1.0f, {xb + m0 * K + k0, DType::BF16, K, false}, {wtile.data(), DType::BF16, kc, true},
+        gemm(mb, nb, kc, 1.0f, {xb + m0 * K + k0, DType::BF16, K, false}, {wtile, DType::BF16, kc, true},
              kc_i == 0 ? 0.0f : 1.0f, yp + m0 * N + n0, N);
       }
     } else if (bf16) {
       const uint16_t* wb = w.is(DType::BF16) ? w.row<uint16_t>(n0) : nullptr;
       if (!wb) {
-        thread_local std::vector<uint16_t> wtile;
-        auto& buf = scratch(0);
-        if (int64_t(buf.size()) < nb * K) buf.resize(size_t(nb * K));
-        if (int64_t(wtile.size()) < nb * K) wtile.resize(size_t(nb * K));
-        widen_tile(w, n0, nb, 0, K, buf.data());
-        to_bf16(buf.data(), nb * K, wtile.data());
-        wb = wtile.data();
+        widen_tile(w, n0, nb, 0, K, f32_buf(tid));
+        to_bf16(f32_buf(tid), nb * K, bf16_buf(tid));
+        wb = bf16_buf(tid);
       }
       gemm(mb, nb, K, 1.0f, {xb + m0 * K, DType::BF16, K, false}, {wb, DType::BF16, K, true}, 0.0f, yp + m0 * N + n0,
            N);
@@ -328,10 +342,8 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
         wp = w.row<float>(n0) + k0;
         ldw = K;
       } else {
-        auto& buf = scratch(0);
-        if (int64_t(buf.size()) < nb * kc) buf.resize(size_t(nb * kc));
-        widen_tile(w, n0, nb, k0, kc, buf.data());
-        wp = buf.data();
+        widen_tile(w, n0, nb, k0, kc, f32_buf(tid));
+        wp = f32_buf(tid);
         ldw = kc;
       }
       gemm(mb, nb, kc, 1.0f, {xp + m0 * ldx + k0, DType::F32, ldx, false}, {wp, DType::F32, ldw, true},
