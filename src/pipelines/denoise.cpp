@@ -50,8 +50,8 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
   if (setup.experts.size() != (setup.boundary ? 2u : 1u))
     return make_error("denoise: " + std::to_string(setup.experts.size()) + " experts with" +
                       (setup.boundary ? "" : "out") + " a boundary timestep");
-  // The host buffer cache keeps freed activations for the next step; what the text encoders left there has
-  // other sizes and would only sit resident through the loop.
+  // The host buffer cache keeps freed activations resident for the next step; what the text encoders freed gives
+  // its pages back here, so the loop's peak is its own.
   release_host_cache();
   const bool guided = setup.guidance.mode != CfgMode::None;
   if (guided && cfg_group.size() > 2)
