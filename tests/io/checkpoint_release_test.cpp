@@ -45,4 +45,28 @@ TEST(CheckpointRelease, TouchedPagesLeaveTheResidentSetAndComeBack) {
   EXPECT_EQ(sum_of(ck->get("a").value()) + sum_of(ck->get("b").value()), want);
 }
 
+// An alias joined from several row ranges (BFL's final layer with its shift/scale halves swapped) is a copy: the
+// source's mapped pages leave the resident set once it is made, so the weight is not resident twice.
+TEST(CheckpointRelease, AJoinedAliasLeavesItsSourceUnmapped) {
+  const test::TempDir dir;
+  const std::string file = (dir.path() / "w.safetensors").string();
+  const int64_t rows = 1024, cols = 8192;  // 32 MiB of float32
+  std::vector<float> w(size_t(rows * cols));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float(i % 11);
+  ASSERT_TRUE(save_safetensors(file, {{"w", Tensor::from_f32({rows, cols}, w)}}).ok());
+
+  auto ck = Checkpoint::open(file);
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  ASSERT_TRUE(
+      ck->add_alias("swapped", std::vector<Checkpoint::RowRange>{{"w", rows / 2, rows}, {"w", 0, rows / 2}}).ok());
+  const double before = process_memory().file_mb;
+  ASSERT_GE(before, 0) << "no RssFile in /proc/self/status";
+  const Tensor t = ck->get("swapped").value();
+  EXPECT_LT(process_memory().file_mb - before, 4.0) << "the source stayed resident next to its copy";
+  const float* p = t.f32();
+  EXPECT_EQ(p[0], w[size_t(rows / 2 * cols)]);  // the second half first
+  EXPECT_EQ(p[size_t(rows / 2 * cols)], w[0]);  // then the first
+  EXPECT_EQ(p[size_t(rows * cols - 1)], w[size_t(rows / 2 * cols - 1)]);
+}
+
 }  // namespace
