@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/align.h"
 #include "core/buffer_cache.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -34,7 +35,7 @@ constexpr size_t kHugePage = size_t(2) << 20;
 void* reserve(size_t bytes) {
   void* p = mmap(nullptr, bytes + kHugePage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return nullptr;
-  const uintptr_t raw = uintptr_t(p), base = (raw + kHugePage - 1) / kHugePage * kHugePage;
+  const uintptr_t raw = uintptr_t(p), base = align_up(raw, kHugePage);
   if (base > raw) munmap(p, base - raw);
   if (raw + bytes + kHugePage > base + bytes) munmap(reinterpret_cast<void*>(base + bytes), raw + kHugePage - base);
   return reinterpret_cast<void*>(base);
@@ -86,7 +87,7 @@ class HostAllocator final : public Allocator {
     if (MESHDIT_HOST_CACHE && bytes >= kLarge)
       p = cache().allocate(bytes);
     else  // aligned_alloc wants a size that is a multiple of the alignment.
-      p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      p = std::aligned_alloc(64, align_up(bytes, 64));
     if (p) {
       const size_t live = g_live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
       size_t peak = g_peak_live.load(std::memory_order_relaxed);

@@ -10,7 +10,7 @@ namespace meshdit {
 BufferCache::BufferCache(Backing backing, size_t limit_bytes, size_t region_bytes)
     : backing_(backing),
       limit_(limit_bytes),
-      region_bytes_(std::max(kCommitStep, (region_bytes + kCommitStep - 1) / kCommitStep * kCommitStep)) {}
+      region_bytes_(std::max(kCommitStep, size_t(align_up(region_bytes, kCommitStep)))) {}
 
 BufferCache::~BufferCache() {
   for (const Region& g : regions_)
@@ -47,7 +47,7 @@ BufferCache::RangeMap::iterator BufferCache::merge_free(RangeMap::iterator it) {
 }
 
 bool BufferCache::add_region(size_t bytes) {
-  bytes = (bytes + kCommitStep - 1) / kCommitStep * kCommitStep;
+  bytes = align_up(bytes, kCommitStep);
   char* base = static_cast<char*>(backing_.reserve(bytes));
   if (!base) return false;
   size_t slot = 0;
@@ -86,7 +86,7 @@ void* BufferCache::allocate(size_t bytes) {
   char* p = it->first;
   const size_t end = size_t(p - g.base) + size;
   if (end > g.committed) {
-    const size_t to = std::min(g.bytes, (end + kCommitStep - 1) / kCommitStep * kCommitStep);
+    const size_t to = std::min(g.bytes, size_t(align_up(end, kCommitStep)));
     if (!backing_.commit(g.base + g.committed, to - g.committed)) return nullptr;
     g.committed = to;
   }

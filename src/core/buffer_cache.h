@@ -23,6 +23,8 @@
 #include <set>
 #include <vector>
 
+#include "core/align.h"
+
 namespace meshdit {
 
 class BufferCache {
@@ -50,9 +52,7 @@ class BufferCache {
   BufferCache& operator=(const BufferCache&) = delete;
 
   // The size a request of `bytes` takes: rounded up to the granule.
-  static size_t size_class(size_t bytes) {
-    return bytes == 0 ? kGranule : (bytes + kGranule - 1) / kGranule * kGranule;
-  }
+  static size_t size_class(size_t bytes) { return bytes == 0 ? kGranule : align_up(bytes, kGranule); }
 
   // A buffer of at least `bytes`, aligned to the granule; null when out of memory.
   void* allocate(size_t bytes);

@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "core/align.h"
 #include "core/thread_pool.h"
 
 namespace meshdit {
@@ -468,8 +469,6 @@ void put_value(std::string& out, const GgufValue& v) {
   put<uint64_t>(out, n);
   for (size_t i = 0; i < n; ++i) put_scalar(out, v.elem, v, ii, fi, si);
 }
-
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 

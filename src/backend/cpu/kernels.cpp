@@ -21,6 +21,7 @@
 #include "backend/cpu/quant_dot.h"
 #include "backend/cpu/vec_math.h"
 #include "backend/precision.h"
+#include "core/align.h"
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
@@ -298,7 +299,7 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
   } else if (!bf16 && !f32w) {
     f32_floats = max_nb * max_chunk(f32_chunks);
   }
-  const int64_t slot_bytes = (f32_floats * 4 + bf16_values * 2 + 63) / 64 * 64;
+  const int64_t slot_bytes = int64_t(align_up(uint64_t(f32_floats * 4 + bf16_values * 2), 64));
   Tensor work;
   if (slot_bytes > 0) work = Tensor::empty({T * slot_bytes}, DType::U8);
   auto f32_buf = [&](int tid) { return reinterpret_cast<float*>(work.data<uint8_t>() + tid * slot_bytes); };
