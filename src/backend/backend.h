@@ -55,6 +55,12 @@ struct Backend {
   void (*rms_norm)(const Tensor& x, const Tensor* w, float eps, Tensor& y);
   // y[b, l, :] = x[b, l, :] * (1 + scale[b, :]) + shift[b, :]
   void (*modulate)(const Tensor& x, const Tensor& shift, const Tensor& scale, Tensor& y);
+  // layer_norm then modulate in one pass over x [B, L, C] (contiguous; w, b optional [C]; shift, scale [B, C]
+  // float32 rows of any stride, as modulate's): y = LayerNorm(x) * (1 + scale[b, :]) + shift[b, :]. Bit-identical to
+  // this backend's layer_norm followed by its modulate (the normalised value is computed and rounded to float32 as
+  // layer_norm stores it, then modulate's expression), so fusing changes no result.
+  void (*layer_norm_modulate)(const Tensor& x, const Tensor* w, const Tensor* b, float eps, const Tensor& shift,
+                              const Tensor& scale, Tensor& y);
   // x[b, l, :] += gate[b, :] * y[b, l, :]  (gate undefined means 1)
   void (*add_gated)(Tensor& x, const Tensor* gate, const Tensor& y);
   void (*activation)(Tensor& x, Act act);

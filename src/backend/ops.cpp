@@ -139,6 +139,23 @@ Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
   return y;
 }
 
+Tensor layer_norm_modulate(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps, const Tensor& shift,
+                           const Tensor& scale) {
+  Span span("kernel", "layer_norm_modulate");
+  MD_CHECK(x.dim() == 3 && shift.dim() == 2 && scale.dim() == 2 && shift.size(1) == x.size(2) &&
+               scale.size(1) == x.size(2) && shift.size(0) == x.size(0) && scale.size(0) == x.size(0),
+           "layer_norm_modulate: x " + shape_str(x.shape()) + " shift " + shape_str(shift.shape()) + " scale " +
+               shape_str(scale.shape()));
+  const Device dev = common_device("layer_norm_modulate", {&x, weight, bias, &shift, &scale});
+  // The kernels read shift / scale rows with any row stride (a chunk of a modulation tensor) but a
+  // contiguous last dimension.
+  auto rows = [](const Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); };
+  Tensor xc = x.contiguous();
+  Tensor y = Tensor::empty(x.shape(), DType::F32, dev);
+  backend_for(dev).layer_norm_modulate(xc, weight, bias, eps, rows(shift), rows(scale), y);
+  return y;
+}
+
 void add_gated_(Tensor& x, const Tensor& gate, const Tensor& y) {
   MD_CHECK(x.is_contiguous() && x.shape() == y.shape(), "add_gated_: shapes " + shape_str(x.shape()) + " vs " +
                                                              shape_str(y.shape()));

@@ -27,6 +27,10 @@ Tensor layer_norm(const Tensor& x, const Tensor* weight, const Tensor* bias, flo
 Tensor rms_norm(const Tensor& x, const Tensor* weight, float eps);
 // AdaLN modulation: x [B, L, C] * (1 + scale [B, C]) + shift [B, C].
 Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale);
+// modulate(layer_norm(x, weight, bias, eps), shift, scale) in one pass over x, bit for bit the same (the
+// fused kernel rounds the normalised value as the intermediate tensor would hold it).
+Tensor layer_norm_modulate(const Tensor& x, const Tensor* weight, const Tensor* bias, float eps, const Tensor& shift,
+                           const Tensor& scale);
 // Gated residual in place: x [B, L, C] += gate [B, C] * y.
 void add_gated_(Tensor& x, const Tensor& gate, const Tensor& y);
 void add_(Tensor& x, const Tensor& y);

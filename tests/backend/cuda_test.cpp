@@ -128,4 +128,33 @@ TEST(CudaBackend, LinearMatchesTheCpuBackend) {
   }
 }
 
+// layer_norm_modulate on CUDA against the CPU backend: rows wider than a block's threads (Flux's 3072, an odd
+// 1001), with and without the affine, shift / scale strided chunks differing per batch. The statistics are
+// float64 sums in another order, so the rounded mean and 1 / std may differ by an ulp: a few float32 ulps of
+// the output's magnitude. (Fused against unfused on CUDA, bit for bit, is OpsModulate in ops_test.)
+TEST(CudaBackend, LayerNormModulateMatchesTheCpuBackend) {
+  SKIP_WITHOUT_CUDA();
+  const int64_t B = 2, L = 5;
+  for (const int64_t C : {int64_t(3072), int64_t(1001)}) {
+    const Tensor x = ops::affine(test::random_tensor({B, L, C}, 7200, 2.0f), 1.0f, 0.5f);
+    const Tensor emb = test::random_tensor({B, 3 * C}, 7201, 0.5f);
+    const Tensor w = test::random_tensor({C}, 7202).to(DType::BF16), b = test::random_tensor({C}, 7203);
+    const Tensor xd = ops::to_device(x, Device::CUDA), ed = ops::to_device(emb, Device::CUDA);
+    const Tensor wd = ops::place(w, Device::CUDA), bd = ops::place(b, Device::CUDA);
+    for (const bool affine : {false, true}) {
+      SCOPED_TRACE("C=" + std::to_string(C) + (affine ? " affine" : " no affine"));
+      const std::vector<float> want = ops::layer_norm_modulate(x, affine ? &w : nullptr, affine ? &b : nullptr, 1e-6f,
+                                                               emb.chunk(3, 1)[2], emb.chunk(3, 1)[0])
+                                          .to_vector();
+      const Tensor got = ops::layer_norm_modulate(xd, affine ? &wd : nullptr, affine ? &bd : nullptr, 1e-6f,
+                                                  ed.chunk(3, 1)[2], ed.chunk(3, 1)[0]);
+      ASSERT_EQ(got.device(), Device::CUDA);
+      const std::vector<float> g = ops::to_device(got, Device::CPU).to_vector();
+      ASSERT_EQ(g.size(), want.size());
+      for (size_t i = 0; i < g.size(); ++i)
+        ASSERT_NEAR(g[i], want[i], 1e-5 * (1.0 + std::fabs(want[i]))) << "element " << i;
+    }
+  }
+}
+
 }  // namespace

@@ -448,6 +448,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
       MESHDIT_ENTRY(layer_norm),
       MESHDIT_ENTRY(rms_norm),
       MESHDIT_ENTRY(modulate),
+      MESHDIT_ENTRY(layer_norm_modulate),
       MESHDIT_ENTRY(add_gated),
       MESHDIT_ENTRY(activation),
       MESHDIT_ENTRY(softmax),

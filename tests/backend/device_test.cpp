@@ -66,6 +66,8 @@ TEST(OpsDevice, EveryOpAllocatesOnItsInputsDevice) {
     same("rms_norm", ops::rms_norm(xd, &gd, 1e-6f), ops::rms_norm(x, &g, 1e-6f));
     same("modulate", ops::modulate(xd, ed.chunk(3, 1)[0], ed.chunk(3, 1)[1]),
          ops::modulate(x, emb.chunk(3, 1)[0], emb.chunk(3, 1)[1]));
+    same("layer_norm_modulate", ops::layer_norm_modulate(xd, &gd, &bbd, 1e-6f, ed.chunk(3, 1)[0], ed.chunk(3, 1)[1]),
+         ops::layer_norm_modulate(x, &g, &b, 1e-6f, emb.chunk(3, 1)[0], emb.chunk(3, 1)[1]));
     Tensor a1 = xd.clone(), a2 = x.clone();
     ops::add_gated_(a1, ed.chunk(3, 1)[2], yd);
     ops::add_gated_(a2, emb.chunk(3, 1)[2], y);

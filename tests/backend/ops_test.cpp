@@ -396,6 +396,50 @@ TEST_P(OpsModulate, ShiftScaleAsChunksOfEmbedding) {
   }
 }
 
+// The fused norm + modulation must give the unfused pair's bits exactly (that is its contract: no fixture
+// moves when a model switches to it): odd widths, widths beyond one CUDA block's threads, with and without
+// the affine (bf16 weights as checkpoints hold them), shift / scale as strided chunks that differ per batch.
+TEST_P(OpsModulate, LayerNormModulateEqualsUnfusedBitForBit) {
+  const int64_t B = 2, L = 19;
+  for (const int64_t C : {int64_t(24), int64_t(37), int64_t(301)}) {
+    Tensor emb = on(random_tensor({B, 6 * C}, 950 + unsigned(C), 0.5f));
+    auto c = emb.chunk(6, 1);  // [B, C] views with row stride 6C
+    ASSERT_EQ(c[1].stride(0), 6 * C);
+    // Rows with an offset and a spread, so that the mean and variance matter.
+    Tensor xc = on(ops::affine(random_tensor({B, L, C}, 960 + unsigned(C), 3.0f), 1.0f, 0.75f));
+    Tensor xs = on(random_tensor({B, C, L}, 970 + unsigned(C), 2.0f)).permute({0, 2, 1});  // non-contiguous x
+    Tensor w = on(random_tensor({C}, 980 + unsigned(C))), b = on(random_tensor({C}, 990 + unsigned(C)));
+    Tensor wb = ops::place(random_tensor({C}, 985 + unsigned(C)).to(DType::BF16), device());
+    struct Affine {
+      const char* name;
+      const Tensor* w;
+      const Tensor* b;
+    };
+    for (const Affine& a : {Affine{"none", nullptr, nullptr}, Affine{"w", &w, nullptr}, Affine{"w+b", &w, &b},
+                            Affine{"bf16 w+b", &wb, &b}})
+      for (const Tensor* xp : {&xc, &xs})
+        for (const auto& chunks : {std::pair{0, 1}, std::pair{4, 3}}) {
+          const int si = chunks.first, ci = chunks.second;
+          SCOPED_TRACE("C=" + std::to_string(C) + " affine " + a.name + (xp == &xs ? " strided x" : "") +
+                       " shift chunk " + std::to_string(si) + " scale chunk " + std::to_string(ci));
+          const Tensor& x = *xp;
+          const Tensor &shift = c[size_t(si)], &scale = c[size_t(ci)];
+          for_thread_counts([&] {
+            const std::vector<float> unfused = values(ops::modulate(ops::layer_norm(x, a.w, a.b, 1e-6f), shift, scale));
+            const Tensor y = ops::layer_norm_modulate(x, a.w, a.b, 1e-6f, shift, scale);
+            EXPECT_EQ(y.shape(), (Shape{B, L, C}));
+            const std::vector<float> fused = values(y);
+            ASSERT_EQ(fused.size(), unfused.size());
+            size_t differ = 0, first = 0;
+            for (size_t i = fused.size(); i-- > 0;)
+              if (std::memcmp(&fused[i], &unfused[i], sizeof(float)) != 0) ++differ, first = i;
+            EXPECT_EQ(differ, 0u) << "first at " << first << ": fused " << fused[first] << " unfused "
+                                  << unfused[first];
+          });
+        }
+  }
+}
+
 TEST_P(OpsModulate, AddGatedAndAdd) {
   const int64_t B = 2, L = 37, C = 24;
   Tensor emb = on(random_tensor({B, 6 * C}, 900));

@@ -373,18 +373,20 @@ void linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, const
   linear_rows(x, WeightRows::quantized(rows, type, x.size(1)), bias, act, y);
 }
 
-void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& y) {
-  const int64_t R = x.size(0), C = x.size(1);
+// layer_norm of R rows of C floats (row r at xp + r * ld) into contiguous yp, each row then handed to
+// after_row(r, yr) while it is still in cache: how layer_norm_modulate adds the modulation without a
+// second pass over memory, to the very float32 values layer_norm stores.
+template <class AfterRow>
+void layer_norm_rows(const float* xp, int64_t ld, int64_t R, int64_t C, const Tensor* w, const Tensor* b, float eps,
+                     float* yp, AfterRow after_row) {
   std::vector<float> wf, bf;
   if (w) wf = w->to_vector();
   if (b) bf = b->to_vector();
-  const float* xp = x.f32();
-  float* yp = y.f32();
   parallel_for(
       R,
       [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; ++r) {
-          const float* xr = xp + r * x.stride(0);
+          const float* xr = xp + r * ld;
           const double mean = sum_f64(xr, C) / double(C);
           const double var = sq_dev_f64(xr, C, mean) / double(C);
           const float inv = float(1.0 / std::sqrt(var + double(eps)));
@@ -396,9 +398,14 @@ void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Te
             if (b) v += bf[size_t(c)];
             yr[c] = v;
           }
+          after_row(r, yr);
         }
       },
       16);
+}
+
+void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& y) {
+  layer_norm_rows(x.f32(), x.stride(0), x.size(0), x.size(1), w, b, eps, y.f32(), [](int64_t, float*) {});
 }
 
 void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& y) {
@@ -421,6 +428,9 @@ void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& y) {
       16);
 }
 
+// modulate's expression, in one place for modulate and layer_norm_modulate, whose bit-identity rests on it.
+inline float modulated(float x, float shift, float scale) { return x * (1.0f + scale) + shift; }
+
 void modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, Tensor& y) {
   const int64_t B = x.size(0), L = x.size(1), C = x.size(2);
   const float* xp = x.f32();
@@ -434,10 +444,22 @@ void modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, Tensor&
           const float* sc = scale.f32() + b * scale.stride(0);
           const float* xr = xp + r * C;
           float* yr = yp + r * C;
-          for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * (1.0f + sc[c]) + sh[c];
+          for (int64_t c = 0; c < C; ++c) yr[c] = modulated(xr[c], sh[c], sc[c]);
         }
       },
       16);
+}
+
+void layer_norm_modulate(const Tensor& x, const Tensor* w, const Tensor* b, float eps, const Tensor& shift,
+                         const Tensor& scale, Tensor& y) {
+  const int64_t B = x.size(0), L = x.size(1), C = x.size(2);
+  const float* sh = shift.f32();
+  const float* sc = scale.f32();
+  layer_norm_rows(x.f32(), C, B * L, C, w, b, eps, y.f32(), [&](int64_t r, float* yr) {
+    const float* shr = sh + (r / L) * shift.stride(0);
+    const float* scr = sc + (r / L) * scale.stride(0);
+    for (int64_t c = 0; c < C; ++c) yr[c] = modulated(yr[c], shr[c], scr[c]);
+  });
 }
 
 void add_gated(Tensor& x, const Tensor* gate, const Tensor& y) {
@@ -534,6 +556,7 @@ const Backend& cpu_backend() {
       .layer_norm = cpu::layer_norm,
       .rms_norm = cpu::rms_norm,
       .modulate = cpu::modulate,
+      .layer_norm_modulate = cpu::layer_norm_modulate,
       .add_gated = cpu::add_gated,
       .activation = cpu::activation,
       .softmax = cpu::softmax,

@@ -15,7 +15,7 @@ __global__ void modulate_kernel(const float* x, const float* shift, int64_t shif
                                 int64_t scale_b, float* y, int64_t L, int64_t C, int64_t n) {
   MD_GRID_LOOP(i, n) {
     const int64_t c = i % C, b = i / C / L;
-    y[i] = x[i] * (1.0f + scale[b * scale_b + c]) + shift[b * shift_b + c];
+    y[i] = modulated(x[i], shift[b * shift_b + c], scale[b * scale_b + c]);
   }
 }
 

@@ -28,6 +28,10 @@ __device__ inline float act_value(float x, Act act) {
   return x;
 }
 
+// modulate's expression, in one place for modulate and layer_norm_modulate (norms.cu), whose bit-identity
+// rests on it; with --fmad=false it is a rounded product and a rounded sum, as on the CPU.
+__device__ inline float modulated(float x, float shift, float scale) { return x * (1.0f + scale) + shift; }
+
 // for (i = this thread's first; i < n; i += grid size)
 
 }  // namespace meshdit::cuda

@@ -20,6 +20,8 @@ void linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, const
 
 // norms.cu: row and group reductions
 void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& y);
+void layer_norm_modulate(const Tensor& x, const Tensor* w, const Tensor* b, float eps, const Tensor& shift,
+                         const Tensor& scale, Tensor& y);
 void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& y);
 void softmax(Tensor& x);
 void group_norm(const Tensor& x, int64_t groups, const Tensor* w, const Tensor* b, float eps, Act act, Tensor& y);

@@ -3,6 +3,7 @@
 // a group of millions of elements (a VAE's) spreads over the device and every run sums in the same order.
 // Sums are float64, as the CPU backend accumulates them.
 #include <algorithm>
+#include <climits>
 
 #include "backend/cuda/elementwise.cuh"
 #include "backend/cuda/kernels.h"
@@ -30,10 +31,23 @@ struct Max {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+// The modulation layer_norm_modulate applies to the normalised rows: row r = b * L + l takes shift / scale
+// row b (rows of stride shift_b / scale_b, last dimension contiguous). shift null: no modulation.
+struct RowModulation {
+  const float* shift = nullptr;
+  int64_t shift_b = 0;
+  const float* scale = nullptr;
+  int64_t scale_b = 0;
+  int64_t L = 1;
+};
+
 __global__ void layer_norm_kernel(const float* x, int64_t ld, const float* w, const float* b, float eps, float* y,
-                                  int64_t C, bool centre) {
+                                  int64_t C, bool centre, RowModulation mod) {
   const float* xr = x + blockIdx.x * ld;
   float* yr = y + blockIdx.x * C;
+  const int64_t mb = int64_t(blockIdx.x) / mod.L;
+  const float* sh = mod.shift ? mod.shift + mb * mod.shift_b : nullptr;
+  const float* sc = mod.shift ? mod.scale + mb * mod.scale_b : nullptr;
   double mean = 0;
   if (centre) {
     double s = 0;
@@ -53,7 +67,8 @@ __global__ void layer_norm_kernel(const float* x, int64_t ld, const float* w, co
       float o = (xr[c] - mu) * inv;
       if (w) o *= w[c];
       if (b) o += b[c];
-      yr[c] = o;
+      // o is the float32 layer_norm would store: modulating it here changes no bit (--fmad=false).
+      yr[c] = sh ? modulated(o, sh[c], sc[c]) : o;
     } else {
       yr[c] = w ? (xr[c] * inv) * w[c] : xr[c] * inv;
     }
@@ -194,8 +209,26 @@ void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Te
   const int64_t R = x.size(0), C = x.size(1);
   if (R == 0) return;
   const Tensor wf = w ? f32_contiguous(*w) : Tensor(), bf = b ? f32_contiguous(*b) : Tensor();
-  layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), x.stride(0), w ? wf.f32() : nullptr,
-                                                            b ? bf.f32() : nullptr, eps, y.f32(), C, true);
+  layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(
+      x.f32(), x.stride(0), w ? wf.f32() : nullptr, b ? bf.f32() : nullptr, eps, y.f32(), C, true, RowModulation{});
+  MD_CUDA_LAUNCHED(layer_norm_kernel);
+}
+
+void layer_norm_modulate(const Tensor& x, const Tensor* w, const Tensor* b, float eps, const Tensor& shift,
+                         const Tensor& scale, Tensor& y) {
+  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), R = B * L;
+  for (const Tensor* t : {&shift, &scale})
+    MD_CHECK(t->dtype() == DType::F32 && t->dim() == 2 && t->size(0) == B && t->size(1) == C && t->stride(1) == 1,
+             "cuda layer_norm_modulate: shift / scale must be float32 [B, C] rows with a contiguous last dimension, "
+             "got " +
+                 std::string(dtype_name(t->dtype())) + " " + shape_str(t->shape()));
+  MD_CHECK(x.is_contiguous(), "cuda layer_norm_modulate: x must be contiguous");
+  MD_CHECK(R <= int64_t(INT32_MAX), "cuda layer_norm_modulate: " + std::to_string(R) + " rows exceed one grid");
+  if (R == 0) return;
+  const Tensor wf = w ? f32_contiguous(*w) : Tensor(), bf = b ? f32_contiguous(*b) : Tensor();
+  const RowModulation mod{shift.f32(), shift.stride(0), scale.f32(), scale.stride(0), L};
+  layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), C, w ? wf.f32() : nullptr, b ? bf.f32() : nullptr,
+                                                            eps, y.f32(), C, true, mod);
   MD_CUDA_LAUNCHED(layer_norm_kernel);
 }
 
@@ -204,7 +237,7 @@ void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& y) {
   if (R == 0) return;
   const Tensor wf = w ? f32_contiguous(*w) : Tensor();
   layer_norm_kernel<<<unsigned(R), kThreads, 0, stream()>>>(x.f32(), x.stride(0), w ? wf.f32() : nullptr, nullptr, eps,
-                                                            y.f32(), C, false);
+                                                            y.f32(), C, false, RowModulation{});
   MD_CUDA_LAUNCHED(layer_norm_kernel);
 }
 

@@ -14,6 +14,7 @@ const Backend& cuda_backend() {
       .layer_norm = cuda::layer_norm,
       .rms_norm = cuda::rms_norm,
       .modulate = cuda::modulate,
+      .layer_norm_modulate = cuda::layer_norm_modulate,
       .add_gated = cuda::add_gated,
       .activation = cuda::activation,
       .softmax = cuda::softmax,
