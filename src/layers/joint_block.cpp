@@ -34,7 +34,7 @@ void JointTransformerBlock::operator()(Tensor& hidden, Tensor& context, const Te
   auto [attn_img, attn_txt] = attn(x.x, c.x, order, rope, seq);
 
   ops::add_gated_(hidden, x.gate_msa, attn_img);
-  Tensor ff_in = ops::modulate(norm2(hidden), x.shift_mlp, x.scale_mlp);
+  Tensor ff_in = norm2.modulated(hidden, x.shift_mlp, x.scale_mlp);
   ops::add_gated_(hidden, x.gate_mlp, ff(ff_in));
 
   if (context_pre_only()) {
@@ -42,7 +42,7 @@ void JointTransformerBlock::operator()(Tensor& hidden, Tensor& context, const Te
     return;
   }
   ops::add_gated_(context, c.gate_msa, attn_txt);
-  Tensor ffc_in = ops::modulate(norm2_context(context), c.shift_mlp, c.scale_mlp);
+  Tensor ffc_in = norm2_context.modulated(context, c.shift_mlp, c.scale_mlp);
   ops::add_gated_(context, c.gate_mlp, (*ff_context)(ffc_in));
 }
 

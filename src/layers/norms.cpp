@@ -80,7 +80,7 @@ Result<AdaLayerNormZero> AdaLayerNormZero::load(const Checkpoint& ck, const std:
 AdaLayerNormZero::Out AdaLayerNormZero::operator()(const Tensor& x, const Tensor& silu_emb) const {
   Tensor emb = linear(silu_emb);
   auto c = emb.chunk(6, 1);  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
-  return Out{ops::modulate(norm(x), c[0], c[1]), c[2], c[3], c[4], c[5]};
+  return Out{norm.modulated(x, c[0], c[1]), c[2], c[3], c[4], c[5]};
 }
 
 Result<AdaLayerNormZeroSingle> AdaLayerNormZeroSingle::load(const Checkpoint& ck, const std::string& prefix,
@@ -93,7 +93,7 @@ Result<AdaLayerNormZeroSingle> AdaLayerNormZeroSingle::load(const Checkpoint& ck
 
 AdaLayerNormZeroSingle::Out AdaLayerNormZeroSingle::operator()(const Tensor& x, const Tensor& silu_emb) const {
   auto c = linear(silu_emb).chunk(3, 1);  // shift, scale, gate
-  return Out{ops::modulate(norm(x), c[0], c[1]), c[2]};
+  return Out{norm.modulated(x, c[0], c[1]), c[2]};
 }
 
 Result<AdaLayerNormContinuous> AdaLayerNormContinuous::load(const Checkpoint& ck, const std::string& prefix,
@@ -107,7 +107,7 @@ Result<AdaLayerNormContinuous> AdaLayerNormContinuous::load(const Checkpoint& ck
 
 Tensor AdaLayerNormContinuous::operator()(const Tensor& x, const Tensor& silu_emb) const {
   auto c = linear(silu_emb).chunk(2, 1);  // scale, shift
-  return ops::modulate(norm(x), c[1], c[0]);
+  return norm.modulated(x, c[1], c[0]);
 }
 
 }  // namespace meshdit

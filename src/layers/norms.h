@@ -18,6 +18,11 @@ struct LayerNorm {
   Tensor operator()(const Tensor& x) const {
     return ops::layer_norm(x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr, eps);
   }
+  // ops::modulate((*this)(x), shift, scale) in one pass over x [B, L, C], bit for bit the same.
+  Tensor modulated(const Tensor& x, const Tensor& shift, const Tensor& scale) const {
+    return ops::layer_norm_modulate(x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr, eps,
+                                    shift, scale);
+  }
 };
 
 struct RMSNorm {
@@ -25,6 +30,10 @@ struct RMSNorm {
   float eps = 1e-6f;
   static Result<RMSNorm> load(const Checkpoint& ck, const std::string& prefix, int64_t dim, float eps);
   Tensor operator()(const Tensor& x) const { return ops::rms_norm(x, weight.defined() ? &weight : nullptr, eps); }
+  // LayerNorm::modulated's counterpart, so that call sites read alike: no fused kernel, modulate(norm(x)).
+  Tensor modulated(const Tensor& x, const Tensor& shift, const Tensor& scale) const {
+    return ops::modulate((*this)(x), shift, scale);
+  }
 };
 
 // torch.nn.RMSNorm over the channels of every head at once (Wan's q/k norm, "rms_norm_across_heads"). Under

@@ -184,9 +184,9 @@ void MochiBlock::operator()(Tensor& x, Tensor& context, const Tensor& silu_temb,
                             const SeqLayout* seq, const Tensor& txt_bias, const Tensor& txt_keep) const {
   const int64_t B = x.size(0);
   const Device dev = x.device();
-  // Mochi's modulation scales without shifting: modulate() with a zero shift.
+  // Mochi's modulation scales without shifting: modulate() with a zero shift (an RMSNorm: no fused kernel).
   auto scaled = [&](const Tensor& t, const Tensor& scale) {
-    return ops::modulate(norm(t), ops::full({B, scale.size(1)}, 0.0f, dev), scale);
+    return norm.modulated(t, ops::full({B, scale.size(1)}, 0.0f, dev), scale);
   };
   const std::vector<Tensor> m = norm1(silu_temb).chunk(4, 1);  // scale_msa, gate_msa, scale_mlp, gate_mlp
   const Tensor mc = norm1_context(silu_temb);

@@ -147,8 +147,8 @@ void MotifBlock::operator()(Tensor& x, Tensor& c, const Tensor& silu_emb, const 
     }
 
   // h = linear_1((1 + alpha) LN(x) + beta), then joint attention.
-  const Tensor hx = linear_1_x(ops::modulate(norm(x), chunk(mx, 1), chunk(mx, 0)));
-  const Tensor hc = linear_1_c(ops::modulate(norm(c), chunk(mc, 1), chunk(mc, 0)));
+  const Tensor hx = linear_1_x(norm.modulated(x, chunk(mx, 1), chunk(mx, 0)));
+  const Tensor hc = linear_1_c(norm.modulated(c, chunk(mc, 1), chunk(mc, 0)));
   auto [ax, ac] = attn(hx, hc, JointAttention::Order::ImageFirst, nullptr, seq);
   if (hooks) {
     report(hooks, "hook." + name + ".attn.0", registers_first(ax, registers));
@@ -160,7 +160,7 @@ void MotifBlock::operator()(Tensor& x, Tensor& c, const Tensor& silu_emb, const 
   auto stream = [&](Tensor& io, const Tensor& a, const Tensor& m, const FeedForward& mlp) {
     Tensor y = io.clone();
     ops::add_gated_(y, ops::affine(chunk(m, 2).contiguous(), 1.0f, 1.0f), a);
-    const Tensor mlp_in = ops::modulate(norm(y), chunk(m, 4), ops::affine(chunk(m, 3).contiguous(), 1.0f, -1.0f));
+    const Tensor mlp_in = norm.modulated(y, chunk(m, 4), ops::affine(chunk(m, 3).contiguous(), 1.0f, -1.0f));
     ops::add_gated_(io, chunk(m, 5), mlp(mlp_in));
   };
   stream(x, ax, mx, mlp_x);
@@ -288,8 +288,8 @@ Result<Tensor> MotifTransformer::forward(const Tensor& latent, const Tensor& t, 
   // 3. Final modulation: Linear(e_t) without SiLU and (by default) without a norm.
   const Tensor mod = final_modulation_(emb_t);  // [scale ; shift]
   report(hooks, "hook.final_modulation", mod);
-  if (final_norm_) x = (*final_norm_)(x);
-  Tensor y = final_linear_(ops::modulate(x, mod.slice(1, dim, 2 * dim), mod.slice(1, 0, dim)));
+  const Tensor shift = mod.slice(1, dim, 2 * dim), scale = mod.slice(1, 0, dim);
+  Tensor y = final_linear_(final_norm_ ? final_norm_->modulated(x, shift, scale) : ops::modulate(x, shift, scale));
   report(hooks, "hook.final_linear_SD3", y);
   return ops::unpatchify(shard.gather(y), h, w, int(p), C);
 }

@@ -124,8 +124,8 @@ void QwenImageBlock::operator()(Tensor& img, Tensor& txt, const Tensor& silu_tem
   auto [attn_img, attn_txt] = attn(x.x, c.x, JointAttention::Order::TextFirst, &rope, seq, txt_bias);
   ops::add_gated_(img, x.gate_msa, attn_img);
   ops::add_gated_(txt, c.gate_msa, attn_txt);
-  ops::add_gated_(img, x.gate_mlp, img_mlp(ops::modulate(img_norm2(img), x.shift_mlp, x.scale_mlp)));
-  ops::add_gated_(txt, c.gate_mlp, txt_mlp(ops::modulate(txt_norm2(txt), c.shift_mlp, c.scale_mlp)));
+  ops::add_gated_(img, x.gate_mlp, img_mlp(img_norm2.modulated(img, x.shift_mlp, x.scale_mlp)));
+  ops::add_gated_(txt, c.gate_mlp, txt_mlp(txt_norm2.modulated(txt, c.shift_mlp, c.scale_mlp)));
 }
 
 Result<QwenImageTransformer> QwenImageTransformer::load(const Checkpoint& ck, const QwenImageConfig& cfg,

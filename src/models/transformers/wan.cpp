@@ -175,9 +175,9 @@ void WanBlock::operator()(Tensor& x, const Tensor& context, const Tensor& timest
   // shift, scale, gate of the self-attention, then of the feed-forward: [B, dim] views of [B, 6, dim].
   const Tensor mod = ops::add_broadcast(scale_shift_table, timestep_proj);
   auto m = [&](int64_t i) { return mod.select(1, i); };
-  ops::add_gated_(x, m(2), attn1.self_attention(ops::modulate(norm1(x), m(0), m(1)), rope, seq));
+  ops::add_gated_(x, m(2), attn1.self_attention(norm1.modulated(x, m(0), m(1)), rope, seq));
   ops::add_(x, attn2.cross_attention(cross_attn_norm ? norm2(x) : x, context));
-  ops::add_gated_(x, m(5), ffn(ops::modulate(norm3(x), m(3), m(4))));
+  ops::add_gated_(x, m(5), ffn(norm3.modulated(x, m(3), m(4))));
 }
 
 Result<WanTransformer> WanTransformer::load(const Checkpoint& ck, const WanConfig& c, const ParallelContext* par) {
@@ -265,7 +265,7 @@ Result<Tensor> WanTransformer::forward(const Tensor& hidden_states, const Tensor
   }
   // shift, scale = scale_shift_table + temb (not the 6-way projection).
   const Tensor out_mod = ops::add_broadcast(scale_shift_table_, temb.reshape({B, 1, D}));
-  x = ops::modulate(norm_out_(x), out_mod.select(1, 0), out_mod.select(1, 1));
+  x = norm_out_.modulated(x, out_mod.select(1, 0), out_mod.select(1, 1));
   return wan_unpatchify(shard.gather(proj_out_(x)), f, h, w, c.patch_size);
 }
 
