@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "app/device_option.h"
@@ -189,6 +190,12 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   auto precision =
       cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
   if (!precision.ok()) return fail("--precision: " + precision.error().message);
+  std::optional<Precision> reference;
+  if (!cmd.reference_precision.empty()) {
+    auto r = parse_precision(cmd.reference_precision);
+    if (!r.ok()) return fail("--reference-precision: " + r.error().message);
+    reference = *r;
+  }
   const ScopedPrecision run_precision(*precision);  // this run only
   const Device dev = device_option(cmd.device);
   if (auto st = require_device(dev); !st.ok()) return fail(st.error().message);
@@ -224,6 +231,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
                (long long)cmd.height, (long long)N, (long long)L);
   std::shared_ptr<Transformer> m = *model;
   std::vector<double> times, cpu_times;
+  Tensor last_output;  // on the host: the reference's comparison
   // On a device the kernels run asynchronously: the step is timed until its output is on the host.
   auto forward = [&]() -> Result<Tensor> {
     MD_TRY(Tensor y, m->forward(inputs));
@@ -248,6 +256,7 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     const long f0 = minor_faults();
     auto r = forward();
     if (!r.ok()) return fail(r.error().message);
+    if (reference) last_output = *r;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double cpu = process_cpu_s() - c0;
     times.push_back(s);
@@ -260,6 +269,21 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     std::fflush(stdout);
   }
   print_rss_per_rank(*world, "after the steps");
+  if (reference) {
+    // Untimed, after the steps (its products would otherwise share the timed ones' caches and profile).
+    const ScopedPrecision ref_precision(*reference);
+    auto r = forward();
+    if (!r.ok()) return fail("the reference forward: " + r.error().message);
+    const std::vector<float> got = last_output.to_vector(), want = r->to_vector();
+    if (got.size() != want.size()) return fail("the reference forward's output has another size");
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      err += (double(got[i]) - double(want[i])) * (double(got[i]) - double(want[i]));
+      norm += double(want[i]) * double(want[i]);
+    }
+    std::printf("rel_l2 %.3e (%s against %s)\n", norm > 0 ? std::sqrt(err / norm) : std::sqrt(err),
+                precision_name(*precision), precision_name(*reference));
+  }
   if (cmd.profile) print_profile(profile_from_us, cmd.steps > 1 ? cmd.steps - 1 : 1, sum_tail(times));
   if (!cmd.trace_path.empty()) {
     const auto per_rank = world->gather_strings(Trace::instance().chrome_events(world->rank()), 0);

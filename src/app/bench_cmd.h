@@ -12,11 +12,14 @@ struct BenchTransformerCommand {
   int64_t width = 256, height = 256, text_tokens = 256, steps = 3;
   int64_t frames = 1;  // video transformers (Wan: 4k+1, Mochi: 6k+1); image ones take 1
   int threads = 0;
-  std::string precision;       // "f32" or "bf16"; "" = default_compute_precision()
+  std::string precision;       // "f32", "bf16" or "fp8"; "" = default_compute_precision()
   std::string mesh, parallel;  // run on a mesh under mpirun (see `meshdit generate --mesh`)
   bool profile = false;        // print where steps 2..N spent their time, per kernel
   std::string trace_path;      // Chrome trace of the run ("" = none)
   std::string device = "cpu";  // "cpu" or "cuda"
+  // After the timed steps, one forward of the same inputs in this precision ("" = none) and the relative L2 error
+  // of the steps' output against it (e.g. fp8 against bf16).
+  std::string reference_precision;
 };
 
 // Times `steps` forwards; prints each step and, last, "s_per_step <median of steps 2..N>". On a mesh every

@@ -258,7 +258,17 @@ int run(int argc, char** argv) {
   bench_tr->add_option("--steps", bt.steps, "forwards to time; the median of steps 2..N is reported")
       ->check(CLI::PositiveNumber);
   bench_tr->add_option("--threads", bt.threads, "CPU threads");
-  bench_tr->add_option("--precision", bt.precision, kPrecisionHelp)->check(CLI::IsMember({"f32", "bf16"}));
+  bench_tr
+      ->add_option("--precision", bt.precision,
+                   std::string(kPrecisionHelp) +
+                       "; fp8: every linear on e4m3 weights and activations (per-tensor scales), the rest as bf16 "
+                       "(cuBLASLt's FP8 GEMM on a GPU, emulated on the CPU: slow)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  bench_tr
+      ->add_option("--reference-precision", bt.reference_precision,
+                   "after the steps, one forward of the same inputs in this precision and the relative L2 error of "
+                   "the output against it (`rel_l2 ...`), e.g. --precision fp8 --reference-precision bf16")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   bench_tr->add_flag("--profile", bt.profile,
                      "after the steps, the time of steps 2..N per kernel (linear, attention, norms, ...) and outside "
                      "them");

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "backend/precision.h"
 #include "backend_test_util.h"
 #include "core/allocator.h"
+#include "core/fp8.h"
 #include "core/tensor.h"
 #if defined(MESHDIT_HAVE_CUDA_BACKEND)
 #include "backend/cuda/cuda_backend.h"
@@ -155,6 +157,123 @@ TEST(CudaBackend, LayerNormModulateMatchesTheCpuBackend) {
         ASSERT_NEAR(g[i], want[i], 1e-5 * (1.0 + std::fabs(want[i]))) << "element " << i;
     }
   }
+}
+
+// FP8 precision's activation quantization on the device (an amax reduction, then the conversion) gives the host's
+// bytes and scale exactly (core/fp8.h runs on both): ties, subnormals, a saturating value, strided rows, the
+// zero padding past K.
+TEST(CudaBackend, Fp8QuantizationMatchesTheHostBitForBit) {
+  SKIP_WITHOUT_CUDA();
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+  const int64_t M = 33, K = 50, ld = 64;
+  Tensor xs = test::random_tensor({M, K + 3}, 7200);
+  float* p = xs.f32();
+  p[0] = 7.0f;                                         // the amax: scale 7 / 448 = 1/64, so values below are exact ties
+  p[1] = 1.0625f / 64.0f;                              // a tie (1 + 1/16) after scaling
+  p[2] = 1.5f * std::ldexp(1.0f, -9) / 64;             // a subnormal tie
+  p[3] = -0.5f * std::ldexp(1.0f, -9) / 64;            // rounds to -0
+  p[K + 3] = std::numeric_limits<float>::quiet_NaN();  // skipped by amax, NaN in e4m3
+  const Tensor x = xs.slice(1, 0, K);
+  const cuda::Fp8Quantized got = cuda::fp8_quantize(ops::to_device(xs, Device::CUDA).slice(1, 0, K), ld);
+  float amax = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(p[m * (K + 3) + k]));
+  EXPECT_EQ(amax, 7.0f);
+  EXPECT_EQ(got.scale, e4m3_scale(amax));
+  ASSERT_EQ(got.bytes.size(), size_t(M * ld));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < ld; ++k) {
+      const uint8_t want = k < K ? quantize_e4m3(p[m * (K + 3) + k], got.scale) : 0;
+      ASSERT_EQ(int(got.bytes[size_t(m * ld + k)]), int(want)) << "row " << m << " column " << k;
+    }
+#endif
+}
+
+// linear in FP8 on CUDA against the CPU's emulation: the same e4m3 values and scales, so only the summation order
+// and the tensor cores' accumulator differ (float32 accumulation gives ~1e-7; the bound leaves room for Hopper's
+// FP8 accumulator, which carries fewer bits between promotions to float32; a wrong scale or one wrongly rounded
+// value costs 1e-3 or more). K = 50 is padded to 64 with zeros. A product cuBLASLt has no FP8 algorithm for (N = 17:
+// an output row of 68 bytes) may run as BF16 instead: then it must match the CPU's BF16 and say so in fp8_stats.
+TEST(CudaBackend, Fp8LinearMatchesTheCpuEmulation) {
+  SKIP_WITHOUT_CUDA();
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+  struct Case {
+    int64_t M, K, N;
+    DType wt;
+    Act act;
+  };
+  for (const Case& c : {Case{37, 96, 40, DType::F32, Act::None}, Case{64, 256, 128, DType::BF16, Act::GeluTanh},
+                        Case{3, 64, 32, DType::BF16, Act::Relu}, Case{20, 50, 24, DType::F32, Act::None},
+                        Case{5, 48, 17, DType::BF16, Act::None}}) {
+    SCOPED_TRACE("M " + std::to_string(c.M) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N) + " " +
+                 dtype_name(c.wt) + " " + act_name(c.act));
+    const Tensor xs = test::random_tensor({c.M, c.K + 8}, 7210);
+    const Tensor x = xs.slice(1, 0, c.K);
+    const Tensor w = test::random_tensor({c.N, c.K}, 7211, 0.2f).to(c.wt);
+    const Tensor b = test::random_tensor({c.N}, 7212);
+    const Tensor xd = ops::to_device(xs, Device::CUDA).slice(1, 0, c.K);
+    const Tensor wd = ops::place(w, Device::CUDA), bd = ops::place(b, Device::CUDA);
+    ScopedPrecision prec(Precision::FP8);
+    const cuda::Fp8Stats before = cuda::fp8_stats();
+    const std::vector<float> g = ops::linear(xd, wd, &bd, c.act).to_vector();
+    const cuda::Fp8Stats after = cuda::fp8_stats();
+    const bool fell_back = after.bf16_fallbacks > before.bf16_fallbacks;
+    std::vector<float> want;
+    if (fell_back) {
+      EXPECT_EQ(c.N, 17) << "only the odd-width case may lack an FP8 algorithm on an H100/H200";
+      ScopedPrecision bf16(Precision::BF16);
+      want = ops::linear(x, w, &b, c.act).to_vector();
+    } else {
+      EXPECT_EQ(after.fp8_products, before.fp8_products + 1);
+      want = ops::linear(x, w, &b, c.act).to_vector();
+    }
+    ASSERT_EQ(g.size(), want.size());
+    double e = 0, n = 0, amax = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      e += (double(g[i]) - want[i]) * (double(g[i]) - want[i]);
+      n += double(want[i]) * want[i];
+      amax = std::max(amax, std::fabs(double(want[i])));
+    }
+    std::printf("fp8 linear %s: relative L2 against the CPU %.3e\n", fell_back ? "(bf16 fallback)" : "",
+                std::sqrt(e / n));
+    EXPECT_LT(std::sqrt(e / n), 1e-4);
+    for (size_t i = 0; i < g.size(); ++i) ASSERT_NEAR(g[i], want[i], 2e-4 * amax) << "element " << i;
+  }
+#endif
+}
+
+// The weight's e4m3 copy is made once and reused; freeing the weight drops it, so another weight allocated at the
+// same address (the caching allocator hands the block straight back) is quantized anew, never read stale.
+TEST(CudaBackend, Fp8WeightCacheNeverServesAFreedWeight) {
+  SKIP_WITHOUT_CUDA();
+#if defined(MESHDIT_HAVE_CUDA_BACKEND)
+  const int64_t M = 16, K = 64, N = 32;
+  const Tensor x = test::random_tensor({M, K}, 7220);
+  const Tensor xd = ops::to_device(x, Device::CUDA);
+  ScopedPrecision prec(Precision::FP8);
+  const void* first_address = nullptr;
+  for (unsigned seed : {7221u, 7222u}) {
+    SCOPED_TRACE(seed);
+    const Tensor w = test::random_tensor({N, K}, seed, 0.2f);
+    const std::vector<float> want = ops::linear(x, w).to_vector();
+    const cuda::Fp8Stats s0 = cuda::fp8_stats();
+    {
+      const Tensor wd = ops::place(w, Device::CUDA);
+      if (!first_address)
+        first_address = wd.raw();
+      else
+        std::printf("second weight %s the first's address\n", wd.raw() == first_address ? "at" : "not at");
+      for (int rep = 0; rep < 2; ++rep) {
+        const std::vector<float> g = ops::linear(xd, wd).to_vector();
+        for (size_t i = 0; i < g.size(); ++i) ASSERT_NEAR(g[i], want[i], 2e-4 * (1.0 + std::fabs(want[i])));
+      }
+      const cuda::Fp8Stats s1 = cuda::fp8_stats();
+      EXPECT_EQ(s1.weights_quantized, s0.weights_quantized + 1) << "quantized once for both calls";
+      EXPECT_EQ(s1.weights_cached, s0.weights_cached + 1);
+    }
+    EXPECT_EQ(cuda::fp8_stats().weights_cached, s0.weights_cached) << "freeing the weight drops its copy";
+  }
+#endif
 }
 
 }  // namespace

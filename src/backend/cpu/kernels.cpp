@@ -22,6 +22,7 @@
 #include "backend/cpu/vec_math.h"
 #include "backend/precision.h"
 #include "core/align.h"
+#include "core/fp8.h"
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
@@ -222,6 +223,58 @@ void linear_small_m(const Tensor& x, const WeightRows& w, const float* bias, Act
   }
 }
 
+// amax (fmaxf over |v|: NaNs ignored, as the GPU's reduction) of n floats, then each replaced by its e4m3
+// value under the scale amax / 448 (core/fp8.h): the value an FP8 product reads, without its scale. Returns the
+// scale.
+float quantize_e4m3_in_place(float* v, int64_t n) {
+  std::vector<float> part(size_t(num_threads()), 0.0f);
+  parallel_for(
+      n,
+      [&](int64_t i0, int64_t i1, int tid) {
+        float m = part[size_t(tid)];
+        for (int64_t i = i0; i < i1; ++i) m = std::fmax(m, std::fabs(v[i]));
+        part[size_t(tid)] = m;
+      },
+      1 << 14);
+  float amax = 0.0f;
+  for (float m : part) amax = std::fmax(amax, m);
+  const float scale = e4m3_scale(amax);
+  parallel_for(
+      n,
+      [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) v[i] = e4m3_to_f32(quantize_e4m3(v[i], scale));
+      },
+      1 << 14);
+  return scale;
+}
+
+// FP8 precision, emulated (backend/precision.h): x and the weight quantized to e4m3 values held in floats, each
+// with its per-tensor scale kept apart, an f32 product (a product of two e4m3 values is exact in f32, so only
+// the summation order differs from a GPU's FP8 GEMM), then scaled by scale_w * scale_x, bias and activation.
+// The weight is quantized at every call: slow, but it is the GPU's reference, not a CPU fast path.
+void linear_fp8(const Tensor& x, const WeightRows& w, const Tensor* bias, Act act, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.N;
+  Tensor wq = Tensor::empty({N, K}, DType::F32), xq = Tensor::empty({M, K}, DType::F32);
+  float* wp = wq.f32();
+  float* xp = xq.f32();
+  parallel_for(N, [&](int64_t n0, int64_t n1, int) { widen_tile(w, n0, n1 - n0, 0, K, wp + n0 * K); });
+  for (int64_t m = 0; m < M; ++m) std::copy_n(x.f32() + m * x.stride(0), K, xp + m * K);
+  const float scale = quantize_e4m3_in_place(wp, N * K) * quantize_e4m3_in_place(xp, M * K);
+  std::vector<float> bias_f;
+  if (bias) bias_f = bias->to_vector();
+  float* yp = y.f32();
+  constexpr int64_t kCols = 256;  // output columns per task
+  parallel_tasks((N + kCols - 1) / kCols, [&](int64_t task, int) {
+    const int64_t n0 = task * kCols, nb = std::min(N, n0 + kCols) - n0;
+    gemm(M, nb, K, 1.0f, {xp, DType::F32, K, false}, {wp + n0 * K, DType::F32, K, true}, 0.0f, yp + n0, N);
+    for (int64_t m = 0; m < M; ++m) {
+      float* row = yp + m * N + n0;
+      for (int64_t j = 0; j < nb; ++j) row[j] = row[j] * scale + (bias ? bias_f[size_t(n0 + j)] : 0.0f);
+      apply_act(row, nb, act);
+    }
+  });
+}
+
 // y = act(x w^T + b) as a grid of output tiles [mb x nb] handed out dynamically to the pool's threads;
 // each tile runs its K range in chunks of kc through single-threaded gemm(). A bf16/f16 weight chunk
 // [nb x kc] is widened into a per-thread buffer just before use (it stays in cache for the GEMM to pack),
@@ -239,6 +292,10 @@ void linear_rows(const Tensor& x, const WeightRows& w, const Tensor* bias, Act a
   std::vector<float> bias_f;
   if (bias) bias_f = bias->to_vector();
   const bool f32w = w.is(DType::F32);
+  if (compute_precision() == Precision::FP8) {
+    linear_fp8(x, w, bias, act, y);
+    return;
+  }
   if (M < kSmallM) {
     linear_small_m(x, w, bias ? bias_f.data() : nullptr, act, y);
     return;

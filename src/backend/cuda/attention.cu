@@ -194,7 +194,7 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
   a.vs0 = v.stride(0), a.vs1 = v.stride(1), a.vs2 = v.stride(2);
   a.B = B, a.Lq = Lq, a.Lk = Lk, a.H = H, a.D = D;
   a.scale = scale;
-  a.bf16 = compute_precision() == Precision::BF16;
+  a.bf16 = bf16_outside_linears(compute_precision());  // FP8 runs attention as BF16
   a.causal = mask && mask->causal;
   if (mask && mask->bias.defined()) {
     a.bias = mask->bias.f32();

@@ -4,6 +4,7 @@
 // a build with CUDA on a machine without a GPU behaves as a CPU-only build.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,21 @@ struct AllocatorStats {
 AllocatorStats allocator_stats();
 // Gives every cached free block back to the driver.
 void release_cached_memory();
+
+// FP8 precision's linears so far: products run in e4m3, those that ran in BF16 instead (no FP8 algorithm for
+// the shape or the GPU: said once on stderr), and the weights' e4m3 copies made and held now.
+struct Fp8Stats {
+  size_t fp8_products = 0, bf16_fallbacks = 0, weights_quantized = 0, weights_cached = 0;
+};
+Fp8Stats fp8_stats();
+// FP8 precision's quantization of activations as linear runs it on the device (an amax reduction, then the e4m3
+// conversion): x's rows [M, K] (float32 on the device, rows strided) as bytes [M, ld] (ld >= K, zeros past K)
+// and x's scale, read back to the host. For tests against core/fp8.h.
+struct Fp8Quantized {
+  std::vector<uint8_t> bytes;
+  float scale = 0;
+};
+Fp8Quantized fp8_quantize(const Tensor& x, int64_t ld);
 
 // "cuBLASLt 13.0.0 (libcublasLt.so.13)": the library the products use (loading it; needs a device).
 const char* gemm_library();

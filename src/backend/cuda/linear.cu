@@ -6,9 +6,19 @@
 //   F32:  x and w in float32 (a bf16/f16 weight widened into a scratch buffer), float32 products.
 //   BF16: x rounded to bf16 into a contiguous scratch buffer, w used as stored when bf16 (rounded once per call
 //         otherwise), bf16 x bf16 products with float32 accumulation and a float32 output.
+//   FP8:  cuBLASLt's FP8 GEMM: the weight's e4m3 copy (made once, kept until its block is freed) as A, x quantized
+//         to e4m3 at each call as B (an amax reduction into a device float, then the conversion: no host sync),
+//         both per-tensor scales through A/B_SCALE_POINTER, float32 accumulation and a float32 D. K is padded
+//         with zeros to a multiple of 16 (FP8's rule; zeros add nothing). Where cuBLASLt has no FP8 algorithm
+//         (a GPU before sm_89, an output not 16-byte aligned, ...) the product runs as BF16, said once on stderr.
+//         The bias goes through the BIAS epilogue only if cuBLASLt takes a float32 bias with FP8 (its table lists
+//         bf16 biases for a float32 D; a bf16-rounded bias would differ from the CPU's), else a separate add.
 #include <cublasLt.h>
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -21,6 +31,8 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
 #include "backend/precision.h"
+#include "core/align.h"
+#include "core/fp8.h"
 
 #ifndef MESHDIT_CUDA_LIBDIR
 #define MESHDIT_CUDA_LIBDIR ""
@@ -133,6 +145,13 @@ bool gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   const cublasLtEpilogue_t epi = bias ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                       : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
   MD_LT(l.desc_set(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  const bool fp8 = a.type == CUDA_R_8F_E4M3 || b.type == CUDA_R_8F_E4M3;
+  if (a.scale) MD_LT(l.desc_set(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a.scale, sizeof(a.scale)));
+  if (b.scale) MD_LT(l.desc_set(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b.scale, sizeof(b.scale)));
+  if (fp8) {
+    const int8_t fast_accum = 0;  // the accumulator promoted to full float32 as the product goes
+    MD_LT(l.desc_set(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof(fast_accum)));
+  }
   if (bias) {
     const cudaDataType_t bias_type = CUDA_R_32F;
     MD_LT(l.desc_set(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -166,7 +185,7 @@ bool gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
     const cublasStatus_t s = l.heuristic(l.handle, op, la, lb, ld, ld, pref, 1, &found.second, &count);
     MD_LT(l.pref_destroy(pref));
     // NOT_SUPPORTED is an answer (no algorithm for this epilogue or these types), not an error.
-    if (s != CUBLAS_STATUS_NOT_SUPPORTED) lt_check(s, "cublasLtMatmulAlgoGetHeuristic");
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && !fp8) lt_check(s, "cublasLtMatmulAlgoGetHeuristic");
     found.first = s == CUBLAS_STATUS_SUCCESS && count > 0;
     std::lock_guard<std::mutex> lock(g_algo_mu);
     g_algos[key] = found;
@@ -191,6 +210,181 @@ __global__ void bias_rows_kernel(float* y, const float* bias, int64_t M, int64_t
     y[i] = bias ? bias[i % N] : 0.0f;
 }
 
+// y = act(op(A) . op(B) + bias) for y [M, N] (column-major [N, M]): the BIAS (and RELU) epilogue when cuBLASLt
+// has an algorithm with it, else a plain product and the bias and activation after it. False when there is no
+// algorithm even for the plain product.
+bool product(int64_t N, int64_t M, int64_t K, const GemmOperand& A, const GemmOperand& B, const Tensor* bias,
+             const float* bp, Act act, Tensor& y) {
+  float* yp = y.data<float>();
+  const bool relu = act == Act::Relu;
+  if (gemm(N, M, K, A, B, yp, N, bp, relu)) {
+    if (!relu) apply_activation(yp, M * N, act);
+    return true;
+  }
+  if (!gemm(N, M, K, A, B, yp, N, nullptr, false)) return false;
+  if (bp) {
+    Tensor bias_b = bias->reshape({1, N}).expand({M, N});
+    Tensor out = y;
+    add_broadcast(y, bias_b, out);
+  }
+  apply_activation(yp, M * N, act);
+  return true;
+}
+
+std::atomic<size_t> g_fp8_products{0}, g_fp8_fallbacks{0}, g_fp8_weights_quantized{0};
+
+// Element i of a row-major matrix of a float dtype, widened (common.cuh's conversions, the host's bit for bit).
+struct LoadF32 {
+  const float* p;
+  __device__ float operator()(int64_t i) const { return p[i]; }
+};
+struct LoadBF16 {
+  const uint16_t* p;
+  __device__ float operator()(int64_t i) const { return bf16_bits_to_f32(p[i]); }
+};
+struct LoadF16 {
+  const uint16_t* p;
+  __device__ float operator()(int64_t i) const { return f16_bits_to_f32(p[i]); }
+};
+
+// max |v| over rows x cols (row stride ld) into *amax_bits (0 beforehand), as the bits of a non-negative float:
+// their unsigned order is the floats' order, so one atomicMax per block combines the blocks. fmaxf skips NaNs,
+// as the CPU's std::fmax does. Every block has kThreads threads (a multiple of 32: full warps for the shuffles).
+template <class Load>
+__global__ void amax_kernel(Load load, int64_t rows, int64_t cols, int64_t ld, unsigned* amax_bits) {
+  float m = 0.0f;
+  MD_GRID_LOOP(i, rows * cols) { m = fmaxf(m, fabsf(load(i / cols * ld + i % cols))); }
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  __shared__ float warp_max[kThreads / 32];
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  if (warp == 0) {
+    m = lane < int(blockDim.x >> 5) ? warp_max[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) atomicMax(amax_bits, __float_as_uint(m));
+  }
+}
+
+// q [rows, ld_q] = e4m3(v / scale), scale = e4m3_scale(amax) (core/fp8.h, the CPU's functions), zeros in the
+// columns past cols; the scale is written to *scale_out for cuBLASLt.
+template <class Load>
+__global__ void quantize_kernel(Load load, int64_t rows, int64_t cols, int64_t ld, int64_t ld_q,
+                                const unsigned* amax_bits, float* scale_out, uint8_t* q) {
+  const float scale = e4m3_scale(__uint_as_float(*amax_bits));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
+  MD_GRID_LOOP(i, rows * ld_q) {
+    const int64_t r = i / ld_q, c = i % ld_q;
+    q[i] = c < cols ? quantize_e4m3(load(r * ld + c), scale) : uint8_t(0);
+  }
+}
+
+template <class Load>
+void quantize_with(Load load, int64_t rows, int64_t cols, int64_t ld, int64_t ld_q, uint8_t* q, float* st) {
+  unsigned* amax_bits = reinterpret_cast<unsigned*>(st);
+  MD_CUDA(cudaMemsetAsync(amax_bits, 0, sizeof(unsigned), stream()));
+  if (rows * cols > 0) {
+    amax_kernel<<<grid_for(rows * cols), kThreads, 0, stream()>>>(load, rows, cols, ld, amax_bits);
+    MD_CUDA_LAUNCHED(amax_kernel);
+  }
+  quantize_kernel<<<grid_for(std::max<int64_t>(1, rows * ld_q)), kThreads, 0, stream()>>>(load, rows, cols, ld, ld_q,
+                                                                                          amax_bits, st + 1, q);
+  MD_CUDA_LAUNCHED(quantize_kernel);
+}
+
+// A matrix of dtype t (F32, BF16, F16) quantized on the stream: st[0] its amax (as bits), st[1] its scale.
+void quantize_rows(const void* p, DType t, int64_t rows, int64_t cols, int64_t ld, int64_t ld_q, uint8_t* q,
+                   float* st) {
+  switch (t) {
+    case DType::F32:
+      return quantize_with(LoadF32{static_cast<const float*>(p)}, rows, cols, ld, ld_q, q, st);
+    case DType::BF16:
+      return quantize_with(LoadBF16{static_cast<const uint16_t*>(p)}, rows, cols, ld, ld_q, q, st);
+    case DType::F16:
+      return quantize_with(LoadF16{static_cast<const uint16_t*>(p)}, rows, cols, ld, ld_q, q, st);
+    default:
+      MD_CHECK(false, std::string("cuda linear in fp8: unsupported weight dtype ") + dtype_name(t));
+  }
+}
+
+// The weights' e4m3 copies [N, Kp] and their scales, by the weight's address; an entry goes when the allocator
+// takes the weight's block back (fp8_forget_weights), before the address can be handed out again. Never
+// destroyed: tensors freed during static destruction still call fp8_forget_weights.
+struct Fp8Weight {
+  int64_t N = 0, K = 0;
+  DType dtype = DType::F32;
+  Tensor q, scale;  // scale: [2] (amax bits, scale)
+};
+struct Fp8Cache {
+  std::mutex mu;
+  std::map<const void*, Fp8Weight> entries;
+  std::atomic<bool> nonempty{false};
+};
+Fp8Cache& fp8_cache() {
+  static Fp8Cache* c = new Fp8Cache;
+  return *c;
+}
+
+// The e4m3 copy of w (row-major [N, K], contiguous) with K padded to Kp: the cached one, or made now.
+Fp8Weight fp8_weight(const Tensor& w, int64_t Kp) {
+  const int64_t N = w.size(0), K = w.size(1);
+  Fp8Cache& c = fp8_cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.entries.find(w.raw());
+    if (it != c.entries.end() && it->second.N == N && it->second.K == K && it->second.dtype == w.dtype() &&
+        it->second.q.size(1) == Kp)
+      return it->second;  // copies share the tensors: an eviction meanwhile cannot free them under us
+  }
+  Fp8Weight e{N, K, w.dtype(), Tensor::empty({N, Kp}, DType::U8, Device::CUDA),
+              Tensor::empty({2}, DType::F32, Device::CUDA)};
+  quantize_rows(w.raw(), w.dtype(), N, K, K, Kp, e.q.data<uint8_t>(), e.scale.data<float>());
+  g_fp8_weights_quantized.fetch_add(1, std::memory_order_relaxed);
+  Fp8Weight old;  // a replaced entry's tensors are freed after the lock is released (freeing calls back here)
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    Fp8Weight& slot = c.entries[w.raw()];
+    old = std::move(slot);
+    slot = e;
+    c.nonempty.store(true, std::memory_order_relaxed);
+  }
+  return e;
+}
+
+// The FP8 product (see the top of the file); false with the reason when it cannot run here (then BF16 does).
+bool linear_fp8(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y, std::string* why) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  if (w.dtype() != DType::F32 && w.dtype() != DType::BF16 && w.dtype() != DType::F16) {
+    *why = std::string("weight dtype ") + dtype_name(w.dtype());
+    return false;
+  }
+  if (!w.is_contiguous()) {
+    *why = "the weight is not contiguous";
+    return false;
+  }
+  const int64_t Kp = int64_t(align_up(uint64_t(K), 16));
+  if (alignment(y.raw()) < 16) {
+    *why = "the output is not 16-byte aligned";
+    return false;
+  }
+  const Fp8Weight wq = fp8_weight(w, Kp);
+  Tensor xq = Tensor::empty({M, Kp}, DType::U8, Device::CUDA);
+  Tensor xs = Tensor::empty({2}, DType::F32, Device::CUDA);
+  quantize_rows(x.raw(), DType::F32, M, K, M <= 1 ? K : x.stride(0), Kp, xq.data<uint8_t>(), xs.data<float>());
+  if (alignment(wq.q.raw()) < 16 || alignment(xq.raw()) < 16) {
+    *why = "the e4m3 buffers are not 16-byte aligned";
+    return false;
+  }
+  const GemmOperand A{wq.q.raw(), CUDA_R_8F_E4M3, Kp, true, wq.scale.data<float>() + 1};
+  const GemmOperand B{xq.raw(), CUDA_R_8F_E4M3, Kp, false, xs.data<float>() + 1};
+  if (!product(N, M, Kp, A, B, bias, bias ? bias->data<float>() : nullptr, act, y)) {
+    *why = "cuBLASLt has no FP8 algorithm for it on this GPU";
+    return false;
+  }
+  g_fp8_products.fetch_add(1, std::memory_order_relaxed);
+  return true;  // xq and xs are freed in stream order: the allocator hands them out to later work only
+}
+
 }  // namespace
 
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y) {
@@ -207,9 +401,21 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     apply_activation(yp, M * N, act);
     return;
   }
+  const Precision precision = compute_precision();
+  if (precision == Precision::FP8) {
+    std::string why;
+    if (linear_fp8(x, w, bias ? &b : nullptr, act, y, &why)) return;
+    g_fp8_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      std::fprintf(stderr,
+                   "meshdit: cuda linear [%lld, %lld] x [%lld, %lld]^T in fp8: %s; it and any other such product run "
+                   "in bf16 (said once)\n",
+                   (long long)M, (long long)K, (long long)N, (long long)K, why.c_str());
+  }
   Tensor xa, wa;
   GemmOperand A{}, B{};
-  if (compute_precision() == Precision::BF16) {
+  if (precision != Precision::F32) {  // BF16, and FP8's fallback
     xa = Tensor::empty({M, K}, DType::BF16, Device::CUDA);
     copy(x, xa);  // rounds to nearest even, as the CPU's to_bf16
     wa = w.dtype() == DType::BF16 ? w : w.to(DType::BF16);
@@ -221,21 +427,52 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     B = {x.raw(), CUDA_R_32F, M <= 1 ? K : x.stride(0), false};
   }
   // Row-major y [M, N] = x [M, K] . w [N, K]^T is column-major y^T [N, M] = w^T(as stored [K, N]) . x^T [K, M].
-  const bool relu = act == Act::Relu;
-  bool done = gemm(N, M, K, A, B, yp, N, bp, relu);
-  if (!done) {  // no algorithm with this epilogue: a plain product, bias and activation after it
-    MD_CHECK(gemm(N, M, K, A, B, yp, N, nullptr, false),
-             "cuda linear: cuBLASLt has no algorithm for [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
-                 std::to_string(N) + ", " + std::to_string(K) + "]^T in " + dtype_name(w.dtype()));
-    if (bp) {
-      Tensor bias_b = b.reshape({1, N}).expand({M, N});
-      Tensor out = y;
-      add_broadcast(y, bias_b, out);
+  MD_CHECK(product(N, M, K, A, B, bias ? &b : nullptr, bp, act, y),
+           "cuda linear: cuBLASLt has no algorithm for [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
+               std::to_string(N) + ", " + std::to_string(K) + "]^T in " + dtype_name(w.dtype()));
+}
+
+void fp8_forget_weights(const void* p, size_t bytes) {
+  Fp8Cache& c = fp8_cache();
+  if (!c.nonempty.load(std::memory_order_relaxed)) return;
+  std::vector<Fp8Weight> gone;  // freed after the lock is released: freeing them calls back here
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    const char* lo = static_cast<const char*>(p);
+    auto it = c.entries.lower_bound(lo);
+    while (it != c.entries.end() && static_cast<const char*>(it->first) < lo + bytes) {
+      gone.push_back(std::move(it->second));
+      it = c.entries.erase(it);
     }
-    apply_activation(yp, M * N, act);
-  } else if (!relu) {
-    apply_activation(yp, M * N, act);
+    c.nonempty.store(!c.entries.empty(), std::memory_order_relaxed);
   }
+}
+
+Fp8Stats fp8_stats() {
+  Fp8Stats s;
+  s.fp8_products = g_fp8_products.load(std::memory_order_relaxed);
+  s.bf16_fallbacks = g_fp8_fallbacks.load(std::memory_order_relaxed);
+  s.weights_quantized = g_fp8_weights_quantized.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(fp8_cache().mu);
+  s.weights_cached = fp8_cache().entries.size();
+  return s;
+}
+
+Fp8Quantized fp8_quantize(const Tensor& x, int64_t ld) {
+  MD_CHECK(x.device() == Device::CUDA && x.dim() == 2 && x.dtype() == DType::F32 && x.stride(1) == 1 && ld >= x.size(1),
+           "fp8_quantize: x must be float32 rows on the device, ld at least its width");
+  const int64_t M = x.size(0), K = x.size(1);
+  Tensor q = Tensor::empty({std::max<int64_t>(1, M * ld)}, DType::U8, Device::CUDA);
+  Tensor st = Tensor::empty({2}, DType::F32, Device::CUDA);
+  quantize_rows(x.raw(), DType::F32, M, K, M <= 1 ? K : x.stride(0), ld, q.data<uint8_t>(), st.data<float>());
+  Fp8Quantized r;
+  r.bytes.resize(size_t(M * ld));
+  float host_st[2];
+  MD_CUDA(cudaStreamSynchronize(stream()));
+  copy_to_host(host_st, st.raw(), sizeof host_st);
+  if (!r.bytes.empty()) copy_to_host(r.bytes.data(), q.raw(), r.bytes.size());
+  r.scale = host_st[1];
+  return r;
 }
 
 void linear_quantized(const Tensor&, const Tensor&, QuantType type, const Tensor*, Act, Tensor&) {

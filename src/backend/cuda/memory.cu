@@ -8,6 +8,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
 
 namespace meshdit::cuda {
@@ -111,6 +112,7 @@ class CachingAllocator final : public Allocator {
 
   void deallocate(void* p, size_t bytes) override {
     const size_t c = size_class(bytes);
+    fp8_forget_weights(p, c);  // outside mu_: it frees tensors of its own, which come back here
     std::lock_guard<std::mutex> lock(mu_);
     free_[c].push_back(p);
     in_use_ -= c;
