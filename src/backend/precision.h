@@ -3,7 +3,9 @@
 //   F32:  f32 operands, f32 accumulation (the fixtures' tolerances are f32's).
 //   BF16: every linear takes bf16 operands (weights rounded to bf16, or used as stored when they are bf16;
 //         activations rounded to bf16) with f32 accumulation; so does attention's Q K^T (q and k rounded). Its
-//         softmax and P V, the conv GEMM, norms, RoPE and residuals stay f32.
+//         softmax and P V, the conv GEMM, norms, RoPE and residuals stay f32. Except on CUDA for head dims 64
+//         and 128 without a bias: its tensor-core attention also rounds V and the probabilities P to bf16 for
+//         P V, as FlashAttention does (cuda/attention.cu).
 // On a CPU without native bf16 dot products (AVX512_BF16 or AMX) BF16 is emulated for the linears: operands
 // rounded to bf16, then an f32 product, which gives the same numbers up to summation order (a product of two
 // bf16 values is exact in f32); attention stays f32 there. It is not the default there.
