@@ -1,5 +1,5 @@
-// `meshdit bench`: timings of the transformer alone, on random inputs of the shapes a generation uses, and
-// a generator of random bf16 checkpoints in the single-file layouts (real widths, fewer blocks).
+// `meshdit bench`: timings of the transformer alone, on random inputs of the shapes a generation uses, of one
+// attention call, and a generator of random bf16 checkpoints in the single-file layouts (real widths, fewer blocks).
 #include "app/bench_cmd.h"
 
 #include <sys/resource.h>
@@ -306,6 +306,51 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   std::printf("s_per_step %.4f\n", med);
   const std::vector<double> cpu_tail(cpu_times.size() > 1 ? cpu_times.begin() + 1 : cpu_times.begin(), cpu_times.end());
   std::printf("cpu_s_per_step %.4f\n", median(cpu_tail));
+  return 0;
+}
+
+int run_bench_attention(const BenchAttentionCommand& cmd) {
+  if (cmd.threads > 0) set_num_threads(cmd.threads);
+  auto precision =
+      cmd.precision.empty() ? Result<Precision>(default_compute_precision()) : parse_precision(cmd.precision);
+  if (!precision.ok()) return fail("--precision: " + precision.error().message);
+  const ScopedPrecision run_precision(*precision);
+  const Device dev = device_option(cmd.device);
+  if (auto st = require_device(dev); !st.ok()) return fail(st.error().message);
+  const int64_t B = cmd.batch, H = cmd.heads, Lq = cmd.q_tokens, D = cmd.head_dim, iters = cmd.iters;
+  const int64_t Lk = cmd.k_tokens > 0 ? cmd.k_tokens : Lq;
+  if (B <= 0 || H <= 0 || Lq <= 0 || D <= 0 || iters <= 0 || cmd.k_tokens < 0)
+    return fail("attention: --batch, --heads, --q-tokens, --head-dim and --iters must be positive");
+  // Uniform values of variance 1 (scores of spread ~1 after the 1/sqrt(D) scale).
+  auto random = [&](int64_t L, uint64_t seed) {
+    const Tensor t = random_bf16({B * L * H, D}, seed, false).reshape({B, L, H, D}).to(DType::F32);
+    return ops::to_device(ops::affine(t, std::sqrt(float(D)), 0.0f), dev);
+  };
+  const Tensor q = random(Lq, 1), k = random(Lk, 2), v = random(Lk, 3);
+  const float scale = 1.0f / std::sqrt(float(D));
+  const double flops = 4.0 * double(B) * double(H) * double(Lq) * double(Lk) * double(D);
+  std::printf("attention B=%lld H=%lld Lq=%lld Lk=%lld D=%lld, %.3f GFLOP per call\n", (long long)B, (long long)H,
+              (long long)Lq, (long long)Lk, (long long)D, flops / 1e9);
+  if (dev == Device::CPU)
+    std::printf("threads %d\n", num_threads());
+  else
+    std::printf("device %s (%s backend)\n", device_name(dev), backend_for(dev).name);
+  std::printf("precision %s\n", precision_description(compute_precision()).c_str());
+  // Every call merges into one state (its sum grows, nothing else changes): no allocation or fill is timed.
+  AttentionState st = ops::attention_begin(q);
+  auto drain = [&] { (void)ops::to_device(st.max, Device::CPU); };  // on a device: waits for its queue
+  ops::attention_accumulate(q, k, v, scale, st);                    // warm-up: kernel setup, scratch buffers
+  drain();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < iters; ++i) ops::attention_accumulate(q, k, v, scale, st);
+  drain();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(iters);
+  std::printf("ms_per_call %.4f\n", s * 1e3);
+  std::printf("TFLOP/s %.3f\n", flops / s / 1e12);
+  if (dev == Device::CUDA) {
+    constexpr double kH200Bf16 = 790e12;  // dense bf16 tensor-core peak (issue #13's ceiling)
+    std::printf("fraction_of_h200_bf16_peak %.3f\n", flops / s / kH200Bf16);
+  }
   return 0;
 }
 

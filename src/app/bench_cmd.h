@@ -22,6 +22,19 @@ struct BenchTransformerCommand {
   std::string reference_precision;
 };
 
+// `bench attention`: one attention_accumulate call (ring attention's step: q against one K/V chunk, merged into a
+// state) on random float32 inputs, timed over `iters` calls after a warm-up one; a device's queue is drained
+// before the clock stops. Prints ms_per_call, TFLOP/s (4 B H Lq Lk D flops per call) and, on CUDA, the fraction
+// of the H200's dense bf16 peak (790 TFLOP/s).
+struct BenchAttentionCommand {
+  std::string device = "cpu";  // "cpu" or "cuda"
+  std::string precision;       // "f32" or "bf16"; "" = default_compute_precision()
+  int64_t batch = 1, heads = 24, q_tokens = 4096, k_tokens = 0, head_dim = 128;  // k_tokens 0: q_tokens
+  int64_t iters = 10;
+  int threads = 0;
+};
+int run_bench_attention(const BenchAttentionCommand& cmd);
+
 // Times `steps` forwards; prints each step and, last, "s_per_step <median of steps 2..N>". On a mesh every
 // rank runs the forward; rank 0 prints, plus each rank's resident memory after loading (its weights) and
 // after the steps.

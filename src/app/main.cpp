@@ -279,6 +279,20 @@ int run(int argc, char** argv) {
                    "on the host")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   add_mesh_options(bench_tr, bt.mesh, bt.parallel);
+  auto* bench_attn = bench->add_subcommand(
+      "attention", "Time one attention call (q against a K/V chunk, merged into a running state) on random inputs");
+  meshdit::BenchAttentionCommand ba;
+  bench_attn->add_option("--device", ba.device, "cpu (default) or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench_attn->add_option("--precision", ba.precision, kPrecisionHelp)->check(CLI::IsMember({"f32", "bf16"}));
+  bench_attn->add_option("--batch", ba.batch, "batch (default 1)")->check(CLI::PositiveNumber);
+  bench_attn->add_option("--heads", ba.heads, "heads (default 24)")->check(CLI::PositiveNumber);
+  bench_attn->add_option("--q-tokens", ba.q_tokens, "query tokens (default 4096)")->check(CLI::PositiveNumber);
+  bench_attn->add_option("--k-tokens", ba.k_tokens, "key tokens (default: the query tokens)")
+      ->check(CLI::PositiveNumber);
+  bench_attn->add_option("--head-dim", ba.head_dim, "head dim (default 128)")->check(CLI::PositiveNumber);
+  bench_attn->add_option("--iters", ba.iters, "timed calls, after one warm-up call (default 10)")
+      ->check(CLI::PositiveNumber);
+  bench_attn->add_option("--threads", ba.threads, "CPU threads");
   auto* bench_rand = bench->add_subcommand("random-checkpoint",
                                            "Write a random bf16 transformer at real width in a single-file layout");
   std::string arch = "flux-dev", rand_out;
@@ -355,6 +369,7 @@ int run(int argc, char** argv) {
   if (*gen) return meshdit::run_generate(g);
   if (*serve) return meshdit::run_serve(sv);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
+  if (*bench_attn) return meshdit::run_bench_attention(ba);
   if (*bench_cache) return meshdit::run_bench_cache(bc);
   if (*compare) return meshdit::run_compare(compare_a, compare_b);
   if (*bench_rand) {

@@ -3,7 +3,9 @@
 //   F32:  f32 operands, f32 accumulation (the fixtures' tolerances are f32's).
 //   BF16: every linear takes bf16 operands (weights rounded to bf16, or used as stored when they are bf16;
 //         activations rounded to bf16) with f32 accumulation; so does attention's Q K^T (q and k rounded). Its
-//         softmax and P V, the conv GEMM, norms, RoPE and residuals stay f32.
+//         softmax and P V, the conv GEMM, norms, RoPE and residuals stay f32. Except on CUDA for head dims 64
+//         and 128 without a bias: its tensor-core attention also rounds V and the probabilities P to bf16 for
+//         P V, as FlashAttention does (cuda/attention.cu).
 //   FP8:  every linear quantizes its weight and its activations to e4m3 (core/fp8.h), each with one float32 scale
 //         per tensor (amax / 448; the activations' computed at every call), accumulates the e4m3 products in f32
 //         and multiplies by scale_w * scale_x; bias and activation as before. Everything else runs as in BF16.

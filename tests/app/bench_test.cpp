@@ -168,6 +168,31 @@ TEST(Bench, TransformerReportsTheErrorAgainstAReferencePrecision) {
   EXPECT_NE(test::run_command(cmd + " --reference-precision fp4", &log), 0);
 }
 
+// `bench attention` on the CPU at tiny sizes, in both precisions: it runs and prints its figures; sizes that make
+// no call are refused.
+TEST(Bench, AttentionPrintsTimeAndThroughput) {
+  const std::string cmd = std::string(MESHDIT_CLI) + " bench attention --batch 2 --heads 3 --q-tokens 37 " +
+                          "--k-tokens 29 --head-dim 16 --iters 3 --threads 1";
+  for (const char* p : {"f32", "bf16"}) {
+    SCOPED_TRACE(p);
+    std::string log;
+    ASSERT_EQ(test::run_command(cmd + " --precision " + p, &log), 0) << log;
+    EXPECT_NE(log.find("attention B=2 H=3 Lq=37 Lk=29 D=16"), std::string::npos) << log;
+    EXPECT_NE(log.find("ms_per_call "), std::string::npos) << log;
+    EXPECT_NE(log.find("TFLOP/s "), std::string::npos) << log;
+    EXPECT_EQ(log.find("fraction_of_h200"), std::string::npos) << "the device figure is for CUDA only\n" << log;
+  }
+  std::string log;
+  EXPECT_NE(test::run_command(std::string(MESHDIT_CLI) + " bench attention --head-dim 0", &log), 0) << log;
+  BenchAttentionCommand c;
+  c.batch = 1, c.heads = 1, c.q_tokens = 4, c.head_dim = 8, c.iters = 1, c.threads = 1;
+  EXPECT_EQ(run_bench_attention(c), 0);  // --k-tokens left out: as many keys as queries
+  if (find_backend(Device::CUDA) == nullptr) {
+    c.device = "cuda";
+    EXPECT_EQ(run_bench_attention(c), 1);  // one clear error without a device
+  }
+}
+
 TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
   auto spec = random_checkpoint_spec("flux-pro", 2, 4);
   ASSERT_FALSE(spec.ok());

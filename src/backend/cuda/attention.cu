@@ -1,7 +1,15 @@
-// Flash-style attention, float32 on the CUDA cores: a correct first kernel with the contract's semantics
-// (ring attention's running state, bias broadcast, causal order, head dims up to 256), not yet a fast one:
-// tensor-core tiles (or cuDNN's fused attention) are the next step, measured against this one.
+// Flash-style attention. In bf16 precision, head dims 64 and 128 without a bias go to the tensor-core kernel
+// (attention_tc.cu: FlashAttention-2's scheme on mma.sync); everything else (f32 precision, other head dims,
+// bias masks) runs the float32 CUDA-core kernel below, which has the contract's full semantics (ring
+// attention's running state, bias broadcast, causal order, head dims up to 256).
 //
+// Numerics of bf16 precision on CUDA: the tensor-core kernel rounds q (pre-scaled), k, v and the
+// probabilities P to bf16 (f32 accumulation, f32 softmax), as FlashAttention does; the CPU backend rounds only
+// q and k (its P V stays f32, cpu/attention.cpp says why). Against a float32 reference that is a relative L2
+// error around 1e-2 rather than a few 1e-3 (tests/backend/cuda_attention_test.cpp). The CUDA-core kernel's
+// bf16 path rounds q and k only, as the CPU.
+//
+// The CUDA-core kernel:
 // One block per (batch, head, kRows query rows), kWarps warps of kRowsPerWarp rows each. For each tile of
 // kKeys keys, K and V are staged in shared memory (K rows padded by one float so that lane j reading key j
 // hits its own bank); lane j scores key j against the warp's query row, the warp reduces the tile's max and
@@ -10,6 +18,7 @@
 // state lives in registers between tiles and in the AttentionState tensors between calls.
 // In bf16 precision q (pre-scaled) and k are rounded to bf16 before the scores, as the CPU's bf16 Q K^T; the
 // softmax and P V stay float32.
+#include "backend/cuda/attention_tc.cuh"
 #include "backend/cuda/elementwise.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/precision.h"
@@ -185,6 +194,10 @@ void attention_accumulate(const Tensor& q, const Tensor& k, const Tensor& v, flo
            "cuda attention: q, k, v must be float32");
   MD_CHECK(st.acc.is_contiguous() && st.max.is_contiguous() && st.sum.is_contiguous(),
            "cuda attention: the state must be contiguous");
+  if (attention_tc_applies(q, mask)) {
+    attention_accumulate_tc(q, k, v, scale, mask && mask->causal, st);
+    return;
+  }
   AttnArgs a{};
   a.q = q.f32();
   a.k = k.f32();
