@@ -7,18 +7,23 @@
 //    wrote its data have run, and so has every earlier use of its buffers' memory;
 //  - after it, the compute stream waits on an event recorded on the NCCL stream: whatever is enqueued next
 //    (a kernel reading the result, a copy to the host) runs after the collective.
-// The caching allocator (backend/cuda/memory.cu) stays safe. It hands a block freed on the host to the next
-// allocation at once, trusting stream order. Host code frees a buffer a collective reads or writes only
-// after the collective's call returned, and by then the compute stream already waits on the collective's
-// event. The block's next user is either a kernel, copy or memset on the compute stream (the backend has no
-// other stream: every launch and copy in memory.cu and the kernel files is on cuda::stream()), ordered after
-// that wait, or another collective, on this or any other NcclComm's stream, which first waits on an event
-// recorded on the compute stream after that wait. Either way it runs after the collective. Work on the legacy
-// default stream (cudaMemcpy, as the tests do) is ordered too: the compute stream is a blocking stream, so
-// the legacy stream waits for it, and so for the events it waits on, and the compute stream's later work
-// (the event a collective waits on) waits for the legacy stream. The one exception is the ring step in flight
-// (send_recv_start): until send_recv_wait, nothing orders the compute stream after it, so its two buffers must
-// stay alive and untouched until then (collectives.h; ring_attention holds both).
+// The caching allocator (backend/cuda/memory.cu) stays safe. It hands a block freed on the host to the next allocation
+// at once, trusting stream order. Host code frees a buffer a collective reads or writes only after the collective's
+// call returned, and by then the compute stream already waits on the collective's event. The block's next user is
+// either a kernel, copy or memset on the compute stream (the backend has no other stream: every launch and copy in
+// memory.cu and the kernel files is on cuda::stream()), ordered after that wait, or another collective, on this or any
+// other NcclComm's stream, which first waits on an event recorded on the compute stream after that wait. Either way it
+// runs after the collective. The second case is a block whose first use is not on the compute stream (a receive buffer:
+// ring_attention's next block, all_gather's output), and the edge before every collective is what makes it safe;
+// without that edge the receive could overwrite memory a kernel still reads. (Staged host buffers come from
+// cudaMallocAsync on the NCCL stream, not from this allocator.) Work on the legacy default stream (cudaMemcpy, as the
+// tests do) is ordered too: the compute stream is a blocking stream, so the legacy stream waits for it, and so for the
+// events it waits on, and the compute stream's later work (the event a collective waits on) waits for the legacy
+// stream. The one exception is the ring step in flight (send_recv_start): until send_recv_wait, nothing orders the
+// compute stream after it, so its two buffers must stay alive and untouched until then (collectives.h; ring_attention
+// holds both). It is also the one way two communicators' collectives can run at once (any other collective waits on the
+// compute stream, which waits on the previous one): ring_attention makes no other collective while its step is in
+// flight.
 //
 // Host memory. A buffer that is not device memory of this communicator's GPU (pageable or pinned host memory,
 // managed memory) is staged through device memory, and that call waits for its result on the host as MPI
