@@ -64,6 +64,10 @@ Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
   AttentionState st = ops::attention_begin(q);
   Tensor cur = pack(k.slice(1, p.img_begin, p.img_begin + p.n_img), v.slice(1, p.img_begin, p.img_begin + p.n_img));
   const int right = (r + 1) % P, left = (r + P - 1) % P;
+  // Double-buffered: step s sends `cur` on and receives `next` while the block held is folded in, and only
+  // then waits. With NCCL on device tensors the transfer runs on the communicator's stream beside the
+  // attention kernels on the compute stream, and the wait is a stream wait, not a host one; with MPI the
+  // transfer progresses while the CPU computes. Both buffers stay alive until the wait (collectives.h).
   for (int s = 1; s < P; ++s) {
     const int origin = (r - s + P) % P;  // whose shard arrives at this step
     Tensor next = Tensor::empty({2, B, seq.img_sizes[size_t(origin)], H, D}, DType::F32, k.device());

@@ -1,19 +1,30 @@
 // The NCCL communicator against the MPI one: every collective runs on both (device buffers for NCCL, host
 // for MPI) and the results must agree exactly (integer-valued floats, so the order of a sum cannot
 // matter). Runs under mpirun with any number of ranks, 1 included (ctest nccl_np1 on a one-GPU machine);
-// skips, saying why, when the build has no NCCL or the ranks have no GPU each.
+// skips, saying why, when the build has no NCCL or the ranks have no GPU each. Then the stream ordering:
+// with the CUDA backend's stream held shut, collectives and a ring step must return without waiting for it
+// and still feed the kernels enqueued after them; and host buffers, which NCCL stages and waits for.
 #include "parallel/nccl_comm.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "parallel/mpi_comm.h"
 
 #if defined(MESHDIT_HAVE_NCCL) && MESHDIT_HAVE_NCCL
 #include <cuda_runtime.h>
+#endif
+#if defined(MESHDIT_HAVE_CUDA_BACKEND) && MESHDIT_HAVE_CUDA_BACKEND
+#include "backend/backend.h"
+#include "backend/cuda/stream_hooks.h"
+#include "backend/ops.h"
+#include "core/tensor.h"
 #endif
 
 using namespace meshdit;
@@ -270,6 +281,184 @@ TEST_F(NcclComm, SplitMatchesMpiSplit) {
   nss->all_reduce_sum(d1.get(), 1);
   EXPECT_EQ(d1.host(), expect);
 }
+
+TEST_F(NcclComm, HostBuffersAreStagedAndWaitedFor) {
+  // Pageable host memory on the NCCL side too: the results must be in place when each call returns.
+  const size_t n = 3001;
+  auto h = data(r, n), d = h;
+  w->all_reduce_sum(h.data(), int64_t(n));
+  nc->all_reduce_sum(d.data(), int64_t(n));
+  EXPECT_EQ(d, h) << "all_reduce_sum";
+
+  auto mine = data(r, n, 2);
+  std::vector<float> g(size_t(R) * n), gn(size_t(R) * n, -1.0f);
+  w->all_gather(mine.data(), int64_t(n), g.data());
+  nc->all_gather(mine.data(), int64_t(n), gn.data());
+  EXPECT_EQ(gn, g) << "all_gather";
+  // In place on the host: staged apart, the same result.
+  std::vector<float> inplace(size_t(R) * n, -1.0f);
+  std::copy(mine.begin(), mine.end(), inplace.begin() + int64_t(r) * int64_t(n));
+  nc->all_gather(inplace.data() + size_t(r) * n, int64_t(n), inplace.data());
+  EXPECT_EQ(inplace, g) << "all_gather in place";
+
+  // A ring step with one side on the device and the other on the host; started and waited for.
+  const int right = (r + 1) % R, left = (r + R - 1) % R;
+  std::vector<float> hr(n, -7.0f), nr(n, -7.0f);
+  w->send_recv(mine.data(), int64_t(n), right, hr.data(), int64_t(n), left);
+  DeviceBuf ds(mine);
+  nc->send_recv_start(ds.get(), int64_t(n), right, nr.data(), int64_t(n), left);
+  EXPECT_EQ(nr, hr) << "send_recv_start on a host buffer completes in start";
+  nc->send_recv_wait();
+  EXPECT_EQ(nr, hr) << "send_recv";
+
+  auto b = data(r, 77, 3), bn = b;
+  w->broadcast(b.data(), 77, R - 1);
+  nc->broadcast(bn.data(), 77, R - 1);
+  EXPECT_EQ(bn, b) << "broadcast";
+}
+
+#if defined(MESHDIT_HAVE_CUDA_BACKEND) && MESHDIT_HAVE_CUDA_BACKEND
+
+cudaStream_t compute_stream() { return static_cast<cudaStream_t>(cuda::compute_stream_handle()); }
+
+// Holds a stream shut until open(): a host function in stream order, so everything enqueued after it waits.
+// A call that waited on the host for that work could not return before open(); the hold gives up after 30 s
+// so that such a call fails the test (timed_out) instead of hanging it.
+class StreamGate {
+ public:
+  explicit StreamGate(cudaStream_t s) {
+    if (const cudaError_t e = cudaLaunchHostFunc(s, &StreamGate::hold, this); e != cudaSuccess) {
+      released_ = true;
+      ADD_FAILURE() << "cudaLaunchHostFunc: " << cudaGetErrorString(e);
+    }
+  }
+  ~StreamGate() {
+    open();
+    while (!released_.load()) std::this_thread::yield();  // `this` is the host function's argument
+  }
+  StreamGate(const StreamGate&) = delete;
+  StreamGate& operator=(const StreamGate&) = delete;
+  void open() { open_.store(true); }
+  bool timed_out() const { return timed_out_.load(); }
+
+ private:
+  static void hold(void* self) {  // no CUDA calls in a host function
+    auto* g = static_cast<StreamGate*>(self);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!g->open_.load() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (!g->open_.load()) g->timed_out_.store(true);
+    g->released_.store(true);
+  }
+  std::atomic<bool> open_{false}, timed_out_{false}, released_{false};
+};
+
+std::vector<float> host_of(const Tensor& t) {
+  const Tensor h = ops::to_device(t, Device::CPU);
+  return std::vector<float>(h.f32(), h.f32() + h.numel());
+}
+
+class NcclStreamOrder : public NcclComm {
+ protected:
+  void SetUp() override {
+    NcclComm::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    if (!find_backend(Device::CUDA)) GTEST_SKIP() << "the CUDA backend is not listed (no device)";
+  }
+};
+
+TEST_F(NcclStreamOrder, AllReduceFeedsTheNextKernelWithoutAHostWait) {
+  const int64_t n = int64_t(1) << 20;
+  auto h = data(r, size_t(n));
+  std::vector<float> want = h;
+  w->all_reduce_sum(want.data(), n);
+  for (float& v : want) v = 2.0f * v + 1.0f;
+  const Tensor src = ops::to_device(Tensor::from_f32({n}, h), Device::CUDA);
+  // Once unheld (the allocator's blocks for these sizes cached, the collective's setup done), then held: the
+  // producer kernel, the all-reduce and the consumer kernel are all enqueued while the stream is shut.
+  for (bool held : {false, true}) {
+    SCOPED_TRACE(held ? "stream held" : "stream free");
+    std::vector<float> got;
+    {
+      std::unique_ptr<StreamGate> gate = held ? std::make_unique<StreamGate>(compute_stream()) : nullptr;
+      Tensor x = ops::affine(src, 1.0f, 0.0f);  // written behind the gate: only stream order shows it to NCCL
+      nc->all_reduce_sum(x.f32(), n);
+      const Tensor y = ops::affine(x, 2.0f, 1.0f);  // reads the result, no host wait in between
+      if (gate) {
+        EXPECT_FALSE(gate->timed_out()) << "all_reduce_sum waited on the host for the compute stream";
+        EXPECT_EQ(cudaStreamQuery(compute_stream()), cudaErrorNotReady);
+        gate->open();
+      }
+      got = host_of(y);
+      if (gate) {
+        EXPECT_FALSE(gate->timed_out());
+      }
+    }
+    EXPECT_EQ(got, want);
+  }
+}
+
+TEST_F(NcclStreamOrder, RingStepOverlapsComputeAndFeedsTheNextKernel) {
+  // On one rank the step is a copy to itself, on the NCCL stream all the same.
+  const int64_t n = 777 * 64;
+  const int right = (r + 1) % R, left = (r + R - 1) % R;
+  auto out = data(r, size_t(n), 4);
+  std::vector<float> want(size_t(n), -7.0f);
+  w->send_recv(out.data(), n, right, want.data(), n, left);
+  for (float& v : want) v += 1.0f;
+  const Tensor src = ops::to_device(Tensor::from_f32({n}, out), Device::CUDA);
+  const Tensor other = ops::to_device(Tensor::from_f32({n}, data(r, size_t(n), 5)), Device::CUDA);
+  std::vector<float> other_want = data(r, size_t(n), 5);
+  for (float& v : other_want) v *= 3.0f;
+  for (bool held : {false, true}) {
+    SCOPED_TRACE(held ? "stream held" : "stream free");
+    std::vector<float> got, busy_got;
+    {
+      Tensor recv = ops::full({n}, -7.0f, Device::CUDA);
+      std::unique_ptr<StreamGate> gate = held ? std::make_unique<StreamGate>(compute_stream()) : nullptr;
+      Tensor send = ops::affine(src, 1.0f, 0.0f);
+      nc->send_recv_start(send.f32(), n, right, recv.f32(), n, left);
+      const Tensor busy = ops::affine(other, 3.0f, 0.0f);  // the compute the transfer overlaps
+      nc->send_recv_wait();
+      const Tensor y = ops::affine(recv, 1.0f, 1.0f);
+      if (gate) {
+        EXPECT_FALSE(gate->timed_out()) << "the ring step waited on the host for the compute stream";
+        EXPECT_EQ(cudaStreamQuery(compute_stream()), cudaErrorNotReady);
+        gate->open();
+      }
+      got = host_of(y);
+      busy_got = host_of(busy);
+    }
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(busy_got, other_want);
+  }
+}
+
+TEST_F(NcclStreamOrder, BackendHostWaitsRunTheStreamChecks) {
+  // This communicator registered its check; a counting one beside it must run while copy_to_host polls.
+  static std::atomic<int> calls{0};
+  calls = 0;
+  auto count = [](void*) { calls.fetch_add(1); };
+  cuda::add_stream_check(count, nullptr);
+  const Tensor x = ops::to_device(Tensor::from_f32({4}, {1, 2, 3, 4}), Device::CUDA);
+  std::vector<float> got;
+  {
+    StreamGate gate(compute_stream());
+    const Tensor y = ops::affine(x, 1.0f, 0.0f);
+    std::thread opener([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      gate.open();
+    });
+    got = host_of(y);
+    opener.join();
+    EXPECT_FALSE(gate.timed_out());
+  }
+  cuda::remove_stream_check(count, nullptr);
+  EXPECT_EQ(got, (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_GT(calls.load(), 0);
+}
+
+#endif  // MESHDIT_HAVE_CUDA_BACKEND
 
 #endif  // MESHDIT_HAVE_NCCL
 

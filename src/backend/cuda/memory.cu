@@ -1,15 +1,19 @@
 // Device memory and data movement: the caching allocator, strided dtype-converting copies, host <-> device
 // transfers and zeroing, plus the runtime's state the other files share (stream, device properties).
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/stream_hooks.h"
 
 namespace meshdit::cuda {
 
@@ -60,6 +64,63 @@ cudaStream_t stream() {
     return st;
   }();
   return s;
+}
+
+void* compute_stream_handle() { return stream(); }
+
+namespace {
+
+// Never destroyed, like the allocator: a communicator destroyed during static destruction still unregisters.
+struct StreamChecks {
+  std::mutex mu;
+  std::vector<std::pair<StreamCheck, void*>> list;
+};
+StreamChecks& stream_checks() {
+  static StreamChecks* c = new StreamChecks;
+  return *c;
+}
+
+bool have_stream_checks() {
+  StreamChecks& c = stream_checks();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return !c.list.empty();
+}
+
+// The host's wait for the compute stream (stream_hooks.h): a plain synchronise, or, while checks are
+// registered, a poll that runs them between queries (yielding at first, then sleeping 50 us between polls).
+void wait_for_stream() {
+  if (!have_stream_checks()) {
+    MD_CUDA(cudaStreamSynchronize(stream()));
+    return;
+  }
+  StreamChecks& c = stream_checks();
+  for (int polls = 0;; ++polls) {
+    const cudaError_t e = cudaStreamQuery(stream());
+    if (e == cudaSuccess) return;
+    if (e != cudaErrorNotReady) fail("cudaStreamQuery", e, __FILE__, __LINE__);
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      for (const auto& [check, ctx] : c.list) check(ctx);
+    }
+    if (polls < 1000)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+}  // namespace
+
+void add_stream_check(StreamCheck check, void* ctx) {
+  StreamChecks& c = stream_checks();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.list.emplace_back(check, ctx);
+}
+
+void remove_stream_check(StreamCheck check, void* ctx) {
+  StreamChecks& c = stream_checks();
+  std::lock_guard<std::mutex> lock(c.mu);
+  std::erase(c.list, std::make_pair(check, ctx));
 }
 
 int multiprocessors() {
@@ -262,17 +323,22 @@ void copy(const Tensor& src, Tensor& dst) {
   MD_CUDA_LAUNCHED(copy_kernel);
 }
 
-// Both directions wait for the transfer: the host buffer may be freed or read as soon as the call returns.
+// Both directions wait for the transfer: the host buffer may be freed or read as soon as the call returns. These
+// are the backend's host synchronisation points, where NCCL failures surface (stream_hooks.h).
 void copy_to_host(void* host_dst, const void* src, size_t bytes) {
   if (!bytes) return;
+  // A copy to or from pageable memory may itself wait for the stream, inside the runtime where no check
+  // runs: with checks registered (stream_hooks.h) the stream is drained under them first.
+  if (have_stream_checks()) wait_for_stream();
   MD_CUDA(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
-  MD_CUDA(cudaStreamSynchronize(stream()));
+  wait_for_stream();
 }
 
 void copy_from_host(void* dst, const void* host_src, size_t bytes) {
   if (!bytes) return;
+  if (have_stream_checks()) wait_for_stream();  // as in copy_to_host
   MD_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream()));
-  MD_CUDA(cudaStreamSynchronize(stream()));
+  wait_for_stream();
 }
 
 void zero(Tensor& y) {
