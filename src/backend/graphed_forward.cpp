@@ -65,6 +65,7 @@ Result<Tensor> GraphedForward::operator()(const std::vector<Tensor>& inputs, con
     case State::Off:
       return fn(inputs);
     case State::Rehearse: {
+      signature_.clear();  // a failed call rehearses again on the next
       for (const Tensor& t : inputs) {
         if (t.defined() && t.device() != graph_->device()) {
           state_ = State::Eager;  // inputs elsewhere: not a forward of the graph's device

@@ -217,3 +217,18 @@ TEST(GraphedForward, GraphedCallGoesThroughTheScopedGraphOnly) {
   EXPECT_EQ(current_graph(), nullptr);
   EXPECT_EQ(log.rehearsals, 1);
 }
+
+TEST(GraphedForward, AFailedFirstCallRehearsesAgain) {
+  Baking b;
+  FakeLog log;
+  GraphedForward g("transformer", std::make_unique<FakeGraph>(b, log));
+  const GraphFn failing = [](const std::vector<Tensor>&) -> Result<Tensor> { return make_error("bad input"); };
+  auto r = g({vec({1})}, failing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, "bad input");
+  EXPECT_EQ(g.state(), GraphedForward::State::Rehearse);
+  const GraphFn copy = [](const std::vector<Tensor>& in) -> Result<Tensor> { return in[0].clone(); };
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(g({vec({float(i)})}, copy).ok());
+  EXPECT_EQ(g.state(), GraphedForward::State::Replay);
+  EXPECT_TRUE(g.last_replayed());
+}
