@@ -19,6 +19,7 @@
 #include "app/device_option.h"
 #include "app/info_cmd.h"
 #include "backend/backend.h"
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "backend/precision.h"
 #include "core/allocator.h"
@@ -232,9 +233,24 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
   std::shared_ptr<Transformer> m = *model;
   std::vector<double> times, cpu_times;
   Tensor last_output;  // on the host: the reference's comparison
+  // On CUDA the forward is captured as a graph at step 2 and replayed from step 4 (backend/graphed_forward.h;
+  // steps 2 and 3 run eagerly too, 3 checking the replay), unless MESHDIT_CUDA_GRAPHS=0. Every input goes
+  // through the graph's static buffers, as in the denoising loop.
+  GraphedForward graphed("transformer", dev);
+  std::vector<std::string> input_names;
+  std::vector<Tensor> input_values;
+  for (const auto& [name, t] : inputs) {
+    input_names.push_back(name);
+    input_values.push_back(t);
+  }
+  const GraphFn model_call = [&](const std::vector<Tensor>& in) -> Result<Tensor> {
+    TensorMap named;
+    for (size_t k = 0; k < in.size(); ++k) named[input_names[k]] = in[k];
+    return m->forward(named);
+  };
   // On a device the kernels run asynchronously: the step is timed until its output is on the host.
   auto forward = [&]() -> Result<Tensor> {
-    MD_TRY(Tensor y, m->forward(inputs));
+    MD_TRY(Tensor y, graphed(input_values, model_call));
     return dev == Device::CPU ? y : ops::to_device(y, Device::CPU);
   };
   std::printf("threads %d, %.1f GFLOP per forward\n", num_threads(), flops / 1e9);
@@ -263,16 +279,20 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     cpu_times.push_back(cpu);
     // On a shared machine the wall time measures the other jobs too; GFLOP per CPU-second x threads is
     // what the step would reach with the cores to itself (our pool blocks instead of spinning).
-    std::printf("step %lld %.3f s %.1f GFLOP/s, cpu %.3f s (%.1f GFLOP/s at %d busy threads), %ld page faults\n",
+    std::printf("step %lld %.3f s %.1f GFLOP/s, cpu %.3f s (%.1f GFLOP/s at %d busy threads), %ld page faults%s\n",
                 (long long)(i + 1), s, flops / s / 1e9, cpu, flops / cpu * num_threads() / 1e9, num_threads(),
-                minor_faults() - f0);
+                minor_faults() - f0, graphed.last_replayed() ? ", CUDA graph replay" : "");
     std::fflush(stdout);
   }
   print_rss_per_rank(*world, "after the steps");
   if (reference) {
     // Untimed, after the steps (its products would otherwise share the timed ones' caches and profile).
+    // Eagerly: a graph replay would rerun the kernels captured in the timed precision.
     const ScopedPrecision ref_precision(*reference);
-    auto r = forward();
+    auto r = [&]() -> Result<Tensor> {
+      MD_TRY(Tensor y, m->forward(inputs));
+      return dev == Device::CPU ? y : ops::to_device(y, Device::CPU);
+    }();
     if (!r.ok()) return fail("the reference forward: " + r.error().message);
     const std::vector<float> got = last_output.to_vector(), want = r->to_vector();
     if (got.size() != want.size()) return fail("the reference forward's output has another size");

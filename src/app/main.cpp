@@ -161,7 +161,8 @@ int run(int argc, char** argv) {
                       "; default: the built-in tiny-shapes model (128x128, 20 steps)");
   gen->add_option("--device", g.device,
                   "cpu (default) or cuda: every component's weights and work on that device (tokenizers and the "
-                  "scheduler's bookkeeping stay on the host); every registered pipeline")
+                  "scheduler's bookkeeping stay on the host); every registered pipeline; on cuda Flux's steps "
+                  "replay as a CUDA graph after the first (MESHDIT_CUDA_GRAPHS=0: off)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_option("--transformer", g.transformer,
                   "transformer checkpoint to use instead of the folder's transformer/: a single file as released "
@@ -276,7 +277,8 @@ int run(int argc, char** argv) {
   bench_tr
       ->add_option("--device", bt.device,
                    "cpu (default) or cuda: weights and inputs on that device; a step ends when its output is back "
-                   "on the host")
+                   "on the host. On cuda the forward is captured as a CUDA graph at step 2, checked at step 3 and "
+                   "replayed from step 4 (MESHDIT_CUDA_GRAPHS=0: off)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   add_mesh_options(bench_tr, bt.mesh, bt.parallel);
   auto* bench_attn = bench->add_subcommand(

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 
+#include "backend/graphed_forward.h"
 #include "backend/model_ops.h"
 #include "backend/ops.h"
 #include "core/allocator.h"
@@ -78,9 +79,26 @@ Result<Tensor> denoise(const DenoiseSetup& setup, StepScheduler& scheduler, Tens
     return c.get();
   };
 
+  // CUDA graphs (backend/graphed_forward.h), one per expert and branch: the model call a predictor passes
+  // through graphed_call is captured after its first call and replayed. Not with step caching, whose block
+  // decisions are taken on the host between blocks, nor on a mesh (a split cfg group; device pipelines refuse
+  // the others). MESHDIT_CUDA_GRAPHS=0 turns them off.
+  const bool use_graphs = latents.device() == Device::CUDA && !setup.cache.enabled() && cfg_group.size() == 1;
+  std::map<std::pair<const Expert*, Branch>, std::unique_ptr<GraphedForward>> graphs;
+  auto graph_for = [&](const Expert& e, Branch b) -> GraphedForward* {
+    if (!use_graphs) return nullptr;
+    auto& g = graphs[{&e, b}];
+    if (!g) {
+      const char* branch = b == Branch::Cond ? "" : b == Branch::Uncond ? " (negative prompt)" : " (batched CFG)";
+      g = std::make_unique<GraphedForward>(e.name + branch, Device::CUDA);
+    }
+    return g.get();
+  };
+
   int64_t calls = 0;
   auto predict = [&](const Expert& e, const Tensor& x, float t, Branch b) -> Result<Tensor> {
     ScopedStepCache scope(cache_for(b));
+    ScopedGraph graph_scope(graph_for(e, b));
     TensorMap inputs;
     MD_TRY(Tensor v, e.predict(x, t, b, record ? &inputs : nullptr));
     if (record) {

@@ -7,6 +7,7 @@
 //   5. unpack, then the shared decode: z / scaling_factor + shift_factor -> VAE -> (x / 2 + 0.5).clamp(0, 1)
 #include "pipelines/flux.h"
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
@@ -179,7 +180,10 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
                  {"img_ids", img_ids}};
       if (guidance.defined()) (*inputs)["guidance"] = guidance;
     }
-    return transformer_->forward(x, e.sequence, e.pooled, timestep, img_ids, e.text_ids, guidance);
+    // The tensors that change per call are the graph's inputs (backend/graphed_forward.h); the rest is captured.
+    return graphed_call({x, timestep, guidance}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], e.sequence, e.pooled, in[1], img_ids, e.text_ids, in[2]);
+    });
   };
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, *o.true_cfg_scale}};

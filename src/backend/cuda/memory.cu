@@ -2,6 +2,7 @@
 // transfers and zeroing, plus the runtime's state the other files share (stream, device properties).
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -12,13 +13,31 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/graph.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/stream_hooks.h"
+#include "core/align.h"
 
 namespace meshdit::cuda {
 
+namespace {
+
+// The capture this thread runs (graph.cu), for the calls a capture cannot contain.
+struct CaptureStaging {
+  bool active = false;
+  char* staging = nullptr;
+  size_t bytes = 0, used = 0;
+};
+thread_local CaptureStaging t_capture;
+
+}  // namespace
+
 void fail(const char* call, cudaError_t e, const char* file, int line) {
-  fatal(file, line, std::string(call) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  const std::string msg = std::string(call) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
+  // Inside a capture a failed call (a sync the capture forbids, a launch after it was invalidated) abandons
+  // the capture, which then runs the forward eagerly, instead of the process.
+  if (t_capture.active) throw CaptureAborted{msg + " (" + file + ":" + std::to_string(line) + ")"};
+  fatal(file, line, msg);
 }
 
 bool device_present() {
@@ -140,12 +159,23 @@ namespace {
 // (both synchronise the device). Classes: powers of two up to 1 MiB (from 512 bytes), then eighths of a
 // power of two (at most 12.5 % waste). When cudaMalloc fails, the cache is returned to the driver and the
 // allocation tried once more.
+//
+// A captured graph's pool (core/graph_pool.h) takes part through the hooks below: while a capture runs every
+// allocation comes from its pool, and a registered pool gets its blocks back when they are freed. Every block a
+// pool owns counts as in use here until the pool is closed.
 class CachingAllocator final : public Allocator {
  public:
   void* allocate(size_t bytes) override {
     const size_t c = size_class(bytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (capture_) {
+        // The driver may not be asked during a capture: a block the rehearsal did not foresee ends it.
+        if (void* p = capture_->take(c)) return p;
+        throw CaptureAborted{"an allocation of " + std::to_string(bytes) +
+                             " bytes that the pool reserved from the eager forward cannot serve (the captured "
+                             "forward allocates differently)"};
+      }
       auto it = free_.find(c);
       if (it != free_.end() && !it->second.empty()) {
         void* p = it->second.back();
@@ -153,6 +183,7 @@ class CachingAllocator final : public Allocator {
         cached_ -= c;
         in_use_ += c;
         ++reuses_;
+        if (rehearsal_) rehearsal_->note_alloc(p, c);
         return p;
       }
     }
@@ -168,6 +199,7 @@ class CachingAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     in_use_ += c;
     ++driver_allocations_;
+    if (rehearsal_) rehearsal_->note_alloc(p, c);
     return p;
   }
 
@@ -175,6 +207,13 @@ class CachingAllocator final : public Allocator {
     const size_t c = size_class(bytes);
     fp8_forget_weights(p, c);  // outside mu_: it frees tensors of its own, which come back here
     std::lock_guard<std::mutex> lock(mu_);
+    if (rehearsal_) rehearsal_->note_free(p);
+    for (GraphPool* pool : pools_)
+      if (pool->give_back(p)) return;
+    if (capture_) {
+      capture_->hold(p, c);  // the captured kernels may read it: reserved for the graph, not reused
+      return;
+    }
     free_[c].push_back(p);
     in_use_ -= c;
     cached_ += c;
@@ -191,6 +230,67 @@ class CachingAllocator final : public Allocator {
     }
     for (auto& [c, list] : blocks)
       for (void* p : list) MD_CUDA(cudaFree(p));  // cudaFree waits for the work still using the block
+  }
+
+  void set_rehearsal(GraphPool* pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    rehearsal_ = pool;
+  }
+
+  void set_capture(GraphPool* pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capture_ = pool;
+  }
+
+  Status reserve(GraphPool& pool) {
+    for (const auto& [c, n] : pool.plan()) {
+      for (int64_t k = 0; k < n; ++k) {
+        void* p = nullptr;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          auto it = free_.find(c);
+          if (it != free_.end() && !it->second.empty()) {
+            p = it->second.back();
+            it->second.pop_back();
+            cached_ -= c;
+            in_use_ += c;
+            ++reuses_;
+          }
+        }
+        if (!p) {
+          if (cudaMalloc(&p, c) != cudaSuccess) {
+            (void)cudaGetLastError();
+            release();
+            if (cudaMalloc(&p, c) != cudaSuccess) {
+              (void)cudaGetLastError();
+              return make_error("the graph's pool needs " + std::to_string(pool.plan_bytes()) +
+                                " bytes of device memory; out of memory after " +
+                                std::to_string(pool.reserved_bytes()) + " (" + std::to_string(c) + "-byte block)");
+            }
+          }
+          std::lock_guard<std::mutex> lock(mu_);
+          in_use_ += c;
+          ++driver_allocations_;
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        pool.add_reserved(p, c);
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    pools_.push_back(&pool);
+    return ok_status();
+  }
+
+  void close(GraphPool& pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pools_.erase(std::remove(pools_.begin(), pools_.end(), &pool), pools_.end());
+    if (capture_ == &pool) capture_ = nullptr;
+    if (rehearsal_ == &pool) rehearsal_ = nullptr;
+    for (const auto& [p, c] : pool.close()) {
+      free_[c].push_back(p);
+      in_use_ -= c;
+      cached_ += c;
+    }
   }
 
   AllocatorStats stats() {
@@ -212,7 +312,15 @@ class CachingAllocator final : public Allocator {
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
   size_t in_use_ = 0, cached_ = 0, driver_allocations_ = 0, reuses_ = 0;
+  GraphPool* rehearsal_ = nullptr;  // notes every allocation and free
+  GraphPool* capture_ = nullptr;    // serves every allocation
+  std::vector<GraphPool*> pools_;   // registered: their blocks come back to them
 };
+
+// Bytes uploaded from the host during the rehearsal (each rounded up to 256, as staged).
+size_t g_rehearsed_upload_bytes = 0;
+bool g_rehearsing = false;
+constexpr size_t kStagingAlign = 256;
 
 // Never destroyed: tensors freed during static destruction still give their blocks back to it, and the
 // driver may already be gone by then (the process's exit returns the memory).
@@ -289,6 +397,31 @@ __global__ void out_of_range_kernel(const int64_t* ids, int64_t n, int64_t limit
 
 }  // namespace
 
+void begin_rehearsal(GraphPool* pool) {
+  g_rehearsed_upload_bytes = 0;
+  g_rehearsing = true;
+  caching_allocator().set_rehearsal(pool);
+}
+
+size_t end_rehearsal() {
+  caching_allocator().set_rehearsal(nullptr);
+  g_rehearsing = false;
+  return g_rehearsed_upload_bytes;
+}
+
+Status reserve_pool(GraphPool& pool) { return caching_allocator().reserve(pool); }
+void close_pool(GraphPool& pool) { caching_allocator().close(pool); }
+
+void begin_capture_hooks(GraphPool* pool, char* staging, size_t staging_bytes) {
+  caching_allocator().set_capture(pool);
+  t_capture = CaptureStaging{true, staging, staging_bytes, 0};
+}
+
+void end_capture_hooks() {
+  t_capture = CaptureStaging{};
+  caching_allocator().set_capture(nullptr);
+}
+
 AllocatorStats allocator_stats() { return caching_allocator().stats(); }
 void release_cached_memory() { caching_allocator().release(); }
 Allocator* allocator() { return &caching_allocator(); }
@@ -327,6 +460,9 @@ void copy(const Tensor& src, Tensor& dst) {
 // are the backend's host synchronisation points, where NCCL failures surface (stream_hooks.h).
 void copy_to_host(void* host_dst, const void* src, size_t bytes) {
   if (!bytes) return;
+  if (t_capture.active)
+    throw CaptureAborted{"a device-to-host copy of " + std::to_string(bytes) +
+                         " bytes inside the forward (a decision on the host from device data cannot be captured)"};
   // A copy to or from pageable memory may itself wait for the stream, inside the runtime where no check
   // runs: with checks registered (stream_hooks.h) the stream is drained under them first.
   if (have_stream_checks()) wait_for_stream();
@@ -336,6 +472,20 @@ void copy_to_host(void* host_dst, const void* src, size_t bytes) {
 
 void copy_from_host(void* dst, const void* host_src, size_t bytes) {
   if (!bytes) return;
+  if (g_rehearsing) g_rehearsed_upload_bytes += align_up(bytes, kStagingAlign);
+  if (t_capture.active) {
+    // A graph cannot copy from pageable memory nor wait for the copy: the bytes go to the graph's pinned staging
+    // buffer, which every replay copies from again (what the host computed at the capture: the first replay's
+    // check catches a value that changes per call).
+    if (t_capture.used + align_up(bytes, kStagingAlign) > t_capture.bytes)
+      throw CaptureAborted{"an upload of " + std::to_string(bytes) + " bytes from the host beyond the " +
+                           std::to_string(t_capture.bytes) + " the eager forward uploaded"};
+    char* stage = t_capture.staging + t_capture.used;
+    t_capture.used += align_up(bytes, kStagingAlign);
+    std::memcpy(stage, host_src, bytes);
+    MD_CUDA(cudaMemcpyAsync(dst, stage, bytes, cudaMemcpyHostToDevice, stream()));
+    return;
+  }
   if (have_stream_checks()) wait_for_stream();  // as in copy_to_host
   MD_CUDA(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream()));
   wait_for_stream();
