@@ -7,12 +7,16 @@
 #   2. runs `meshdit check --device cuda` on every fixture case in tests/fixtures, in f32 and in bf16 precision,
 #   3. generates an image with the built-in model on the GPU (`meshdit generate --device cuda`: $OUT/builtin-cuda.png)
 #      (without a GPU, 2 and 3 run on the CPU, which checks the script),
-#   4. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
-#      for Flux.1-dev, SD3.5-Large and Qwen-Image at 1024x1024 at two depths, and extrapolates to the full depth
+#   4. times the attention kernel alone (`meshdit bench attention --device cuda`, head dims 64 and 128, 4096
+#      tokens, bf16 and f32) and Flux's forward in FP8 (`--precision fp8 --reference-precision bf16`: ms and the
+#      output's relative L2 error against bf16),
+#   5. times one transformer forward (`meshdit bench transformer --device cuda`, random bf16 weights at real width)
+#      for Flux.1-dev, SD3.5-Large and Qwen-Image at 1024x1024, a Wan2.2 expert and Mochi, at two depths each, and
+#      extrapolates to the full depth
 #      (time = fixed + per block x blocks, fitted on the two depths),
 # and writes one JSON of results:
 #   $OUT/device-check.json   summary: machine, GPU, build, test counts and failures, fixtures, forwards
-#   $OUT/ctest.xml, $OUT/build.log, $OUT/tests.log, $OUT/check.log, $OUT/bench.log
+#   $OUT/ctest.xml, $OUT/build.log, $OUT/tests.log, $OUT/check.log, $OUT/bench.log, $OUT/attention.log, $OUT/fp8.log
 # OUT defaults to ./device-check-out. Exit status: 0 when the build, every test and every fixture pass.
 # If the whole CLI does not build there, it falls back to core/ + backend/ and their tests (MESHDIT_BACKEND_ONLY)
 # and says so in the JSON (build_kind).
@@ -170,7 +174,8 @@ fi
 
 # One transformer forward per model at the issue's sizes (images 1024x1024; Wan 832x480x81, Mochi 848x480x163),
 # random bf16 weights at real width, at two depths (the block stacks scaled together), extrapolated to the full
-# depth. In this order until BENCH_SECONDS have passed.
+# depth. In this order until BENCH_SECONDS have passed. 7 steps: on CUDA step 2 captures a CUDA graph and step 3
+# checks its first replay against an eager forward (both cost two forwards), so the median of steps 2-7 is a replay.
 : >"$OUT/bench.log"
 if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && $HAVE_GPU; then
   echo "== transformer forwards (bench transformer --device cuda)"
@@ -191,7 +196,7 @@ if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && $HAVE_GPU
       "$BUILD/meshdit" bench random-checkpoint --arch "$preset" --double "$d" --single "$s" -o "$f" >>"$OUT/bench.log" 2>&1
       echo "--- $name double $d single $s full $dfull $sfull" >>"$OUT/bench.log"
       timeout 180 "$BUILD/meshdit" bench transformer "$f" --device cuda --precision bf16 --width "$width" \
-        --height "$height" --frames "$frames" --text-tokens "$text" --steps 4 >>"$OUT/bench.log" 2>&1
+        --height "$height" --frames "$frames" --text-tokens "$text" --steps 7 >>"$OUT/bench.log" 2>&1
       set -e
       rm -f "$f"
     done
@@ -202,6 +207,37 @@ qwen-image qwen-image 4 0 8 0 60 0 512 1024 1024 1
 wan22-expert wan22-t2v-a14b 1 0 2 0 40 0 512 832 480 81
 mochi mochi 1 0 2 0 48 0 256 848 480 163
 MODELS
+fi
+
+# The attention kernel on its own (head dims 64 and 128, 4096 tokens, bf16: the tensor-core kernel), then FP8
+# forwards: Flux at its two depths with --precision fp8, each reporting its output's relative L2 error against
+# one bf16 forward of the same inputs.
+: >"$OUT/attention.log"
+: >"$OUT/fp8.log"
+if $build_ok && [[ $build_kind == full ]] && [[ ${BENCH:-1} != 0 ]] && $HAVE_GPU; then
+  echo "== attention kernel (bench attention --device cuda)"
+  set +e
+  for hd in "64 38" "128 24"; do
+    read -r d h <<<"$hd"
+    for p in bf16 f32; do
+      echo "--- attention D=$d H=$h precision $p" >>"$OUT/attention.log"
+      timeout 60 "$BUILD/meshdit" bench attention --device cuda --precision "$p" --batch 1 --heads "$h" \
+        --q-tokens 4096 --k-tokens 4096 --head-dim "$d" --iters 20 >>"$OUT/attention.log" 2>&1
+    done
+  done
+  echo "== FP8 forwards (Flux, bench transformer --precision fp8 --reference-precision bf16)"
+  CK=${CKPT_DIR:-$BUILD/ckpt}
+  mkdir -p "$CK"
+  for depth in "2 4" "4 8"; do
+    read -r d s <<<"$depth"
+    f=$CK/flux-fp8-$d-$s.safetensors
+    "$BUILD/meshdit" bench random-checkpoint --arch flux-dev --double "$d" --single "$s" -o "$f" >>"$OUT/fp8.log" 2>&1
+    echo "--- flux-dev double $d single $s full 19 38" >>"$OUT/fp8.log"
+    timeout 180 "$BUILD/meshdit" bench transformer "$f" --device cuda --precision fp8 --reference-precision bf16 \
+      --width 1024 --height 1024 --text-tokens 512 --steps 7 >>"$OUT/fp8.log" 2>&1
+    rm -f "$f"
+  done
+  set -e
 fi
 
 GPU_LINE=$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>/dev/null || true)
@@ -293,6 +329,45 @@ for name, rs in runs.items():
             e["speedup_vs_eager"] = round(e["eager_bar_ms"] / e["full_depth_ms_estimate"], 3)
     forwards.append(e)
 res["forwards"] = forwards
+
+# The attention kernel alone: TFLOP/s and the fraction of the H200's bf16 matrix ceiling (~790 TFLOP/s).
+att, cur = [], None
+alog = os.path.join(out, "attention.log")
+for line in (open(alog).read().splitlines() if os.path.exists(alog) else []):
+    if (m := re.match(r"--- attention D=(\d+) H=(\d+) precision (\S+)", line)):
+        cur = {"head_dim": int(m.group(1)), "heads": int(m.group(2)), "tokens": 4096, "precision": m.group(3)}
+        att.append(cur)
+    elif cur is not None and (m := re.match(r"(ms_per_call|TFLOP/s|fraction_of_h200_bf16_peak) ([\d.]+)", line)):
+        cur[m.group(1).replace("/", "_per_")] = float(m.group(2))
+res["attention"] = att
+
+# FP8 forwards: ms at two depths (steps replayed from a CUDA graph when it held), the error against bf16, and the
+# full-depth estimate against the issue's FP8 bar for Flux.1-dev (73 ms).
+fp8, cur = [], None
+flog = os.path.join(out, "fp8.log")
+for line in (open(flog).read().splitlines() if os.path.exists(flog) else []):
+    if (m := re.match(r"--- flux-dev double (\d+) single (\d+)", line)):
+        cur = {"double": int(m.group(1)), "single": int(m.group(2))}
+        fp8.append(cur)
+    elif cur is None:
+        continue
+    elif (m := re.match(r"s_per_step ([\d.]+)", line)):
+        cur["ms"] = 1000 * float(m.group(1))
+    elif (m := re.match(r"rel_l2 (\S+) \(fp8 against bf16\)", line)):
+        cur["rel_l2_vs_bf16"] = float(m.group(1))
+    elif "CUDA graph replay" in line:
+        cur["graph_replays"] = cur.get("graph_replays", 0) + 1
+    elif "CUDA graph" in line or "cuda graph" in line:
+        cur.setdefault("graph_notes", []).append(line.strip()[:300])
+e = {"runs": fp8, "bar_ms": 73.0}
+ok = [r for r in fp8 if "ms" in r]
+if len(ok) == 2:
+    a, b = ok
+    u = lambda r: r["double"] + r["single"] / 2.0
+    per = (b["ms"] - a["ms"]) / (u(b) - u(a))
+    e["full_depth_ms_estimate"] = round(a["ms"] - per * u(a) + per * (19 + 38 / 2.0), 2)
+    e["speedup_vs_eager"] = round(183.0 / e["full_depth_ms_estimate"], 3)
+res["fp8_flux"] = e
 json.dump(res, open(os.path.join(out, "device-check.json"), "w"), indent=2)
 print(json.dumps({k: v for k, v in res.items() if k not in ("failures",)} | {"fixtures": {k: v for k, v in res["fixtures"].items() if k != "results"}}, indent=2))
 if not res["gpu_present"]:
