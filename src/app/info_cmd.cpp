@@ -13,6 +13,7 @@
 #include "parallel/mpi_comm.h"
 #include "parallel/nccl_comm.h"
 #if defined(MESHDIT_HAVE_CUDA_BACKEND)
+#include "backend/cuda/conv_path.h"
 #include "backend/cuda/cuda_backend.h"
 #endif
 
@@ -47,6 +48,7 @@ void print_cuda_devices() {
                 i == 0 ? " (the backend's)" : "");
   }
   std::printf("  gemm:   %s; attention: float32 online-softmax kernel (CUDA cores)\n", cuda::gemm_library());
+  std::printf("  conv:   %s\n", cuda::conv_library());
 #else
   std::printf("cuda:     not compiled\n");
 #endif
