@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/quant_blocks.h"
 #include "core/dtype.h"
 
 using namespace meshdit;
@@ -226,6 +227,21 @@ TEST(Quant, DequantizeMatchesReferenceOnRandomBlocks) {
     for (int i = 0; i < nblocks; ++i) c.ref(&data[i * c.bytes], &want[size_t(i * c.block)]);
     for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << quant_type_name(c.type) << " value " << i;
   }
+}
+
+// dequantize_row decodes with backend/quant_blocks.h's decoders, which the CUDA backend compiles too (the test
+// above holds them to the references); their fp16 scale decode is core/dtype.h's, bit for bit, on every half.
+TEST(Quant, SharedHalfDecodeIsDtypesOnEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float got = quant_blocks::half_to_float(uint16_t(h)), want = f16_to_f32(uint16_t(h));
+    uint32_t g, w;
+    std::memcpy(&g, &got, 4);
+    std::memcpy(&w, &want, 4);
+    ASSERT_EQ(g, w) << "half 0x" << std::hex << h;
+  }
+  const uint8_t le[4] = {0x01, 0x80, 0xff, 0x7f};
+  EXPECT_EQ(quant_blocks::u16_at(le), 0x8001u);
+  EXPECT_EQ(quant_blocks::u32_at(le), 0x7fff8001u);
 }
 
 TEST(Quant, FloatTypesDequantizeAsStored) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/quant_blocks.h"
 #include "core/dtype.h"
 
 namespace meshdit {
@@ -93,61 +94,22 @@ const TypeInfo& info(QuantType t) {
   return *i;
 }
 
-float h2f(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
+float h2f(const uint8_t* p) { return quant_blocks::half_at(p); }
 void f2h(float f, uint8_t* p) {
   const uint16_t h = f32_to_f16(f);
   std::memcpy(p, &h, 2);
 }
-uint32_t u32_at(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
+
+// `blocks` blocks of `block` values and `bytes` bytes each, decoded one after the other: the decoder is picked
+// once per row and inlined into the loop.
+template <void (*Decode)(const uint8_t*, const quant_blocks::FloatSink&)>
+void decode_blocks(const uint8_t* p, float* dst, int64_t blocks, int64_t block, size_t bytes) {
+  for (int64_t i = 0; i < blocks; ++i) Decode(p + size_t(i) * bytes, quant_blocks::FloatSink{dst + i * block});
 }
 
 // --- Q4_0 ... Q8_0 -------------------------------------------------------------------------------------------
-// The first 16 values of a block go to the low nibbles, the last 16 to the high ones; Q5's fifth bits sit in
-// a 32-bit mask, bit j for value j.
-
-void dq_q4_0(const uint8_t* b, float* y) {
-  const float d = h2f(b);
-  for (int j = 0; j < 16; ++j) {
-    y[j] = float((b[2 + j] & 0xF) - 8) * d;
-    y[j + 16] = float((b[2 + j] >> 4) - 8) * d;
-  }
-}
-void dq_q4_1(const uint8_t* b, float* y) {
-  const float d = h2f(b), m = h2f(b + 2);
-  for (int j = 0; j < 16; ++j) {
-    y[j] = float(b[4 + j] & 0xF) * d + m;
-    y[j + 16] = float(b[4 + j] >> 4) * d + m;
-  }
-}
-void dq_q5_0(const uint8_t* b, float* y) {
-  const float d = h2f(b);
-  const uint32_t qh = u32_at(b + 2);
-  for (int j = 0; j < 16; ++j) {
-    const int hi0 = int((qh >> j) & 1) << 4, hi1 = int((qh >> (j + 16)) & 1) << 4;
-    y[j] = float(((b[6 + j] & 0xF) | hi0) - 16) * d;
-    y[j + 16] = float(((b[6 + j] >> 4) | hi1) - 16) * d;
-  }
-}
-void dq_q5_1(const uint8_t* b, float* y) {
-  const float d = h2f(b), m = h2f(b + 2);
-  const uint32_t qh = u32_at(b + 4);
-  for (int j = 0; j < 16; ++j) {
-    const int hi0 = int((qh >> j) & 1) << 4, hi1 = int((qh >> (j + 16)) & 1) << 4;
-    y[j] = float((b[8 + j] & 0xF) | hi0) * d + m;
-    y[j + 16] = float((b[8 + j] >> 4) | hi1) * d + m;
-  }
-}
-void dq_q8_0(const uint8_t* b, float* y) {
-  const float d = h2f(b);
-  for (int j = 0; j < 32; ++j) y[j] = float(int8_t(b[2 + j])) * d;
-}
+// The decoders are quant_blocks.h's (shared with the CUDA backend); the encoders round as ggml's reference
+// quantizers do.
 
 // The value of largest magnitude, with its sign (ggml's symmetric quantizers map it to -2^(bits-1)).
 float signed_absmax(const float* x, int n) {
@@ -216,17 +178,7 @@ void q_q8_0(const float* x, uint8_t* b) {
 // A super-block of 256 values: sub-blocks of 16 (Q2_K, Q3_K, Q6_K) or 32 (Q4_K, Q5_K), each with a small integer
 // scale (and min) relative to the super-block's fp16 d (and dmin).
 
-// Q4_K/Q5_K's eight 6-bit scales and mins in 12 bytes: sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales)
-// and 4-7 (mins); sub-blocks 4-7 in the nibbles of bytes 8-11 with their top 2 bits in the top bits of 0-7.
-void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
+// Q4_K/Q5_K's scales and mins packed as quant_blocks::scale_min_k4 reads them.
 void pack_scale_min_k4(const int* sc, const int* m, uint8_t* q) {
   std::memset(q, 0, 12);
   for (int j = 0; j < 8; ++j) {
@@ -239,76 +191,6 @@ void pack_scale_min_k4(const int* sc, const int* m, uint8_t* q) {
       q[j] |= uint8_t((m[j] >> 4) << 6);
     }
   }
-}
-
-// Q3_K's sixteen 6-bit scales (stored +32) in 12 bytes: low nibbles of sub-blocks 0-7 in the low nibbles of
-// bytes 0-7, of 8-15 in their high nibbles; the top 2 bits of sub-block i in byte 8 + i % 4 at bit 2 * (i / 4).
-int scale_k3(int i, const uint8_t* s) {
-  const int lo = i < 8 ? s[i] & 0xF : s[i - 8] >> 4;
-  const int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
-  return (lo | (hi << 4)) - 32;
-}
-
-void dq_q2_k(const uint8_t* b, float* y) {
-  const uint8_t *scales = b, *qs = b + 16;
-  const float d = h2f(b + 80), dmin = h2f(b + 82);
-  for (int e = 0; e < 256; ++e) {
-    const int n = e / 128, r = e % 128, j = r / 32, l = r % 32;  // l: 0-15 first half, 16-31 second
-    const int q = (qs[n * 32 + l] >> (2 * j)) & 3;
-    const uint8_t sc = scales[e / 16];
-    y[e] = d * float(sc & 0xF) * float(q) - dmin * float(sc >> 4);
-  }
-}
-void dq_q3_k(const uint8_t* b, float* y) {
-  const uint8_t *hmask = b, *qs = b + 32, *scales = b + 96;
-  const float d = h2f(b + 108);
-  for (int e = 0; e < 256; ++e) {
-    const int n = e / 128, r = e % 128, j = r / 32, l = r % 32;
-    const int low = (qs[n * 32 + l] >> (2 * j)) & 3;
-    const int high = (hmask[e % 32] >> (e / 32)) & 1;
-    y[e] = d * float(scale_k3(e / 16, scales)) * float(low - (high ? 0 : 4));
-  }
-}
-void dq_q4_k(const uint8_t* b, float* y) {
-  const float d = h2f(b), dmin = h2f(b + 2);
-  const uint8_t *scales = b + 4, *qs = b + 16;
-  // 64 values per step: sub-block 2c in the low nibbles of 32 bytes, 2c + 1 in their high nibbles.
-  for (int c = 0; c < 4; ++c, qs += 32, y += 64) {
-    int sc0, m0, sc1, m1;
-    scale_min_k4(2 * c, scales, &sc0, &m0);
-    scale_min_k4(2 * c + 1, scales, &sc1, &m1);
-    const float d0 = d * float(sc0), min0 = dmin * float(m0), d1 = d * float(sc1), min1 = dmin * float(m1);
-    for (int r = 0; r < 32; ++r) y[r] = d0 * float(qs[r] & 0xF) - min0;
-    for (int r = 0; r < 32; ++r) y[32 + r] = d1 * float(qs[r] >> 4) - min1;
-  }
-}
-void dq_q5_k(const uint8_t* b, float* y) {
-  const float d = h2f(b), dmin = h2f(b + 2);
-  const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + 48;
-  for (int e = 0; e < 256; ++e) {
-    const int c = e / 64, r = e % 64;
-    int sc, m;
-    scale_min_k4(e / 32, scales, &sc, &m);
-    const int low = r < 32 ? qs[c * 32 + r] & 0xF : qs[c * 32 + r - 32] >> 4;
-    const int q = low | (((qh[e % 32] >> (e / 32)) & 1) << 4);
-    y[e] = d * float(sc) * float(q) - dmin * float(m);
-  }
-}
-void dq_q6_k(const uint8_t* b, float* y) {
-  const uint8_t *ql = b, *qh = b + 128;
-  const auto* scales = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = h2f(b + 208);
-  for (int e = 0; e < 256; ++e) {
-    const int n = e / 128, r = e % 128, k = r / 32, l = r % 32;
-    const uint8_t lo = ql[n * 64 + l + (k & 1) * 32];
-    const int q = ((k < 2 ? lo & 0xF : lo >> 4) | (((qh[n * 32 + l] >> (2 * k)) & 3) << 4)) - 32;
-    y[e] = d * float(scales[e / 16]) * float(q);
-  }
-}
-void dq_q8_k(const uint8_t* b, float* y) {
-  float d;
-  std::memcpy(&d, b, 4);
-  for (int e = 0; e < 256; ++e) y[e] = d * float(int8_t(b[4 + e]));
 }
 
 // An asymmetric fit of n values to integers 0..nmax: x ~ scale * q - min with min >= 0 (ggml's K types subtract
@@ -512,45 +394,45 @@ void dequantize_row(QuantType t, const void* src, float* dst, int64_t n) {
     default:
       break;
   }
-  void (*fn)(const uint8_t*, float*) = nullptr;
+  void (*fn)(const uint8_t*, float*, int64_t, int64_t, size_t) = nullptr;
   switch (t) {
     case QuantType::Q4_0:
-      fn = dq_q4_0;
+      fn = decode_blocks<quant_blocks::dq_q4_0<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q4_1:
-      fn = dq_q4_1;
+      fn = decode_blocks<quant_blocks::dq_q4_1<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q5_0:
-      fn = dq_q5_0;
+      fn = decode_blocks<quant_blocks::dq_q5_0<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q5_1:
-      fn = dq_q5_1;
+      fn = decode_blocks<quant_blocks::dq_q5_1<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q8_0:
-      fn = dq_q8_0;
+      fn = decode_blocks<quant_blocks::dq_q8_0<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q2_K:
-      fn = dq_q2_k;
+      fn = decode_blocks<quant_blocks::dq_q2_k<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q3_K:
-      fn = dq_q3_k;
+      fn = decode_blocks<quant_blocks::dq_q3_k<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q4_K:
-      fn = dq_q4_k;
+      fn = decode_blocks<quant_blocks::dq_q4_k<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q5_K:
-      fn = dq_q5_k;
+      fn = decode_blocks<quant_blocks::dq_q5_k<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q6_K:
-      fn = dq_q6_k;
+      fn = decode_blocks<quant_blocks::dq_q6_k<quant_blocks::FloatSink>>;
       break;
     case QuantType::Q8_K:
-      fn = dq_q8_k;
+      fn = decode_blocks<quant_blocks::dq_q8_k<quant_blocks::FloatSink>>;
       break;
     default:
       fatal(__FILE__, __LINE__, std::string("dequantize_row: ") + ti.name + " is not a float type");
   }
-  for (int64_t i = 0; i < n / ti.block; ++i) fn(p + size_t(i) * ti.bytes, dst + i * ti.block);
+  fn(p, dst, n / ti.block, ti.block, ti.bytes);
 }
 
 void quantize_row(QuantType t, const float* src, void* dst, int64_t n) {

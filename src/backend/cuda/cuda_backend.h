@@ -48,6 +48,9 @@ struct Fp8Quantized {
   float scale = 0;
 };
 Fp8Quantized fp8_quantize(const Tensor& x, int64_t ld);
+// The most bytes of decoded weight linear_quantized holds at once (a band of whole rows of the weight, at least
+// one; 64 MiB by default, 0 restores it). Returns the previous value. For tests, which need several bands.
+size_t set_quantized_band_bytes(size_t bytes);
 
 // "cuBLASLt 13.0.0 (libcublasLt.so.13)": the library the products use (loading it; needs a device).
 const char* gemm_library();

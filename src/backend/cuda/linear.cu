@@ -28,9 +28,11 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/elementwise.cuh"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
 #include "backend/precision.h"
+#include "backend/quant_blocks.h"
 #include "core/align.h"
 #include "core/fp8.h"
 
@@ -210,25 +212,40 @@ __global__ void bias_rows_kernel(float* y, const float* bias, int64_t M, int64_t
     y[i] = bias ? bias[i % N] : 0.0f;
 }
 
-// y = act(op(A) . op(B) + bias) for y [M, N] (column-major [N, M]): the BIAS (and RELU) epilogue when cuBLASLt
-// has an algorithm with it, else a plain product and the bias and activation after it. False when there is no
-// algorithm even for the plain product.
-bool product(int64_t N, int64_t M, int64_t K, const GemmOperand& A, const GemmOperand& B, const Tensor* bias,
-             const float* bp, Act act, Tensor& y) {
-  float* yp = y.data<float>();
+// y[m, n] = act(y[m, n] + bias[n]) over N columns of rows of ldy floats: what cuBLASLt's epilogue did not do.
+__global__ void bias_act_kernel(float* y, int64_t ldy, int64_t M, int64_t N, const float* bias, Act act) {
+  MD_GRID_LOOP(i, M * N) {
+    const int64_t m = i / N, n = i % N;
+    float& v = y[m * ldy + n];
+    v = act_value(bias ? v + bias[n] : v, act);
+  }
+}
+
+// The product of x with a dense weight, shared by linear and linear_quantized: y = act(x . w^T + bias), with A
+// the weight w [N, K] as stored (row-major rows of K) and B x [M, K]. y's N columns start at yp, in rows of ldy
+// floats, so a band of a wider output can be filled (linear_quantized's row tiles of w). `weight` names the
+// weight's type in the error when cuBLASLt has no algorithm at all. False when cuBLASLt has no algorithm even for
+// the plain product (FP8's caller then runs the product in BF16).
+[[nodiscard]] bool dense_product(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B,
+                                 const float* bias, Act act, float* yp, int64_t ldy) {
+  // Row-major y [M, N] = x [M, K] . w [N, K]^T is column-major y^T [N, M] = w^T(as stored [K, N]) . x^T [K, M].
   const bool relu = act == Act::Relu;
-  if (gemm(N, M, K, A, B, yp, N, bp, relu)) {
-    if (!relu) apply_activation(yp, M * N, act);
+  if (gemm(N, M, K, A, B, yp, ldy, bias, relu)) {
+    if (!relu && act != Act::None) MD_LAUNCH(bias_act_kernel, M * N, yp, ldy, M, N, nullptr, act);
     return true;
   }
-  if (!gemm(N, M, K, A, B, yp, N, nullptr, false)) return false;
-  if (bp) {
-    Tensor bias_b = bias->reshape({1, N}).expand({M, N});
-    Tensor out = y;
-    add_broadcast(y, bias_b, out);
-  }
-  apply_activation(yp, M * N, act);
+  // No algorithm with this epilogue: a plain product, bias and activation after it.
+  if (!gemm(N, M, K, A, B, yp, ldy, nullptr, false)) return false;
+  if (bias || act != Act::None) MD_LAUNCH(bias_act_kernel, M * N, yp, ldy, M, N, bias, act);
   return true;
+}
+
+// dense_product, which must find an algorithm: `weight` names the weight's type in the error.
+void dense_product_or_fail(int64_t M, int64_t N, int64_t K, const GemmOperand& A, const GemmOperand& B,
+                           const float* bias, Act act, float* yp, int64_t ldy, const std::string& weight) {
+  MD_CHECK(dense_product(M, N, K, A, B, bias, act, yp, ldy),
+           "cuda linear: cuBLASLt has no algorithm for [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
+               std::to_string(N) + ", " + std::to_string(K) + "]^T in " + weight);
 }
 
 std::atomic<size_t> g_fp8_products{0}, g_fp8_fallbacks{0}, g_fp8_weights_quantized{0};
@@ -377,7 +394,7 @@ bool linear_fp8(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, T
   }
   const GemmOperand A{wq.q.raw(), CUDA_R_8F_E4M3, Kp, true, wq.scale.data<float>() + 1};
   const GemmOperand B{xq.raw(), CUDA_R_8F_E4M3, Kp, false, xs.data<float>() + 1};
-  if (!product(N, M, Kp, A, B, bias, bias ? bias->data<float>() : nullptr, act, y)) {
+  if (!dense_product(M, N, Kp, A, B, bias ? bias->data<float>() : nullptr, act, y.data<float>(), N)) {
     *why = "cuBLASLt has no FP8 algorithm for it on this GPU";
     return false;
   }
@@ -426,10 +443,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tenso
     A = {wa.raw(), CUDA_R_32F, K, true};
     B = {x.raw(), CUDA_R_32F, M <= 1 ? K : x.stride(0), false};
   }
-  // Row-major y [M, N] = x [M, K] . w [N, K]^T is column-major y^T [N, M] = w^T(as stored [K, N]) . x^T [K, M].
-  MD_CHECK(product(N, M, K, A, B, bias ? &b : nullptr, bp, act, y),
-           "cuda linear: cuBLASLt has no algorithm for [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
-               std::to_string(N) + ", " + std::to_string(K) + "]^T in " + dtype_name(w.dtype()));
+  dense_product_or_fail(M, N, K, A, B, bp, act, yp, N, dtype_name(w.dtype()));
 }
 
 void fp8_forget_weights(const void* p, size_t bytes) {
@@ -475,9 +489,164 @@ Fp8Quantized fp8_quantize(const Tensor& x, int64_t ld) {
   return r;
 }
 
-void linear_quantized(const Tensor&, const Tensor&, QuantType type, const Tensor*, Act, Tensor&) {
-  MD_CHECK(false, std::string("linear_quantized (") + quant_type_name(type) +
-                      " block-quantized weights): not implemented on cuda yet");
+// --- block-quantized weights ----------------------------------------------------------------------------------
+// linear_quantized decodes a band of w's rows at a time into a dense tile (bf16 in BF16 precision, float32 in
+// F32, as the CPU's tiles) and runs dense_product on it into that band of y's columns: the decode is exact
+// (quant_blocks.h, the CPU's own decoders), so the result is linear's on the decoded weight, and the dense copy
+// never exceeds the band's bytes, whatever the weight's size.
+
+namespace {
+
+constexpr size_t kDefaultBandBytes = size_t(64) << 20;
+std::atomic<size_t> g_band_bytes{kDefaultBandBytes};
+
+// The device's sink for quant_blocks' decoders in BF16 precision: each decoded float rounded to nearest even, as
+// the CPU rounds its decoded tiles.
+struct Bf16Sink {
+  uint16_t* y;
+  __device__ void put(int j, float v) const { y[j] = f32_to_bf16_bits(v); }
+};
+
+template <QuantType T, class Sink>
+__device__ void decode_block(const uint8_t* b, const Sink& out) {
+  using namespace quant_blocks;
+  if constexpr (T == QuantType::Q4_0)
+    dq_q4_0(b, out);
+  else if constexpr (T == QuantType::Q4_1)
+    dq_q4_1(b, out);
+  else if constexpr (T == QuantType::Q5_0)
+    dq_q5_0(b, out);
+  else if constexpr (T == QuantType::Q5_1)
+    dq_q5_1(b, out);
+  else if constexpr (T == QuantType::Q8_0)
+    dq_q8_0(b, out);
+  else if constexpr (T == QuantType::Q2_K)
+    dq_q2_k(b, out);
+  else if constexpr (T == QuantType::Q3_K)
+    dq_q3_k(b, out);
+  else if constexpr (T == QuantType::Q4_K)
+    dq_q4_k(b, out);
+  else if constexpr (T == QuantType::Q5_K)
+    dq_q5_k(b, out);
+  else if constexpr (T == QuantType::Q6_K)
+    dq_q6_k(b, out);
+  else if constexpr (T == QuantType::Q8_K)
+    dq_q8_k(b, out);
+  else
+    static_assert(T == QuantType::Q4_0, "decode_block: not a block type");
+}
+
+// tile [nrows, K] (row-major, elements of Sink's type) = rows' first nrows rows decoded; one thread per block,
+// `per_row` blocks of `values` values and `bytes` bytes in each row of `row_stride` bytes.
+template <QuantType T, class Sink, class Elem>
+__global__ void decode_tile_kernel(const uint8_t* rows, int64_t row_stride, int64_t nrows, int64_t per_row,
+                                   int64_t values, int64_t bytes, Elem* tile, int64_t K) {
+  MD_GRID_LOOP(i, nrows * per_row) {
+    const int64_t r = i / per_row, c = i % per_row;
+    decode_block<T>(rows + r * row_stride + c * bytes, Sink{tile + r * K + c * values});
+  }
+}
+
+template <QuantType T>
+void decode_tile(const uint8_t* rows, int64_t row_stride, int64_t nrows, int64_t K, bool bf16, void* tile) {
+  const int64_t values = quant_block_size(T), bytes = int64_t(quant_block_bytes(T)), per_row = K / values;
+  const int64_t n = nrows * per_row;
+  if (n == 0) return;
+  if (bf16)
+    decode_tile_kernel<T, Bf16Sink, uint16_t><<<grid_for(n), kThreads, 0, stream()>>>(
+        rows, row_stride, nrows, per_row, values, bytes, static_cast<uint16_t*>(tile), K);
+  else
+    decode_tile_kernel<T, quant_blocks::FloatSink, float><<<grid_for(n), kThreads, 0, stream()>>>(
+        rows, row_stride, nrows, per_row, values, bytes, static_cast<float*>(tile), K);
+  MD_CUDA_LAUNCHED(decode_tile_kernel);
+}
+
+void decode_tile(QuantType t, const uint8_t* rows, int64_t row_stride, int64_t nrows, int64_t K, bool bf16,
+                 void* tile) {
+  switch (t) {
+    case QuantType::Q4_0:
+      return decode_tile<QuantType::Q4_0>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q4_1:
+      return decode_tile<QuantType::Q4_1>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q5_0:
+      return decode_tile<QuantType::Q5_0>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q5_1:
+      return decode_tile<QuantType::Q5_1>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q8_0:
+      return decode_tile<QuantType::Q8_0>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q2_K:
+      return decode_tile<QuantType::Q2_K>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q3_K:
+      return decode_tile<QuantType::Q3_K>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q4_K:
+      return decode_tile<QuantType::Q4_K>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q5_K:
+      return decode_tile<QuantType::Q5_K>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q6_K:
+      return decode_tile<QuantType::Q6_K>(rows, row_stride, nrows, K, bf16, tile);
+    case QuantType::Q8_K:
+      return decode_tile<QuantType::Q8_K>(rows, row_stride, nrows, K, bf16, tile);
+    default:
+      MD_CHECK(false, std::string("cuda linear_quantized: ") + quant_type_name(t) + " is not a block type");
+  }
+}
+
+}  // namespace
+
+size_t set_quantized_band_bytes(size_t bytes) { return g_band_bytes.exchange(bytes ? bytes : kDefaultBandBytes); }
+
+void linear_quantized(const Tensor& x, const Tensor& rows, QuantType type, const Tensor* bias, Act act, Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = rows.size(0);
+  const std::string name = quant_type_name(type);
+  MD_CHECK(quant_is_block(type), "cuda linear_quantized: " + name + " is not a block type");
+  MD_CHECK(x.dtype() == DType::F32 && x.stride(1) == 1 && (M <= 1 || x.stride(0) >= K),
+           "cuda linear_quantized: x must be float32 rows with a contiguous last dimension");
+  MD_CHECK(rows.dim() == 2 && rows.dtype() == DType::U8 && rows.stride(1) == 1 && K % quant_block_size(type) == 0 &&
+               uint64_t(rows.size(1)) == quant_row_bytes(type, K) && (N <= 1 || rows.stride(0) >= rows.size(1)),
+           "cuda linear_quantized: " + std::to_string(K) + " columns of " + name + " blocks are not the rows " +
+               shape_str(rows.shape()) + " of U8 (whole blocks, contiguous bytes in a row)");
+  MD_CHECK(
+      y.dtype() == DType::F32 && y.is_contiguous() && y.size(0) == M && y.size(1) == N,
+      "cuda linear_quantized: y must be contiguous float32 [" + std::to_string(M) + ", " + std::to_string(N) + "]");
+  if (M == 0 || N == 0) return;
+  const Tensor b = bias ? f32_contiguous(*bias) : Tensor();
+  const float* bp = bias ? b.data<float>() : nullptr;
+  float* yp = y.data<float>();
+  if (K == 0) {  // an empty sum: the bias alone
+    bias_rows_kernel<<<grid_for(M * N), kThreads, 0, stream()>>>(yp, bp, M, N);
+    MD_CUDA_LAUNCHED(bias_rows_kernel);
+    apply_activation(yp, M * N, act);
+    return;
+  }
+  // FP8 precision runs block-quantized weights as BF16 on the GPU (the CPU quantizes their decoded rows to e4m3).
+  const bool bf16 = compute_precision() != Precision::F32;
+  Tensor xa;
+  GemmOperand B{};
+  if (bf16) {
+    xa = Tensor::empty({M, K}, DType::BF16, Device::CUDA);
+    copy(x, xa);  // rounds to nearest even, as the CPU's to_bf16
+    B = {xa.raw(), CUDA_R_16BF, K, false};
+  } else {
+    B = {x.raw(), CUDA_R_32F, M <= 1 ? K : x.stride(0), false};
+  }
+  // Bands of whole rows within the byte budget (at least one row). From 16 rows on, a multiple of 16: every band
+  // then starts 64-byte aligned in y (cuBLASLt's faster kernels want aligned operands) and the shapes repeat.
+  const DType tile_type = bf16 ? DType::BF16 : DType::F32;
+  const size_t row_bytes = size_t(K) * dtype_size(tile_type);
+  int64_t band = int64_t(std::max<size_t>(1, g_band_bytes.load() / row_bytes));
+  if (band >= 16) band -= band % 16;
+  band = std::min(band, N);
+  // One tile for every band: the stream orders each band's decode after the previous band's product.
+  Tensor tile = Tensor::empty({band, K}, tile_type, Device::CUDA);
+  const auto* src = static_cast<const uint8_t*>(rows.raw());
+  const int64_t row_stride = N <= 1 ? rows.size(1) : rows.stride(0);
+  const std::string what = name + " (decoded to " + dtype_name(tile_type) + ")";
+  for (int64_t n0 = 0; n0 < N; n0 += band) {
+    const int64_t nb = std::min(band, N - n0);
+    decode_tile(type, src + n0 * row_stride, row_stride, nb, K, bf16, tile.raw());
+    const GemmOperand A{tile.raw(), bf16 ? CUDA_R_16BF : CUDA_R_32F, K, true};
+    dense_product_or_fail(M, nb, K, A, B, bp ? bp + n0 : nullptr, act, yp + n0, N, what);
+  }
 }
 
 }  // namespace meshdit::cuda

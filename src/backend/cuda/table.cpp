@@ -1,6 +1,4 @@
-// The CUDA backend's kernel table (backend/backend.h). Every entry is implemented except linear_quantized
-// (GGUF block-quantized weights), which stops with a clear error naming the op instead of computing
-// something else.
+// The CUDA backend's kernel table (backend/backend.h): every entry implemented.
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/kernels.h"
 
