@@ -416,7 +416,7 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
     const std::vector<std::pair<int64_t, int64_t>>& ranges_in, int64_t padded_extent) const {
   const std::vector<std::pair<int64_t, int64_t>> ranges = merge_adjacent(ranges_in);
   using None = std::optional<QuantizedWeight>;
-  if (!keep_quantized_ || meta_ || device_ != Device::CPU || expect.size() != 2) return None();
+  if (!keep_quantized_ || meta_ || expect.size() != 2) return None();
   std::vector<RowRange> parts;
   if (auto a = aliases_.find(name); a != aliases_.end())
     parts = a->second.parts;
@@ -478,7 +478,11 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
     q.rows = sel.size() == 1 ? sel[0] : concat(sel, 1);
   }
   q.cols = local[1];
-  if (!q.rows.read_only())
+  const bool copied = !q.rows.read_only();
+  // On a device the blocks are uploaded as stored (backend linear_quantized decodes them there); the mapped
+  // pages are dropped once they are there.
+  if (device_ != Device::CPU) q.rows = ops::place(q.rows.contiguous(), device_);
+  if (copied || device_ != Device::CPU)
     for (const Tensor& t : stored) release_mapped_pages(t);
   if (log_) log_->push_back(WeightRecord{name, expect, DType::BF16, shard, local, q.type});
   return std::optional<QuantizedWeight>(std::move(q));

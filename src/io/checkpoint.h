@@ -95,7 +95,8 @@ class Checkpoint {
                              const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t padded_extent = 0) const;
   // The same part of a weight kept block-quantized, when it is stored so (a GGUF Q* type) and keep_quantized() is
   // on: nullopt for a float tensor, a tensor whose alias parts differ in type, zero padding past the stored
-  // extent, or a device other than the host, where the caller takes the float weight instead. Column ranges
+  // extent, where the caller takes the float weight instead. On a device (place_on) the blocks are uploaded as
+  // stored and the device's linear_quantized decodes them. Column ranges
   // (row-parallel linears) must fall on block boundaries: otherwise an error naming the tensor, its type and
   // block size. A missing tensor is nullopt too (the float path names it).
   Result<std::optional<QuantizedWeight>> get_quantized(const std::string& name, const Shape& expect, Shard shard,

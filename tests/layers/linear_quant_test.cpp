@@ -7,8 +7,10 @@
 #include <tuple>
 #include <vector>
 
+#include "../stand_in_device.h"
 #include "../test_util.h"
 #include "backend/cpu/quant.h"
+#include "backend/ops.h"
 #include "backend/precision.h"
 #include "io/checkpoint.h"
 #include "io/gguf.h"
@@ -166,6 +168,47 @@ TEST(QuantizedLinear, ShardsOnWholeRowsAndWholeBlocks) {
             std::string::npos)
       << bad.error().message;
   EXPECT_NE(bad.error().message.find("[0, 128)"), std::string::npos) << bad.error().message;
+}
+
+// On a device the blocks are uploaded as stored and the device's linear_quantized runs on them (the stand-in
+// device: the CPU kernels under the CUDA tag, host memory, counted uploads), giving the host's product; a whole
+// weight and a row-range one (a modulation linear's chunks).
+TEST(QuantizedLinear, GgufWeightStaysQuantizedOnADevice) {
+  if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA device is present: cuda_quant_test covers it";
+  TinyGguf f(QuantType::Q4_K, 64, 512);
+  auto ck = Checkpoint::open(f.path);
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  auto host = Linear::load(*ck, "l", 512, 64, true);
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  const Tensor x = test::random_tensor({9, 512}, 15);
+  const Tensor want = (*host)(x);
+  auto host_rows = Linear::load_rows(*ck, "l", 512, 64, {Range{0, 16}, Range{32, 48}});
+  ASSERT_TRUE(host_rows.ok()) << host_rows.error().message;
+  const Tensor want_rows = (*host_rows)(x);
+
+  test::StandInDevice device;
+  Checkpoint on_device = *ck;
+  on_device.place_on(Device::CUDA);
+  {
+    const int64_t uploads = test::g_uploads.load();
+    auto l = Linear::load(on_device, "l", 512, 64, true);
+    ASSERT_TRUE(l.ok()) << l.error().message;
+    ASSERT_TRUE(l->quant.has_value());
+    EXPECT_EQ(l->weight.dtype(), DType::U8);
+    EXPECT_EQ(l->weight.device(), Device::CUDA);
+    EXPECT_EQ(l->weight.shape(), (Shape{64, 2 * 144}));  // 2 Q4_K blocks of 256 values, 144 bytes each
+    EXPECT_GT(test::g_uploads.load(), uploads);
+    const Tensor got = ops::to_device((*l)(ops::to_device(x, Device::CUDA)), Device::CPU);
+    EXPECT_EQ(max_rel_diff(got, want), 0.0);  // the same kernel on the same bytes
+
+    auto rows = Linear::load_rows(on_device, "l", 512, 64, {Range{0, 16}, Range{32, 48}});
+    ASSERT_TRUE(rows.ok()) << rows.error().message;
+    ASSERT_TRUE(rows->quant.has_value());
+    EXPECT_EQ(rows->weight.device(), Device::CUDA);
+    const Tensor got_rows = ops::to_device((*rows)(ops::to_device(x, Device::CUDA)), Device::CPU);
+    EXPECT_EQ(max_rel_diff(got_rows, want_rows), 0.0);
+  }
+  EXPECT_EQ(device.live(), 0) << "every device buffer freed";
 }
 
 }  // namespace
