@@ -180,9 +180,10 @@ Result<Tensor> FluxPipeline::generate(const GenerateOptions& options, TensorMap*
                  {"img_ids", img_ids}};
       if (guidance.defined()) (*inputs)["guidance"] = guidance;
     }
-    // The tensors that change per call are the graph's inputs (backend/graphed_forward.h); the rest is captured.
-    return graphed_call({x, timestep, guidance}, [&](const std::vector<Tensor>& in) {
-      return transformer_->forward(in[0], e.sequence, e.pooled, in[1], img_ids, e.text_ids, in[2]);
+    // The tensors that change per call or per branch are the graph's inputs (backend/graphed_forward.h), copied
+    // into the captured buffers at each replay; the position ids are the run's constants and are captured.
+    return graphed_call({x, e.sequence, e.pooled, timestep, guidance}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], in[1], in[2], in[3], img_ids, e.text_ids, in[4]);
     });
   };
   DenoiseSetup setup;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
@@ -206,7 +207,10 @@ Result<Tensor> MochiPipeline::generate(const GenerateOptions& options, TensorMap
                  {"timestep", timestep},
                  {"encoder_hidden_states", e.sequence},
                  {"encoder_attention_mask", e.mask}};
-    return transformer_->forward(x, e.sequence, timestep, e.mask);
+    // Every tensor argument is a graph input (backend/graphed_forward.h), as in sd3.cpp.
+    return graphed_call({x, e.sequence, timestep, e.mask}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], in[1], in[2], in[3]);
+    });
   };
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, scale}};

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
@@ -337,7 +338,11 @@ Result<Tensor> MotifImagePipeline::generate(const GenerateOptions& options, Tens
                  {"text_emb_clip_l", e.clip_l},
                  {"text_emb_clip_g", e.clip_g},
                  {"pooled_text_embs", e.pooled}};
-    return transformer_->forward(x, timestep, e.t5, e.clip_l, e.clip_g, e.pooled);
+    // Every tensor argument is a graph input (backend/graphed_forward.h): the pair's embeddings change within one
+    // branch when the guidance switches, which a captured address would silently miss.
+    return graphed_call({x, timestep, e.t5, e.clip_l, e.clip_g, e.pooled}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], in[1], in[2], in[3], in[4], in[5]);
+    });
   };
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, scale}};

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <string_view>
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/trace.h"
 #include "io/checkpoint.h"
@@ -172,7 +173,10 @@ Result<Tensor> QwenImagePipeline::generate(const GenerateOptions& options, Tenso
       *inputs = {{"hidden_states", x}, {"timestep", timestep}, {"encoder_hidden_states", e.sequence}};
       if (e.mask.defined()) (*inputs)["encoder_hidden_states_mask"] = e.mask;
     }
-    return transformer_->forward(x, e.sequence, e.mask, timestep, nullptr, grid);
+    // Every tensor argument is a graph input (backend/graphed_forward.h), as in sd3.cpp.
+    return graphed_call({x, e.sequence, e.mask, timestep}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], in[1], in[2], in[3], nullptr, grid);
+    });
   };
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, *o.true_cfg_scale}};

@@ -10,6 +10,7 @@
 //   5. the shared decode: z / scaling_factor + shift_factor -> VAE -> (x / 2 + 0.5).clamp(0, 1)
 #include "pipelines/sd3.h"
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
@@ -191,7 +192,11 @@ Result<Tensor> StableDiffusion3Pipeline::generate(const GenerateOptions& options
                  {"timestep", timestep},
                  {"encoder_hidden_states", e.sequence},
                  {"pooled_projections", e.pooled}};
-    return transformer_->forward(x, e.sequence, e.pooled, timestep);
+    // Every tensor argument is a graph input (backend/graphed_forward.h): copied into the captured buffers at
+    // each replay, so no branch or step can replay another's embeddings.
+    return graphed_call({x, e.sequence, e.pooled, timestep}, [&](const std::vector<Tensor>& in) {
+      return transformer_->forward(in[0], in[1], in[2], in[3]);
+    });
   };
   DenoiseSetup setup;
   setup.experts = {Expert{"transformer", predict, scale}};

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "core/torch_rng.h"
 #include "core/trace.h"
@@ -232,7 +233,9 @@ Result<Tensor> WanPipeline::generate(const GenerateOptions& options, TensorMap* 
       const Tensor& text = branch == Branch::Cond ? pos : neg;
       const Tensor timestep = ops::full({x.size(0)}, t, x.device());
       if (inputs) *inputs = {{"hidden_states", x}, {"timestep", timestep}, {"encoder_hidden_states", text}};
-      return model.forward(x, timestep, text);
+      // Every tensor argument is a graph input (backend/graphed_forward.h), as in sd3.cpp.
+      return graphed_call({x, timestep, text},
+                          [&](const std::vector<Tensor>& in) { return model.forward(in[0], in[1], in[2]); });
     };
   };
   DenoiseSetup setup;
