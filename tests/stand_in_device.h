@@ -45,6 +45,8 @@ class StandInDevice {
   StandInDevice(const StandInDevice&) = delete;
   StandInDevice& operator=(const StandInDevice&) = delete;
   int64_t live() const { return alloc_.live.load(); }
+  // What the device reports as free memory (Backend::free_memory; the host's MemAvailable by default).
+  void set_free_memory(size_t (*f)()) { table_.free_memory = f; }
 
  private:
   class Counting final : public Allocator {

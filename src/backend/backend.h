@@ -109,6 +109,10 @@ struct Backend {
   void (*copy_to_host)(void* host_dst, const void* src, size_t bytes);
   void (*copy_from_host)(void* dst, const void* host_src, size_t bytes);
   void (*zero)(Tensor& y);  // y contiguous, any dtype: every byte 0
+  // Bytes that can be allocated on this device now (a device: the driver's free memory plus the allocator's
+  // cached free blocks; the host: MemAvailable), 0 when unknown. What a model's weights are checked against
+  // before any of them is copied there.
+  size_t (*free_memory)();
   // out [N, D] float32 = rows ids[i] of table [V, D] (any float dtype, any strides) for ids [N] int64
   // contiguous. An id outside [0, V) is an input error: false, with the first such id in *bad_id (out
   // then unspecified).

@@ -488,6 +488,18 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
   return std::optional<QuantizedWeight>(std::move(q));
 }
 
+uint64_t Checkpoint::placed_bytes() const {
+  uint64_t total = 0;
+  for (const auto& [name, w] : where_) {
+    const TensorInfo& t = info(w);
+    if (keep_quantized_ && t.quantized() && t.shape.size() == 2)
+      total += uint64_t(t.shape[0]) * quant_row_bytes(*t.ggml_type, t.shape[1]);
+    else
+      total += uint64_t(shape_numel(t.shape)) * dtype_size(t.dtype);
+  }
+  return total;
+}
+
 void Checkpoint::record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const {
   if (log_) log_->push_back(WeightRecord{name, whole.shape(), whole.dtype(), shard, local, std::nullopt});
 }

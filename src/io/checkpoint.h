@@ -37,7 +37,7 @@ struct WeightRecord {
   Shape shape;  // the whole tensor
   DType dtype = DType::BF16;
   Shard shard = Shard::Replicated;
-  Shape local;  // this rank's part
+  Shape local;                     // this rank's part
   std::optional<QuantType> quant;  // kept block-quantized (a GGUF weight taken by get_quantized)
   int64_t local_numel() const { return shape_numel(local); }
   size_t local_bytes() const {
@@ -106,6 +106,10 @@ class Checkpoint {
   // every weight is taken dequantized (to BF16), as before the quantized products existed.
   void set_keep_quantized(bool on) { keep_quantized_ = on; }
   bool keep_quantized() const { return keep_quantized_; }
+  // The bytes its stored tensors take once taken (get(): as decoded, e.g. BF16 for FP8 and dequantized GGUF
+  // tensors; get_quantized(): block-quantized GGUF rows as stored while keep_quantized() is on): what placing a
+  // model's weights on a device costs there, checked against its free memory before anything is copied.
+  uint64_t placed_bytes() const;
   // Shape of a tensor without touching its data (for inferring configs from weights).
   Result<Shape> shape_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }

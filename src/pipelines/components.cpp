@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/memory_info.h"
 #include "models/registry.h"
 
@@ -46,6 +47,25 @@ Result<TransformerSource> open_transformer_file(const std::string& dir, const st
                       " config cannot be inferred from its tensors");
   }
   return t;
+}
+
+Status place_checked(Checkpoint& ck, Device dev, const std::string& what) {
+  if (dev != Device::CPU) {
+    const Backend* b = find_backend(dev);
+    if (b == nullptr) return make_error(what + ": no " + device_name(dev) + " backend in this process");
+    const uint64_t need = ck.placed_bytes();
+    const size_t have = b->free_memory ? b->free_memory() : 0;
+    if (have > 0 && need > have) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "its weights take %.2f GiB on %s and %.2f GiB is free there",
+                    double(need) / 1073741824.0, device_name(dev), double(have) / 1073741824.0);
+      return make_error(what + ": " + buf +
+                        " (nothing was copied; a smaller or quantized checkpoint, or a GPU with "
+                        "more memory, is needed)");
+    }
+  }
+  ck.place_on(dev);
+  return ok_status();
 }
 
 Tensor repeat_rows(const Tensor& t, int64_t n) {

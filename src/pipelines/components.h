@@ -13,12 +13,18 @@
 
 namespace meshdit {
 
+// Places ck's weights on dev (Checkpoint::place_on) once they fit: on a device, the bytes they take there
+// (Checkpoint::placed_bytes) against what the device has free now (Backend::free_memory), so a model too large
+// for the GPU is one error naming `what` and both sizes before any weight is copied, not an out-of-memory
+// abort halfway through the copies. The host is not checked: its weights stay memory-mapped.
+Status place_checked(Checkpoint& ck, Device dev, const std::string& what);
+
 // A diffusers component folder: config.json and the (possibly sharded) weights beside it, placed on `dev`.
 template <class Model, class Config, class... Extra>
 Result<std::shared_ptr<Model>> load_component_on(Device dev, const std::string& dir, Extra... extra) {
   MD_TRY(Config cfg, Config::from_json(dir + "/config.json"));
   MD_TRY(Checkpoint ck, Checkpoint::open_dir(dir));
-  ck.place_on(dev);
+  MD_RETURN_IF_ERROR(place_checked(ck, dev, dir));
   MD_TRY(Model m, Model::load(ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));
 }
@@ -60,7 +66,7 @@ Result<std::shared_ptr<Model>> load_transformer(const std::string& dir, const Lo
   if (from.transformer_file.empty())
     return load_component_on<Model, Config>(from.device, dir + "/transformer", extra...);
   MD_TRY(TransformerSource t, open_transformer_file(dir, from.transformer_file));
-  t.ck.place_on(from.device);
+  MD_RETURN_IF_ERROR(place_checked(t.ck, from.device, t.file));
   MD_TRY(Config cfg, transformer_config_of<Config>(t));
   MD_TRY(Model m, Model::load(t.ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));

@@ -110,7 +110,7 @@ Result<WanPipeline> WanPipeline::load(const std::string& dir, const Mesh& mesh, 
     for (int e = 0; e < 2; ++e) {
       MD_TRY(WanConfig cfg, WanConfig::from_json(folder.path(names[e]) + "/config.json"));
       MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder.path(names[e])));
-      ck.place_on(p.device_);
+      MD_RETURN_IF_ERROR(place_checked(ck, p.device_, folder.path(names[e])));
       MD_TRY(WanTransformer m, WanTransformer::load(ck, cfg, &par));
       *models[e] = std::make_shared<WanTransformer>(std::move(m));
       p.expert_ck_[e] = std::make_shared<Checkpoint>(std::move(ck));

@@ -50,6 +50,25 @@ TEST(GenerateDevice, BuiltinModelRunsOnAnotherDeviceBitForBit) {
   EXPECT_EQ(stand_in.live(), 0) << "device buffers not returned";
 }
 
+// A model whose weights do not fit in the device's free memory is one error naming the component and both sizes,
+// before any weight is copied there.
+TEST(GenerateDevice, WeightsThatDoNotFitAreRefusedBeforeAnyCopy) {
+  if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA device is present: it has its own free memory";
+  test::StandInDevice stand_in;
+  stand_in.set_free_memory([]() -> size_t { return 4096; });
+  const int64_t up = test::g_uploads.load();
+  auto r = generate_on(Device::CUDA);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("its weights take"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("0.00 GiB is free there"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("nothing was copied"), std::string::npos) << r.error().message;
+  EXPECT_EQ(test::g_uploads.load(), up) << "no weight reached the device";
+  EXPECT_EQ(stand_in.live(), 0);
+  // Enough memory: the same run loads.
+  stand_in.set_free_memory([]() -> size_t { return size_t(1) << 40; });
+  EXPECT_TRUE(generate_on(Device::CUDA).ok());
+}
+
 TEST(GenerateDevice, APipelineThatDoesNotPlaceItsComponentsIsRefused) {
   // A pipeline registered without runs_on_device: refused on the device before anything loads.
   register_pipeline({"HostOnlyTestPipeline",

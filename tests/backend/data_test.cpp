@@ -449,6 +449,7 @@ TEST_P(OpsKernelTable, EveryEntryIsSet) {
       MESHDIT_ENTRY(rms_norm),
       MESHDIT_ENTRY(modulate),
       MESHDIT_ENTRY(layer_norm_modulate),
+      MESHDIT_ENTRY(free_memory),
       MESHDIT_ENTRY(add_gated),
       MESHDIT_ENTRY(activation),
       MESHDIT_ENTRY(softmax),

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/memory_info.h"
 #include "core/thread_pool.h"
 
 namespace meshdit::cpu {
@@ -13,6 +14,11 @@ void copy_bytes(void* dst, const void* src, size_t bytes) {
 
 void zero(Tensor& y) {
   if (y.nbytes()) std::memset(y.raw(), 0, y.nbytes());
+}
+
+size_t free_memory() {
+  const double b = available_memory_bytes();
+  return b > 0 ? size_t(b) : 0;
 }
 
 bool embedding(const Tensor& table, const Tensor& ids, Tensor& out, int64_t* bad_id) {

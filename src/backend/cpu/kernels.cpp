@@ -641,6 +641,7 @@ const Backend& cpu_backend() {
       .copy_to_host = cpu::copy_bytes,
       .copy_from_host = cpu::copy_bytes,
       .zero = cpu::zero,
+      .free_memory = cpu::free_memory,
       .embedding = cpu::embedding,
       .timestep_embedding = cpu::timestep_embedding,
       .add_broadcast = cpu::add_broadcast,

@@ -13,6 +13,7 @@ void copy(const Tensor& src, Tensor& dst);
 void copy_to_host(void* host_dst, const void* src, size_t bytes);
 void copy_from_host(void* dst, const void* host_src, size_t bytes);
 void zero(Tensor& y);
+size_t free_memory();
 
 // linear.cu (cuBLASLt)
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Act act, Tensor& y);

@@ -495,6 +495,12 @@ void zero(Tensor& y) {
   if (y.nbytes()) MD_CUDA(cudaMemsetAsync(y.raw(), 0, y.nbytes(), stream()));
 }
 
+size_t free_memory() {
+  size_t free = 0, total = 0;
+  MD_CUDA(cudaMemGetInfo(&free, &total));
+  return free + caching_allocator().stats().cached_bytes;  // cached free blocks are reused before the driver's
+}
+
 Tensor f32_contiguous(const Tensor& t) {
   if (t.dtype() == DType::F32 && t.is_contiguous()) return t;
   Tensor out = Tensor::empty(t.shape(), DType::F32, Device::CUDA);

@@ -37,6 +37,7 @@ const Backend& cuda_backend() {
       .copy_to_host = cuda::copy_to_host,
       .copy_from_host = cuda::copy_from_host,
       .zero = cuda::zero,
+      .free_memory = cuda::free_memory,
       .embedding = cuda::embedding,
       .timestep_embedding = cuda::timestep_embedding,
       .add_broadcast = cuda::add_broadcast,
