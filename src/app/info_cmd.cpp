@@ -7,6 +7,7 @@
 #include "backend/cpu/cpu_info.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/quant_dot.h"
+#include "backend/graphed_forward.h"
 #include "backend/precision.h"
 #include "core/thread_pool.h"
 #include "io/video.h"
@@ -47,7 +48,12 @@ void print_cuda_devices() {
     std::printf(", compute capability %d.%d, %d SMs%s\n", d.major, d.minor, d.multiprocessors,
                 i == 0 ? " (the backend's)" : "");
   }
-  std::printf("  gemm:   %s; attention: float32 online-softmax kernel (CUDA cores)\n", cuda::gemm_library());
+  std::printf("  gemm:   %s (fp8: e4m3 with per-tensor scales)\n", cuda::gemm_library());
+  std::printf(
+      "  attention: tensor cores (mma.sync bf16, FlashAttention-2 tiles) in bf16/fp8 precision for head dims 64 and "
+      "128 without a bias; float32 online-softmax kernel otherwise\n");
+  std::printf("  graphs: %s\n", cuda_graphs_enabled() ? "the denoising step is captured after its first call"
+                                                      : "off (MESHDIT_CUDA_GRAPHS=0)");
   std::printf("  conv:   %s\n", cuda::conv_library());
 #else
   std::printf("cuda:     not compiled\n");
