@@ -20,6 +20,20 @@
 
 namespace meshdit::test {
 
+// Whether a CUDA backend is compiled in and a device present: the CUDA tests' condition to run.
+inline bool cuda_listed() { return find_backend(Device::CUDA) != nullptr; }
+
+}  // namespace meshdit::test
+
+// The first line of every GPU-only test: without a device (CI) it skips, saying why.
+#define SKIP_WITHOUT_CUDA()                                                                                 \
+  do {                                                                                                      \
+    if (!::meshdit::test::cuda_listed())                                                                    \
+      GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
+  } while (0)
+
+namespace meshdit::test {
+
 using Vec = std::vector<double>;
 
 inline constexpr double kEps32 = 1.1920928955078125e-07;  // float32 machine epsilon

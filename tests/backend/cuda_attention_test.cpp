@@ -35,12 +35,6 @@ using namespace meshdit::test;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA()                                                                                 \
-  do {                                                                                                      \
-    if (find_backend(Device::CUDA) == nullptr)                                                              \
-      GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
-  } while (0)
-
 struct Case {
   int64_t B, Lq, Lk, H, D;
   bool causal = false;

@@ -23,14 +23,6 @@ using namespace meshdit;
 
 namespace {
 
-bool cuda_listed() { return find_backend(Device::CUDA) != nullptr; }
-
-#define SKIP_WITHOUT_CUDA()                                                                                 \
-  do {                                                                                                      \
-    if (!cuda_listed())                                                                                     \
-      GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
-  } while (0)
-
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kSanitized = true;
 #elif defined(__has_feature)

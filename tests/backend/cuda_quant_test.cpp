@@ -26,14 +26,6 @@ using namespace meshdit;
 
 namespace {
 
-bool cuda_listed() { return find_backend(Device::CUDA) != nullptr; }
-
-#define SKIP_WITHOUT_CUDA()                                                                                 \
-  do {                                                                                                      \
-    if (!cuda_listed())                                                                                     \
-      GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
-  } while (0)
-
 constexpr QuantType kTypes[] = {QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q5_1,
                                 QuantType::Q8_0, QuantType::Q2_K, QuantType::Q3_K, QuantType::Q4_K,
                                 QuantType::Q5_K, QuantType::Q6_K, QuantType::Q8_K};

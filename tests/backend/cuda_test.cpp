@@ -26,23 +26,15 @@ using namespace meshdit;
 
 namespace {
 
-bool cuda_listed() { return find_backend(Device::CUDA) != nullptr; }
-
-#define SKIP_WITHOUT_CUDA()                                                                                 \
-  do {                                                                                                      \
-    if (!cuda_listed())                                                                                     \
-      GTEST_SKIP() << "no CUDA device (or the CUDA backend is not compiled in): the CUDA tests need a GPU"; \
-  } while (0)
-
 TEST(CudaBackend, ListedExactlyWhenADeviceIsPresent) {
 #if defined(MESHDIT_HAVE_CUDA_BACKEND)
-  EXPECT_EQ(cuda_listed(), cuda::device_present());
+  EXPECT_EQ(test::cuda_listed(), cuda::device_present());
   if (!cuda::device_present()) {
     EXPECT_TRUE(cuda::devices().empty());
     EXPECT_EQ(compiled_backends().size(), 1u);
   }
 #else
-  EXPECT_FALSE(cuda_listed());
+  EXPECT_FALSE(test::cuda_listed());
   GTEST_SKIP() << "the CUDA backend is not compiled in";
 #endif
 }

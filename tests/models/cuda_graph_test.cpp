@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../backend/backend_test_util.h"
 #include "../test_util.h"
 #include "backend/backend.h"
 #include "backend/graphed_forward.h"
@@ -51,11 +52,6 @@ std::vector<char> bytes(const Tensor& t) {
   const char* p = static_cast<const char*>(h.raw());
   return std::vector<char>(p, p + h.nbytes());
 }
-
-#define SKIP_WITHOUT_CUDA()                                                         \
-  do {                                                                              \
-    if (!find_backend(Device::CUDA)) GTEST_SKIP() << "no CUDA device: needs a GPU"; \
-  } while (0)
 
 }  // namespace
 
