@@ -13,25 +13,10 @@
 // size) exactly once. The CPU's sink stores floats; the device's stores floats or rounds them to bf16.
 #pragma once
 #include <cstdint>
-#include <cstring>
 
-#ifdef __CUDACC__
-#define MD_HOST_DEVICE __host__ __device__
-#else
-#define MD_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace meshdit::quant_blocks {
-
-MD_HOST_DEVICE inline float bits_to_float(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
 
 MD_HOST_DEVICE inline uint16_t u16_at(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
 MD_HOST_DEVICE inline uint32_t u32_at(const uint8_t* p) {

@@ -5,44 +5,18 @@
 // the hardware's cvt instructions are not used for that reason.
 #pragma once
 #include <cstdint>
-#include <cstring>
 
-#if defined(__CUDACC__)
-#define MD_HOST_DEVICE __host__ __device__
-#else
-#define MD_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace meshdit {
 
 constexpr float kE4M3Max = 448.0f;
 
-namespace fp8_detail {
-MD_HOST_DEVICE inline uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-MD_HOST_DEVICE inline float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-}  // namespace fp8_detail
-
 // Round to nearest even; |v| above 448 (infinities included) saturates to +-448 (a tie at 464 would round up
 // to 480, which e4m3fn cannot hold); NaN stays NaN (sign kept). Integer arithmetic only, so it does not depend on
 // the floating-point rounding mode or on fast-math flags.
 MD_HOST_DEVICE inline uint8_t f32_to_e4m3(float v) {
-  const uint32_t u = fp8_detail::float_bits(v);
+  const uint32_t u = float_to_bits(v);
   const uint8_t sign = uint8_t((u >> 24) & 0x80u);
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return uint8_t(sign | 0x7f);   // NaN
@@ -73,13 +47,13 @@ MD_HOST_DEVICE inline uint8_t f32_to_e4m3(float v) {
 MD_HOST_DEVICE inline float e4m3_to_f32(uint8_t b) {
   const uint32_t sign = uint32_t(b & 0x80u) << 24;
   const uint32_t exp = (b >> 3) & 0xfu, man = b & 7u;
-  if (exp == 0xf && man == 7) return fp8_detail::bits_float(sign | 0x7fc00000u);  // NaN
+  if (exp == 0xf && man == 7) return bits_to_float(sign | 0x7fc00000u);  // NaN
   if (exp == 0) {
     // Subnormal: man * 2^-9, exact in float (man < 8).
     const float m = float(man) * 0.001953125f;
     return sign ? -m : m;
   }
-  return fp8_detail::bits_float(sign | ((exp - 7 + 127) << 23) | (man << 20));
+  return bits_to_float(sign | ((exp - 7 + 127) << 23) | (man << 20));
 }
 
 // The per-tensor scale of FP8 precision: amax / 448, or 1 for a tensor of zeros (any scale would do; 1 keeps
