@@ -19,6 +19,8 @@
 #include "app/device_option.h"
 #include "app/info_cmd.h"
 #include "backend/backend.h"
+#include "backend/cpu/cpu_info.h"
+#include "backend/cpu/peak.h"
 #include "backend/graphed_forward.h"
 #include "backend/ops.h"
 #include "backend/precision.h"
@@ -371,6 +373,18 @@ int run_bench_attention(const BenchAttentionCommand& cmd) {
     constexpr double kH200Bf16 = 790e12;  // dense bf16 tensor-core peak (issue #13's ceiling)
     std::printf("fraction_of_h200_bf16_peak %.3f\n", flops / s / kH200Bf16);
   }
+  return 0;
+}
+
+int run_bench_peak(int threads) {
+  const int n = threads > 0 ? threads : num_threads();
+  const auto& cpu = cpu::cpu_info();
+  std::printf("cpu %s (%d logical CPUs), %d threads at once\n", cpu.model.c_str(), cpu.logical_cpus, n);
+  const std::vector<cpu::PeakRate> peaks = cpu::measure_peaks(n);
+  if (peaks.empty()) return fail("bench peak: this CPU has neither AVX2+FMA nor AVX-512: nothing to measure");
+  for (const cpu::PeakRate& p : peaks)
+    std::printf("peak %-32s 1 thread %7.1f GFLOP/s, %d threads %7.1f GFLOP/s\n", p.what.c_str(), p.one_thread, n,
+                p.all_threads);
   return 0;
 }
 

@@ -35,6 +35,9 @@ struct BenchAttentionCommand {
 };
 int run_bench_attention(const BenchAttentionCommand& cmd);
 
+// `bench peak`: cpu::measure_peaks on `threads` threads (0: the pool's count), one line per instruction kind.
+int run_bench_peak(int threads);
+
 // Times `steps` forwards; prints each step and, last, "s_per_step <median of steps 2..N>". On a mesh every
 // rank runs the forward; rank 0 prints, plus each rank's resident memory after loading (its weights) and
 // after the steps.

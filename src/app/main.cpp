@@ -295,6 +295,12 @@ int run(int argc, char** argv) {
   bench_attn->add_option("--iters", ba.iters, "timed calls, after one warm-up call (default 10)")
       ->check(CLI::PositiveNumber);
   bench_attn->add_option("--threads", ba.threads, "CPU threads");
+  auto* bench_peak = bench->add_subcommand(
+      "peak",
+      "Measure this CPU's arithmetic peak (f32 FMA on AVX2 and AVX-512, bf16 dot products), one thread and all "
+      "threads at once: the ceiling the GEMM and attention GFLOP/s of the other benchmarks are read against");
+  int peak_threads = 0;
+  bench_peak->add_option("--threads", peak_threads, "threads running at once (default: the pool's thread count)");
   auto* bench_rand = bench->add_subcommand("random-checkpoint",
                                            "Write a random bf16 transformer at real width in a single-file layout");
   std::string arch = "flux-dev", rand_out;
@@ -372,6 +378,7 @@ int run(int argc, char** argv) {
   if (*serve) return meshdit::run_serve(sv);
   if (*bench_tr) return meshdit::run_bench_transformer(bt);
   if (*bench_attn) return meshdit::run_bench_attention(ba);
+  if (*bench_peak) return meshdit::run_bench_peak(peak_threads);
   if (*bench_cache) return meshdit::run_bench_cache(bc);
   if (*compare) return meshdit::run_compare(compare_a, compare_b);
   if (*bench_rand) {

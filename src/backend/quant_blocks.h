@@ -5,8 +5,8 @@
 //
 // Bit-exactness across the two needs three things, all kept here: bytes are assembled little-endian one at a
 // time (a block is 18, 20, 22, 24 or 34 bytes long, so its halves and words are not aligned on the device, and
-// no memcpy is needed on either side); the fp16 scale is decoded by integer arithmetic (half_to_float, the
-// logic of core/dtype.h's f16_to_f32); and no product is contracted into a fused multiply-add (GCC in ISO mode
+// no memcpy is needed on either side); the fp16 scale is decoded by integer arithmetic (core/dtype.h's
+// f16_to_f32, the same function on both sides); and no product is contracted into a fused multiply-add (GCC in ISO mode
 // does not contract, and the CUDA backend builds with --fmad=false).
 //
 // Each decoder takes one block and a sink: `out.put(j, v)` receives value j of the block (0 <= j < the block
@@ -14,7 +14,7 @@
 #pragma once
 #include <cstdint>
 
-#include "core/host_device.h"
+#include "core/dtype.h"
 
 namespace meshdit::quant_blocks {
 
@@ -23,33 +23,7 @@ MD_HOST_DEVICE inline uint32_t u32_at(const uint8_t* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
 
-// IEEE half to float, exact (every half is a float), NaN payloads kept: core/dtype.h's f16_to_f32 in a form
-// both compilers take (quant_test checks the two agree on all 65536 inputs).
-MD_HOST_DEVICE inline float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t man = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: renormalise
-      int e = -1;
-      do {
-        ++e;
-        man <<= 1;
-      } while ((man & 0x400u) == 0);
-      u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ffu) << 13;
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | man << 13;
-  } else {
-    u = sign | (exp + 127 - 15) << 23 | man << 13;
-  }
-  return bits_to_float(u);
-}
-
-MD_HOST_DEVICE inline float half_at(const uint8_t* p) { return half_to_float(u16_at(p)); }
+MD_HOST_DEVICE inline float half_at(const uint8_t* p) { return f16_to_f32(u16_at(p)); }
 
 // A sink that stores the values as floats at y.
 struct FloatSink {

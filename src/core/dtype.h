@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/host_device.h"
+
 namespace meshdit {
 
 enum class DType : uint8_t { F32, F16, BF16, I64, F64, I32, U8 };
@@ -45,25 +47,23 @@ inline bool dtype_from_name(std::string_view s, DType* out) {
   return false;
 }
 
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// The conversions between float and the 16-bit formats, one definition for the host and (under nvcc) the
+// device, so that a conversion on the GPU gives the host's bytes: round to nearest even, the same NaN payloads.
+
+MD_HOST_DEVICE inline float bf16_to_f32(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
 
 // Round to nearest even, as torch does when casting float32 to bfloat16.
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
+MD_HOST_DEVICE inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = float_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return uint16_t(u >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
-  uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
+// IEEE half to float: exact (every half is a float), NaN payloads kept.
+MD_HOST_DEVICE inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t man = h & 0x3ffu;
   uint32_t u;
   if (exp == 0) {
@@ -71,7 +71,10 @@ inline float f16_to_f32(uint16_t h) {
       u = sign;
     } else {  // subnormal: renormalise
       int e = -1;
-      do { ++e; man <<= 1; } while ((man & 0x400u) == 0);
+      do {
+        ++e;
+        man <<= 1;
+      } while ((man & 0x400u) == 0);
       u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ffu) << 13;
     }
   } else if (exp == 31) {
@@ -79,11 +82,31 @@ inline float f16_to_f32(uint16_t h) {
   } else {
     u = sign | (exp + 127 - 15) << 23 | man << 13;
   }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  return bits_to_float(u);
 }
 
-uint16_t f32_to_f16(float f);
+// Float to IEEE half, round to nearest even; overflow to infinity, NaN stays NaN (quiet), subnormals kept.
+MD_HOST_DEVICE inline uint16_t f32_to_f16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
+  uint32_t man = u & 0x7fffffu;
+  if (((u >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00u | (man ? 0x200u : 0));
+  if (exp >= 31) return uint16_t(sign | 0x7c00u);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    man |= 0x800000u;
+    const uint32_t shift = uint32_t(14 - exp);
+    uint32_t half = man >> shift;
+    const uint32_t rem = man & ((1u << shift) - 1);
+    const uint32_t mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) ++half;
+    return uint16_t(sign | half);
+  }
+  uint32_t h = sign | uint32_t(exp) << 10 | man >> 13;
+  const uint32_t rem = man & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
+  return uint16_t(h);
+}
 
 }  // namespace meshdit

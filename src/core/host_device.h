@@ -1,4 +1,4 @@
-// What a header needs to compile for the host and, under nvcc, for the device alike (core/fp8.h,
+// What a header needs to compile for the host and, under nvcc, for the device alike (core/dtype.h, core/fp8.h,
 // backend/quant_blocks.h): the function qualifier and the float <-> bits reinterpretation, which the device
 // does by intrinsic and the host by memcpy.
 #pragma once

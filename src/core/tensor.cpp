@@ -9,30 +9,6 @@
 
 namespace meshdit {
 
-uint16_t f32_to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
-  uint32_t man = u & 0x7fffffu;
-  if (((u >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00u | (man ? 0x200u : 0));
-  if (exp >= 31) return uint16_t(sign | 0x7c00u);
-  if (exp <= 0) {
-    if (exp < -10) return uint16_t(sign);
-    man |= 0x800000u;
-    uint32_t shift = uint32_t(14 - exp);
-    uint32_t half = man >> shift;
-    uint32_t rem = man & ((1u << shift) - 1);
-    uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) ++half;
-    return uint16_t(sign | half);
-  }
-  uint32_t h = sign | uint32_t(exp) << 10 | man >> 13;
-  uint32_t rem = man & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
-  return uint16_t(h);
-}
-
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
   os << "[";

@@ -193,6 +193,14 @@ TEST(Bench, AttentionPrintsTimeAndThroughput) {
   }
 }
 
+TEST(Bench, PeakPrintsOneLinePerInstructionKind) {
+  std::string log;
+  ASSERT_EQ(test::run_command(std::string(MESHDIT_CLI) + " bench peak --threads 1", &log), 0) << log;
+  EXPECT_NE(log.find("1 threads at once"), std::string::npos) << log;
+  EXPECT_NE(log.find("peak f32 FMA"), std::string::npos) << log;  // every machine of ours has AVX2 + FMA
+  EXPECT_NE(log.find(" GFLOP/s"), std::string::npos) << log;
+}
+
 TEST(Bench, RandomCheckpointNamesThePresetsItKnows) {
   auto spec = random_checkpoint_spec("flux-pro", 2, 4);
   ASSERT_FALSE(spec.ok());

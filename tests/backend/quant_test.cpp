@@ -229,16 +229,26 @@ TEST(Quant, DequantizeMatchesReferenceOnRandomBlocks) {
   }
 }
 
-// dequantize_row decodes with backend/quant_blocks.h's decoders, which the CUDA backend compiles too (the test
-// above holds them to the references); their fp16 scale decode is core/dtype.h's, bit for bit, on every half.
-TEST(Quant, SharedHalfDecodeIsDtypesOnEveryHalf) {
+// The blocks' fp16 scales go through core/dtype.h's f16_to_f32 (one definition for host and device): every half
+// decodes to the float that encodes back to it (NaNs to a NaN), with the sign and the known values in place.
+TEST(Quant, HalfDecodeIsExactOnEveryHalf) {
   for (uint32_t h = 0; h < 65536; ++h) {
-    const float got = quant_blocks::half_to_float(uint16_t(h)), want = f16_to_f32(uint16_t(h));
-    uint32_t g, w;
-    std::memcpy(&g, &got, 4);
-    std::memcpy(&w, &want, 4);
-    ASSERT_EQ(g, w) << "half 0x" << std::hex << h;
+    const float f = f16_to_f32(uint16_t(h));
+    const bool nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0;
+    if (nan) {
+      ASSERT_TRUE(std::isnan(f)) << "half 0x" << std::hex << h;
+      continue;
+    }
+    ASSERT_EQ(f32_to_f16(f), uint16_t(h)) << "half 0x" << std::hex << h;
+    ASSERT_EQ(std::signbit(f), (h & 0x8000u) != 0) << "half 0x" << std::hex << h;
   }
+  EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // the smallest subnormal
+  EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);
+  EXPECT_EQ(f16_to_f32(0x7c00), INFINITY);
+  const uint8_t h1[2] = {0x00, 0x3c};
+  EXPECT_EQ(quant_blocks::half_at(h1), 1.0f);
   const uint8_t le[4] = {0x01, 0x80, 0xff, 0x7f};
   EXPECT_EQ(quant_blocks::u16_at(le), 0x8001u);
   EXPECT_EQ(quant_blocks::u32_at(le), 0x7fff8001u);

@@ -49,7 +49,7 @@ struct TcArgs {
 };
 
 // Two floats rounded to nearest even into one bf16 pair (lo in the lower half): for finite values and
-// infinities the same bits as f32_to_bf16_bits, in one instruction.
+// infinities the same bits as f32_to_bf16, in one instruction.
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
   uint32_t r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));

@@ -1,6 +1,6 @@
-// What every CUDA kernel file shares: checked runtime calls, the backend's stream, launch geometry, and the
-// dtype conversions of core/dtype.h ported bit for bit to the device (round to nearest even, and the same
-// NaN payloads), so that a copy on the GPU gives the host copy's bytes.
+// What every CUDA kernel file shares: checked runtime calls, the backend's stream, launch geometry, and element
+// loads and stores through core/dtype.h's conversions (host and device alike, so a copy on the GPU gives the
+// host copy's bytes).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -76,63 +76,7 @@ __device__ inline int64_t strided_offset(const Strided& s, int64_t i) {
   return off;
 }
 
-__device__ inline float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
-
-__device__ inline uint16_t f32_to_bf16_bits(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
-__device__ inline float round_bf16(float f) { return bf16_bits_to_f32(f32_to_bf16_bits(f)); }
-
-__device__ inline float f16_bits_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t man = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {
-      int e = -1;
-      do {
-        ++e;
-        man <<= 1;
-      } while ((man & 0x400u) == 0);
-      u = sign | uint32_t(127 - 15 - e) << 23 | (man & 0x3ffu) << 13;
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | man << 13;
-  } else {
-    u = sign | (exp + 127 - 15) << 23 | man << 13;
-  }
-  return __uint_as_float(u);
-}
-
-__device__ inline uint16_t f32_to_f16_bits(float f) {
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
-  uint32_t man = u & 0x7fffffu;
-  if (((u >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00u | (man ? 0x200u : 0));
-  if (exp >= 31) return uint16_t(sign | 0x7c00u);
-  if (exp <= 0) {
-    if (exp < -10) return uint16_t(sign);
-    man |= 0x800000u;
-    const uint32_t shift = uint32_t(14 - exp);
-    uint32_t half = man >> shift;
-    const uint32_t rem = man & ((1u << shift) - 1);
-    const uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) ++half;
-    return uint16_t(sign | half);
-  }
-  uint32_t h = sign | uint32_t(exp) << 10 | man >> 13;
-  const uint32_t rem = man & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
-  return uint16_t(h);
-}
+__device__ inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
 // Element i of an array of dtype t as a float (float dtypes; integers by value).
 __device__ inline float load_float(const void* p, DType t, int64_t i) {
@@ -140,9 +84,9 @@ __device__ inline float load_float(const void* p, DType t, int64_t i) {
     case DType::F32:
       return static_cast<const float*>(p)[i];
     case DType::BF16:
-      return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
     case DType::F16:
-      return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
     case DType::F64:
       return float(static_cast<const double*>(p)[i]);
     case DType::I64:

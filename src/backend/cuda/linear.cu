@@ -257,11 +257,11 @@ struct LoadF32 {
 };
 struct LoadBF16 {
   const uint16_t* p;
-  __device__ float operator()(int64_t i) const { return bf16_bits_to_f32(p[i]); }
+  __device__ float operator()(int64_t i) const { return bf16_to_f32(p[i]); }
 };
 struct LoadF16 {
   const uint16_t* p;
-  __device__ float operator()(int64_t i) const { return f16_bits_to_f32(p[i]); }
+  __device__ float operator()(int64_t i) const { return f16_to_f32(p[i]); }
 };
 
 // max |v| over rows x cols (row stride ld) into *amax_bits (0 beforehand), as the bits of a non-negative float:
@@ -504,7 +504,7 @@ std::atomic<size_t> g_band_bytes{kDefaultBandBytes};
 // the CPU rounds its decoded tiles.
 struct Bf16Sink {
   uint16_t* y;
-  __device__ void put(int j, float v) const { y[j] = f32_to_bf16_bits(v); }
+  __device__ void put(int j, float v) const { y[j] = f32_to_bf16(v); }
 };
 
 template <QuantType T, class Sink>

@@ -340,10 +340,10 @@ __global__ void copy_kernel(const char* src, DType st, Strided ss, char* dst, DT
         v = reinterpret_cast<const float*>(src)[so];
         break;
       case DType::BF16:
-        v = bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
+        v = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
         break;
       case DType::F16:
-        v = f16_bits_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
+        v = f16_to_f32(reinterpret_cast<const uint16_t*>(src)[so]);
         break;
       case DType::I64:
         v = double(reinterpret_cast<const int64_t*>(src)[so]);
@@ -363,10 +363,10 @@ __global__ void copy_kernel(const char* src, DType st, Strided ss, char* dst, DT
         reinterpret_cast<float*>(dst)[dof] = float(v);
         break;
       case DType::BF16:
-        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_bf16_bits(float(v));
+        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_bf16(float(v));
         break;
       case DType::F16:
-        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_f16_bits(float(v));
+        reinterpret_cast<uint16_t*>(dst)[dof] = f32_to_f16(float(v));
         break;
       case DType::I64:
         reinterpret_cast<int64_t*>(dst)[dof] = int64_t(v);
