@@ -32,6 +32,7 @@
 #include "io/safetensors.h"
 #include "models/registry.h"
 #include "parallel/mpi_comm.h"
+#include "pipelines/components.h"
 
 namespace meshdit {
 namespace {
@@ -224,6 +225,13 @@ int run_bench_transformer(const BenchTransformerCommand& cmd) {
     return fail("--device " + cmd.device + ": the benchmark runs on one device (a mesh runs on CPU ranks)");
   const ParallelContext par = mesh->context();
   opened->ck.place_on(dev);
+  if (dev == Device::CPU) {
+    opened->ck.copy_into_memory(copy_weights_into_memory(opened->ck.placed_bytes()));
+    std::printf("weights %s\n",
+                opened->ck.copies_into_memory()
+                    ? "copied into memory on 2 MiB pages (MESHDIT_WEIGHTS=map: read through the mapping)"
+                    : "read through the file's mapping (MESHDIT_WEIGHTS=memory: copied into memory)");
+  }
   auto model = arch.load(opened->ck, opened->config, &par);
   if (!model.ok()) return fail(model.error().message);
   TensorMap inputs = arch.random_inputs(opened->config, cmd.width, cmd.height, cmd.frames, L);

@@ -1,6 +1,7 @@
 #include "app/info_cmd.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "app/serve.h"
@@ -82,6 +83,15 @@ int run_info() {
       "          for the GEMM above; over 1-7 rows in bf16 precision, Q8_0 / Q4_K run integer dot products: %s\n",
       cpu::quant_dot_isa_name(cpu::quant_dot_isa()).c_str());
   std::printf("threads:  %d (our pool; each GEMM call is single-threaded inside one of its tasks)\n", num_threads());
+  {
+    const char* w = std::getenv("MESHDIT_WEIGHTS");
+    std::printf("weights:  %s\n", w && std::string(w) == "map" ? "read through the file's mapping (MESHDIT_WEIGHTS=map)"
+                                  : w && std::string(w) == "memory"
+                                      ? "a denoiser's copied into memory on 2 MiB pages (MESHDIT_WEIGHTS=memory)"
+                                      : "a denoiser's copied into memory on 2 MiB pages when they take at most "
+                                        "half of the available memory, else read through the file's mapping "
+                                        "(MESHDIT_WEIGHTS=map|memory)");
+  }
   std::printf("mpi:      %s (%s)\n", mpi::library_version().c_str(),
               mpi::launched() ? "launched by mpirun" : "not launched: single process");
   std::printf("nccl:     %s\n", nccl_available() ? "built in (CUDA + NCCL)" : "not built in");

@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
+#include <mutex>
 
 #include "backend/ops.h"
 #include "io/gguf.h"
@@ -295,6 +297,55 @@ void release_mapped_pages(const Tensor& w) {
 
 }  // namespace
 
+// Anonymous memory for weights copied out of a mapping (Checkpoint::copy_into_memory): chunks of 256 MiB (or one
+// weight's size, if larger) aligned to and advised for 2 MiB pages, handed out back to back at 64-byte
+// alignment, so that weights share huge pages instead of each rounding up to its own. A chunk lives as long as
+// any weight in it.
+class Checkpoint::WeightArena {
+ public:
+  // Room for `bytes` and the chunk that owns it; null data when the memory cannot be had.
+  std::pair<void*, std::shared_ptr<void>> take(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20, kChunk = size_t(256) << 20;
+    const std::lock_guard<std::mutex> lock(mu_);
+    size_t at = (used_ + 63) / 64 * 64;
+    if (!chunk_ || at + bytes > cap_) {
+      const size_t len = std::max(kChunk, (bytes + kHuge - 1) / kHuge * kHuge);
+      void* raw = mmap(nullptr, len + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (raw == MAP_FAILED) return {nullptr, nullptr};
+      const uintptr_t r = uintptr_t(raw), base = (r + kHuge - 1) / kHuge * kHuge;
+      if (base > r) munmap(raw, base - r);
+      munmap(reinterpret_cast<void*>(base + len), r + kHuge - base);
+      madvise(reinterpret_cast<void*>(base), len, MADV_HUGEPAGE);
+      chunk_ = std::shared_ptr<void>(reinterpret_cast<void*>(base), [len](void* q) { munmap(q, len); });
+      cap_ = len;
+      at = 0;
+    }
+    used_ = at + bytes;
+    return {static_cast<char*>(chunk_.get()) + at, chunk_};
+  }
+
+ private:
+  std::mutex mu_;
+  std::shared_ptr<void> chunk_;
+  size_t cap_ = 0, used_ = 0;
+};
+
+Tensor Checkpoint::placed(const Tensor& t) const {
+  if (meta_) return t;
+  // Small weights (norms, biases) stay views: they are read from cache, not streamed.
+  if (device_ == Device::CPU && copy_into_memory_ && t.read_only() && t.is_contiguous() &&
+      t.nbytes() >= (size_t(1) << 20)) {
+    if (!arena_) arena_ = std::make_shared<WeightArena>();
+    auto [p, owner] = arena_->take(t.nbytes());
+    if (p) {
+      std::memcpy(p, t.raw(), t.nbytes());
+      release_mapped_pages(t);
+      return Tensor::wrap(p, t.shape(), t.dtype(), std::move(owner), /*read_only=*/false);
+    }
+  }
+  return ops::place(t, device_);
+}
+
 Result<Tensor> Checkpoint::get(const std::string& name) const {
   auto a = aliases_.find(name);
   if (a == aliases_.end()) {
@@ -333,7 +384,7 @@ Result<Tensor> Checkpoint::checked(const std::string& name, const Shape& expect)
 Result<Tensor> Checkpoint::get(const std::string& name, const Shape& expect) const {
   MD_TRY(Tensor t, checked(name, expect));
   record(name, t, Shard::Replicated, expect);
-  return meta_ ? t : ops::place(t, device_);
+  return placed(t);
 }
 
 namespace {
@@ -408,7 +459,7 @@ Result<Tensor> Checkpoint::get_sharded(const std::string& name, const Shape& exp
     release_mapped_pages(w);
   }
   record(name, w, shard, part.shape());
-  return meta_ ? part : ops::place(part, device_);
+  return placed(part);
 }
 
 Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(

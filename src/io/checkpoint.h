@@ -68,6 +68,14 @@ class Checkpoint {
   // before running the loader.
   void place_on(Device dev) { device_ = dev; }
   Device device() const { return device_; }
+  // On the CPU: weights of 2 MiB and more are copied out of the file's mapping into anonymous memory on 2 MiB
+  // pages (and the mapping's pages dropped) as they are taken, instead of being read through the mapping's
+  // 4 KiB pages. In a VM every TLB miss walks two page tables; products that stream a weight once (the adaptive
+  // norms' one-row modulations) ran at half the memory bandwidth through the mapping, and a whole SD3.5 step
+  // 12-20 % slower and twice as variable (bench/README.md). The price: the weights can no longer be paged out
+  // under memory pressure and re-read from the file. pipelines/components' place_checked decides.
+  void copy_into_memory(bool on) { copy_into_memory_ = on; }
+  bool copies_into_memory() const { return copy_into_memory_; }
   // From now on every weight taken is appended to `log` (shared: copies of this checkpoint append too).
   void record_into(std::shared_ptr<WeightLog> log) { log_ = std::move(log); }
   static Result<Checkpoint> open_file(const std::string& path, const std::string& prefix = "");
@@ -167,10 +175,14 @@ class Checkpoint {
   bool meta_ = false;
   bool keep_quantized_ = true;
   Device device_ = Device::CPU;
+  bool copy_into_memory_ = false;
+  class WeightArena;
+  mutable std::shared_ptr<WeightArena> arena_;  // shared by copies of this checkpoint
   DType meta_dtype_ = DType::BF16;
   std::shared_ptr<WeightLog> log_;
   void record(const std::string& name, const Tensor& whole, Shard shard, const Shape& local) const;
   Result<Tensor> checked(const std::string& name, const Shape& expect) const;  // validated, on the host
+  Tensor placed(const Tensor& t) const;  // on device_ (or copied into memory, copy_into_memory)
 };
 
 // model_index.json of a diffusers pipeline folder.

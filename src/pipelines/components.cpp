@@ -1,6 +1,7 @@
 #include "pipelines/components.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "backend/backend.h"
@@ -49,7 +50,7 @@ Result<TransformerSource> open_transformer_file(const std::string& dir, const st
   return t;
 }
 
-Status place_checked(Checkpoint& ck, Device dev, const std::string& what) {
+Status place_checked(Checkpoint& ck, Device dev, const std::string& what, bool denoiser) {
   if (dev != Device::CPU) {
     const Backend* b = find_backend(dev);
     if (b == nullptr) return make_error(what + ": no " + device_name(dev) + " backend in this process");
@@ -65,7 +66,18 @@ Status place_checked(Checkpoint& ck, Device dev, const std::string& what) {
     }
   }
   ck.place_on(dev);
+  if (dev == Device::CPU) ck.copy_into_memory(denoiser && copy_weights_into_memory(ck.placed_bytes()));
   return ok_status();
+}
+
+bool copy_weights_into_memory(uint64_t weight_bytes) {
+  const char* env = std::getenv("MESHDIT_WEIGHTS");
+  const std::string mode = env ? env : "";
+  if (mode == "map") return false;
+  if (mode == "memory") return true;
+  // Half of what can be had without swapping, so that activations, the text encoders that come and go and the
+  // page cache's copy of the file keep room; above that the weights stay mapped (pageable) as before.
+  return double(weight_bytes) <= 0.5 * available_memory_bytes();
 }
 
 Tensor repeat_rows(const Tensor& t, int64_t n) {

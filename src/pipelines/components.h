@@ -16,8 +16,13 @@ namespace meshdit {
 // Places ck's weights on dev (Checkpoint::place_on) once they fit: on a device, the bytes they take there
 // (Checkpoint::placed_bytes) against what the device has free now (Backend::free_memory), so a model too large
 // for the GPU is one error naming `what` and both sizes before any weight is copied, not an out-of-memory
-// abort halfway through the copies. The host is not checked: its weights stay memory-mapped.
-Status place_checked(Checkpoint& ck, Device dev, const std::string& what);
+// abort halfway through the copies. The host is not checked. There, `denoiser` weights (the transformer a
+// denoising loop runs at every step) are copied into memory when copy_weights_into_memory says so; the others
+// (text encoders and VAE, run once per generation) stay memory-mapped.
+Status place_checked(Checkpoint& ck, Device dev, const std::string& what, bool denoiser = false);
+// Whether weights of this many bytes are copied into memory on the CPU (Checkpoint::copy_into_memory):
+// MESHDIT_WEIGHTS=map never, =memory always; otherwise when they take at most half the memory available (MemAvailable).
+bool copy_weights_into_memory(uint64_t weight_bytes);
 
 // A diffusers component folder: config.json and the (possibly sharded) weights beside it, placed on `dev`.
 template <class Model, class Config, class... Extra>
@@ -63,10 +68,16 @@ Result<Config> load_transformer_config(const std::string& dir, const LoadOptions
 // loads its transformer through this, so --transformer works for each without code of its own.
 template <class Model, class Config, class... Extra>
 Result<std::shared_ptr<Model>> load_transformer(const std::string& dir, const LoadOptions& from, Extra... extra) {
-  if (from.transformer_file.empty())
-    return load_component_on<Model, Config>(from.device, dir + "/transformer", extra...);
+  if (from.transformer_file.empty()) {
+    const std::string folder = dir + "/transformer";
+    MD_TRY(Config cfg, Config::from_json(folder + "/config.json"));
+    MD_TRY(Checkpoint ck, Checkpoint::open_dir(folder));
+    MD_RETURN_IF_ERROR(place_checked(ck, from.device, folder, /*denoiser=*/true));
+    MD_TRY(Model m, Model::load(ck, cfg, extra...));
+    return std::make_shared<Model>(std::move(m));
+  }
   MD_TRY(TransformerSource t, open_transformer_file(dir, from.transformer_file));
-  MD_RETURN_IF_ERROR(place_checked(t.ck, from.device, t.file));
+  MD_RETURN_IF_ERROR(place_checked(t.ck, from.device, t.file, /*denoiser=*/true));
   MD_TRY(Config cfg, transformer_config_of<Config>(t));
   MD_TRY(Model m, Model::load(t.ck, cfg, extra...));
   return std::make_shared<Model>(std::move(m));

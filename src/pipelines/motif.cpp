@@ -221,7 +221,7 @@ Result<MotifImagePipeline> MotifImagePipeline::load(const std::string& dir, cons
     } else {
       return make_error(dir + ": no DiT weights (checkpoints/*.bin as released, or transformer/ with safetensors)");
     }
-    MD_RETURN_IF_ERROR(place_checked(ck, p.device_, ck.origin()));
+    MD_RETURN_IF_ERROR(place_checked(ck, p.device_, ck.origin(), /*denoiser=*/true));
     MD_TRY(MotifTransformer m, MotifTransformer::load(ck, tc, &par));
     p.transformer_ = std::make_shared<MotifTransformer>(std::move(m));
   }
