@@ -72,9 +72,18 @@ Status place_checked(Checkpoint& ck, Device dev, const std::string& what, bool d
 
 bool copy_weights_into_memory(uint64_t weight_bytes) {
   const char* env = std::getenv("MESHDIT_WEIGHTS");
-  const std::string mode = env ? env : "";
+  const std::string mode = env ? env : "auto";
   if (mode == "map") return false;
   if (mode == "memory") return true;
+  if (mode != "auto") {
+    static bool said = false;
+    if (!said) std::fprintf(stderr, "warning: MESHDIT_WEIGHTS=%s is not map, memory or auto: auto\n", mode.c_str());
+    said = true;
+  }
+  // Ranks launched on one host (mpirun) share the file's pages through the page cache: a copy per rank would
+  // multiply the memory of every weight they all hold (tensor-parallel shards are copies anyway).
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+    if (const char* n = std::getenv(v); n && std::atoi(n) > 1) return false;
   // Half of what can be had without swapping, so that activations, the text encoders that come and go and the
   // page cache's copy of the file keep room; above that the weights stay mapped (pageable) as before.
   return double(weight_bytes) <= 0.5 * available_memory_bytes();

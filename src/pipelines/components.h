@@ -21,7 +21,8 @@ namespace meshdit {
 // (text encoders and VAE, run once per generation) stay memory-mapped.
 Status place_checked(Checkpoint& ck, Device dev, const std::string& what, bool denoiser = false);
 // Whether weights of this many bytes are copied into memory on the CPU (Checkpoint::copy_into_memory):
-// MESHDIT_WEIGHTS=map never, =memory always; otherwise when they take at most half the memory available (MemAvailable).
+// MESHDIT_WEIGHTS=map never, =memory always; otherwise (auto) when they take at most half the memory available
+// (MemAvailable) and this process is the only rank mpirun started on its host.
 bool copy_weights_into_memory(uint64_t weight_bytes);
 
 // A diffusers component folder: config.json and the (possibly sharded) weights beside it, placed on `dev`.

@@ -82,6 +82,14 @@ TEST(CheckpointMemory, PolicyFollowsMeshditWeightsAndAvailableMemory) {
   EXPECT_TRUE(copy_weights_into_memory(1 << 20)) << "1 MiB fits in half of any machine's available memory";
   const uint64_t too_big = uint64_t(available_memory_bytes()) + (uint64_t(1) << 30);
   EXPECT_FALSE(copy_weights_into_memory(too_big));
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const std::string saved_local = local ? local : "";
+  ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2", 1);
+  EXPECT_FALSE(copy_weights_into_memory(1 << 20)) << "two ranks on this host share the page cache instead";
+  if (local)
+    ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", saved_local.c_str(), 1);
+  else
+    ::unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   ::setenv("MESHDIT_WEIGHTS", "map", 1);
   EXPECT_FALSE(copy_weights_into_memory(1 << 20));
   ::setenv("MESHDIT_WEIGHTS", "memory", 1);
