@@ -533,6 +533,7 @@ Result<std::optional<QuantizedWeight>> Checkpoint::get_quantized(
   // On a device the blocks are uploaded as stored (backend linear_quantized decodes them there); the mapped
   // pages are dropped once they are there.
   if (device_ != Device::CPU) q.rows = ops::place(q.rows.contiguous(), device_);
+  if (device_ == Device::CPU && !copied) q.rows = placed(q.rows);  // onto 2 MiB pages (copy_into_memory)
   if (copied || device_ != Device::CPU)
     for (const Tensor& t : stored) release_mapped_pages(t);
   if (log_) log_->push_back(WeightRecord{name, expect, DType::BF16, shard, local, q.type});

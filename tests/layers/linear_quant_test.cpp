@@ -173,6 +173,25 @@ TEST(QuantizedLinear, ShardsOnWholeRowsAndWholeBlocks) {
 // On a device the blocks are uploaded as stored and the device's linear_quantized runs on them (the stand-in
 // device: the CPU kernels under the CUDA tag, host memory, counted uploads), giving the host's product; a whole
 // weight and a row-range one (a modulation linear's chunks).
+// Checkpoint::copy_into_memory applies to blocks kept quantized too: a copy off the mapping, the same product.
+TEST(QuantizedLinear, GgufBlocksCopiedIntoMemoryGiveTheSameProduct) {
+  TinyGguf f(QuantType::Q8_0, 4096, 256);  // 4096 rows of 8 blocks of 34 bytes: 1.06 MiB, over the copy's 1 MiB
+  auto ck = Checkpoint::open(f.path);
+  ASSERT_TRUE(ck.ok()) << ck.error().message;
+  auto mapped = Linear::load(*ck, "l", 256, 4096, true);
+  ASSERT_TRUE(mapped.ok()) << mapped.error().message;
+  EXPECT_TRUE(mapped->weight.read_only());
+  const Tensor x = test::random_tensor({9, 256}, 16);
+  const Tensor want = (*mapped)(x);
+  ck->copy_into_memory(true);
+  auto copied = Linear::load(*ck, "l", 256, 4096, true);
+  ASSERT_TRUE(copied.ok()) << copied.error().message;
+  ASSERT_TRUE(copied->quant.has_value());
+  EXPECT_FALSE(copied->weight.read_only());
+  EXPECT_NE(copied->weight.raw(), mapped->weight.raw());
+  EXPECT_EQ(max_rel_diff((*copied)(x), want), 0.0);
+}
+
 TEST(QuantizedLinear, GgufWeightStaysQuantizedOnADevice) {
   if (find_backend(Device::CUDA) != nullptr) GTEST_SKIP() << "a CUDA device is present: cuda_quant_test covers it";
   TinyGguf f(QuantType::Q4_K, 64, 512);
